@@ -1,0 +1,107 @@
+//! The response body: drives the stream, batches what is ready, keeps the
+//! connection alive when idle.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use futures_core::Stream;
+use http_body::Frame;
+use pin_project_lite::pin_project;
+use tokio::time::{Instant, Sleep};
+
+use crate::encode;
+use crate::item::SseItem;
+
+/// Past this many buffered bytes a frame is sent even if more events are ready,
+/// so one fast producer cannot grow the buffer without bound.
+const MAX_BATCH_BYTES: usize = 64 * 1024;
+
+pin_project! {
+    /// Each `poll_frame` encodes every event that is ready (up to
+    /// [`MAX_BATCH_BYTES`]) into one reusable buffer and hands it to hyper as
+    /// one frame, so a burst of events goes out in one write.
+    pub(crate) struct SseBody<S> {
+        #[pin]
+        stream: S,
+        // Boxed lazily: a connection with keep-alive off carries no timer.
+        keep_alive: Option<Pin<Box<Sleep>>>,
+        interval: Duration,
+        buf: BytesMut,
+        ended: bool,
+    }
+}
+
+impl<S> SseBody<S> {
+    pub(crate) fn new(stream: S, keep_alive: Option<Duration>, retry: Option<Duration>) -> Self {
+        let mut buf = BytesMut::new();
+        if let Some(retry) = retry {
+            // Sent first, so it applies even if the stream never yields.
+            encode::write_retry(&mut buf, retry);
+            buf.extend_from_slice(b"\n");
+        }
+        SseBody {
+            stream,
+            keep_alive: keep_alive.map(|interval| Box::pin(tokio::time::sleep(interval))),
+            interval: keep_alive.unwrap_or_default(),
+            buf,
+            ended: false,
+        }
+    }
+}
+
+impl<S> http_body::Body for SseBody<S>
+where
+    S: Stream,
+    S::Item: SseItem,
+{
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+        let mut this = self.project();
+        while !*this.ended && this.buf.len() < MAX_BATCH_BYTES {
+            match this.stream.as_mut().poll_next(cx) {
+                Poll::Ready(Some(item)) => {
+                    if let Err(error) = item.encode_into(this.buf) {
+                        tracing::warn!(%error, "SSE stream yielded an error; ending the response");
+                        *this.ended = true;
+                    }
+                }
+                Poll::Ready(None) => *this.ended = true,
+                Poll::Pending => break,
+            }
+        }
+
+        if !this.buf.is_empty() {
+            if let Some(sleep) = this.keep_alive.as_mut() {
+                sleep.as_mut().reset(Instant::now() + *this.interval);
+            }
+            // `split` hands out the filled part and keeps the spare capacity, so
+            // the allocation is reused once hyper has written the frame.
+            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+        }
+        if *this.ended {
+            return Poll::Ready(None);
+        }
+        if let Some(sleep) = this.keep_alive.as_mut() {
+            if sleep.as_mut().poll(cx).is_ready() {
+                sleep.as_mut().reset(Instant::now() + *this.interval);
+                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
+                    encode::KEEP_ALIVE,
+                )))));
+            }
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.ended && self.buf.is_empty()
+    }
+}

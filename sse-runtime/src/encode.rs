@@ -1,0 +1,110 @@
+//! The `text/event-stream` encoder (WHATWG HTML, "Server-sent events").
+//!
+//! Every writer appends straight into the caller's buffer; nothing here
+//! allocates per field. Values are always written after `": "`: a parser strips
+//! exactly one leading space, so a value that itself starts with a space keeps it.
+
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use bytes::BytesMut;
+
+/// The comment a connection receives when it has been idle for the keep-alive interval.
+pub(crate) const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
+
+/// Writes `name: value\n`.
+///
+/// The caller guarantees that `value` holds no CR or LF: the event builders
+/// refuse such values, which is what makes field injection impossible.
+pub(crate) fn write_field(buf: &mut BytesMut, name: &[u8], value: &str) {
+    debug_assert!(memchr::memchr2(b'\r', b'\n', value.as_bytes()).is_none());
+    buf.reserve(name.len() + value.len() + 3);
+    buf.extend_from_slice(name);
+    buf.extend_from_slice(b": ");
+    buf.extend_from_slice(value.as_bytes());
+    buf.extend_from_slice(b"\n");
+}
+
+/// Writes `data` as one `data:` line per line of text, splitting on `\r\n`,
+/// `\r` and `\n` exactly as a parser does, so a client joins the lines back with
+/// `\n`. Empty data is one empty `data:` line, which still dispatches an event.
+pub(crate) fn write_data(buf: &mut BytesMut, data: &str) {
+    write_lines(buf, b"data: ", data);
+}
+
+/// Writes `text` as comment lines (`: line`), splitting on any line break so no
+/// part of a comment can be read as a field.
+pub(crate) fn write_comment(buf: &mut BytesMut, text: &str) {
+    write_lines(buf, b": ", text);
+}
+
+/// Writes `retry: <milliseconds>\n`.
+pub(crate) fn write_retry(buf: &mut BytesMut, retry: Duration) {
+    // Writing into a BytesMut cannot fail.
+    let _ = writeln!(buf, "retry: {}", retry.as_millis());
+}
+
+fn write_lines(buf: &mut BytesMut, prefix: &[u8], text: &str) {
+    let bytes = text.as_bytes();
+    // One line per break plus the last one; a rough reserve keeps it to one allocation.
+    buf.reserve(bytes.len() + prefix.len() + 1);
+    let mut rest = bytes;
+    loop {
+        match memchr::memchr2(b'\r', b'\n', rest) {
+            Some(at) => {
+                buf.extend_from_slice(prefix);
+                buf.extend_from_slice(&rest[..at]);
+                buf.extend_from_slice(b"\n");
+                // CRLF is one break, not two.
+                let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') {
+                    2
+                } else {
+                    1
+                };
+                rest = &rest[at + skip..];
+            }
+            None => {
+                buf.extend_from_slice(prefix);
+                buf.extend_from_slice(rest);
+                buf.extend_from_slice(b"\n");
+                return;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(text: &str) -> String {
+        let mut buf = BytesMut::new();
+        write_data(&mut buf, text);
+        String::from_utf8(buf.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn splits_like_a_parser() {
+        let cases = [
+            ("", "data: \n"),
+            ("a", "data: a\n"),
+            ("a\nb", "data: a\ndata: b\n"),
+            ("a\r\nb", "data: a\ndata: b\n"),
+            ("a\rb", "data: a\ndata: b\n"),
+            ("a\n\rb", "data: a\ndata: \ndata: b\n"),
+            ("a\r\r\nb", "data: a\ndata: \ndata: b\n"),
+            ("\n", "data: \ndata: \n"),
+            ("é😀", "data: é😀\n"),
+        ];
+        for (input, expected) in cases {
+            assert_eq!(data(input), expected, "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn retry_is_whole_milliseconds() {
+        let mut buf = BytesMut::new();
+        write_retry(&mut buf, Duration::from_micros(2_500_900));
+        assert_eq!(&buf[..], b"retry: 2500\n");
+    }
+}

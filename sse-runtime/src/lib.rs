@@ -1,0 +1,47 @@
+//! Server-Sent Events for [axum], the way NestJS's `@Sse()` feels, with an
+//! encoder that cannot be tricked into injecting fields.
+//!
+//! The NestJS tutorial's controller, in Rust:
+//!
+//! ```
+//! use std::time::Duration;
+//! use futures_util::{Stream, StreamExt};
+//! use sse_runtime::{MessageEvent, sse, sse_controller};
+//! use tokio_stream::wrappers::IntervalStream;
+//!
+//! #[derive(Clone)]
+//! struct EventsController;
+//!
+//! #[sse_controller("/events")]
+//! impl EventsController {
+//!     /// `GET /events/sse-stream`: `data: ping` every second.
+//!     #[sse("/sse-stream")]
+//!     fn sse_stream(&self) -> impl Stream<Item = MessageEvent> + use<> {
+//!         IntervalStream::new(tokio::time::interval(Duration::from_secs(1)))
+//!             .map(|_| MessageEvent::new("ping"))
+//!     }
+//! }
+//!
+//! let app: axum::Router = EventsController.router();
+//! ```
+//!
+//! - [`MessageEvent`] is the event (data as text or JSON, event type, id,
+//!   retry, comment); [`SseItem`] lists what else a stream may yield.
+//! - [`Sse`] is the response, usable from any axum handler without the macros.
+//! - [`sse_controller`] and [`sse`] turn an `impl` block into axum routes.
+#![deny(missing_docs)]
+
+mod body;
+mod encode;
+mod event;
+mod item;
+mod response;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+pub use event::{EncodedEvent, EventError, EventField, MessageEvent};
+pub use item::{ItemError, SseItem};
+pub use response::{KeepAlive, Sse};
+pub use sse_macros::{sse, sse_controller};

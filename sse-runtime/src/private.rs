@@ -1,0 +1,146 @@
+//! Support for the code `#[sse_controller]` generates. Not public API: the
+//! generated code names everything through `::sse_runtime::__private`, so an app
+//! needs no direct dependency on axum or async-stream, and no name of the user
+//! can shadow ours.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use futures_core::Stream;
+use futures_util::StreamExt;
+
+use crate::item::SseItem;
+use crate::response::{KeepAlive, Sse};
+
+pub use ::async_stream;
+pub use ::axum;
+pub use futures_util::StreamExt as __StreamExt;
+
+/// What an `#[sse]` method must return. Exists to give a precise message on the
+/// user's return type when it is not a stream of events.
+#[diagnostic::on_unimplemented(
+    message = "an #[sse] method must return a stream of events, found `{Self}`",
+    label = "not a stream of SSE events",
+    note = "return `impl Stream<Item = MessageEvent>` (or of `String`, `Json<T>`, `Result<_, E>`...), \
+            or `Result<impl Stream<Item = ...>, E>` where `E: IntoResponse`"
+)]
+pub trait SseStream: Stream<Item: SseItem> {}
+impl<S> SseStream for S where S: Stream<Item: SseItem> {}
+
+/// Type-checks a method's return value with the error on the user's span.
+#[inline(always)]
+pub fn check_stream<S: SseStream>(stream: S) -> S {
+    stream
+}
+
+/// Type-checks a fallible method's return value with the error on the user's span.
+#[inline(always)]
+pub fn check_result<S: SseStream, E: IntoResponse>(result: Result<S, E>) -> Result<S, E> {
+    result
+}
+
+/// The route's options from `#[sse(..., keep_alive = ..., retry = ...)]`.
+#[derive(Clone, Copy, Debug)]
+pub struct RouteOptions {
+    /// Keep-alive interval in milliseconds; 0 disables it.
+    pub keep_alive_ms: u64,
+    /// The `retry:` hint in milliseconds, if any.
+    pub retry_ms: Option<u64>,
+}
+
+impl RouteOptions {
+    fn apply<S>(self, sse: Sse<S>) -> Sse<S>
+    where
+        S: Stream + Send + 'static,
+        S::Item: SseItem,
+    {
+        let sse = sse.keep_alive(KeepAlive::every(Duration::from_millis(self.keep_alive_ms)));
+        match self.retry_ms {
+            Some(ms) => sse.retry(Duration::from_millis(ms)),
+            None => sse,
+        }
+    }
+}
+
+/// Streams an infallible method's events.
+pub fn respond_stream<S>(stream: S, options: RouteOptions) -> Response
+where
+    S: Stream + Send + 'static,
+    S::Item: SseItem,
+{
+    options.apply(Sse::new(stream)).into_response()
+}
+
+/// Answers a fallible method: its error response, or its events.
+pub fn respond_result<S, E>(result: Result<S, E>, options: RouteOptions) -> Response
+where
+    S: Stream + Send + 'static,
+    S::Item: SseItem,
+    E: IntoResponse,
+{
+    match result {
+        Ok(stream) => respond_stream(stream, options),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// What the generator of a fallible `&self` method yields: first whether the
+/// method accepted the request, then its events. The generator owns the
+/// controller handle that the method's stream borrows.
+pub enum Step<I> {
+    /// The method returned `Err`: answer with this response.
+    Reject(Response),
+    /// The method returned `Ok`: its events follow.
+    Start,
+    /// One event.
+    Item(I),
+}
+
+impl<I> Step<I> {
+    /// The `Reject` step for an error value.
+    pub fn reject<E: IntoResponse>(error: E) -> Self {
+        Step::Reject(error.into_response())
+    }
+}
+
+/// Polls the generator's first step to decide the status, then streams the rest.
+pub async fn respond_steps<G, I>(steps: G, options: RouteOptions) -> Response
+where
+    G: Stream<Item = Step<I>> + Send + 'static,
+    I: SseItem,
+{
+    let mut steps = Box::pin(steps);
+    match steps.next().await {
+        Some(Step::Reject(response)) => response,
+        Some(Step::Start) => respond_stream(Items { steps }, options),
+        // The generator always yields `Reject` or `Start` first.
+        Some(Step::Item(_)) | None => {
+            tracing::error!("SSE route generator ended before deciding; answering 500");
+            http::StatusCode::INTERNAL_SERVER_ERROR.into_response()
+        }
+    }
+}
+
+struct Items<G> {
+    steps: Pin<Box<G>>,
+}
+
+impl<G, I> Stream for Items<G>
+where
+    G: Stream<Item = Step<I>>,
+{
+    type Item = I;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<I>> {
+        loop {
+            return match self.steps.as_mut().poll_next(cx) {
+                Poll::Ready(Some(Step::Item(item))) => Poll::Ready(Some(item)),
+                Poll::Ready(Some(Step::Reject(_) | Step::Start)) => continue,
+                Poll::Ready(None) => Poll::Ready(None),
+                Poll::Pending => Poll::Pending,
+            };
+        }
+    }
+}

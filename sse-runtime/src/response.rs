@@ -1,0 +1,138 @@
+//! The SSE response: headers, keep-alive and the reconnection hint.
+
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use futures_core::Stream;
+use http::{HeaderValue, header};
+
+use crate::body::SseBody;
+use crate::item::SseItem;
+
+/// A `text/event-stream` response that sends each item of `stream` as it is
+/// produced.
+///
+/// Headers: `content-type: text/event-stream`, `cache-control: no-cache`,
+/// `x-accel-buffering: no` (so nginx does not buffer), and no content length.
+/// Events that are ready at the same time go out in one write. When the client
+/// goes away, hyper drops the response body and with it the stream.
+///
+/// ```
+/// use axum::{Router, routing::get};
+/// use futures_util::stream;
+/// use sse_runtime::{KeepAlive, MessageEvent, Sse};
+/// use std::time::Duration;
+///
+/// async fn handler() -> Sse<impl futures_core::Stream<Item = MessageEvent>> {
+///     Sse::new(stream::iter([MessageEvent::new("hello")]))
+///         .keep_alive(KeepAlive::every(Duration::from_secs(5)))
+///         .retry(Duration::from_secs(2))
+/// }
+///
+/// let app: Router = Router::new().route("/events", get(handler));
+/// ```
+#[must_use = "a response does nothing until a handler returns it"]
+pub struct Sse<S> {
+    stream: S,
+    keep_alive: KeepAlive,
+    retry: Option<Duration>,
+}
+
+impl<S> Sse<S>
+where
+    S: Stream + Send + 'static,
+    S::Item: SseItem,
+{
+    /// A response streaming `stream`, with a keep-alive comment every 15 seconds.
+    pub fn new(stream: S) -> Self {
+        Sse {
+            stream,
+            keep_alive: KeepAlive::default(),
+            retry: None,
+        }
+    }
+
+    /// Sets the keep-alive policy (default: a comment every 15 seconds of silence).
+    pub fn keep_alive(mut self, keep_alive: KeepAlive) -> Self {
+        self.keep_alive = keep_alive;
+        self
+    }
+
+    /// Sends a `retry:` hint first, telling the client how long to wait before
+    /// reconnecting.
+    pub fn retry(mut self, retry: Duration) -> Self {
+        self.retry = Some(retry);
+        self
+    }
+}
+
+impl<S> IntoResponse for Sse<S>
+where
+    S: Stream + Send + 'static,
+    S::Item: SseItem,
+{
+    fn into_response(self) -> Response {
+        let body = SseBody::new(self.stream, self.keep_alive.interval(), self.retry);
+        let mut response = Response::new(axum::body::Body::new(body));
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/event-stream"),
+        );
+        headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+        headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        response
+    }
+}
+
+/// How often an idle connection gets a keep-alive comment (`: keep-alive`),
+/// which stops proxies and load balancers from closing it and lets the server
+/// notice a client that went away.
+///
+/// ```
+/// use sse_runtime::KeepAlive;
+/// use std::time::Duration;
+///
+/// assert_eq!(KeepAlive::default().interval(), Some(Duration::from_secs(15)));
+/// assert_eq!(KeepAlive::every(Duration::from_secs(5)).interval(), Some(Duration::from_secs(5)));
+/// assert_eq!(KeepAlive::disabled().interval(), None);
+/// assert_eq!(KeepAlive::every(Duration::ZERO), KeepAlive::disabled());
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeepAlive {
+    interval: Option<Duration>,
+}
+
+impl KeepAlive {
+    /// The default interval: 15 seconds, well under the 30–60 s idle timeouts
+    /// common in proxies.
+    pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
+
+    /// A keep-alive comment after every `interval` of silence. A zero interval
+    /// disables keep-alive.
+    pub const fn every(interval: Duration) -> Self {
+        if interval.is_zero() {
+            KeepAlive::disabled()
+        } else {
+            KeepAlive {
+                interval: Some(interval),
+            }
+        }
+    }
+
+    /// No keep-alive comments.
+    pub const fn disabled() -> Self {
+        KeepAlive { interval: None }
+    }
+
+    /// The interval, or `None` when disabled.
+    pub const fn interval(&self) -> Option<Duration> {
+        self.interval
+    }
+}
+
+impl Default for KeepAlive {
+    fn default() -> Self {
+        KeepAlive::every(KeepAlive::DEFAULT_INTERVAL)
+    }
+}
