@@ -1,10 +1,56 @@
-//! placeholder
+//! Controller attribute macros for [`sse-runtime`](https://docs.rs/sse-runtime).
+//! Use them through `sse_runtime::{sse_controller, sse}`; the generated code
+//! names everything through `sse_runtime`, so an app needs that one dependency.
+//!
+//! The crate is laid out like serde_derive and thiserror: `attr` parses the
+//! attributes, `path` checks route paths, `model` lifts the `impl` block into a
+//! typed model, `validate` checks it as a whole, `expand` generates code from
+//! it, and `entry` runs that pipeline, gathering every error with its span.
+
+mod attr;
+mod entry;
+mod errors;
+mod expand;
+mod model;
+mod path;
+mod validate;
+
 use proc_macro::TokenStream;
+
+/// Turns an inherent `impl` block into an SSE controller: every method marked
+/// `#[sse("/path")]` becomes a route at the controller's prefix plus its path,
+/// and a generated `router(self)` method returns an `axum::Router` serving them.
+///
+/// ```ignore
+/// #[sse_controller("/events")]                      // or "/" for no prefix
+/// #[sse_controller("/events", state = AppState)]    // when methods take `State<T>`
+/// ```
+///
+/// Without `state`, `router` is generic over the app's state, so it merges into
+/// any `Router<S>`. The controller is moved into an `Arc` shared by all requests.
+/// Methods without `#[sse]` are left as they are.
+///
+/// See the `sse_runtime` crate docs for a complete example.
 #[proc_macro_attribute]
-pub fn sse_controller(_a: TokenStream, i: TokenStream) -> TokenStream {
-    i
+pub fn sse_controller(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::sse_controller(args.into(), item.into()).into()
 }
+
+/// Marks a method of an `#[sse_controller]` impl block as an SSE route.
+///
+/// ```ignore
+/// #[sse("/sse-stream")]
+/// #[sse("/user/:userId")]                  // or "/user/{userId}"; needs a `Path` extractor
+/// #[sse("/dynamic", keep_alive = "5s")]    // or `keep_alive = false`; default 15s
+/// #[sse("/resume", retry = "3s")]          // sends `retry: 3000` first
+/// #[sse("/chat", method = "post")]         // POST with a body extractor
+/// ```
+///
+/// The method takes `&self` or no receiver, may be `async`, takes any axum
+/// extractors, and returns `impl Stream<Item = ...>` or
+/// `Result<impl Stream<Item = ...>, E>` with `E: IntoResponse` (answered before
+/// streaming starts, for a 401 or 404).
 #[proc_macro_attribute]
-pub fn sse(_a: TokenStream, i: TokenStream) -> TokenStream {
-    i
+pub fn sse(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::sse(args.into(), item.into()).into()
 }

@@ -16,7 +16,7 @@
 //! impl EventsController {
 //!     /// `GET /events/sse-stream`: `data: ping` every second.
 //!     #[sse("/sse-stream")]
-//!     fn sse_stream(&self) -> impl Stream<Item = MessageEvent> + use<> {
+//!     fn sse_stream(&self) -> impl Stream<Item = MessageEvent> {
 //!         IntervalStream::new(tokio::time::interval(Duration::from_secs(1)))
 //!             .map(|_| MessageEvent::new("ping"))
 //!     }

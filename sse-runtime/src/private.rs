@@ -44,8 +44,8 @@ pub fn check_result<S: SseStream, E: IntoResponse>(result: Result<S, E>) -> Resu
 /// The route's options from `#[sse(..., keep_alive = ..., retry = ...)]`.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteOptions {
-    /// Keep-alive interval in milliseconds; 0 disables it.
-    pub keep_alive_ms: u64,
+    /// Keep-alive interval in milliseconds: `None` for the default, `Some(0)` for off.
+    pub keep_alive_ms: Option<u64>,
     /// The `retry:` hint in milliseconds, if any.
     pub retry_ms: Option<u64>,
 }
@@ -56,7 +56,10 @@ impl RouteOptions {
         S: Stream + Send + 'static,
         S::Item: SseItem,
     {
-        let sse = sse.keep_alive(KeepAlive::every(Duration::from_millis(self.keep_alive_ms)));
+        let sse = match self.keep_alive_ms {
+            Some(ms) => sse.keep_alive(KeepAlive::every(Duration::from_millis(ms))),
+            None => sse,
+        };
         match self.retry_ms {
             Some(ms) => sse.retry(Duration::from_millis(ms)),
             None => sse,
@@ -67,8 +70,7 @@ impl RouteOptions {
 /// Streams an infallible method's events.
 pub fn respond_stream<S>(stream: S, options: RouteOptions) -> Response
 where
-    S: Stream + Send + 'static,
-    S::Item: SseItem,
+    S: SseStream + Send + 'static,
 {
     options.apply(Sse::new(stream)).into_response()
 }
@@ -76,8 +78,7 @@ where
 /// Answers a fallible method: its error response, or its events.
 pub fn respond_result<S, E>(result: Result<S, E>, options: RouteOptions) -> Response
 where
-    S: Stream + Send + 'static,
-    S::Item: SseItem,
+    S: SseStream + Send + 'static,
     E: IntoResponse,
 {
     match result {

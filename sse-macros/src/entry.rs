@@ -1,0 +1,90 @@
+//! The pipeline each attribute runs: parse → model → validate → expand. On any
+//! error the user's item is emitted untouched beside the errors (as
+//! tokio-macros does), so the rest of the file still type-checks and IDEs keep
+//! working.
+
+use proc_macro2::TokenStream;
+use quote::quote;
+use syn::spanned::Spanned;
+use syn::{Item, ItemImpl};
+
+use crate::attr::ControllerArgs;
+use crate::errors::Errors;
+use crate::model::{self, Controller};
+use crate::{expand, validate};
+
+pub fn sse_controller(args: TokenStream, input: TokenStream) -> TokenStream {
+    let mut errors = Errors::default();
+    let mut item: ItemImpl = match syn::parse2::<Item>(input.clone()) {
+        Ok(Item::Impl(item)) if item.trait_.is_none() => item,
+        Ok(Item::Impl(item)) => {
+            let (_, trait_path, _) = item.trait_.as_ref().expect("checked above");
+            let error = syn::Error::new(
+                trait_path.span(),
+                "#[sse_controller] goes on an inherent impl block, not a trait impl\n\n= help: write \
+                 `impl MyController { ... }` and put the #[sse] methods there",
+            );
+            let mut item = item;
+            model::mark_route_attributes(&mut item);
+            return with_errors(quote!(#item), error);
+        }
+        Ok(other) => {
+            let error = syn::Error::new(
+                item_name_span(&other),
+                "#[sse_controller] goes on an `impl` block\n\n= help: write `#[sse_controller(\"/events\")] \
+                 impl MyController { ... }` with #[sse] methods inside",
+            );
+            return with_errors(input, error);
+        }
+        Err(error) => return with_errors(input, error),
+    };
+
+    let args = syn::parse::Parser::parse2(
+        |stream: syn::parse::ParseStream| ControllerArgs::parse(stream, &mut errors),
+        args,
+    );
+    let Some(args) = errors.ok(args) else {
+        model::mark_route_attributes(&mut item);
+        return fallback(&item, errors);
+    };
+    let controller = Controller::from_input(args, item, &mut errors);
+    validate::check(&controller, &mut errors);
+    if errors.is_empty() {
+        expand::controller(&controller)
+    } else {
+        fallback(&controller.item, errors)
+    }
+}
+
+pub fn sse(args: TokenStream, input: TokenStream) -> TokenStream {
+    if args.to_string() == model::CHECKED_MARKER {
+        return input;
+    }
+    let error = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "#[sse] only works on a method of an `impl` block marked #[sse_controller]\n\n= help: put \
+         #[sse_controller(\"/prefix\")] on the enclosing `impl` block; it turns each #[sse] method into a route",
+    );
+    with_errors(input, error)
+}
+
+fn fallback(item: &ItemImpl, errors: Errors) -> TokenStream {
+    let errors = errors.into_compile_errors();
+    quote!(#item #errors)
+}
+
+fn with_errors(item: TokenStream, error: syn::Error) -> TokenStream {
+    let error = error.to_compile_error();
+    quote!(#item #error)
+}
+
+fn item_name_span(item: &Item) -> proc_macro2::Span {
+    match item {
+        Item::Struct(s) => s.ident.span(),
+        Item::Enum(e) => e.ident.span(),
+        Item::Fn(f) => f.sig.ident.span(),
+        Item::Trait(t) => t.ident.span(),
+        Item::Mod(m) => m.ident.span(),
+        other => other.span(),
+    }
+}

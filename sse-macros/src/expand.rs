@@ -1,0 +1,180 @@
+//! Code generation. Reads the validated model only.
+//!
+//! For each controller this emits the user's `impl` block unchanged (its
+//! `#[sse]` attributes marked as read) and a second `impl` block with one `router` method. Each
+//! route becomes a closure handler taking the method's extractors. Everything is
+//! named through `::sse_runtime::__private`.
+
+use std::collections::BTreeMap;
+
+use proc_macro2::TokenStream;
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use crate::attr::{HttpMethod, KeepAliveOption};
+use crate::model::{Controller, Returns, Route};
+
+pub fn controller(controller: &Controller) -> TokenStream {
+    let item = &controller.item;
+    let (impl_generics, self_ty, where_clause) = (
+        &item.generics.params,
+        &item.self_ty,
+        &item.generics.where_clause,
+    );
+    let private = quote!(::sse_runtime::__private);
+
+    // Routes sharing a path become one axum method router (GET and POST on one path).
+    let mut by_path: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
+    for route in &controller.routes {
+        by_path
+            .entry(route.path.axum.as_str())
+            .or_default()
+            .push(route);
+    }
+    let route_calls = by_path.iter().map(|(path, routes)| {
+        let handlers = routes.iter().map(|route| {
+            let filter = match route.method {
+                HttpMethod::Get => quote!(GET),
+                HttpMethod::Post => quote!(POST),
+            };
+            let handler = handler(route);
+            quote!(.on(#private::axum::routing::MethodFilter::#filter, #handler))
+        });
+        quote! {
+            .route(#path, #private::axum::routing::MethodRouter::new() #(#handlers)*)
+        }
+    });
+
+    let route_list: String = controller
+        .routes
+        .iter()
+        .map(|route| {
+            format!(
+                "\n- `{} {}` → [`Self::{}`]",
+                route.method.name(),
+                route.path.axum,
+                route.ident
+            )
+        })
+        .collect();
+    let doc = format!(
+        "An axum router serving this controller's server-sent event routes:\n{route_list}\n\n\
+         Merge it into an app with `Router::merge`."
+    );
+    let (state_param, state_ty) = match &controller.state {
+        Some(state) => (quote!(), quote!(#state)),
+        None => (quote!(<__S>), quote!(__S)),
+    };
+    let state_bound = controller.state.is_none().then(|| {
+        quote!(__S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,)
+    });
+    let where_predicates = where_clause.as_ref().map(|w| {
+        let predicates = &w.predicates;
+        quote!(#predicates,)
+    });
+
+    quote! {
+        #item
+
+        impl<#impl_generics> #self_ty {
+            #[doc = #doc]
+            #[allow(clippy::redundant_clone)]
+            pub fn router #state_param (self) -> #private::axum::Router<#state_ty>
+            where
+                #where_predicates
+                #state_bound
+                Self: ::core::marker::Send + ::core::marker::Sync + 'static,
+            {
+                let __controller = ::std::sync::Arc::new(self);
+                let _ = &__controller; // a controller with only receiver-less routes
+                #private::axum::Router::new() #(#route_calls)*
+            }
+        }
+    }
+}
+
+/// The handler closure for one route.
+fn handler(route: &Route) -> TokenStream {
+    let private = quote!(::sse_runtime::__private);
+    let method = &route.ident;
+    let arg_names: Vec<_> = (0..route.args.len())
+        .map(|i| format_ident!("__arg{}", i))
+        .collect();
+    let arg_types = route.args.iter().map(|arg| &arg.ty);
+    let receiver = route.takes_self.then(|| quote!(&*__this,));
+    let await_call = route.is_async.then(|| quote!(.await));
+    let call = quote!(Self::#method(#receiver #(#arg_names),*) #await_call);
+    let options = options(route);
+
+    // The checks and respond functions carry the return type's span, so a
+    // return value that is not a stream of events is reported on the user's type.
+    let return_span = route.returns.ty().span();
+    let body = match (&route.returns, route.takes_self) {
+        (Returns::Stream(_), false) => {
+            let respond = quote_spanned!(return_span=> #private::respond_stream);
+            quote!(#respond(#call, #options))
+        }
+        (Returns::Result(_), false) => {
+            let respond = quote_spanned!(return_span=> #private::respond_result);
+            quote!(#respond(#call, #options))
+        }
+        // With `&self`, the method's stream may borrow the controller (in edition
+        // 2024, `impl Stream` captures `&self`'s lifetime). The generator owns the
+        // `Arc` it borrows from, so the response can outlive this call.
+        (Returns::Stream(_), true) => {
+            let check = quote_spanned!(return_span=> #private::check_stream);
+            quote! {
+                #private::respond_stream(#private::async_stream::stream! {
+                    let __stream = #check(#call);
+                    let mut __stream = ::core::pin::pin!(__stream);
+                    while let ::core::option::Option::Some(__item) =
+                        #private::__StreamExt::next(&mut __stream).await
+                    {
+                        yield __item;
+                    }
+                }, #options)
+            }
+        }
+        (Returns::Result(_), true) => {
+            let check = quote_spanned!(return_span=> #private::check_result);
+            quote! {
+                #private::respond_steps(#private::async_stream::stream! {
+                    match #check(#call) {
+                        ::core::result::Result::Err(__error) => yield #private::Step::reject(__error),
+                        ::core::result::Result::Ok(__stream) => {
+                            yield #private::Step::Start;
+                            let mut __stream = ::core::pin::pin!(__stream);
+                            while let ::core::option::Option::Some(__item) =
+                                #private::__StreamExt::next(&mut __stream).await
+                            {
+                                yield #private::Step::Item(__item);
+                            }
+                        }
+                    }
+                }, #options).await
+            }
+        }
+    };
+    let this = route
+        .takes_self
+        .then(|| quote!(let __this = ::std::sync::Arc::clone(&__controller);));
+    quote! {{
+        #this
+        move |#(#arg_names: #arg_types),*| async move { #body }
+    }}
+}
+
+fn options(route: &Route) -> TokenStream {
+    let keep_alive_ms = match route.keep_alive {
+        KeepAliveOption::Default => quote!(::core::option::Option::None),
+        KeepAliveOption::Off => quote!(::core::option::Option::Some(0u64)),
+        KeepAliveOption::EveryMs(ms) => quote!(::core::option::Option::Some(#ms)),
+    };
+    let retry_ms = match route.retry_ms {
+        Some(ms) => quote!(::core::option::Option::Some(#ms)),
+        None => quote!(::core::option::Option::None),
+    };
+    quote! {
+        ::sse_runtime::__private::RouteOptions { keep_alive_ms: #keep_alive_ms, retry_ms: #retry_ms }
+    }
+}

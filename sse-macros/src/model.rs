@@ -1,0 +1,317 @@
+//! The controller as a typed model, lifted from the `impl` block once. `validate`
+//! checks it and `expand` only reads it.
+
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+use syn::{Attribute, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, ReturnType, Type};
+
+use crate::attr::{ControllerArgs, HttpMethod, KeepAliveOption, RouteArgs};
+use crate::errors::Errors;
+use crate::path::{self, RoutePath};
+
+pub struct Controller {
+    /// The user's `impl` block with its `#[sse]` attributes marked as read.
+    pub item: ItemImpl,
+    pub state: Option<Type>,
+    pub routes: Vec<Route>,
+    /// The span of an existing `router` method, which the generated one would clash with.
+    pub existing_router: Option<Span>,
+}
+
+pub struct Route {
+    pub ident: Ident,
+    pub path_literal: LitStr,
+    /// Prefix and route path joined.
+    pub path: RoutePath,
+    pub method: HttpMethod,
+    pub keep_alive: KeepAliveOption,
+    pub retry_ms: Option<u64>,
+    pub takes_self: bool,
+    pub is_async: bool,
+    pub args: Vec<Arg>,
+    pub returns: Returns,
+}
+
+pub struct Arg {
+    pub ty: Type,
+    pub kind: ArgKind,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ArgKind {
+    Path,
+    State,
+    Other,
+}
+
+pub enum Returns {
+    /// `impl Stream<Item = ...>` or any stream type.
+    Stream(Type),
+    /// `Result<impl Stream<...>, E>`: `Err` is answered before streaming starts.
+    Result(Type),
+}
+
+impl Returns {
+    pub fn ty(&self) -> &Type {
+        match self {
+            Returns::Stream(ty) | Returns::Result(ty) => ty,
+        }
+    }
+}
+
+/// The argument `#[sse]` is given once its controller has read it. The user's
+/// attribute path is kept (so their `use sse_runtime::sse` counts as used), and
+/// `#[sse]` passes the item through untouched when it sees this marker.
+pub const CHECKED_MARKER: &str = "__sse_controller_checked";
+
+/// Marks every `#[sse]` attribute of `item` as read, so that the block can be
+/// emitted (beside errors, or as the expansion) without the attributes acting again.
+pub fn mark_route_attributes(item: &mut ItemImpl) {
+    for impl_item in &mut item.items {
+        if let Some(attrs) = attrs_mut(impl_item) {
+            attrs
+                .iter_mut()
+                .filter(|a| is_route_attribute(a))
+                .for_each(mark_checked);
+        }
+    }
+}
+
+fn mark_checked(attr: &mut Attribute) {
+    let path = attr.path().clone();
+    let marker = Ident::new(CHECKED_MARKER, Span::call_site());
+    attr.meta = syn::parse_quote!(#path(#marker));
+}
+
+fn attrs_mut(item: &mut ImplItem) -> Option<&mut Vec<Attribute>> {
+    match item {
+        ImplItem::Fn(f) => Some(&mut f.attrs),
+        ImplItem::Const(c) => Some(&mut c.attrs),
+        ImplItem::Type(t) => Some(&mut t.attrs),
+        ImplItem::Macro(m) => Some(&mut m.attrs),
+        _ => None,
+    }
+}
+
+/// `#[sse(...)]`, `#[sse_runtime::sse(...)]` or `#[sse_macros::sse(...)]`.
+fn is_route_attribute(attr: &Attribute) -> bool {
+    attr.path()
+        .segments
+        .last()
+        .is_some_and(|s| s.ident == "sse")
+}
+
+impl Controller {
+    /// Builds the model from the macro's input. Returns `None` only when the
+    /// input is not an inherent `impl` block at all; every other mistake is
+    /// recorded in `errors` and the model is built as far as possible.
+    pub fn from_input(args: ControllerArgs, mut item: ItemImpl, errors: &mut Errors) -> Controller {
+        let prefix = match path::parse(&args.prefix.value()) {
+            Ok(prefix) => prefix,
+            Err(why) => {
+                errors.push(syn::Error::new(args.prefix.span(), why));
+                RoutePath {
+                    axum: "/".into(),
+                    params: Vec::new(),
+                }
+            }
+        };
+
+        let mut routes = Vec::new();
+        let mut existing_router = None;
+        for impl_item in &mut item.items {
+            if let ImplItem::Fn(method) = impl_item {
+                if method.sig.ident == "router" {
+                    existing_router = Some(method.sig.ident.span());
+                }
+                let route_attrs: Vec<Attribute> = method
+                    .attrs
+                    .iter()
+                    .filter(|a| is_route_attribute(a))
+                    .cloned()
+                    .collect();
+                method
+                    .attrs
+                    .iter_mut()
+                    .filter(|a| is_route_attribute(a))
+                    .for_each(mark_checked);
+                if let Some((first, repeated)) = route_attrs.split_first() {
+                    for attr in repeated {
+                        errors.push(syn::Error::new_spanned(
+                            attr,
+                            "a method can carry only one #[sse] attribute\n\n= help: to serve the same stream on \
+                             two paths, add a second method that calls this one",
+                        ));
+                    }
+                    if let Some(route) = Route::from_method(first, method, &prefix, errors) {
+                        routes.push(route);
+                    }
+                }
+            } else if let Some(attrs) = attrs_mut(impl_item) {
+                for attr in attrs.iter().filter(|a| is_route_attribute(a)) {
+                    errors.push(syn::Error::new_spanned(
+                        attr,
+                        "#[sse] goes on a method\n\n= help: put it on a `fn` of this impl block that returns a stream",
+                    ));
+                }
+                attrs
+                    .iter_mut()
+                    .filter(|a| is_route_attribute(a))
+                    .for_each(mark_checked);
+            }
+        }
+
+        Controller {
+            item,
+            state: args.state,
+            routes,
+            existing_router,
+        }
+    }
+}
+
+impl Route {
+    fn from_method(
+        attr: &Attribute,
+        method: &ImplItemFn,
+        prefix: &RoutePath,
+        errors: &mut Errors,
+    ) -> Option<Route> {
+        let parsed = match &attr.meta {
+            // `#[sse]` with no parentheses at all.
+            syn::Meta::Path(_) => Err(syn::Error::new_spanned(
+                attr,
+                "missing route path\n\n= help: write the path first, as a string literal: #[sse(\"/stream\")]",
+            )),
+            _ => attr
+                .parse_args_with(|input: syn::parse::ParseStream| RouteArgs::parse(input, errors)),
+        };
+        let args = errors.ok(parsed);
+
+        let sig = &method.sig;
+        let takes_self = receiver_is_ok(sig, errors);
+        if !sig.generics.params.is_empty() {
+            errors.push(syn::Error::new(
+                sig.generics.span(),
+                "an #[sse] method cannot be generic\n\n= help: axum needs one concrete handler per route; \
+                 use concrete extractor types",
+            ));
+        }
+        let returns = match &sig.output {
+            ReturnType::Default => {
+                errors.push(syn::Error::new(
+                    sig.ident.span(),
+                    "an #[sse] method must return a stream of events\n\n= help: add a return type such as \
+                     `-> impl Stream<Item = MessageEvent>`",
+                ));
+                None
+            }
+            ReturnType::Type(_, ty) if is_result(ty) => Some(Returns::Result((**ty).clone())),
+            ReturnType::Type(_, ty) => Some(Returns::Stream((**ty).clone())),
+        };
+        let method_args = sig
+            .inputs
+            .iter()
+            .filter_map(|input| match input {
+                FnArg::Typed(arg) => Arg::from_type(&arg.ty, errors),
+                FnArg::Receiver(_) => None,
+            })
+            .collect();
+
+        let args = args?;
+        let path = match path::parse(&args.path.value())
+            .and_then(|route| RoutePath::join(prefix, &route))
+        {
+            Ok(path) => path,
+            Err(why) => {
+                errors.push(syn::Error::new(args.path.span(), why));
+                return None;
+            }
+        };
+        Some(Route {
+            ident: sig.ident.clone(),
+            path_literal: args.path,
+            path,
+            method: args.method,
+            keep_alive: args.keep_alive,
+            retry_ms: args.retry_ms,
+            takes_self,
+            is_async: sig.asyncness.is_some(),
+            args: method_args,
+            returns: returns?,
+        })
+    }
+}
+
+/// `&self` or no receiver. Anything else is an error; returns whether there is one.
+fn receiver_is_ok(sig: &syn::Signature, errors: &mut Errors) -> bool {
+    let Some(receiver) = sig.receiver() else {
+        return false;
+    };
+    let help = "the controller is shared by every request behind an `Arc`";
+    let message = if receiver.colon_token.is_some() {
+        format!(
+            "an #[sse] method takes `&self` or no receiver, not a typed `self`\n\n= help: {help}; take `&self`"
+        )
+    } else if receiver.reference.is_none() {
+        format!(
+            "an #[sse] method cannot take `self` by value\n\n= help: {help}, so no request can own it; take `&self`"
+        )
+    } else if receiver.mutability.is_some() {
+        format!(
+            "an #[sse] method cannot take `&mut self`\n\n= help: {help}; take `&self` and keep mutable state \
+             behind a `Mutex` or a channel"
+        )
+    } else {
+        return true;
+    };
+    errors.push(syn::Error::new_spanned(receiver, message));
+    true
+}
+
+fn is_result(ty: &Type) -> bool {
+    last_segment_is(ty, "Result")
+}
+
+fn last_segment_is(ty: &Type, name: &str) -> bool {
+    match ty {
+        Type::Path(path) => {
+            path.qself.is_none() && path.path.segments.last().is_some_and(|s| s.ident == name)
+        }
+        Type::Paren(inner) => last_segment_is(&inner.elem, name),
+        Type::Group(inner) => last_segment_is(&inner.elem, name),
+        _ => false,
+    }
+}
+
+impl Arg {
+    fn from_type(ty: &Type, errors: &mut Errors) -> Option<Arg> {
+        let problem = match ty {
+            Type::ImplTrait(_) => {
+                Some("an #[sse] method's arguments need concrete types, not `impl Trait`")
+            }
+            Type::Reference(_) => {
+                Some("an #[sse] method's arguments are axum extractors, taken by value")
+            }
+            _ => None,
+        };
+        if let Some(problem) = problem {
+            errors.push(syn::Error::new(
+                ty.span(),
+                format!("{problem}\n\n= help: use an extractor such as `Path<String>`, `Query<T>`, `HeaderMap` or `State<T>`"),
+            ));
+            return None;
+        }
+        let kind = if last_segment_is(ty, "Path") {
+            ArgKind::Path
+        } else if last_segment_is(ty, "State") {
+            ArgKind::State
+        } else {
+            ArgKind::Other
+        };
+        Some(Arg {
+            ty: ty.clone(),
+            kind,
+        })
+    }
+}

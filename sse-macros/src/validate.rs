@@ -1,0 +1,117 @@
+//! Checks that span the whole controller: route collisions, path parameters
+//! against `Path` extractors, `State` against the declared state.
+
+use std::collections::HashMap;
+
+use syn::spanned::Spanned;
+
+use crate::errors::Errors;
+use crate::model::{ArgKind, Controller, Route};
+
+pub fn check(controller: &Controller, errors: &mut Errors) {
+    if let Some(span) = controller.existing_router {
+        errors.push(syn::Error::new(
+            span,
+            "#[sse_controller] generates a `router` method, and this impl block already has one\n\n= help: \
+             rename this method",
+        ));
+    }
+    check_collisions(&controller.routes, errors);
+    for route in &controller.routes {
+        check_path_extractor(route, errors);
+        if controller.state.is_none() {
+            check_state_declared(route, errors);
+        }
+    }
+}
+
+/// Two routes with the same shape (parameter names aside) either serve the same
+/// method twice, or use different parameter names for one path: axum's router
+/// panics at start-up on both.
+fn check_collisions(routes: &[Route], errors: &mut Errors) {
+    let mut first_by_shape: HashMap<String, Vec<&Route>> = HashMap::new();
+    for route in routes {
+        let earlier = first_by_shape.entry(route.path.path_shape()).or_default();
+        for other in earlier.iter() {
+            let message = if other.method == route.method {
+                format!(
+                    "{} {} is already served by `{}`\n\n= help: give one of the two routes another path or method",
+                    route.method.name(),
+                    route.path.axum,
+                    other.ident
+                )
+            } else if other.path.axum != route.path.axum {
+                format!(
+                    "`{}` and `{}` (of `{}`) are the same route with different parameter names, which axum \
+                     cannot route\n\n= help: use the same parameter names in both",
+                    route.path.axum, other.path.axum, other.ident
+                )
+            } else {
+                continue;
+            };
+            errors.push(syn::Error::new(route.path_literal.span(), message));
+            break;
+        }
+        earlier.push(route);
+    }
+}
+
+fn check_path_extractor(route: &Route, errors: &mut Errors) {
+    let path_arg = route.args.iter().find(|arg| arg.kind == ArgKind::Path);
+    match (route.path.params.is_empty(), path_arg) {
+        (false, None) => {
+            let names = route.path.params.join("`, `");
+            let example = match route.path.params.as_slice() {
+                [one] => format!("`Path({}): Path<String>`", snake_case(one)),
+                many => format!(
+                    "`Path(({})): Path<({})>`",
+                    many.iter().map(|n| snake_case(n)).collect::<Vec<_>>().join(", "),
+                    many.iter().map(|_| "String").collect::<Vec<_>>().join(", ")
+                ),
+            };
+            errors.push(syn::Error::new(
+                route.path_literal.span(),
+                format!(
+                    "the path `{}` has the parameter `{names}`, but `{}` takes no `Path` extractor\n\n= help: add \
+                     an argument {example}",
+                    route.path.axum, route.ident
+                ),
+            ));
+        }
+        (true, Some(arg)) => errors.push(syn::Error::new(
+            arg.ty.span(),
+            format!(
+                "`{}` takes a `Path` extractor, but its path `{}` has no parameter\n\n= help: add a parameter \
+                 such as `/:id` to the path, or remove this argument",
+                route.ident, route.path.axum
+            ),
+        )),
+        _ => {}
+    }
+}
+
+fn check_state_declared(route: &Route, errors: &mut Errors) {
+    for arg in route.args.iter().filter(|arg| arg.kind == ArgKind::State) {
+        errors.push(syn::Error::new(
+            arg.ty.span(),
+            "a `State` extractor needs the controller's state type\n\n= help: declare it on the controller: \
+             #[sse_controller(\"/prefix\", state = AppState)]",
+        ));
+    }
+}
+
+/// `userId` → `user_id`, for the hint's example binding.
+fn snake_case(name: &str) -> String {
+    let mut out = String::with_capacity(name.len() + 4);
+    for (i, c) in name.chars().enumerate() {
+        if c.is_ascii_uppercase() {
+            if i > 0 {
+                out.push('_');
+            }
+            out.push(c.to_ascii_lowercase());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
