@@ -1,0 +1,348 @@
+//! What the controller macros and the SSE response guarantee, over real sockets.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::extract::{FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode};
+use futures_util::{Stream, StreamExt, stream};
+use serde::Deserialize;
+use sse_runtime::{MessageEvent, sse, sse_controller};
+use sse_tests::{RawResponse, TestServer, events, eventually, next_event, open, within};
+
+/// Counts streams dropped, to prove a disconnect ends the method's stream.
+#[derive(Clone, Default)]
+struct Drops(Arc<AtomicUsize>);
+
+struct DropGuard(Drops);
+
+impl Drop for DropGuard {
+    fn drop(&mut self) {
+        (self.0).0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[derive(Clone, Default)]
+struct TestController {
+    drops: Drops,
+    opened: Arc<AtomicUsize>,
+}
+
+/// A user-defined extractor: the `x-user` header, or 401.
+struct User(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for User {
+    type Rejection = (StatusCode, &'static str);
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.headers.get("x-user").and_then(|v| v.to_str().ok()) {
+            Some(user) => Ok(User(user.to_owned())),
+            None => Err((StatusCode::UNAUTHORIZED, "no x-user header")),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Prompt {
+    words: Vec<String>,
+}
+
+#[sse_controller("/t")]
+impl TestController {
+    #[sse("/idle", keep_alive = "100ms")]
+    fn idle() -> impl Stream<Item = MessageEvent> {
+        stream::pending()
+    }
+
+    #[sse("/silent", keep_alive = false)]
+    fn silent() -> impl Stream<Item = MessageEvent> {
+        stream::pending()
+    }
+
+    #[sse("/retry", retry = "2500ms", keep_alive = false)]
+    fn retry() -> impl Stream<Item = &'static str> {
+        stream::iter(["after the hint"])
+    }
+
+    #[sse("/burst", keep_alive = false)]
+    fn burst() -> impl Stream<Item = String> {
+        stream::iter((0..100).map(|n| format!("event {n}")))
+    }
+
+    #[sse("/failing")]
+    fn failing() -> impl Stream<Item = Result<MessageEvent, std::io::Error>> {
+        stream::iter([
+            Ok(MessageEvent::new("first")),
+            Ok(MessageEvent::new("second")),
+            Err(std::io::Error::other("database went away")),
+            Ok(MessageEvent::new("never sent")),
+        ])
+    }
+
+    /// Streams until dropped; records the drop.
+    #[sse("/watched", keep_alive = false)]
+    fn watched(&self) -> impl Stream<Item = MessageEvent> {
+        self.opened.fetch_add(1, Ordering::SeqCst);
+        let guard = DropGuard(self.drops.clone());
+        stream::once(async { MessageEvent::new("hello") })
+            .chain(stream::pending())
+            .map(move |event| {
+                let _alive = &guard;
+                event
+            })
+    }
+
+    #[sse("/items/:id")]
+    async fn item(
+        &self,
+        Path(id): Path<u32>,
+    ) -> Result<impl Stream<Item = MessageEvent>, (StatusCode, String)> {
+        if id != 7 {
+            return Err((StatusCode::NOT_FOUND, format!("no item {id}")));
+        }
+        Ok(stream::iter([MessageEvent::new(format!("item {id}"))]))
+    }
+
+    #[sse("/echo/{a}/{b}")]
+    fn echo(
+        Path((a, b)): Path<(String, String)>,
+        Query(query): Query<HashMap<String, String>>,
+        headers: HeaderMap,
+        User(user): User,
+    ) -> impl Stream<Item = serde_json::Value> {
+        let agent = headers
+            .get("x-agent")
+            .map(|v| v.to_str().unwrap_or("?").to_owned());
+        stream::iter([
+            serde_json::json!({ "a": a, "b": b, "q": query.get("q"), "agent": agent, "user": user }),
+        ])
+    }
+
+    #[sse("/complete", method = "post")]
+    async fn complete(Json(prompt): Json<Prompt>) -> impl Stream<Item = MessageEvent> {
+        stream::iter(prompt.words)
+            .map(MessageEvent::new)
+            .chain(stream::iter([MessageEvent::new("[DONE]")]))
+    }
+
+    /// Not a route: left as written.
+    fn helper(&self) -> usize {
+        self.opened.load(Ordering::SeqCst)
+    }
+}
+
+async fn server() -> (TestServer, TestController) {
+    let controller = TestController::default();
+    (
+        TestServer::start(controller.clone().router()).await,
+        controller,
+    )
+}
+
+#[tokio::test]
+async fn idle_stream_gets_keep_alive_comments_at_the_route_interval() {
+    let (server, _) = server().await;
+    let mut raw = RawResponse::get(server.addr, "/t/idle").await;
+    assert!(raw.head.starts_with("HTTP/1.1 200"), "{}", raw.head);
+    for _ in 0..2 {
+        assert_eq!(raw.next_chunk().await.unwrap(), b": keep-alive\n\n");
+    }
+}
+
+#[tokio::test]
+async fn keep_alive_false_sends_nothing_while_idle() {
+    let (server, _) = server().await;
+    let mut raw = RawResponse::get(server.addr, "/t/silent").await;
+    let quiet = tokio::time::timeout(Duration::from_millis(400), raw.next_chunk()).await;
+    assert!(quiet.is_err(), "expected silence, got {quiet:?}");
+}
+
+#[tokio::test]
+async fn retry_hint_is_sent_before_the_first_event() {
+    let (server, _) = server().await;
+    let mut raw = RawResponse::get(server.addr, "/t/retry").await;
+    let mut body = Vec::new();
+    while let Some(chunk) = raw.next_chunk().await {
+        body.extend(chunk);
+    }
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "retry: 2500\n\ndata: after the hint\n\n"
+    );
+}
+
+#[tokio::test]
+async fn ready_events_are_coalesced_into_one_write() {
+    let (server, _) = server().await;
+    let mut raw = RawResponse::get(server.addr, "/t/burst").await;
+    let first = raw.next_chunk().await.unwrap();
+    let expected: String = (0..100).map(|n| format!("data: event {n}\n\n")).collect();
+    assert_eq!(String::from_utf8(first).unwrap(), expected);
+    assert_eq!(raw.next_chunk().await, None, "the stream then ends");
+}
+
+#[tokio::test]
+async fn err_item_flushes_earlier_events_then_ends_the_stream_cleanly() {
+    let (server, _) = server().await;
+    let mut raw = RawResponse::get(server.addr, "/t/failing").await;
+    let mut body = Vec::new();
+    // Reaching the terminating chunk proves a clean end, not a reset connection.
+    while let Some(chunk) = raw.next_chunk().await {
+        body.extend(chunk);
+    }
+    assert_eq!(
+        String::from_utf8(body).unwrap(),
+        "data: first\n\ndata: second\n\n"
+    );
+}
+
+#[tokio::test]
+async fn stream_is_dropped_promptly_when_the_client_disconnects() {
+    let (server, controller) = server().await;
+    for round in 1..=3 {
+        let response = open(&server.url("/t/watched")).await;
+        let mut events = events(response);
+        assert_eq!(next_event(&mut events).await.data, "hello");
+        assert_eq!(
+            controller.drops.0.load(Ordering::SeqCst),
+            round - 1,
+            "still open"
+        );
+        drop(events);
+        // No keep-alive on this route: the server notices the closed socket itself.
+        eventually("the method's stream is dropped", || {
+            controller.drops.0.load(Ordering::SeqCst) == round
+        })
+        .await;
+    }
+    assert_eq!(controller.helper(), 3);
+}
+
+#[tokio::test]
+async fn result_route_answers_its_error_before_streaming() {
+    let (server, _) = server().await;
+    let response = within(reqwest::get(server.url("/t/items/8")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 404);
+    assert_eq!(response.text().await.unwrap(), "no item 8");
+
+    let mut events = events(open(&server.url("/t/items/7")).await);
+    assert_eq!(next_event(&mut events).await.data, "item 7");
+
+    // A path that does not parse as the extractor's type is axum's 400.
+    let response = within(reqwest::get(server.url("/t/items/seven")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 400);
+}
+
+#[tokio::test]
+async fn extractors_of_every_kind_reach_the_method() {
+    let (server, _) = server().await;
+    let client = reqwest::Client::new();
+    let response = within(
+        client
+            .get(server.url("/t/echo/x/y?q=hi"))
+            .header("x-agent", "test")
+            .header("x-user", "ann")
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut events = events(response);
+    let echoed: serde_json::Value =
+        serde_json::from_str(&next_event(&mut events).await.data).unwrap();
+    assert_eq!(
+        echoed,
+        serde_json::json!({ "a": "x", "b": "y", "q": "hi", "agent": "test", "user": "ann" })
+    );
+
+    // The custom extractor's rejection is the response.
+    let response = within(client.get(server.url("/t/echo/x/y")).send())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 401);
+}
+
+#[tokio::test]
+async fn post_route_streams_a_response_to_a_json_body() {
+    let (server, _) = server().await;
+    let client = reqwest::Client::new();
+    let response = within(
+        client
+            .post(server.url("/t/complete"))
+            .json(&serde_json::json!({ "words": ["a", "b"] }))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let data: Vec<String> = within(events(response).map(|e| e.data).collect()).await;
+    assert_eq!(data, ["a", "b", "[DONE]"]);
+
+    // GET is not served on a POST route.
+    let response = within(client.get(server.url("/t/complete")).send())
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+}
+
+// ---- state: a controller whose methods read the app's state ----
+
+#[derive(Clone)]
+struct AppState {
+    greeting: &'static str,
+}
+
+#[derive(Clone)]
+struct StatefulController;
+
+#[sse_controller("/", state = AppState)]
+impl StatefulController {
+    #[sse("/greet/:name")]
+    async fn greet(
+        State(state): State<AppState>,
+        Path(name): Path<String>,
+    ) -> impl Stream<Item = String> {
+        stream::iter([format!("{}, {name}", state.greeting)])
+    }
+}
+
+#[tokio::test]
+async fn state_declared_on_the_controller_reaches_state_extractors() {
+    let app = StatefulController
+        .router()
+        .with_state(AppState { greeting: "hello" });
+    let server = TestServer::start(app).await;
+    let mut events = events(open(&server.url("/greet/bo")).await);
+    assert_eq!(next_event(&mut events).await.data, "hello, bo");
+}
+
+#[tokio::test]
+async fn controller_router_merges_into_an_app_with_its_own_state() {
+    let app: axum::Router = axum::Router::new()
+        .route(
+            "/health",
+            axum::routing::get(|State(n): State<u8>| async move { n.to_string() }),
+        )
+        .merge(TestController::default().router())
+        .with_state(7u8);
+    let server = TestServer::start(app).await;
+    assert_eq!(
+        within(reqwest::get(server.url("/health")))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+        "7"
+    );
+    let mut events = events(open(&server.url("/t/retry")).await);
+    assert_eq!(next_event(&mut events).await.data, "after the hint");
+}
