@@ -48,9 +48,10 @@ const PATH_HELP: &str = "write the path first, as a string literal";
 /// Parses the leading path literal, with a teaching error when it is missing.
 fn parse_path(input: ParseStream, example: &str) -> syn::Result<LitStr> {
     if input.is_empty() {
-        return Err(input.error(format!(
-            "missing route path\n\n= help: {PATH_HELP}: {example}"
-        )));
+        return Err(syn::Error::new(
+            Span::call_site(),
+            format!("missing route path\n\n= help: {PATH_HELP}: {example}"),
+        ));
     }
     if input.peek(LitStr) {
         return input.parse();

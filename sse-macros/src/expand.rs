@@ -69,8 +69,8 @@ pub fn controller(controller: &Controller) -> TokenStream {
         quote!(__S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,)
     });
     let where_predicates = where_clause.as_ref().map(|w| {
-        let predicates = &w.predicates;
-        quote!(#predicates,)
+        let predicates = w.predicates.iter();
+        quote!(#(#predicates,)*)
     });
 
     quote! {
@@ -103,29 +103,27 @@ fn handler(route: &Route) -> TokenStream {
     let arg_types = route.args.iter().map(|arg| &arg.ty);
     let receiver = route.takes_self.then(|| quote!(&*__this,));
     let await_call = route.is_async.then(|| quote!(.await));
-    let call = quote!(Self::#method(#receiver #(#arg_names),*) #await_call);
     let options = options(route);
 
-    // The checks and respond functions carry the return type's span, so a
-    // return value that is not a stream of events is reported on the user's type.
+    // rustc reports an unmet bound of a call at its argument expression, so the
+    // method call carries the return type's span: a return value that is not a
+    // stream of events is then reported on the user's return type.
     let return_span = route.returns.ty().span();
+    let call = quote_spanned!(return_span=> Self::#method(#receiver #(#arg_names),*) #await_call);
     let body = match (&route.returns, route.takes_self) {
         (Returns::Stream(_), false) => {
-            let respond = quote_spanned!(return_span=> #private::respond_stream);
-            quote!(#respond(#call, #options))
+            quote!(#private::respond_stream(#call, #options))
         }
         (Returns::Result(_), false) => {
-            let respond = quote_spanned!(return_span=> #private::respond_result);
-            quote!(#respond(#call, #options))
+            quote!(#private::respond_result(#call, #options))
         }
         // With `&self`, the method's stream may borrow the controller (in edition
         // 2024, `impl Stream` captures `&self`'s lifetime). The generator owns the
         // `Arc` it borrows from, so the response can outlive this call.
         (Returns::Stream(_), true) => {
-            let check = quote_spanned!(return_span=> #private::check_stream);
             quote! {
                 #private::respond_stream(#private::async_stream::stream! {
-                    let __stream = #check(#call);
+                    let __stream = #private::check_stream(#call);
                     let mut __stream = ::core::pin::pin!(__stream);
                     while let ::core::option::Option::Some(__item) =
                         #private::__StreamExt::next(&mut __stream).await
@@ -136,10 +134,9 @@ fn handler(route: &Route) -> TokenStream {
             }
         }
         (Returns::Result(_), true) => {
-            let check = quote_spanned!(return_span=> #private::check_result);
             quote! {
                 #private::respond_steps(#private::async_stream::stream! {
-                    match #check(#call) {
+                    match #private::check_result(#call) {
                         ::core::result::Result::Err(__error) => yield #private::Step::reject(__error),
                         ::core::result::Result::Ok(__stream) => {
                             yield #private::Step::Start;

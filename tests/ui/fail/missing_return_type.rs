@@ -1,0 +1,13 @@
+use futures_util::{Stream, stream};
+use sse_runtime::{MessageEvent, sse, sse_controller};
+
+#[derive(Clone)]
+struct C;
+
+#[sse_controller("/events")]
+impl C {
+    #[sse("/stream")]
+    fn stream() {}
+}
+
+fn main() {}
