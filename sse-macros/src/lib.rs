@@ -21,7 +21,7 @@ use proc_macro::TokenStream;
 /// `#[sse("/path")]` becomes a route at the controller's prefix plus its path,
 /// and a generated `router(self)` method returns an `axum::Router` serving them.
 ///
-/// ```ignore
+/// ```text
 /// #[sse_controller("/events")]                      // or "/" for no prefix
 /// #[sse_controller("/events", state = AppState)]    // when methods take `State<T>`
 /// ```
@@ -38,7 +38,7 @@ pub fn sse_controller(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Marks a method of an `#[sse_controller]` impl block as an SSE route.
 ///
-/// ```ignore
+/// ```text
 /// #[sse("/sse-stream")]
 /// #[sse("/user/:userId")]                  // or "/user/{userId}"; needs a `Path` extractor
 /// #[sse("/dynamic", keep_alive = "5s")]    // or `keep_alive = false`; default 15s
