@@ -245,13 +245,17 @@ impl MessageEvent {
     /// assert_eq!(&buf[..], b"data: a\n\ndata: b\n\n");
     /// ```
     pub fn encode_into(&self, buf: &mut BytesMut) {
+        self.encode_fields(buf, self.id.as_deref());
+    }
+
+    fn encode_fields(&self, buf: &mut BytesMut, id: Option<&str>) {
         if let Some(comment) = &self.comment {
             encode::write_comment(buf, comment);
         }
         if let Some(event_type) = &self.event_type {
             encode::write_field(buf, b"event", event_type);
         }
-        if let Some(id) = &self.id {
+        if let Some(id) = id {
             encode::write_field(buf, b"id", id);
         }
         if let Some(retry) = self.retry {
@@ -263,7 +267,7 @@ impl MessageEvent {
         // An event with no field at all would be a bare blank line: write nothing.
         if self.comment.is_some()
             || self.event_type.is_some()
-            || self.id.is_some()
+            || id.is_some()
             || self.retry.is_some()
             || self.data.is_some()
         {
@@ -281,6 +285,15 @@ impl MessageEvent {
     /// ```
     pub fn encode(&self) -> EncodedEvent {
         EncodedEvent(self.to_bytes())
+    }
+
+    /// This event encoded with `id` in place of its own id. Only for ids this
+    /// crate formats, which hold no CR, LF or NUL.
+    pub(crate) fn encode_with_id(&self, id: &str) -> EncodedEvent {
+        debug_assert!(!id.contains(['\r', '\n', '\0']));
+        let mut buf = BytesMut::new();
+        self.encode_fields(&mut buf, Some(id));
+        EncodedEvent(buf.freeze())
     }
 
     /// This event in the `text/event-stream` format.

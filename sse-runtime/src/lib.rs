@@ -28,20 +28,31 @@
 //! - [`MessageEvent`] is the event (data as text or JSON, event type, id,
 //!   retry, comment); [`SseItem`] lists what else a stream may yield.
 //! - [`Sse`] is the response, usable from any axum handler without the macros.
+//! - [`Registry`] holds per-user and per-topic streams: subscribe, send,
+//!   broadcast, replay after a reconnect ([`LastEventId`]), over a pluggable
+//!   [`Broker`] (in memory by default).
 //! - [`sse_controller`] and [`sse`] turn an `impl` block into axum routes.
 #![deny(missing_docs)]
 
 mod body;
+mod broker;
 mod encode;
 mod event;
+mod event_id;
 mod item;
+mod memory;
+mod registry;
 mod response;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
+pub use broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
 pub use event::{EncodedEvent, EventError, EventField, MessageEvent};
+pub use event_id::{LastEventId, MAX_LAST_EVENT_ID_LEN};
 pub use item::{ItemError, SseItem};
+pub use memory::MemoryBroker;
+pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};
 pub use sse_macros::{sse, sse_controller};

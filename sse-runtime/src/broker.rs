@@ -1,0 +1,193 @@
+//! The broker behind a [`Registry`](crate::Registry): where events are stamped,
+//! kept for replay and fanned out. In memory by default; the trait is what a
+//! broker shared by several server instances implements.
+
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use futures_util::stream::BoxStream;
+
+use crate::event::{EncodedEvent, MessageEvent};
+
+/// Where a registry's events live.
+///
+/// # Contract
+///
+/// Every implementation gives these guarantees; the registry's tests check them
+/// against each broker.
+///
+/// - **Ids.** `publish` stamps the event with an id (the SSE `id:` field,
+///   replacing any id the event had) that is unique for the broker's lifetime
+///   and increases with every event of a key. Ids are opaque strings to clients.
+/// - **Ordering.** A subscription sees the events of its key in id order, each
+///   at most once.
+/// - **Replay.** `subscribe(key, Some(last_id))` first yields exactly the
+///   events of `key` published after `last_id`, then live events, with no gap
+///   and no duplicate, whatever is published concurrently. When the history no
+///   longer covers `last_id`, or the id is unknown or malformed, the
+///   subscription starts with the **reset signal** (see [`ResetReason`]) and
+///   continues live: never a silent gap.
+/// - **Bounds.** History is bounded by count and by age ([`RegistryConfig`]).
+///   Publishing never waits for a subscriber; a subscriber that falls behind by
+///   more than its buffer is dealt with by the [`LagPolicy`].
+/// - **Cleanup.** A key with no subscriber and no retained history holds no
+///   memory. Dropping a subscription releases everything it held.
+/// - **Errors.** `publish` fails with a [`BrokerError`] when it cannot
+///   guarantee the event was recorded; it never drops an event silently.
+/// - **Shutdown.** After `shutdown`, every subscription ends promptly and
+///   `publish` fails with [`BrokerError::ShutDown`].
+pub trait Broker<K>: Send + Sync + 'static {
+    /// Stamps `event` with the next id, records it in `key`'s history and
+    /// delivers it to `key`'s subscriptions. Returns how many subscriptions of
+    /// this instance it reached.
+    fn publish<'a>(
+        &'a self,
+        key: &'a K,
+        event: MessageEvent,
+    ) -> BoxFuture<'a, Result<usize, BrokerError>>;
+
+    /// Publishes `event` to every key that currently exists. Returns how many
+    /// subscriptions of this instance it reached.
+    fn publish_to_all(&self, event: MessageEvent) -> BoxFuture<'_, Result<usize, BrokerError>>;
+
+    /// A subscription to `key`: the replay after `last_event_id` (if given),
+    /// then live events.
+    fn subscribe(&self, key: &K, last_event_id: Option<&str>) -> BoxStream<'static, EncodedEvent>;
+
+    /// How many keys hold state (subscribers or history).
+    fn key_count(&self) -> usize;
+
+    /// How many open subscriptions `key` has on this instance.
+    fn subscriber_count(&self, key: &K) -> usize;
+
+    /// Ends every subscription and refuses further publishing.
+    fn shutdown(&self);
+}
+
+/// Why an event could not be published.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum BrokerError {
+    /// The registry was shut down.
+    #[error("the SSE registry is shut down")]
+    ShutDown,
+    /// The broker's backing service could not record the event.
+    #[error("the SSE broker is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What a subscriber that falls behind by more than its buffer gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum LagPolicy {
+    /// End its stream. A browser reconnects with `Last-Event-ID` and replays
+    /// from history, so nothing is lost while the history covers the gap.
+    #[default]
+    Disconnect,
+    /// Skip what it has not read yet, send it the reset signal with reason
+    /// `lagged`, and continue with live events.
+    SkipWithNotice,
+}
+
+/// Why a subscription starts with, or receives, the reset signal: an event of
+/// type [`RegistryConfig::reset_event_type`] (default `reset`) whose data is
+/// `{"reason":"<reason>"}` and whose id is the current position, so that the
+/// client resumes from there after reloading its state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ResetReason {
+    /// The `Last-Event-ID` is older than the retained history.
+    HistoryExpired,
+    /// The `Last-Event-ID` was issued by another run of the server, or is ahead of it.
+    UnknownId,
+    /// The `Last-Event-ID` is not an id this library writes.
+    InvalidId,
+    /// The subscriber fell behind and events were skipped ([`LagPolicy::SkipWithNotice`]).
+    Lagged,
+}
+
+impl ResetReason {
+    /// The reason as written in the signal's data.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResetReason::HistoryExpired => "history_expired",
+            ResetReason::UnknownId => "unknown_id",
+            ResetReason::InvalidId => "invalid_id",
+            ResetReason::Lagged => "lagged",
+        }
+    }
+}
+
+/// How a registry keeps history and treats slow subscribers.
+///
+/// ```
+/// use sse_runtime::{LagPolicy, Registry, RegistryConfig};
+/// use std::time::Duration;
+///
+/// let registry: Registry<String> = Registry::with_config(
+///     RegistryConfig::default()
+///         .history_len(500)
+///         .history_ttl(Duration::from_secs(60))
+///         .buffer(64)
+///         .lag_policy(LagPolicy::SkipWithNotice),
+/// );
+/// ```
+#[derive(Debug, Clone)]
+pub struct RegistryConfig {
+    pub(crate) history_len: usize,
+    pub(crate) history_ttl: Duration,
+    pub(crate) buffer: usize,
+    pub(crate) lag_policy: LagPolicy,
+    pub(crate) reset_event_type: String,
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            history_len: 1000,
+            history_ttl: Duration::from_secs(300),
+            buffer: 256,
+            lag_policy: LagPolicy::Disconnect,
+            reset_event_type: "reset".to_owned(),
+        }
+    }
+}
+
+impl RegistryConfig {
+    /// Events kept per key for replay, and the most a key holds at once
+    /// (default 1000; at least 1).
+    pub fn history_len(mut self, events: usize) -> Self {
+        self.history_len = events.max(1);
+        self
+    }
+
+    /// How long an event stays replayable (default 5 minutes).
+    pub fn history_ttl(mut self, ttl: Duration) -> Self {
+        self.history_ttl = ttl;
+        self
+    }
+
+    /// How many live events a subscriber may fall behind by before the
+    /// [`LagPolicy`] applies (default 256; at least 1). Replay after a
+    /// reconnect does not count against it.
+    pub fn buffer(mut self, events: usize) -> Self {
+        self.buffer = events.max(1);
+        self
+    }
+
+    /// What happens to a subscriber that falls behind (default: disconnect).
+    pub fn lag_policy(mut self, policy: LagPolicy) -> Self {
+        self.lag_policy = policy;
+        self
+    }
+
+    /// The event type of the reset signal (default `reset`). A value with a
+    /// line break is refused and the current type kept.
+    pub fn reset_event_type(mut self, event_type: impl Into<String>) -> Self {
+        let event_type = event_type.into();
+        if !event_type.contains(['\r', '\n']) {
+            self.reset_event_type = event_type;
+        }
+        self
+    }
+}

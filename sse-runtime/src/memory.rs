@@ -1,0 +1,454 @@
+//! The in-memory broker: the default, for one server process.
+//!
+//! Keys are spread over shards, each a mutex around a map of key states. A key
+//! state is a ring of encoded events (its history, which is also the live
+//! buffer), its subscriber count and the wakers of subscribers waiting for more.
+//! A subscriber is only a cursor into that ring: publishing appends once, wakes
+//! the waiters and never waits; each subscriber copies out, under the same
+//! lock, every entry after its cursor. Because publishing and reading happen
+//! under one lock and ids increase in that order, a subscriber can neither skip
+//! nor repeat an entry (the no-gap, no-duplicate guarantee).
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use futures_core::Stream;
+use futures_util::future::{self, BoxFuture};
+use futures_util::stream::BoxStream;
+
+use crate::broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
+use crate::event::{EncodedEvent, MessageEvent};
+use crate::event_id::{IdSpace, ParsedId};
+
+const SHARDS: usize = 32;
+
+/// The default [`Broker`]: everything in this process's memory.
+///
+/// ```
+/// use sse_runtime::{MemoryBroker, Registry, RegistryConfig};
+/// let registry: Registry<u64> = Registry::with_broker(MemoryBroker::new(RegistryConfig::default()));
+/// ```
+pub struct MemoryBroker<K> {
+    inner: Arc<Inner<K>>,
+}
+
+struct Inner<K> {
+    shards: Box<[Mutex<HashMap<K, KeyState>>]>,
+    hasher: RandomState,
+    /// The last sequence number handed out. Taken under the lock of the key's
+    /// shard, so a key's entries are appended in sequence order.
+    sequence: AtomicU64,
+    /// The highest sequence number evicted from a key that was then removed:
+    /// a new key state starts from it, so a client whose id is older than
+    /// events that expired is told so (reset), never silently resumed.
+    removed_watermark: AtomicU64,
+    ids: IdSpace,
+    config: RegistryConfig,
+    shut_down: AtomicBool,
+    next_subscriber: AtomicU64,
+    sweeper_started: AtomicBool,
+}
+
+struct KeyState {
+    history: VecDeque<Entry>,
+    /// The sequence number of the last entry appended (0: none yet).
+    last_sequence: u64,
+    /// The highest sequence number evicted from `history` (or the watermark
+    /// this state started from). A cursor below it has missed something.
+    evicted_through: u64,
+    subscribers: usize,
+    /// Subscribers waiting for an entry, by subscriber id.
+    waiting: HashMap<u64, Waker>,
+}
+
+struct Entry {
+    sequence: u64,
+    at: Instant,
+    event: EncodedEvent,
+}
+
+impl KeyState {
+    fn new(watermark: u64) -> Self {
+        KeyState {
+            history: VecDeque::new(),
+            last_sequence: 0,
+            evicted_through: watermark,
+            subscribers: 0,
+            waiting: HashMap::new(),
+        }
+    }
+
+    /// Where a subscriber that wants only what comes next starts.
+    fn head(&self) -> u64 {
+        self.last_sequence.max(self.evicted_through)
+    }
+
+    fn evict_expired(&mut self, now: Instant, ttl: Duration) {
+        while let Some(front) = self.history.front() {
+            if now.duration_since(front.at) < ttl {
+                break;
+            }
+            self.evicted_through = self.evicted_through.max(front.sequence);
+            self.history.pop_front();
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.subscribers == 0 && self.history.is_empty()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every update of a key state completes before its guard drops, so a panic
+    // elsewhere cannot leave one half-written: recover the data.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl<K> MemoryBroker<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A broker keeping history and treating slow subscribers as `config` says.
+    pub fn new(config: RegistryConfig) -> Self {
+        MemoryBroker {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+                hasher: RandomState::new(),
+                sequence: AtomicU64::new(0),
+                removed_watermark: AtomicU64::new(0),
+                ids: IdSpace::random(),
+                config,
+                shut_down: AtomicBool::new(false),
+                next_subscriber: AtomicU64::new(0),
+                sweeper_started: AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl<K> Inner<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    fn shard(&self, key: &K) -> &Mutex<HashMap<K, KeyState>> {
+        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+    }
+
+    /// Appends `event` to `state` with a fresh sequence number. Must be called
+    /// under the lock of the state's shard.
+    fn append(&self, state: &mut KeyState, event: &MessageEvent, now: Instant) -> usize {
+        let sequence = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        self.append_encoded(
+            state,
+            sequence,
+            event.encode_with_id(&self.ids.format(sequence)),
+            now,
+        )
+    }
+
+    fn append_encoded(
+        &self,
+        state: &mut KeyState,
+        sequence: u64,
+        event: EncodedEvent,
+        now: Instant,
+    ) -> usize {
+        state.evict_expired(now, self.config.history_ttl);
+        if state.history.len() >= self.config.history_len {
+            if let Some(oldest) = state.history.pop_front() {
+                state.evicted_through = state.evicted_through.max(oldest.sequence);
+            }
+        }
+        state.history.push_back(Entry {
+            sequence,
+            at: now,
+            event,
+        });
+        state.last_sequence = sequence;
+        for (_, waker) in state.waiting.drain() {
+            waker.wake();
+        }
+        state.subscribers
+    }
+
+    fn reset_signal(&self, reason: ResetReason, position: u64) -> EncodedEvent {
+        MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
+            .with_event_type(self.config.reset_event_type.as_str())
+            .unwrap_or_else(|_| MessageEvent::new(""))
+            .encode_with_id(&self.ids.format(position))
+    }
+
+    fn remove_if_idle(&self, shard: &mut HashMap<K, KeyState>, key: &K) {
+        if shard.get(key).is_some_and(KeyState::is_idle) {
+            if let Some(state) = shard.remove(key) {
+                self.removed_watermark
+                    .fetch_max(state.evicted_through, Ordering::SeqCst);
+            }
+        }
+    }
+
+    /// Evicts expired history everywhere and removes idle keys.
+    fn sweep(&self) {
+        let now = Instant::now();
+        for shard in self.shards.iter() {
+            let mut shard = lock(shard);
+            let mut watermark = 0;
+            shard.retain(|_, state| {
+                state.evict_expired(now, self.config.history_ttl);
+                let idle = state.is_idle();
+                if idle {
+                    watermark = watermark.max(state.evicted_through);
+                }
+                !idle
+            });
+            self.removed_watermark
+                .fetch_max(watermark, Ordering::SeqCst);
+        }
+    }
+}
+
+/// One shared task per broker expires history of keys nobody touches. It holds
+/// only a weak reference and stops when the broker is dropped or shut down.
+fn start_sweeper<K>(inner: &Arc<Inner<K>>)
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return; // Not in a runtime: expiry then happens on each publish of a key.
+    };
+    if inner.sweeper_started.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let period =
+        (inner.config.history_ttl / 4).clamp(Duration::from_millis(20), Duration::from_secs(5));
+    let weak: Weak<Inner<K>> = Arc::downgrade(inner);
+    runtime.spawn(async move {
+        let mut interval = tokio::time::interval(period);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            interval.tick().await;
+            match weak.upgrade() {
+                Some(inner) if !inner.shut_down.load(Ordering::SeqCst) => inner.sweep(),
+                _ => return,
+            }
+        }
+    });
+}
+
+impl<K> Broker<K> for MemoryBroker<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    fn publish<'a>(
+        &'a self,
+        key: &'a K,
+        event: MessageEvent,
+    ) -> BoxFuture<'a, Result<usize, BrokerError>> {
+        let inner = &self.inner;
+        let result = if inner.shut_down.load(Ordering::SeqCst) {
+            Err(BrokerError::ShutDown)
+        } else {
+            start_sweeper(inner);
+            let mut shard = lock(inner.shard(key));
+            let watermark = inner.removed_watermark.load(Ordering::SeqCst);
+            let state = shard
+                .entry(key.clone())
+                .or_insert_with(|| KeyState::new(watermark));
+            Ok(inner.append(state, &event, Instant::now()))
+        };
+        Box::pin(future::ready(result))
+    }
+
+    fn publish_to_all(&self, event: MessageEvent) -> BoxFuture<'_, Result<usize, BrokerError>> {
+        let inner = &self.inner;
+        if inner.shut_down.load(Ordering::SeqCst) {
+            return Box::pin(future::ready(Err(BrokerError::ShutDown)));
+        }
+        let now = Instant::now();
+        let mut reached = 0;
+        for shard in inner.shards.iter() {
+            let mut shard = lock(shard);
+            if shard.is_empty() {
+                continue;
+            }
+            // One sequence number and one encoding per shard, shared by its keys.
+            let sequence = inner.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+            let encoded = event.encode_with_id(&inner.ids.format(sequence));
+            for state in shard.values_mut() {
+                reached += inner.append_encoded(state, sequence, encoded.clone(), now);
+            }
+        }
+        Box::pin(future::ready(Ok(reached)))
+    }
+
+    fn subscribe(&self, key: &K, last_event_id: Option<&str>) -> BoxStream<'static, EncodedEvent> {
+        let inner = &self.inner;
+        let mut shard = lock(inner.shard(key));
+        let watermark = inner.removed_watermark.load(Ordering::SeqCst);
+        let state = shard
+            .entry(key.clone())
+            .or_insert_with(|| KeyState::new(watermark));
+        state.subscribers += 1;
+
+        let head = state.head();
+        let resume = last_event_id.map(|id| match inner.ids.parse(id) {
+            ParsedId::Ours(last) if last > inner.sequence.load(Ordering::SeqCst) => {
+                Err(ResetReason::UnknownId)
+            }
+            ParsedId::Ours(last) if last < state.evicted_through => {
+                Err(ResetReason::HistoryExpired)
+            }
+            ParsedId::Ours(last) => Ok(last),
+            ParsedId::OtherEpoch => Err(ResetReason::UnknownId),
+            ParsedId::Invalid => Err(ResetReason::InvalidId),
+        });
+        let mut ready = VecDeque::new();
+        let cursor = match resume {
+            None => head,
+            Some(Ok(last)) => last,
+            Some(Err(reason)) => {
+                ready.push_back(inner.reset_signal(reason, head));
+                head
+            }
+        };
+        Box::pin(MemorySubscription {
+            id: inner.next_subscriber.fetch_add(1, Ordering::Relaxed),
+            key: key.clone(),
+            cursor,
+            replay_until: state.last_sequence,
+            ready,
+            ended: false,
+            inner: Arc::clone(inner),
+        })
+    }
+
+    fn key_count(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| lock(shard).len())
+            .sum()
+    }
+
+    fn subscriber_count(&self, key: &K) -> usize {
+        lock(self.inner.shard(key))
+            .get(key)
+            .map_or(0, |state| state.subscribers)
+    }
+
+    fn shutdown(&self) {
+        self.inner.shut_down.store(true, Ordering::SeqCst);
+        for shard in self.inner.shards.iter() {
+            for state in lock(shard).values_mut() {
+                for (_, waker) in state.waiting.drain() {
+                    waker.wake();
+                }
+            }
+        }
+    }
+}
+
+/// One subscriber: a cursor into its key's ring, and the entries copied out
+/// but not yet yielded.
+struct MemorySubscription<K: Hash + Eq + Clone + Send + Sync + 'static> {
+    id: u64,
+    key: K,
+    /// The sequence number of the last entry taken.
+    cursor: u64,
+    /// Entries up to here are replay, which the lag limit does not count.
+    replay_until: u64,
+    ready: VecDeque<EncodedEvent>,
+    ended: bool,
+    inner: Arc<Inner<K>>,
+}
+
+// Nothing in a subscription points into itself.
+impl<K: Hash + Eq + Clone + Send + Sync + 'static> Unpin for MemorySubscription<K> {}
+
+impl<K> Stream for MemorySubscription<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    type Item = EncodedEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<EncodedEvent>> {
+        let this = &mut *self;
+        if let Some(event) = this.ready.pop_front() {
+            return Poll::Ready(Some(event));
+        }
+        if this.ended || this.inner.shut_down.load(Ordering::SeqCst) {
+            this.ended = true;
+            return Poll::Ready(None);
+        }
+        let inner = Arc::clone(&this.inner);
+        let mut shard = lock(inner.shard(&this.key));
+        // SAFETY-style invariant: a live subscription counts in `subscribers`,
+        // so its key state is never removed while it exists.
+        let Some(state) = shard.get_mut(&this.key) else {
+            this.ended = true;
+            return Poll::Ready(None);
+        };
+        let start = state
+            .history
+            .partition_point(|entry| entry.sequence <= this.cursor);
+        let live_from = state
+            .history
+            .partition_point(|entry| entry.sequence <= this.cursor.max(this.replay_until));
+        let missed_evicted = state.evicted_through > this.cursor;
+        let too_far_behind = state.history.len() - live_from > inner.config.buffer;
+        if missed_evicted || too_far_behind {
+            match inner.config.lag_policy {
+                LagPolicy::Disconnect => {
+                    this.ended = true;
+                    return Poll::Ready(None);
+                }
+                LagPolicy::SkipWithNotice => {
+                    this.cursor = state.head();
+                    this.replay_until = this.cursor;
+                    return Poll::Ready(Some(inner.reset_signal(ResetReason::Lagged, this.cursor)));
+                }
+            }
+        }
+        if let Some(last) = state.history.back().filter(|_| start < state.history.len()) {
+            this.cursor = last.sequence;
+            this.ready.extend(
+                state
+                    .history
+                    .range(start..)
+                    .map(|entry| entry.event.clone()),
+            );
+        }
+        match this.ready.pop_front() {
+            Some(event) => Poll::Ready(Some(event)),
+            None => {
+                match state.waiting.get_mut(&this.id) {
+                    Some(waker) if waker.will_wake(cx.waker()) => {}
+                    Some(waker) => waker.clone_from(cx.waker()),
+                    None => {
+                        state.waiting.insert(this.id, cx.waker().clone());
+                    }
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl<K> Drop for MemorySubscription<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    fn drop(&mut self) {
+        let mut shard = lock(self.inner.shard(&self.key));
+        if let Some(state) = shard.get_mut(&self.key) {
+            state.subscribers -= 1;
+            state.waiting.remove(&self.id);
+        }
+        self.inner.remove_if_idle(&mut shard, &self.key);
+    }
+}

@@ -1,0 +1,224 @@
+//! The registry: per-user and per-topic streams that fan out, survive
+//! reconnects and never leak.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use futures_core::Stream;
+use futures_util::StreamExt;
+use futures_util::stream::BoxStream;
+
+use crate::broker::{Broker, BrokerError, RegistryConfig};
+use crate::event::{EncodedEvent, MessageEvent};
+use crate::memory::MemoryBroker;
+
+/// Streams by key (a user id, a topic, a room): subscribe, send, broadcast,
+/// replay after a reconnect. A cheap-to-clone handle for handlers, background
+/// tasks and services.
+///
+/// Every event sent through the registry is stamped with an id (the SSE `id:`
+/// field) that increases per key, kept in a bounded history, encoded once and
+/// shared by every subscriber. A browser that reconnects sends the last id as
+/// `Last-Event-ID`; [`subscribe_from`](Registry::subscribe_from) gives it exactly
+/// what it missed, then live events.
+///
+/// ```
+/// use futures_util::StreamExt;
+/// use sse_runtime::{MessageEvent, Registry};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), sse_runtime::BrokerError> {
+/// let registry: Registry<String> = Registry::new();
+/// let mut alice = registry.subscribe(&"alice".to_owned());
+/// assert_eq!(registry.send(&"alice".to_owned(), MessageEvent::new("hi")).await?, 1);
+///
+/// let event = alice.next().await.unwrap();
+/// let text = std::str::from_utf8(event.as_bytes()).unwrap();
+/// assert!(text.starts_with("id: ") && text.ends_with("data: hi\n\n"));
+/// # Ok(())
+/// # }
+/// ```
+pub struct Registry<K> {
+    broker: Arc<dyn Broker<K>>,
+    producers: Arc<Producers<K>>,
+}
+
+struct Producers<K> {
+    running: Mutex<HashMap<K, (u64, tokio::task::AbortHandle)>>,
+    next_id: AtomicU64,
+}
+
+impl<K> Clone for Registry<K> {
+    fn clone(&self) -> Self {
+        Registry {
+            broker: Arc::clone(&self.broker),
+            producers: Arc::clone(&self.producers),
+        }
+    }
+}
+
+impl<K> Default for Registry<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    fn default() -> Self {
+        Registry::new()
+    }
+}
+
+impl<K> Registry<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// An in-memory registry with the default [`RegistryConfig`].
+    pub fn new() -> Self {
+        Registry::with_config(RegistryConfig::default())
+    }
+
+    /// An in-memory registry.
+    pub fn with_config(config: RegistryConfig) -> Self {
+        Registry::with_broker(MemoryBroker::new(config))
+    }
+
+    /// A registry over any [`Broker`]. Code that uses the registry does not
+    /// change with the broker.
+    pub fn with_broker(broker: impl Broker<K>) -> Self {
+        Registry {
+            broker: Arc::new(broker),
+            producers: Arc::new(Producers {
+                running: Mutex::new(HashMap::new()),
+                next_id: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// A stream of `key`'s events from now on. It stays open while `key` has
+    /// nothing, and receives what comes later.
+    pub fn subscribe(&self, key: &K) -> Subscription {
+        Subscription(self.broker.subscribe(key, None))
+    }
+
+    /// A stream of what `key` had after `last_event_id`, then its live events,
+    /// with no gap and no duplicate. With `None`, the same as
+    /// [`subscribe`](Registry::subscribe). An id older than the history,
+    /// unknown, or malformed starts the stream with the reset signal (see
+    /// [`ResetReason`](crate::ResetReason)).
+    pub fn subscribe_from(&self, key: &K, last_event_id: Option<&str>) -> Subscription {
+        Subscription(self.broker.subscribe(key, last_event_id))
+    }
+
+    /// Sends `event` to every subscriber of `key`, stamping it with the key's
+    /// next id (any id the event had is replaced). Returns how many subscribers
+    /// it reached; with none, it is still kept for replay.
+    pub async fn send(&self, key: &K, event: MessageEvent) -> Result<usize, BrokerError> {
+        self.broker.publish(key, event).await
+    }
+
+    /// Sends `event` to every key that has subscribers or history. Returns how
+    /// many subscribers it reached.
+    pub async fn broadcast(&self, event: MessageEvent) -> Result<usize, BrokerError> {
+        self.broker.publish_to_all(event).await
+    }
+
+    /// Drives `producer` in a task and sends each of its events to `key`, as
+    /// the NestJS tutorial's `register(userId, events$)`. A second producer for
+    /// the same key replaces the first. The task ends when the stream does, or
+    /// at [`shutdown`](Registry::shutdown).
+    ///
+    /// Must be called within a Tokio runtime.
+    pub fn register<S>(&self, key: K, producer: S)
+    where
+        S: Stream<Item = MessageEvent> + Send + 'static,
+    {
+        let id = self.producers.next_id.fetch_add(1, Ordering::Relaxed);
+        let broker = Arc::clone(&self.broker);
+        let producers = Arc::clone(&self.producers);
+        let task_key = key.clone();
+        // Held until the task is in the map, so that it cannot finish and remove
+        // itself before it was added.
+        let mut running = self
+            .producers
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        let task = tokio::spawn(async move {
+            let mut producer = std::pin::pin!(producer);
+            while let Some(event) = producer.next().await {
+                if let Err(error) = broker.publish(&task_key, event).await {
+                    tracing::warn!(%error, "SSE producer stopped: its event could not be published");
+                    break;
+                }
+            }
+            let mut running = producers
+                .running
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if running
+                .get(&task_key)
+                .is_some_and(|(current, _)| *current == id)
+            {
+                running.remove(&task_key);
+            }
+        });
+        if let Some((_, previous)) = running.insert(key, (id, task.abort_handle())) {
+            previous.abort();
+        }
+    }
+
+    /// How many keys hold state: subscribers or replayable history.
+    pub fn key_count(&self) -> usize {
+        self.broker.key_count()
+    }
+
+    /// How many producers registered with [`register`](Registry::register) are running.
+    pub fn producer_count(&self) -> usize {
+        self.producers
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len()
+    }
+
+    /// How many open subscriptions `key` has.
+    pub fn subscriber_count(&self, key: &K) -> usize {
+        self.broker.subscriber_count(key)
+    }
+
+    /// Ends every open stream promptly, stops every producer and refuses
+    /// further sends. Call it from `axum::serve(..).with_graceful_shutdown(..)`'s
+    /// signal, so open SSE responses end and the server can stop.
+    pub fn shutdown(&self) {
+        self.broker.shutdown();
+        for (_, (_, task)) in self
+            .producers
+            .running
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .drain()
+        {
+            task.abort();
+        }
+    }
+}
+
+/// One client's stream of a key's events, already encoded (with their ids).
+/// Return it from an `#[sse]` method, or wrap it in [`Sse`](crate::Sse).
+/// Dropping it releases everything it held in the registry.
+#[must_use = "a subscription delivers nothing unless it is streamed"]
+pub struct Subscription(BoxStream<'static, EncodedEvent>);
+
+impl Stream for Subscription {
+    type Item = EncodedEvent;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<EncodedEvent>> {
+        self.0.as_mut().poll_next(cx)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        self.0.size_hint()
+    }
+}
