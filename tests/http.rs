@@ -8,6 +8,23 @@ async fn basic() -> TestServer {
     TestServer::start(basic::app()).await
 }
 
+/// Logs in as `user` and returns the stream URL with that user's token.
+async fn user_url(server: &TestServer, user: &str) -> String {
+    let response = within(
+        reqwest::Client::new()
+            .post(server.url(&format!("/login/{user}")))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let answer: serde_json::Value = response.json().await.unwrap();
+    server.url(&format!(
+        "/events/user/{user}?token={}",
+        answer["token"].as_str().unwrap()
+    ))
+}
+
 #[tokio::test]
 async fn ping_stream_sends_data_ping_every_second() {
     let server = basic().await;
@@ -31,12 +48,14 @@ async fn ping_stream_sends_data_ping_every_second() {
 #[tokio::test]
 async fn sse_responses_carry_event_stream_headers_and_no_length() {
     let server = basic().await;
-    for path in [
-        "/events/sse-stream",
-        "/events/user/alice",
-        "/events/dynamic",
+    let alice = user_url(&server, "alice").await;
+    for url in [
+        server.url("/events/sse-stream"),
+        alice,
+        server.url("/events/dynamic"),
     ] {
-        let response = open(&server.url(path)).await;
+        let path = &url;
+        let response = open(&url).await;
         let headers = response.headers();
         assert_eq!(headers["content-type"], "text/event-stream", "{path}");
         assert_eq!(headers["cache-control"], "no-cache", "{path}");
@@ -72,7 +91,7 @@ async fn post(server: &TestServer, user: &str, content_type: &str, body: &str) -
 #[tokio::test]
 async fn user_stream_receives_pushes_as_text_and_json() {
     let server = basic().await;
-    let mut alice = events(open(&server.url("/events/user/alice")).await);
+    let mut alice = events(open(&user_url(&server, "alice").await).await);
 
     let sent = post(&server, "alice", "text/plain", "two\r\nlines").await;
     assert_eq!(sent, (202, r#"{"delivered":1}"#.to_owned()));
@@ -90,9 +109,10 @@ async fn user_stream_receives_pushes_as_text_and_json() {
 #[tokio::test]
 async fn push_reaches_every_open_stream_of_that_user_and_no_other() {
     let server = basic().await;
-    let mut alice_1 = events(open(&server.url("/events/user/alice")).await);
-    let mut alice_2 = events(open(&server.url("/events/user/alice")).await);
-    let mut bob = events(open(&server.url("/events/user/bob")).await);
+    let alice = user_url(&server, "alice").await;
+    let mut alice_1 = events(open(&alice).await);
+    let mut alice_2 = events(open(&alice).await);
+    let mut bob = events(open(&user_url(&server, "bob").await).await);
 
     assert_eq!(
         post(&server, "alice", "text/plain", "for alice").await.1,
@@ -116,7 +136,7 @@ async fn push_reaches_every_open_stream_of_that_user_and_no_other() {
 #[tokio::test]
 async fn invalid_json_push_is_refused_and_sends_nothing() {
     let server = basic().await;
-    let mut alice = events(open(&server.url("/events/user/alice")).await);
+    let mut alice = events(open(&user_url(&server, "alice").await).await);
     let (status, body) = post(&server, "alice", "application/json", "{not json").await;
     assert_eq!(status, 400);
     assert!(body.starts_with("invalid JSON body"), "{body}");
@@ -140,23 +160,192 @@ async fn invalid_user_id_is_answered_404_before_streaming() {
     }
     let (status, _) = post(&server, "has%20space", "text/plain", "x").await;
     assert_eq!(status, 404);
+    let login = within(
+        reqwest::Client::new()
+            .post(server.url("/login/has%20space"))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(login.status(), 404);
 }
 
 #[tokio::test]
 async fn user_entry_is_removed_when_their_last_stream_disconnects() {
     let controller = basic::EventsController::new();
     let users = controller.users().clone();
-    let server = TestServer::start(controller.router()).await;
+    let server = TestServer::start(controller.app()).await;
+    let alice = user_url(&server, "alice").await;
 
-    let first = open(&server.url("/events/user/alice")).await;
-    let second = open(&server.url("/events/user/alice")).await;
-    eventually("alice has an entry", || users.user_count() == 1).await;
+    let first = open(&alice).await;
+    let second = open(&alice).await;
+    eventually("alice has an entry", || users.key_count() == 1).await;
     drop(first);
-    // One stream is still open: the entry stays and still delivers.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(users.user_count(), 1);
+    eventually("one stream is left", || {
+        users.subscriber_count(&"alice".to_owned()) == 1
+    })
+    .await;
+    assert_eq!(users.key_count(), 1);
     drop(second);
-    eventually("alice's entry is removed", || users.user_count() == 0).await;
+    eventually("alice's entry is removed", || users.key_count() == 0).await;
+}
+
+#[tokio::test]
+async fn a_users_stream_needs_that_users_token() {
+    let server = basic().await;
+    let alice = user_url(&server, "alice").await;
+    let bob = user_url(&server, "bob").await;
+    let bobs_token = bob.split("token=").nth(1).unwrap();
+    let client = reqwest::Client::new();
+    let status = |url: String, cookie: Option<String>| {
+        let mut request = client.get(url);
+        if let Some(cookie) = cookie {
+            request = request.header("cookie", cookie);
+        }
+        async move { within(request.send()).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(status(server.url("/events/user/alice"), None).await, 401);
+    assert_eq!(
+        status(server.url("/events/user/alice?token=forged"), None).await,
+        401
+    );
+    assert_eq!(
+        status(
+            server.url(&format!("/events/user/alice?token={bobs_token}")),
+            None
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status(
+            server.url("/events/user/alice"),
+            Some(format!("theme=dark; token={bobs_token}"))
+        )
+        .await,
+        403
+    );
+    assert_eq!(
+        status(
+            server.url("/events/user/bob"),
+            Some(format!("token={bobs_token}"))
+        )
+        .await,
+        200
+    );
+    assert_eq!(status(alice, None).await, 200);
+}
+
+#[tokio::test]
+async fn a_reconnect_with_last_event_id_gets_exactly_the_missed_events() {
+    let server = basic().await;
+    let alice = user_url(&server, "alice").await;
+    let mut stream = events(open(&alice).await);
+    post(&server, "alice", "text/plain", "one").await;
+    let seen = next_event(&mut stream).await;
+    assert_eq!(seen.data, "one");
+    assert!(!seen.id.is_empty(), "the registry stamps ids");
+    drop(stream);
+
+    for text in ["two", "three"] {
+        // Nobody is listening, yet the events are kept for replay.
+        assert_eq!(
+            post(&server, "alice", "text/plain", text).await.1,
+            r#"{"delivered":0}"#
+        );
+    }
+    let response = within(
+        reqwest::Client::new()
+            .get(&alice)
+            .header("last-event-id", &seen.id)
+            .send(),
+    )
+    .await
+    .unwrap();
+    let mut resumed = events(response);
+    post(&server, "alice", "text/plain", "four").await;
+    for expected in ["two", "three", "four"] {
+        assert_eq!(next_event(&mut resumed).await.data, expected);
+    }
+
+    // An id this server never issued gets the reset signal, not a silent gap.
+    let response = within(
+        reqwest::Client::new()
+            .get(&alice)
+            .header("last-event-id", "0badc0de-1")
+            .send(),
+    )
+    .await
+    .unwrap();
+    let reset = next_event(&mut events(response)).await;
+    assert_eq!(
+        (reset.event.as_str(), reset.data.as_str()),
+        ("reset", r#"{"reason":"unknown_id"}"#)
+    );
+}
+
+#[tokio::test]
+async fn two_hundred_connect_disconnect_cycles_leave_no_registry_entry() {
+    let controller = basic::EventsController::new();
+    let users = controller.users().clone();
+    let server = TestServer::start(controller.app()).await;
+    let mut urls = Vec::new();
+    for n in 0..20 {
+        urls.push(user_url(&server, &format!("user{n}")).await);
+    }
+    for cycle in 0..200 {
+        drop(open(&urls[cycle % urls.len()]).await);
+    }
+    eventually("every entry is removed", || users.key_count() == 0).await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_with_100_open_streams_completes_within_a_second() {
+    let controller = basic::EventsController::new();
+    let registry = controller.users().clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
+    let stop = registry.clone();
+    let server = tokio::spawn(
+        axum::serve(listener, controller.app())
+            .with_graceful_shutdown(async move {
+                let _ = signalled.await;
+                stop.shutdown();
+            })
+            .into_future(),
+    );
+    let url = |path: &str| format!("http://{addr}{path}");
+    let token = {
+        let login = within(reqwest::Client::new().post(url("/login/alice")).send())
+            .await
+            .unwrap();
+        let answer: serde_json::Value = login.json().await.unwrap();
+        answer["token"].as_str().unwrap().to_owned()
+    };
+    // Registry streams, and plain streams bound to the registry's shutdown.
+    let mut open_streams = Vec::new();
+    for n in 0..100 {
+        let path = match n % 3 {
+            0 => format!("/events/user/alice?token={token}"),
+            1 => "/events/sse-stream".to_owned(),
+            _ => "/events/dynamic".to_owned(),
+        };
+        open_streams.push(open(&url(&path)).await);
+    }
+    let started = Instant::now();
+    signal.send(()).unwrap();
+    within(server).await.unwrap().unwrap();
+    let took = started.elapsed();
+    eprintln!("graceful shutdown with 100 open SSE streams took {took:?}");
+    assert!(
+        took < Duration::from_secs(1),
+        "graceful shutdown took {took:?}"
+    );
+    // Every client saw its response end cleanly.
+    for response in open_streams {
+        within(response.bytes()).await.expect("a clean end of body");
+    }
 }
 
 #[tokio::test]

@@ -45,6 +45,7 @@ use crate::memory::MemoryBroker;
 pub struct Registry<K> {
     broker: Arc<dyn Broker<K>>,
     producers: Arc<Producers<K>>,
+    closed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 struct Producers<K> {
@@ -57,6 +58,7 @@ impl<K> Clone for Registry<K> {
         Registry {
             broker: Arc::clone(&self.broker),
             producers: Arc::clone(&self.producers),
+            closed: Arc::clone(&self.closed),
         }
     }
 }
@@ -93,6 +95,7 @@ where
                 running: Mutex::new(HashMap::new()),
                 next_id: AtomicU64::new(0),
             }),
+            closed: Arc::new(tokio::sync::watch::Sender::new(false)),
         }
     }
 
@@ -169,6 +172,42 @@ where
         }
     }
 
+    /// `stream`, ended at [`shutdown`](Registry::shutdown): for streams that do
+    /// not come from the registry (a ping, a feed), so they too let a graceful
+    /// shutdown complete.
+    ///
+    /// ```
+    /// use futures_util::{StreamExt, stream};
+    /// use sse_runtime::Registry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let registry: Registry<String> = Registry::new();
+    /// let mut endless = registry.until_shutdown(stream::repeat("ping"));
+    /// assert_eq!(endless.next().await, Some("ping"));
+    /// registry.shutdown();
+    /// assert_eq!(endless.next().await, None);
+    /// # }
+    /// ```
+    pub fn until_shutdown<S: Stream>(
+        &self,
+        stream: S,
+    ) -> impl Stream<Item = S::Item> + Send + 'static
+    where
+        S: Send + 'static,
+    {
+        stream.take_until(self.closed())
+    }
+
+    /// Resolves when [`shutdown`](Registry::shutdown) is called.
+    pub fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.closed.subscribe();
+        async move {
+            // Err: every sender is gone, which only happens once the registry is dropped.
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
+    }
+
     /// How many keys hold state: subscribers or replayable history.
     pub fn key_count(&self) -> usize {
         self.broker.key_count()
@@ -192,6 +231,7 @@ where
     /// further sends. Call it from `axum::serve(..).with_graceful_shutdown(..)`'s
     /// signal, so open SSE responses end and the server can stop.
     pub fn shutdown(&self) {
+        self.closed.send_replace(true);
         self.broker.shutdown();
         for (_, (_, task)) in self
             .producers

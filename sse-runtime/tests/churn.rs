@@ -35,7 +35,9 @@ async fn churn(registry: &Registry<String>, cycles: usize) {
 async fn ten_thousand_subscribe_disconnect_cycles_leave_no_entry_task_or_memory() {
     let _turn = ONE_AT_A_TIME.lock().await;
     let registry: Registry<String> = Registry::new();
-    let tasks_before = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks_before = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
 
     // Warm up: lets maps and shards reach their working capacity.
     churn(&registry, 1_000).await;
@@ -44,14 +46,27 @@ async fn ten_thousand_subscribe_disconnect_cycles_leave_no_entry_task_or_memory(
     let region = Region::new(GLOBAL);
     churn(&registry, 10_000).await;
     let change = region.change();
-    let net = change.bytes_allocated as i64 - change.bytes_deallocated as i64 + change.bytes_reallocated as i64;
+    let net = change.bytes_allocated as i64 - change.bytes_deallocated as i64
+        + change.bytes_reallocated as i64;
 
     eprintln!("net allocation change over 10,000 cycles: {net} bytes ({change:?})");
-    assert_eq!(registry.key_count(), 0, "every key is removed with its last subscriber");
-    assert_eq!(tokio::runtime::Handle::current().metrics().num_alive_tasks(), tasks_before);
+    assert_eq!(
+        registry.key_count(),
+        0,
+        "every key is removed with its last subscriber"
+    );
+    assert_eq!(
+        tokio::runtime::Handle::current()
+            .metrics()
+            .num_alive_tasks(),
+        tasks_before
+    );
     // 20,000 subscriptions were made; anything per subscription left behind
     // would show as hundreds of kilobytes.
-    assert!(net < 16 * 1024, "memory grew by {net} bytes over 10,000 cycles ({change:?})");
+    assert!(
+        net < 16 * 1024,
+        "memory grew by {net} bytes over 10,000 cycles ({change:?})"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -65,18 +80,35 @@ async fn keys_with_history_are_removed_once_it_expires() {
         registry.send(&key, MessageEvent::new("x")).await.unwrap();
         assert!(subscriber.next().await.is_some());
     }
-    assert_eq!(registry.key_count(), KEYS, "history keeps keys replayable for a while");
+    assert_eq!(
+        registry.key_count(),
+        KEYS,
+        "history keeps keys replayable for a while"
+    );
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     while registry.key_count() != 0 {
-        assert!(tokio::time::Instant::now() < deadline, "{} keys left", registry.key_count());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} keys left",
+            registry.key_count()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     // Dropping the last handle stops the shared sweeper task too.
-    let tasks = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let tasks = tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks();
     drop(registry);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while tokio::runtime::Handle::current().metrics().num_alive_tasks() >= tasks {
-        assert!(tokio::time::Instant::now() < deadline, "the sweeper task did not stop");
+    while tokio::runtime::Handle::current()
+        .metrics()
+        .num_alive_tasks()
+        >= tasks
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the sweeper task did not stop"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

@@ -1,31 +1,36 @@
 //! The NestJS SSE tutorial, in Rust.
 //!
 //! - `GET  /events/sse-stream`: `data: ping` every second.
-//! - `GET  /events/user/{userId}`: that user's stream.
-//! - `POST /events/user/{userId}`: pushes the body (text or JSON) to every open
-//!   stream of that user.
+//! - `GET  /events/user/{userId}`: that user's stream (needs their token), which
+//!   resumes from `Last-Event-ID` after a reconnect.
+//! - `POST /events/user/{userId}`: pushes the body (text or JSON) to that user.
 //! - `GET  /events/dynamic`: events of type `customEventName`.
+//! - `POST /login/{userId}`: a token for that user's stream (cookie and JSON).
 //! - `GET  /`: a page that shows what arrives, using the browser's `EventSource`.
 
-mod users;
+mod auth;
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::response::{Html, IntoResponse};
+use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::{Stream, StreamExt};
-use sse_runtime::{EventError, MessageEvent, sse, sse_controller};
+use sse_runtime::{
+    EventError, LastEventId, MessageEvent, Registry, Subscription, sse, sse_controller,
+};
 use tokio_stream::wrappers::IntervalStream;
 
-pub use users::UserChannels;
+pub use auth::{Credentials, Tokens};
 
-/// The tutorial's `EventsController`: its services are the per-user channels.
+/// The tutorial's `EventsController`. Its services: the registry of per-user
+/// streams and the tokens that guard them.
 #[derive(Clone, Default)]
 pub struct EventsController {
-    users: UserChannels,
+    users: Registry<String>,
+    tokens: Tokens,
 }
 
 #[sse_controller("/events")]
@@ -33,29 +38,37 @@ impl EventsController {
     /// `data: ping` every second.
     #[sse("/sse-stream")]
     fn sse_stream(&self) -> impl Stream<Item = MessageEvent> {
-        every(Duration::from_secs(1)).map(|_| MessageEvent::new("ping"))
+        let pings = every(Duration::from_secs(1)).map(|_| MessageEvent::new("ping"));
+        self.users.until_shutdown(pings)
     }
 
-    /// That user's stream: what `POST /events/user/{userId}` sends. An id that
-    /// cannot be a user is answered `404 Not Found` before any streaming starts.
+    /// That user's stream: 404 for an id that cannot be a user, 401 without a
+    /// token, 403 with another user's. A reconnecting browser's `Last-Event-ID`
+    /// gets it what it missed first.
     #[sse("/user/:userId")]
     async fn user_stream(
         &self,
         Path(user_id): Path<String>,
-    ) -> Result<impl Stream<Item = MessageEvent>, StatusCode> {
-        if !users::is_valid_user_id(&user_id) {
+        credentials: Credentials,
+        last_event_id: LastEventId,
+    ) -> Result<Subscription, StatusCode> {
+        if !is_valid_user_id(&user_id) {
             return Err(StatusCode::NOT_FOUND);
         }
-        Ok(self.users.subscribe(&user_id))
+        self.tokens.authorize(&credentials, &user_id)?;
+        Ok(self
+            .users
+            .subscribe_from(&user_id, last_event_id.as_deref()))
     }
 
     /// Events of type `customEventName`, which a browser delivers to
     /// `addEventListener('customEventName', ...)` rather than `onmessage`.
     #[sse("/dynamic", keep_alive = "5s")]
     fn dynamic(&self) -> impl Stream<Item = Result<MessageEvent, EventError>> {
-        every(Duration::from_secs(1)).enumerate().map(|(n, _)| {
+        let events = every(Duration::from_secs(1)).enumerate().map(|(n, _)| {
             MessageEvent::new(format!("dynamic event {n}")).with_event_type("customEventName")
-        })
+        });
+        self.users.until_shutdown(events)
     }
 }
 
@@ -65,41 +78,59 @@ impl EventsController {
         Self::default()
     }
 
-    /// The per-user channels, for pushing from elsewhere in the app.
-    pub fn users(&self) -> &UserChannels {
+    /// The registry of per-user streams, to send from anywhere in the app.
+    pub fn users(&self) -> &Registry<String> {
         &self.users
+    }
+
+    /// The token store.
+    pub fn tokens(&self) -> &Tokens {
+        &self.tokens
+    }
+
+    /// The whole app: the SSE routes, the push and login endpoints, the page.
+    pub fn app(self) -> Router {
+        let users = self.users.clone();
+        let tokens = self.tokens.clone();
+        self.router()
+            .route(
+                "/events/user/{userId}",
+                post(move |Path(user_id): Path<String>, headers: HeaderMap, body: String| async move {
+                    push(&users, &user_id, &headers, body).await
+                }),
+            )
+            .route(
+                "/login/{userId}",
+                post(move |Path(user_id): Path<String>| async move { login(&tokens, &user_id) }),
+            )
+            .route("/", get(|| async { Html(include_str!("../static/index.html")) }))
     }
 }
 
-/// The whole app: the controller's SSE routes, the push endpoint and the page.
+/// The whole app with a fresh controller.
 pub fn app() -> Router {
-    let controller = EventsController::new();
-    let users = controller.users().clone();
-    controller
-        .router()
-        .route(
-            "/events/user/{userId}",
-            post(
-                move |Path(user_id): Path<String>, headers: HeaderMap, body: String| async move {
-                    push(&users, &user_id, &headers, body)
-                },
-            ),
-        )
-        .route(
-            "/",
-            get(|| async { Html(include_str!("../static/index.html")) }),
-        )
+    EventsController::new().app()
+}
+
+/// Letters, digits, `-` and `_`, 1 to 64 of them.
+pub fn is_valid_user_id(user_id: &str) -> bool {
+    (1..=64).contains(&user_id.len())
+        && user_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
 }
 
 /// `POST /events/user/{userId}`: a JSON body (by content type) is sent as JSON
-/// data, any other body as text. Answers how many open streams got it.
-fn push(
-    users: &UserChannels,
+/// data, any other body as text. Answers how many open streams got it. In a
+/// real app the server itself sends (`registry.send`); this endpoint stands in
+/// for that, as in the tutorial, and so needs no token.
+async fn push(
+    users: &Registry<String>,
     user_id: &str,
     headers: &HeaderMap,
     body: String,
-) -> axum::response::Response {
-    if !users::is_valid_user_id(user_id) {
+) -> Response {
+    if !is_valid_user_id(user_id) {
         return StatusCode::NOT_FOUND.into_response();
     }
     let is_json = headers
@@ -107,9 +138,14 @@ fn push(
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
     let event = if is_json {
-        match serde_json::from_str::<serde_json::Value>(&body) {
+        match serde_json::from_str::<serde_json::Value>(&body)
+            .map(|value| MessageEvent::json(&value))
+        {
             // Re-serialised compactly: one data line whatever the body's layout.
-            Ok(value) => MessageEvent::json(&value).expect("a parsed JSON value serialises"),
+            Ok(Ok(event)) => event,
+            Ok(Err(error)) => {
+                return (StatusCode::BAD_REQUEST, format!("{error}\n")).into_response();
+            }
             Err(error) => {
                 return (
                     StatusCode::BAD_REQUEST,
@@ -121,10 +157,27 @@ fn push(
     } else {
         MessageEvent::new(body)
     };
-    let delivered = users.send(user_id, event);
+    match users.send(&user_id.to_owned(), event).await {
+        Ok(delivered) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "delivered": delivered })),
+        )
+            .into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
+    }
+}
+
+/// `POST /login/{userId}`: no password, this is a demo; what matters is that a
+/// stream needs the token of its own user.
+fn login(tokens: &Tokens, user_id: &str) -> Response {
+    if !is_valid_user_id(user_id) {
+        return StatusCode::NOT_FOUND.into_response();
+    }
+    let token = tokens.issue(user_id);
+    let cookie = format!("token={token}; Path=/; HttpOnly; SameSite=Strict");
     (
-        StatusCode::ACCEPTED,
-        axum::Json(serde_json::json!({ "delivered": delivered })),
+        [(header::SET_COOKIE, cookie)],
+        axum::Json(serde_json::json!({ "user": user_id, "token": token })),
     )
         .into_response()
 }

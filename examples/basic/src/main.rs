@@ -26,9 +26,13 @@ async fn main() -> std::io::Result<()> {
         listener.local_addr()?
     );
 
-    axum::serve(listener, basic::app())
-        .with_graceful_shutdown(async {
+    let controller = basic::EventsController::new();
+    let registry = controller.users().clone();
+    axum::serve(listener, controller.app())
+        .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
+            // Ends every open SSE response, so the server can stop.
+            registry.shutdown();
         })
         .await
 }
