@@ -189,12 +189,9 @@ where
     /// assert_eq!(endless.next().await, None);
     /// # }
     /// ```
-    pub fn until_shutdown<S: Stream>(
-        &self,
-        stream: S,
-    ) -> impl Stream<Item = S::Item> + Send + 'static
+    pub fn until_shutdown<S>(&self, stream: S) -> impl Stream<Item = S::Item> + Send + 'static
     where
-        S: Send + 'static,
+        S: Stream + Send + 'static,
     {
         stream.take_until(self.closed())
     }
