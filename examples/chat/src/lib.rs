@@ -1,0 +1,153 @@
+//! Chat rooms over server-sent events.
+//!
+//! - `GET  /rooms/{room}/events`: the room's messages (a registry topic),
+//!   resuming from `Last-Event-ID`; `204 No Content` for a room that does not
+//!   exist, which tells `EventSource` to stop reconnecting.
+//! - `POST /rooms/{room}/messages` with `{"user": "...", "text": "..."}`.
+//! - `POST /admin/drop-streams`: ends every open stream, as a restart or a
+//!   load balancer would; browsers reconnect and replay what they missed.
+//! - `GET  /`: the chat page.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+use sse_runtime::{EncodedEvent, LastEventId, MessageEvent, Registry, sse, sse_controller};
+
+/// The longest user name and message text accepted.
+pub const MAX_USER_LEN: usize = 32;
+/// See [`MAX_USER_LEN`].
+pub const MAX_TEXT_LEN: usize = 2000;
+
+/// The chat: rooms as registry topics.
+#[derive(Clone)]
+pub struct ChatController {
+    rooms: Registry<String>,
+    known_rooms: Arc<BTreeSet<String>>,
+    /// Bumped to end every open stream.
+    stream_generation: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+/// A message as posted and as sent to the room.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChatMessage {
+    /// Who says it.
+    pub user: String,
+    /// What they say.
+    pub text: String,
+}
+
+#[sse_controller("/rooms")]
+impl ChatController {
+    /// The room's messages: what came after `Last-Event-ID` first, then live.
+    #[sse("/:room/events", retry = "1s")]
+    fn room_events(
+        &self,
+        Path(room): Path<String>,
+        last_event_id: LastEventId,
+    ) -> Result<impl Stream<Item = EncodedEvent>, StatusCode> {
+        if !self.known_rooms.contains(&room) {
+            return Err(StatusCode::NO_CONTENT);
+        }
+        let mut generation = self.stream_generation.subscribe();
+        let dropped = async move {
+            let _ = generation.changed().await;
+        };
+        Ok(self
+            .rooms
+            .subscribe_from(&room, last_event_id.as_deref())
+            .take_until(dropped))
+    }
+}
+
+impl ChatController {
+    /// A chat with these rooms.
+    pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(rooms: I) -> Self {
+        ChatController {
+            rooms: Registry::new(),
+            known_rooms: Arc::new(rooms.into_iter().map(Into::into).collect()),
+            stream_generation: Arc::new(tokio::sync::watch::Sender::new(0)),
+        }
+    }
+
+    /// The rooms' registry.
+    pub fn registry(&self) -> &Registry<String> {
+        &self.rooms
+    }
+
+    /// Ends every open stream (clients reconnect and resume).
+    pub fn drop_streams(&self) {
+        self.stream_generation
+            .send_modify(|generation| *generation += 1);
+    }
+
+    /// The whole app.
+    pub fn app(self) -> Router {
+        let api = Router::new()
+            .route("/rooms/{room}/messages", post(post_message))
+            .route("/rooms", get(list_rooms))
+            .route(
+                "/admin/drop-streams",
+                post(|State(chat): State<ChatController>| async move {
+                    chat.drop_streams();
+                    StatusCode::NO_CONTENT
+                }),
+            )
+            .with_state(self.clone());
+        self.router().merge(api).route(
+            "/",
+            get(|| async { Html(include_str!("../static/index.html")) }),
+        )
+    }
+}
+
+async fn list_rooms(State(chat): State<ChatController>) -> Json<Vec<String>> {
+    Json(chat.known_rooms.iter().cloned().collect())
+}
+
+async fn post_message(
+    State(chat): State<ChatController>,
+    Path(room): Path<String>,
+    Json(message): Json<ChatMessage>,
+) -> Response {
+    if !chat.known_rooms.contains(&room) {
+        return (StatusCode::NOT_FOUND, "no such room\n").into_response();
+    }
+    let user = message.user.trim();
+    if user.is_empty()
+        || user.chars().count() > MAX_USER_LEN
+        || message.text.chars().count() > MAX_TEXT_LEN
+    {
+        return (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "a user of 1 to {MAX_USER_LEN} characters and a text of at most {MAX_TEXT_LEN}\n"
+            ),
+        )
+            .into_response();
+    }
+    let message = ChatMessage {
+        user: user.to_owned(),
+        text: message.text,
+    };
+    let event = match MessageEvent::json(&message) {
+        Ok(event) => event,
+        Err(error) => {
+            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response();
+        }
+    };
+    match chat.rooms.send(&room, event).await {
+        Ok(delivered) => (
+            StatusCode::ACCEPTED,
+            Json(serde_json::json!({ "delivered": delivered })),
+        )
+            .into_response(),
+        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
+    }
+}

@@ -1,0 +1,131 @@
+//! The `chat` example over loopback: rooms, 204 for unknown rooms, and streams
+//! cut by the server resuming with `Last-Event-ID`, each message exactly once.
+
+use chat::{ChatController, ChatMessage};
+use sse_tests::{RawResponse, TestServer, events, next_event, open, within};
+
+async fn chat() -> (TestServer, ChatController) {
+    let chat = ChatController::new(["general", "random"]);
+    (TestServer::start(chat.clone().app()).await, chat)
+}
+
+async fn say(server: &TestServer, room: &str, user: &str, text: &str) -> u16 {
+    let response = within(
+        reqwest::Client::new()
+            .post(server.url(&format!("/rooms/{room}/messages")))
+            .json(&ChatMessage {
+                user: user.into(),
+                text: text.into(),
+            })
+            .send(),
+    )
+    .await
+    .unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn an_unknown_room_is_answered_204_so_event_source_stops() {
+    let (server, _) = chat().await;
+    let response = within(reqwest::get(server.url("/rooms/nowhere/events")))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 204);
+    assert!(response.text().await.unwrap().is_empty());
+    assert_eq!(say(&server, "nowhere", "ann", "hi").await, 404);
+}
+
+#[tokio::test]
+async fn a_room_stream_starts_with_the_retry_hint_and_carries_json_messages() {
+    let (server, _) = chat().await;
+    let mut raw = RawResponse::get(server.addr, "/rooms/general/events").await;
+    assert_eq!(raw.next_chunk().await.unwrap(), b"retry: 1000\n\n");
+
+    let mut general = events(open(&server.url("/rooms/general/events")).await);
+    let mut random = events(open(&server.url("/rooms/random/events")).await);
+    assert_eq!(
+        say(&server, "general", "ann", "line one\nline two").await,
+        202
+    );
+    assert_eq!(say(&server, "random", "bo", "elsewhere").await, 202);
+    let event = next_event(&mut general).await;
+    let message: ChatMessage = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(
+        message,
+        ChatMessage {
+            user: "ann".into(),
+            text: "line one\nline two".into()
+        }
+    );
+    let other: ChatMessage = serde_json::from_str(&next_event(&mut random).await.data).unwrap();
+    assert_eq!(other.text, "elsewhere", "rooms do not leak into each other");
+}
+
+#[tokio::test]
+async fn invalid_messages_are_refused() {
+    let (server, _) = chat().await;
+    assert_eq!(say(&server, "general", "  ", "x").await, 422);
+    assert_eq!(say(&server, "general", &"u".repeat(33), "x").await, 422);
+    assert_eq!(say(&server, "general", "ann", &"x".repeat(2001)).await, 422);
+}
+
+#[tokio::test]
+async fn streams_cut_by_the_server_resume_with_last_event_id_exactly_once() {
+    let (server, chat) = chat().await;
+    let mut received: Vec<String> = Vec::new();
+    let mut last_id: Option<String> = None;
+    let mut sent = 0;
+    for round in 0..4 {
+        let mut request = reqwest::Client::new().get(server.url("/rooms/general/events"));
+        if let Some(id) = &last_id {
+            request = request.header("last-event-id", id);
+        }
+        let response = within(request.send()).await.unwrap();
+        assert_eq!(response.status(), 200);
+        let mut stream = events(response);
+        // Some messages while connected, some while away (after the cut below).
+        for _ in 0..3 {
+            sent += 1;
+            say(&server, "general", "ann", &format!("m{sent}")).await;
+        }
+        while received.len() < sent {
+            let event = next_event(&mut stream).await;
+            received.push(
+                serde_json::from_str::<ChatMessage>(&event.data)
+                    .unwrap()
+                    .text,
+            );
+            last_id = Some(event.id);
+        }
+        chat.drop_streams();
+        // The server ends the response cleanly.
+        use futures_util::StreamExt;
+        assert!(
+            within(stream.next()).await.is_none(),
+            "round {round}: the stream must end"
+        );
+        for _ in 0..2 {
+            sent += 1;
+            say(&server, "general", "bo", &format!("m{sent}")).await;
+        }
+    }
+    // The final resume collects what was sent during the last cut.
+    let response = within(
+        reqwest::Client::new()
+            .get(server.url("/rooms/general/events"))
+            .header("last-event-id", last_id.unwrap())
+            .send(),
+    )
+    .await
+    .unwrap();
+    let mut stream = events(response);
+    while received.len() < sent {
+        received.push(
+            serde_json::from_str::<ChatMessage>(&next_event(&mut stream).await.data)
+                .unwrap()
+                .text,
+        );
+    }
+    let expected: Vec<String> = (1..=sent).map(|n| format!("m{n}")).collect();
+    assert_eq!(received, expected);
+}
