@@ -193,7 +193,8 @@ where
     where
         S: Stream + Send + 'static,
     {
-        stream.take_until(self.closed())
+        // Boxed so the result is `Unpin` whenever `stream` is.
+        stream.take_until(Box::pin(self.closed()))
     }
 
     /// Resolves when [`shutdown`](Registry::shutdown) is called.
