@@ -2,6 +2,8 @@
 //! port, and read it with clients we did not write (reqwest + eventsource-stream)
 //! or with a raw socket when the exact bytes on the wire matter.
 
+pub mod conformance;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 

@@ -1,0 +1,60 @@
+//! The conformance table through parsers we did not write: eventsource-stream
+//! here, over a real loopback socket; the browser and httpx-sse in `browser.rs`
+//! and `clients.rs`.
+
+use futures_util::StreamExt;
+use sse_tests::conformance::{self, Seen};
+use sse_tests::{TestServer, within};
+
+/// Plays one case the way `EventSource` would: read until the stream ends,
+/// reconnect with the last id, stop at 204. Bounded to 5 connections.
+async fn play(server: &TestServer, case: &str) -> Vec<Seen> {
+    use eventsource_stream::Eventsource;
+    let client = reqwest::Client::new();
+    let mut seen = Vec::new();
+    let mut last_event_id = String::new();
+    for _ in 0..5 {
+        let mut request =
+            client.get(server.url(&format!("/conformance/{case}?run=eventsource-stream")));
+        if !last_event_id.is_empty() {
+            request = request.header("last-event-id", &last_event_id);
+        }
+        let response = within(request.send()).await.unwrap();
+        if response.status() == 204 {
+            return seen;
+        }
+        assert_eq!(response.status(), 200, "{case}");
+        let mut events = response.bytes_stream().eventsource();
+        while let Some(event) = within(events.next()).await {
+            let event = event.unwrap_or_else(|e| panic!("{case}: parse error {e}"));
+            last_event_id = event.id.clone();
+            seen.push(Seen {
+                event_type: event.event,
+                data: event.data,
+                last_event_id: event.id,
+                retry: event.retry.map(|r| r.as_millis() as u64),
+            });
+        }
+    }
+    panic!("{case}: the server never answered 204");
+}
+
+#[tokio::test]
+async fn every_conformance_case_reads_back_exactly_with_eventsource_stream() {
+    let server = TestServer::start(conformance::app()).await;
+    let mut failures = Vec::new();
+    let cases = conformance::cases();
+    for case in &cases {
+        let seen = play(&server, &case.name).await;
+        if let Err(failure) = conformance::check(case, &seen, true) {
+            failures.push(failure);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
