@@ -178,14 +178,9 @@ pub fn check(case: &Case, seen: &[Seen], check_retry: bool) -> Result<(), String
 }
 
 fn abbreviate(text: &str) -> String {
-    if text.len() > 80 {
-        format!(
-            "{}… ({} bytes)",
-            &text[..text.floor_char_boundary(80)],
-            text.len()
-        )
-    } else {
-        text.to_owned()
+    match text.char_indices().nth(80) {
+        Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),
+        None => text.to_owned(),
     }
 }
 
