@@ -3,6 +3,7 @@
 //! or with a raw socket when the exact bytes on the wire matter.
 
 pub mod conformance;
+pub mod external;
 
 use std::net::SocketAddr;
 use std::time::Duration;

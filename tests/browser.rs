@@ -1,0 +1,190 @@
+//! In a real browser: headless Chromium (Debian's package) driven by
+//! playwright-core, against the example apps and the conformance server on
+//! loopback.
+
+use std::time::Duration;
+
+use std::sync::{Arc, Mutex};
+
+use axum::extract::Request;
+use axum::middleware::{self, Next};
+use serde_json::Value;
+use sse_tests::TestServer;
+use sse_tests::conformance::{self, Seen};
+use sse_tests::external::{chromium_path, has_playwright, require, run, runs, tests_dir};
+
+fn browser_available() -> bool {
+    let chromium = chromium_path();
+    require(&[
+        ("chromium", std::path::Path::new(&chromium).exists()),
+        ("node", runs("node")),
+        (
+            "playwright-core (npm install in tests/browser)",
+            has_playwright(),
+        ),
+    ])
+    .is_ok()
+}
+
+async fn drive(mode: &str, base: &str, screenshot: Option<&str>) -> Value {
+    let mut args = vec!["driver.mjs", mode, base];
+    args.extend(screenshot);
+    let output = run(
+        "node",
+        &args,
+        &tests_dir().join("browser"),
+        Duration::from_secs(120),
+    )
+    .await;
+    serde_json::from_str(&output)
+        .unwrap_or_else(|e| panic!("driver output is not JSON ({e}): {output}"))
+}
+
+#[tokio::test]
+async fn every_conformance_case_reads_back_exactly_in_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let server = TestServer::start(conformance::app()).await;
+    let results = drive("conformance", &server.url(""), None).await;
+    let mut failures = Vec::new();
+    let cases = conformance::cases();
+    for case in &cases {
+        let seen: Vec<Seen> = results[&case.name]
+            .as_array()
+            .unwrap_or_else(|| panic!("no result for {}", case.name))
+            .iter()
+            .map(|e| Seen {
+                event_type: e["type"].as_str().unwrap().to_owned(),
+                data: e["data"].as_str().unwrap().to_owned(),
+                last_event_id: e["lastEventId"].as_str().unwrap().to_owned(),
+                retry: None,
+            })
+            .collect();
+        // The browser exposes no retry field; its reconnect timing uses it.
+        if let Err(failure) = conformance::check(case, &seen, false) {
+            failures.push(failure);
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed in Chromium:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn the_basic_page_receives_pings_typed_events_and_user_pushes_in_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let server = TestServer::start(basic::app()).await;
+    // SCREENSHOT_OUT=docs/basic-page.png refreshes the README's picture.
+    let screenshot = std::env::var("SCREENSHOT_OUT")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| tests_dir().join("../target/basic-page.png"));
+    std::fs::create_dir_all(screenshot.parent().unwrap()).unwrap();
+    let seen = drive("basic", &server.url(""), Some(screenshot.to_str().unwrap())).await;
+    let texts = |key: &str| -> Vec<String> {
+        seen[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| v.as_str().unwrap().to_owned())
+            .collect()
+    };
+    let pings = texts("pings");
+    assert!(
+        pings.len() >= 2 && pings.iter().all(|p| p == "ping"),
+        "onmessage: {pings:?}"
+    );
+    let dynamic = texts("dynamic");
+    assert_eq!(
+        dynamic[..2],
+        ["dynamic event 0", "dynamic event 1"],
+        "addEventListener('customEventName')"
+    );
+    assert!(
+        texts("user").contains(&"hello from the browser test".to_owned()),
+        "user stream: {:?}",
+        texts("user")
+    );
+}
+
+#[tokio::test]
+async fn chromium_reconnects_with_last_event_id_and_shows_every_message_once() {
+    if !browser_available() {
+        return;
+    }
+    let (app, requests) = recording_stream_requests(chat::ChatController::new(["general"]).app());
+    let server = TestServer::start(app).await;
+    let seen = drive("chat-resume", &server.url(""), None).await;
+    let shown = seen["shown"].as_array().unwrap();
+    let notices: Vec<&Value> = shown.iter().filter(|item| item["notice"] == true).collect();
+    assert!(
+        notices.is_empty(),
+        "duplicates or resets shown: {notices:?}"
+    );
+    let texts: Vec<String> = shown
+        .iter()
+        .map(|item| {
+            item["text"]
+                .as_str()
+                .unwrap()
+                .trim_start_matches("bot")
+                .to_owned()
+        })
+        .collect();
+    let expected: Vec<String> = (1..=30).map(|n| format!("m{n}")).collect();
+    assert_eq!(texts, expected, "every message exactly once, in order");
+    // The page was cut 4 times; the browser reconnected by itself each time,
+    // carrying the last id it had seen.
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests[0], None, "the first connection has no id");
+    let resumed: Vec<&String> = requests[1..].iter().flatten().collect();
+    assert!(
+        requests.len() >= 5 && resumed.len() == requests.len() - 1,
+        "Last-Event-ID of each request: {requests:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_204_stops_chromium_from_reconnecting() {
+    if !browser_available() {
+        return;
+    }
+    let (app, requests) = recording_stream_requests(chat::ChatController::new(["general"]).app());
+    let server = TestServer::start(app).await;
+    let seen = drive("stop-on-204", &server.url(""), None).await;
+    assert_eq!(seen["readyState"], 2, "EventSource.CLOSED");
+    assert_eq!(
+        requests.lock().unwrap().len(),
+        1,
+        "no reconnection after 204"
+    );
+}
+
+type Recorded = Arc<Mutex<Vec<Option<String>>>>;
+
+/// `app`, recording the `Last-Event-ID` of every request for a room's events.
+fn recording_stream_requests(app: axum::Router) -> (axum::Router, Recorded) {
+    let recorded = Recorded::default();
+    let log = recorded.clone();
+    let app = app.layer(middleware::from_fn(move |request: Request, next: Next| {
+        let log = log.clone();
+        async move {
+            if request.uri().path().ends_with("/events") {
+                let id = request
+                    .headers()
+                    .get("last-event-id")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                log.lock().unwrap().push(id);
+            }
+            next.run(request).await
+        }
+    }));
+    (app, recorded)
+}

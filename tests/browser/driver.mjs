@@ -1,0 +1,100 @@
+// Drives headless Chromium (Debian's, never a downloaded one) for tests/browser.rs.
+//
+//   node driver.mjs <mode> <base-url> [screenshot.png]
+//
+// Prints one JSON document with what the page saw; the Rust test asserts on it.
+// Every wait is bounded, and the browser is always closed.
+import { chromium } from 'playwright-core';
+
+const [mode, base, screenshot] = process.argv.slice(2);
+const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+
+const browser = await chromium.launch({
+  executablePath,
+  headless: true,
+  // Playwright gives each launch a fresh, empty --user-data-dir.
+  args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
+    '--disable-component-update', '--disable-sync'],
+});
+
+const modes = {
+  // Every conformance case through the browser's own EventSource.
+  async conformance(page) {
+    const cases = await (await fetch(`${base}/conformance/cases.json`)).json();
+    const results = {};
+    for (const [n, c] of cases.entries()) {
+      await page.goto(`${base}/conformance/page?case=${c.name}&run=browser-${n}`);
+      // Done when the server's 204 has closed the source: a browser that kept
+      // reconnecting, or saw more, would show it here.
+      await page.waitForFunction(() => window.__done === true, null, { timeout: 15000 });
+      results[c.name] = await page.evaluate(() => window.__events);
+    }
+    return results;
+  },
+
+  // The basic example's page: pings, typed events, a per-user push.
+  async basic(page) {
+    await page.setViewportSize({ width: 1100, height: 420 });
+    await page.goto(`${base}/`);
+    await page.waitForFunction(() => document.querySelectorAll('#ping-log li').length >= 2, null, { timeout: 10000 });
+    await page.waitForFunction(() => document.querySelectorAll('#dynamic-log li').length >= 2, null, { timeout: 10000 });
+    await page.waitForFunction(() => document.getElementById('user-status').textContent === 'open', null, { timeout: 10000 });
+    await page.fill('#message', 'hello from the browser test');
+    await page.click('#send-form button');
+    await page.waitForFunction(
+      () => [...document.querySelectorAll('#user-log li')].some((li) => li.textContent === 'hello from the browser test'),
+      null, { timeout: 10000 });
+    const texts = (selector) => page.$$eval(selector, (items) => items.map((li) => li.textContent));
+    const result = { pings: await texts('#ping-log li'), dynamic: await texts('#dynamic-log li'), user: await texts('#user-log li') };
+    if (screenshot) await page.screenshot({ path: screenshot });
+    return result;
+  },
+
+  // The chat page while the server cuts every stream: the browser reconnects by
+  // itself with Last-Event-ID (the server records it) and the page must end
+  // with each message once.
+  async 'chat-resume'(page) {
+    await page.goto(`${base}/`);
+    await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: 10000 });
+    const total = 30;
+    for (let n = 1; n <= total; n++) {
+      await page.evaluate((n) => fetch('/rooms/general/messages', {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user: 'bot', text: `m${n}` }),
+      }), n);
+      if (n % 7 === 0) {
+        // Cut only a live stream: wait until the page has reconnected and caught up.
+        await page.waitForFunction((n) => document.getElementById('status').textContent === 'live'
+          && document.querySelectorAll('#messages li:not(.notice)').length >= n, n, { timeout: 10000 });
+        await page.evaluate(() => fetch('/admin/drop-streams', { method: 'POST' }));
+      }
+    }
+    await page.waitForFunction((total) => document.querySelectorAll('#messages li:not(.notice)').length >= total,
+      total, { timeout: 20000 });
+    await page.waitForTimeout(300); // anything extra (a duplicate) would arrive now
+    const shown = await page.$$eval('#messages li', (items) => items.map((li) => ({ notice: li.className === 'notice', text: li.textContent })));
+    return { shown };
+  },
+
+  // 204 tells EventSource to stop: no reconnection follows (the server counts).
+  async 'stop-on-204'(page) {
+    await page.goto(`${base}/rooms`);
+    const readyState = await page.evaluate(() => new Promise((resolve) => {
+      const source = new EventSource('/rooms/nowhere/events');
+      source.onerror = () => setTimeout(() => resolve(source.readyState), 2500);
+    }));
+    return { readyState };
+  },
+};
+
+let exitCode = 0;
+try {
+  const page = await browser.newPage();
+  const result = await modes[mode](page);
+  process.stdout.write(JSON.stringify(result));
+} catch (error) {
+  console.error(`browser driver (${mode}) failed: ${error.stack || error}`);
+  exitCode = 1;
+} finally {
+  await browser.close();
+}
+process.exit(exitCode);
