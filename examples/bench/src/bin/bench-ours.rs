@@ -1,0 +1,58 @@
+//! Our runtime, the way a user writes it: a controller with the macros, over
+//! the registry.
+
+use axum::extract::{Query, State};
+use axum::routing::post;
+use bench::{Fast, SUBSCRIBER_BUFFER, Small};
+use futures_util::{Stream, StreamExt, stream};
+use sse_runtime::{MessageEvent, Registry, RegistryConfig, Subscription, sse, sse_controller};
+
+const TOPIC: &str = "broadcast";
+
+#[derive(Clone)]
+struct BenchController {
+    registry: Registry<&'static str>,
+}
+
+#[sse_controller("/events")]
+impl BenchController {
+    #[sse("/broadcast")]
+    fn subscribe(&self) -> Subscription {
+        self.registry.subscribe(&TOPIC)
+    }
+
+    #[sse("/fast")]
+    fn fast(Query(fast): Query<Fast>) -> impl Stream<Item = axum::Json<Small>> {
+        stream::iter((0..fast.n).map(|seq| axum::Json(Small { seq, kind: "fast" })))
+    }
+
+    #[sse("/sse-stream")]
+    fn ping() -> impl Stream<Item = &'static str> {
+        let period = std::time::Duration::from_secs(1);
+        tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(period)).map(|_| "ping")
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    let registry = Registry::with_config(
+        RegistryConfig::default()
+            .history_len(SUBSCRIBER_BUFFER)
+            .buffer(SUBSCRIBER_BUFFER),
+    );
+    let publish = axum::Router::new()
+        .route(
+            "/events/broadcast",
+            post(
+                |State(registry): State<Registry<&'static str>>, body: String| async move {
+                    registry
+                        .send(&TOPIC, MessageEvent::new(body))
+                        .await
+                        .unwrap_or(0)
+                        .to_string()
+                },
+            ),
+        )
+        .with_state(registry.clone());
+    bench::serve(BenchController { registry }.router().merge(publish)).await;
+}

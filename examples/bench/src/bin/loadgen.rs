@@ -1,0 +1,478 @@
+//! The load generator and the side-by-side comparison.
+//!
+//! ```text
+//! cargo build --release -p bench && target/release/loadgen compare            # full run, writes BENCHMARKS.md
+//! cargo build --release -p bench && target/release/loadgen compare --smoke    # tiny sizes (CI smoke test)
+//! ```
+//!
+//! Each scenario starts a fresh server process on a free 127.0.0.1 port,
+//! alternating ours and the plain-axum baseline (ours, baseline, baseline,
+//! ours, ...) so drift on this shared machine hits both, and reports figures as
+//! ratios ours ÷ baseline measured in the same run.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Stdio;
+use std::time::Duration;
+
+use bench::scenario::{self, Figures};
+use tokio::io::{AsyncBufReadExt, BufReader};
+
+#[derive(Clone, Copy)]
+struct Sizes {
+    fan_out_subscribers: usize,
+    fan_out_events: u64,
+    wide_subscribers: usize,
+    wide_events: u64,
+    latency_subscribers: usize,
+    latency_events: u64,
+    latency_rate: u64,
+    idle_connections: usize,
+    fast_events: u64,
+    most_connections: usize,
+    rounds: usize,
+}
+
+const FULL: Sizes = Sizes {
+    fan_out_subscribers: 1_000,
+    fan_out_events: 2_000,
+    wide_subscribers: 10_000,
+    wide_events: 200,
+    latency_subscribers: 1_000,
+    latency_events: 2_500,
+    latency_rate: 500,
+    idle_connections: 10_000,
+    fast_events: 1_000_000,
+    most_connections: 19_000,
+    rounds: 2,
+};
+
+const SMOKE: Sizes = Sizes {
+    fan_out_subscribers: 20,
+    fan_out_events: 20,
+    wide_subscribers: 50,
+    wide_events: 5,
+    latency_subscribers: 20,
+    latency_events: 50,
+    latency_rate: 500,
+    idle_connections: 50,
+    fast_events: 10_000,
+    most_connections: 100,
+    rounds: 1,
+};
+
+struct Server {
+    child: tokio::process::Child,
+    addr: SocketAddr,
+    pid: u32,
+}
+
+async fn start(binary: &str) -> Server {
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
+        probe.local_addr().unwrap().port()
+    };
+    let path = std::env::current_exe().unwrap().with_file_name(binary);
+    let mut child = tokio::process::Command::new(&path)
+        .env("PORT", port.to_string())
+        .stdout(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "start {}: {e} (build with `cargo build --release -p bench`)",
+                path.display()
+            )
+        });
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let ready = tokio::time::timeout(Duration::from_secs(10), lines.next_line()).await;
+    assert!(
+        matches!(ready, Ok(Ok(Some(ref line))) if line.starts_with("listening")),
+        "{binary} did not start"
+    );
+    let pid = child.id().unwrap();
+    Server {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        pid,
+    }
+}
+
+impl Server {
+    async fn stop(mut self) {
+        let _ = self.child.kill().await;
+        // Let the kernel release the connections before the next scenario.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Scenario {
+    FanOut,
+    Wide,
+    Latency,
+    Idle,
+    Fast,
+    Most,
+}
+
+async fn run(scenario: Scenario, binary: &str, sizes: Sizes) -> Figures {
+    let server = start(binary).await;
+    let figures = match scenario {
+        Scenario::FanOut => {
+            scenario::fan_out(
+                server.addr,
+                server.pid,
+                sizes.fan_out_subscribers,
+                sizes.fan_out_events,
+                None,
+            )
+            .await
+        }
+        Scenario::Wide => {
+            scenario::fan_out(
+                server.addr,
+                server.pid,
+                sizes.wide_subscribers,
+                sizes.wide_events,
+                None,
+            )
+            .await
+        }
+        Scenario::Latency => {
+            scenario::fan_out(
+                server.addr,
+                server.pid,
+                sizes.latency_subscribers,
+                sizes.latency_events,
+                Some(sizes.latency_rate),
+            )
+            .await
+        }
+        Scenario::Idle => scenario::idle(server.addr, server.pid, sizes.idle_connections).await,
+        Scenario::Fast => scenario::fast(server.addr, server.pid, sizes.fast_events).await,
+        Scenario::Most => {
+            scenario::fan_out(server.addr, server.pid, sizes.most_connections, 1, None).await
+        }
+    };
+    server.stop().await;
+    eprintln!("  {binary:<17} {figures:?}");
+    figures
+}
+
+/// Runs `scenario` for each binary, alternating the order each round; returns
+/// the mean figures per binary.
+async fn compare(scenario: Scenario, binaries: &[&str], sizes: Sizes) -> Vec<Figures> {
+    let mut runs: Vec<Vec<Figures>> = vec![Vec::new(); binaries.len()];
+    for round in 0..sizes.rounds {
+        let mut order: Vec<usize> = (0..binaries.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            runs[index].push(run(scenario, binaries[index], sizes).await);
+        }
+    }
+    runs.iter().map(|r| mean(r)).collect()
+}
+
+fn mean(runs: &[Figures]) -> Figures {
+    let n = runs.len() as f64;
+    let avg = |f: fn(&Figures) -> f64| runs.iter().map(f).sum::<f64>() / n;
+    Figures {
+        delivered: runs.iter().map(|r| r.delivered).min().unwrap_or(0),
+        expected: runs.first().map_or(0, |r| r.expected),
+        connected: runs.iter().map(|r| r.connected).min().unwrap_or(0),
+        events_per_second: avg(|r| r.events_per_second),
+        cpu_seconds: avg(|r| r.cpu_seconds),
+        cpu_ns_per_event: avg(|r| r.cpu_ns_per_event),
+        latency_p50_us: avg(|r| r.latency_p50_us),
+        latency_p99_us: avg(|r| r.latency_p99_us),
+        latency_max_us: avg(|r| r.latency_max_us),
+        rss_per_connection_bytes: avg(|r| r.rss_per_connection_bytes),
+    }
+}
+
+struct Row {
+    scenario: String,
+    figure: &'static str,
+    ours: String,
+    baseline: String,
+    ratio: f64,
+    target: &'static str,
+    met: bool,
+}
+
+fn loss(f: &Figures) -> u64 {
+    f.expected.saturating_sub(f.delivered)
+}
+
+#[tokio::main]
+async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) != Some("compare") {
+        eprintln!("usage: loadgen compare [--smoke] [--out FILE]");
+        std::process::exit(2);
+    }
+    let smoke = args.iter().any(|a| a == "--smoke");
+    let sizes = if smoke { SMOKE } else { FULL };
+    let out = args
+        .iter()
+        .position(|a| a == "--out")
+        .and_then(|i| args.get(i + 1))
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(if smoke {
+                "target/BENCHMARKS-smoke.md"
+            } else {
+                "BENCHMARKS.md"
+            })
+        });
+    let both = ["bench-ours", "bench-baseline"];
+    let mut rows = Vec::new();
+
+    let s = sizes;
+    eprintln!(
+        "fan-out, {} subscribers, {} events as fast as possible",
+        s.fan_out_subscribers, s.fan_out_events
+    );
+    let fan_out = compare(Scenario::FanOut, &both, s).await;
+    let name = format!(
+        "fan-out, {} subscribers, publisher as fast as it can",
+        s.fan_out_subscribers
+    );
+    rows.push(ratio_row(
+        &name,
+        "server CPU per delivered event (ns)",
+        &fan_out,
+        |f| f.cpu_ns_per_event,
+        "≤ 0.6×",
+        |r| r <= 0.6,
+    ));
+    rows.push(ratio_row(
+        &name,
+        "delivered events/s",
+        &fan_out,
+        |f| f.events_per_second,
+        "≥ 1.5×",
+        |r| r >= 1.5,
+    ));
+    rows.push(loss_row(&name, &fan_out));
+
+    eprintln!("fan-out, {} subscribers", s.wide_subscribers);
+    let wide = compare(Scenario::Wide, &both, s).await;
+    let name = format!("fan-out, {} subscribers", s.wide_subscribers);
+    rows.push(ratio_row(
+        &name,
+        "server CPU per delivered event (ns)",
+        &wide,
+        |f| f.cpu_ns_per_event,
+        "≤ 0.6×",
+        |r| r <= 0.6,
+    ));
+    rows.push(loss_row(&name, &wide));
+
+    eprintln!("latency at {} events/s", s.latency_rate);
+    let latency = compare(Scenario::Latency, &both, s).await;
+    let name = format!(
+        "fan-out, {} subscribers at {} events/s",
+        s.latency_subscribers, s.latency_rate
+    );
+    rows.push(ratio_row(
+        &name,
+        "latency p99 (µs)",
+        &latency,
+        |f| f.latency_p99_us,
+        "≤ 1.0×",
+        |r| r <= 1.0,
+    ));
+    rows.push(ratio_row(
+        &name,
+        "latency p50 (µs)",
+        &latency,
+        |f| f.latency_p50_us,
+        "(info)",
+        |_| true,
+    ));
+    rows.push(ratio_row(
+        &name,
+        "latency max (µs)",
+        &latency,
+        |f| f.latency_max_us,
+        "(info)",
+        |_| true,
+    ));
+
+    eprintln!("idle connections");
+    let idle = compare(Scenario::Idle, &both, s).await;
+    let name = format!("{} idle connections (ping stream)", s.idle_connections);
+    rows.push(ratio_row(
+        &name,
+        "server RSS per connection (bytes)",
+        &idle,
+        |f| f.rss_per_connection_bytes,
+        "≤ 0.75×",
+        |r| r <= 0.75,
+    ));
+
+    eprintln!("one fast client");
+    let fast = compare(Scenario::Fast, &both, s).await;
+    let name = format!("one client reading /events/fast?n={}", s.fast_events);
+    rows.push(ratio_row(
+        &name,
+        "events/s",
+        &fast,
+        |f| f.events_per_second,
+        "≥ 1.5×",
+        |r| r >= 1.5,
+    ));
+    rows.push(ratio_row(
+        &name,
+        "server CPU per event (ns)",
+        &fast,
+        |f| f.cpu_ns_per_event,
+        "(info)",
+        |_| true,
+    ));
+
+    eprintln!("{} connections in one server", s.most_connections);
+    let most = compare(Scenario::Most, &both, s).await;
+    let name = format!(
+        "{} concurrent connections, one broadcast",
+        s.most_connections
+    );
+    rows.push(Row {
+        scenario: name,
+        figure: "connected; received the broadcast",
+        ours: format!("{}; {}", most[0].connected, most[0].delivered),
+        baseline: format!("{}; {}", most[1].connected, most[1].delivered),
+        ratio: f64::NAN,
+        target: "all, zero loss",
+        met: most[0].connected as usize == s.most_connections && loss(&most[0]) == 0,
+    });
+
+    eprintln!("macro vs hand-wired");
+    let wiring = compare(Scenario::FanOut, &["bench-ours", "bench-handwired"], s).await;
+    let name = format!(
+        "macro vs hand-wired, fan-out {} subscribers",
+        s.fan_out_subscribers
+    );
+    let within_2 = |r: f64| (0.98..=1.02).contains(&r);
+    rows.push(ratio_row(
+        &name,
+        "delivered events/s (macro ÷ hand-wired)",
+        &wiring,
+        |f| f.events_per_second,
+        "within 2%",
+        within_2,
+    ));
+    rows.push(ratio_row(
+        &name,
+        "CPU per event (macro ÷ hand-wired)",
+        &wiring,
+        |f| f.cpu_ns_per_event,
+        "within 2%",
+        within_2,
+    ));
+
+    let report = render(&rows, smoke, &args[1..].join(" "));
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    std::fs::write(&out, &report).unwrap();
+    println!("{report}");
+    eprintln!("wrote {}", out.display());
+}
+
+fn ratio_row(
+    scenario: &str,
+    figure: &'static str,
+    figures: &[Figures],
+    value: fn(&Figures) -> f64,
+    target: &'static str,
+    met: impl Fn(f64) -> bool,
+) -> Row {
+    let (ours, other) = (value(&figures[0]), value(&figures[1]));
+    let ratio = ours / other;
+    Row {
+        scenario: scenario.to_owned(),
+        figure,
+        ours: format!("{ours:.1}"),
+        baseline: format!("{other:.1}"),
+        ratio,
+        target,
+        met: met(ratio),
+    }
+}
+
+fn loss_row(scenario: &str, figures: &[Figures]) -> Row {
+    Row {
+        scenario: scenario.to_owned(),
+        figure: "events lost (of expected)",
+        ours: format!("{} of {}", loss(&figures[0]), figures[0].expected),
+        baseline: format!("{} of {}", loss(&figures[1]), figures[1].expected),
+        ratio: f64::NAN,
+        target: "zero loss",
+        met: loss(&figures[0]) == 0,
+    }
+}
+
+fn render(rows: &[Row], smoke: bool, command: &str) -> String {
+    let mut out = String::new();
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let rustc = std::process::Command::new("rustc")
+        .arg("--version")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "## Comparison{}\n",
+        if smoke {
+            " (smoke sizes: not a measurement)"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        out,
+        "Command: `cargo build --release -p bench && target/release/loadgen {command}`\n"
+    );
+    let _ = writeln!(
+        out,
+        "Machine: {cores} cores ({cpu}), {rustc}, loopback only; the load generator shares the cores with the server.\n"
+    );
+    let _ = writeln!(
+        out,
+        "| scenario | figure | ours | baseline | ratio | target | met |"
+    );
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+    for row in rows {
+        let ratio = if row.ratio.is_nan() {
+            "—".to_owned()
+        } else {
+            format!("{:.2}×", row.ratio)
+        };
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {} | {} |",
+            row.scenario,
+            row.figure,
+            row.ours,
+            row.baseline,
+            ratio,
+            row.target,
+            if row.met { "yes" } else { "**no**" }
+        );
+    }
+    out
+}

@@ -1,0 +1,84 @@
+//! Shared by the benchmark servers and the load generator: the endpoint
+//! contract, the event payload, and process measurements from `/proc`.
+//!
+//! Every server serves, on `127.0.0.1:$PORT`:
+//! - `GET  /events/broadcast`: subscribe to the one broadcast topic;
+//! - `POST /events/broadcast`: send the body as the data of one event to every
+//!   subscriber; answers the number of subscribers reached;
+//! - `GET  /events/fast?n=N`: N small JSON events as fast as possible, then the end;
+//! - `GET  /events/sse-stream`: `ping` every second.
+
+pub mod client;
+pub mod scenario;
+
+use serde::{Deserialize, Serialize};
+
+/// Events a subscriber may fall behind by before it loses some, in every server.
+pub const SUBSCRIBER_BUFFER: usize = 16_384;
+
+/// `?n=` of `/events/fast`.
+#[derive(Deserialize)]
+pub struct Fast {
+    pub n: u64,
+}
+
+/// One small JSON event of `/events/fast`.
+#[derive(Serialize)]
+pub struct Small {
+    pub seq: u64,
+    pub kind: &'static str,
+}
+
+/// The port from `$PORT` (default 3100).
+pub fn port() -> u16 {
+    std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3100)
+}
+
+/// Serves `app` on 127.0.0.1:$PORT until killed; prints `listening` when ready.
+pub async fn serve(app: axum::Router) {
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port()))
+        .await
+        .expect("bind");
+    println!("listening on {}", listener.local_addr().unwrap());
+    axum::serve(listener, app).await.expect("serve");
+}
+
+/// CPU seconds (user + system) and resident memory of a process.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcessSample {
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+}
+
+/// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`.
+pub fn sample_process(pid: u32) -> std::io::Result<ProcessSample> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after ')'.
+    let after_name = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+    let clock_ticks_per_second = 100.0;
+    let cpu_seconds = (ticks(11) + ticks(12)) / clock_ticks_per_second;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let rss_kib = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    Ok(ProcessSample {
+        cpu_seconds,
+        rss_bytes: rss_kib * 1024,
+    })
+}

@@ -1,0 +1,236 @@
+//! The load scenarios. Each runs against one server process, bounded in count
+//! and time, on 127.0.0.x only, and returns its figures.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use crate::client::{EventStream, Publisher};
+use crate::{ProcessSample, sample_process};
+
+/// What one scenario run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Figures {
+    pub delivered: u64,
+    pub expected: u64,
+    pub events_per_second: f64,
+    pub cpu_seconds: f64,
+    pub cpu_ns_per_event: f64,
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+    pub latency_max_us: f64,
+    pub rss_per_connection_bytes: f64,
+    pub connected: u64,
+}
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+struct Shared {
+    delivered: AtomicU64,
+    last_receive_ns: AtomicU64,
+    connected: AtomicU64,
+}
+
+/// Fan-out: `subscribers` connections to `/events/broadcast`; then `events`
+/// POSTs, at `rate` per second or as fast as the publisher can.
+pub async fn fan_out(
+    server: SocketAddr,
+    pid: u32,
+    subscribers: usize,
+    events: u64,
+    rate: Option<u64>,
+) -> Figures {
+    let shared = Arc::new(Shared {
+        delivered: AtomicU64::new(0),
+        last_receive_ns: AtomicU64::new(0),
+        connected: AtomicU64::new(0),
+    });
+    // Sample about 1 event in `every` for latency, to keep the samples bounded.
+    let every = ((subscribers as u64 * events) / 2_000_000).max(1);
+    let mut tasks = Vec::with_capacity(subscribers);
+    for index in 0..subscribers {
+        let shared = Arc::clone(&shared);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            let Ok(mut stream) = open_retrying(server, index, "/events/broadcast").await else {
+                return latencies;
+            };
+            shared.connected.fetch_add(1, Ordering::Relaxed);
+            let mut received = 0u64;
+            let _ = stream
+                .for_each_data(|data| {
+                    // "w" is the warm-up; "<seq> <sent-at-ns>" the measured events.
+                    if data == b"w" {
+                        return true;
+                    }
+                    received += 1;
+                    let text = std::str::from_utf8(data).unwrap_or("");
+                    let mut parts = text.split(' ');
+                    let seq: u64 = parts.next().and_then(|v| v.parse().ok()).unwrap_or(0);
+                    if seq % every == 0 {
+                        if let Some(sent) = parts.next().and_then(|v| v.parse::<u64>().ok()) {
+                            let now = now_nanos();
+                            latencies.push((now.saturating_sub(sent) / 1_000) as u32);
+                            shared.last_receive_ns.fetch_max(now, Ordering::Relaxed);
+                        }
+                    }
+                    received < events
+                })
+                .await;
+            shared.delivered.fetch_add(received, Ordering::Relaxed);
+            shared
+                .last_receive_ns
+                .fetch_max(now_nanos(), Ordering::Relaxed);
+            latencies
+        }));
+    }
+
+    let mut publisher = Publisher::connect(server)
+        .await
+        .expect("publisher connects");
+    // Warm up until every subscriber is registered with the server.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let reached: usize = publisher
+            .post("/events/broadcast", "w")
+            .await
+            .ok()
+            .and_then(|a| a.trim().parse().ok())
+            .unwrap_or(0);
+        if reached >= subscribers || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let before = sample_process(pid).unwrap_or_default();
+    let started_ns = now_nanos();
+    let period = rate.map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
+    let mut next_send = Instant::now();
+    for seq in 0..events {
+        if let Some(period) = period {
+            tokio::time::sleep_until(next_send.into()).await;
+            next_send += period;
+        }
+        let body = format!("{seq} {}", now_nanos());
+        if publisher.post("/events/broadcast", &body).await.is_err() {
+            break;
+        }
+    }
+    // Wait for delivery, bounded.
+    let limit = Duration::from_secs(60);
+    let collect = async {
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap_or_default());
+        }
+        latencies
+    };
+    let mut latencies = tokio::time::timeout(limit, collect)
+        .await
+        .unwrap_or_default();
+    let after = sample_process(pid).unwrap_or_default();
+
+    let delivered = shared.delivered.load(Ordering::Relaxed);
+    let elapsed = (shared
+        .last_receive_ns
+        .load(Ordering::Relaxed)
+        .saturating_sub(started_ns)) as f64
+        / 1e9;
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        latencies[((latencies.len() - 1) as f64 * p).round() as usize] as f64
+    };
+    let cpu_seconds = after.cpu_seconds - before.cpu_seconds;
+    Figures {
+        delivered,
+        expected: subscribers as u64 * events,
+        events_per_second: delivered as f64 / elapsed.max(1e-9),
+        cpu_seconds,
+        cpu_ns_per_event: cpu_seconds * 1e9 / (delivered.max(1) as f64),
+        latency_p50_us: percentile(0.50),
+        latency_p99_us: percentile(0.99),
+        latency_max_us: percentile(1.0),
+        connected: shared.connected.load(Ordering::Relaxed),
+        ..Figures::default()
+    }
+}
+
+/// Idle: `connections` ping streams; the server's RSS growth per connection.
+pub async fn idle(server: SocketAddr, pid: u32, connections: usize) -> Figures {
+    let before: ProcessSample = sample_process(pid).unwrap_or_default();
+    let mut streams = Vec::with_capacity(connections);
+    for index in 0..connections {
+        if let Ok(stream) = open_retrying(server, index, "/events/sse-stream").await {
+            streams.push(stream);
+        }
+    }
+    // Let every connection see a ping, so their buffers are in use.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let after = sample_process(pid).unwrap_or_default();
+    let connected = streams.len() as u64;
+    drop(streams);
+    Figures {
+        connected,
+        expected: connections as u64,
+        rss_per_connection_bytes: (after.rss_bytes as f64 - before.rss_bytes as f64)
+            / connected.max(1) as f64,
+        cpu_seconds: after.cpu_seconds - before.cpu_seconds,
+        ..Figures::default()
+    }
+}
+
+/// One client reads `/events/fast?n=events` to the end.
+pub async fn fast(server: SocketAddr, pid: u32, events: u64) -> Figures {
+    let before = sample_process(pid).unwrap_or_default();
+    let started = Instant::now();
+    let mut stream = EventStream::open(server, 0, &format!("/events/fast?n={events}"))
+        .await
+        .expect("open /events/fast");
+    let mut received = 0u64;
+    let _ = tokio::time::timeout(
+        Duration::from_secs(120),
+        stream.for_each_data(|_| {
+            received += 1;
+            true
+        }),
+    )
+    .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let after = sample_process(pid).unwrap_or_default();
+    let cpu_seconds = after.cpu_seconds - before.cpu_seconds;
+    Figures {
+        delivered: received,
+        expected: events,
+        events_per_second: received as f64 / elapsed,
+        cpu_seconds,
+        cpu_ns_per_event: cpu_seconds * 1e9 / received.max(1) as f64,
+        ..Figures::default()
+    }
+}
+
+async fn open_retrying(
+    server: SocketAddr,
+    index: usize,
+    path: &str,
+) -> std::io::Result<EventStream> {
+    let mut last_error = None;
+    for attempt in 0..5u64 {
+        match EventStream::open(server, index, path).await {
+            Ok(stream) => return Ok(stream),
+            Err(error) => {
+                last_error = Some(error);
+                tokio::time::sleep(Duration::from_millis(50 * (attempt + 1))).await;
+            }
+        }
+    }
+    Err(last_error.unwrap())
+}
