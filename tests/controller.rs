@@ -58,6 +58,16 @@ impl TestController {
         stream::pending()
     }
 
+    /// Eight events 50 ms apart, then silence.
+    #[sse("/busy", keep_alive = "150ms")]
+    fn busy() -> impl Stream<Item = &'static str> {
+        let ticks = tokio::time::interval(Duration::from_millis(50));
+        tokio_stream::wrappers::IntervalStream::new(ticks)
+            .take(8)
+            .map(|_| "tick")
+            .chain(stream::pending())
+    }
+
     #[sse("/silent", keep_alive = false)]
     fn silent() -> impl Stream<Item = MessageEvent> {
         stream::pending()
@@ -151,6 +161,23 @@ async fn idle_stream_gets_keep_alive_comments_at_the_route_interval() {
     for _ in 0..2 {
         assert_eq!(raw.next_chunk().await.unwrap(), b": keep-alive\n\n");
     }
+}
+
+#[tokio::test]
+async fn keep_alive_comes_only_after_a_full_interval_of_silence() {
+    let (server, _) = server().await;
+    let mut raw = RawResponse::get(server.addr, "/t/busy").await;
+    let mut body = String::new();
+    // 8 events over 350 ms with a 150 ms keep-alive: no comment in between.
+    while body.matches("data: tick").count() < 8 {
+        body.push_str(&String::from_utf8(raw.next_chunk().await.unwrap()).unwrap());
+    }
+    assert_eq!(body, "data: tick\n\n".repeat(8));
+    assert_eq!(
+        raw.next_chunk().await.unwrap(),
+        b": keep-alive\n\n",
+        "then silence gets one"
+    );
 }
 
 #[tokio::test]

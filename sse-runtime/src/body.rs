@@ -30,6 +30,10 @@ pin_project! {
         // Boxed lazily: a connection with keep-alive off carries no timer.
         keep_alive: Option<Pin<Box<Sleep>>>,
         interval: Duration,
+        // When data last went out. The timer is not reset on every frame (a
+        // timer-wheel operation per event); when it fires early it is re-armed
+        // from here instead.
+        last_write: Instant,
         buf: BytesMut,
         ended: bool,
     }
@@ -47,6 +51,7 @@ impl<S> SseBody<S> {
             stream,
             keep_alive: keep_alive.map(|interval| Box::pin(tokio::time::sleep(interval))),
             interval: keep_alive.unwrap_or_default(),
+            last_write: Instant::now(),
             buf,
             ended: false,
         }
@@ -80,8 +85,8 @@ where
         }
 
         if !this.buf.is_empty() {
-            if let Some(sleep) = this.keep_alive.as_mut() {
-                sleep.as_mut().reset(Instant::now() + *this.interval);
+            if this.keep_alive.is_some() {
+                *this.last_write = Instant::now();
             }
             // `split` hands out the filled part and keeps the spare capacity, so
             // the allocation is reused once hyper has written the frame.
@@ -91,8 +96,16 @@ where
             return Poll::Ready(None);
         }
         if let Some(sleep) = this.keep_alive.as_mut() {
-            if sleep.as_mut().poll(cx).is_ready() {
-                sleep.as_mut().reset(Instant::now() + *this.interval);
+            while sleep.as_mut().poll(cx).is_ready() {
+                let now = Instant::now();
+                let quiet_until = *this.last_write + *this.interval;
+                if now < quiet_until {
+                    // Data went out since the timer was set: wait the rest.
+                    sleep.as_mut().reset(quiet_until);
+                    continue;
+                }
+                sleep.as_mut().reset(now + *this.interval);
+                *this.last_write = now;
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
                     encode::KEEP_ALIVE,
                 )))));
