@@ -8,6 +8,7 @@
 //! - `GET  /events/fast?n=N`: N small JSON events as fast as possible, then the end;
 //! - `GET  /events/sse-stream`: `ping` every second.
 
+pub mod chart;
 pub mod client;
 pub mod scenario;
 

@@ -211,8 +211,18 @@ fn loss(f: &Figures) -> u64 {
 #[tokio::main]
 async fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // `loadgen fan-out <server binary> <subscribers> <events>`: one run, for profiling.
+    if args.get(1).map(String::as_str) == Some("fan-out") && args.len() == 5 {
+        let mut sizes = SMOKE;
+        sizes.fan_out_subscribers = args[3].parse().expect("subscribers");
+        sizes.fan_out_events = args[4].parse().expect("events");
+        run(Scenario::FanOut, &args[2], sizes).await;
+        return;
+    }
     if args.get(1).map(String::as_str) != Some("compare") {
-        eprintln!("usage: loadgen compare [--smoke] [--out FILE]");
+        eprintln!(
+            "usage: loadgen compare [--smoke] [--out FILE] | loadgen fan-out <server> <subscribers> <events>"
+        );
         std::process::exit(2);
     }
     let smoke = args.iter().any(|a| a == "--smoke");
@@ -376,13 +386,67 @@ async fn main() {
         within_2,
     ));
 
+    let chart_path = out.with_file_name(if smoke {
+        "benchmarks-smoke.png"
+    } else {
+        "docs/benchmarks.png"
+    });
+    let bars: Vec<bench::chart::Bar> = rows
+        .iter()
+        .filter(|row| row.ratio.is_finite() && row.target != "(info)")
+        .map(|row| bench::chart::Bar {
+            label: format!(
+                "{}: {}",
+                short(&row.scenario),
+                row.figure.split(" (").next().unwrap_or(row.figure)
+            ),
+            ratio: row.ratio,
+            target: row
+                .target
+                .split_whitespace()
+                .find_map(|w| w.trim_end_matches('×').parse().ok()),
+            met: row.met,
+        })
+        .collect();
+    if let Some(dir) = chart_path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).unwrap();
+    }
+    match bench::chart::draw(
+        &bars,
+        &chart_path,
+        "sse-runtime vs plain axum: ratio per figure (green: target met)",
+    ) {
+        Ok(()) => eprintln!("wrote {}", chart_path.display()),
+        Err(error) => panic!("could not draw the chart: {error}"),
+    }
     let report = render(&rows, smoke, &args[1..].join(" "));
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).unwrap();
     }
-    std::fs::write(&out, &report).unwrap();
+    // Only the marked section is rewritten: the rest of the file is prose.
+    let (start, end) = ("<!-- comparison:start -->", "<!-- comparison:end -->");
+    let previous = std::fs::read_to_string(&out).unwrap_or_default();
+    let updated = match (previous.find(start), previous.find(end)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}{start}\n{report}{}", &previous[..a], &previous[b..])
+        }
+        _ => format!("{start}\n{report}{end}\n"),
+    };
+    std::fs::write(&out, updated).unwrap();
     println!("{report}");
     eprintln!("wrote {}", out.display());
+}
+
+/// The scenario's name, shortened for a chart label.
+fn short(scenario: &str) -> String {
+    scenario
+        .split(',')
+        .take(2)
+        .collect::<Vec<_>>()
+        .join(",")
+        .chars()
+        .take(44)
+        .collect()
 }
 
 fn ratio_row(
