@@ -10,7 +10,7 @@ use axum::extract::Request;
 use axum::middleware::{self, Next};
 use serde_json::Value;
 use sse_tests::TestServer;
-use sse_tests::conformance::{self, Seen};
+use sse_tests::conformance;
 use sse_tests::external::{chromium_path, has_playwright, require, run, runs, tests_dir};
 
 fn browser_available() -> bool {
@@ -47,32 +47,10 @@ async fn every_conformance_case_reads_back_exactly_in_chromium() {
     }
     let server = TestServer::start(conformance::app()).await;
     let results = drive("conformance", &server.url(""), None).await;
-    let mut failures = Vec::new();
-    let cases = conformance::cases();
-    for case in &cases {
-        let seen: Vec<Seen> = results[&case.name]
-            .as_array()
-            .unwrap_or_else(|| panic!("no result for {}", case.name))
-            .iter()
-            .map(|e| Seen {
-                event_type: e["type"].as_str().unwrap().to_owned(),
-                data: e["data"].as_str().unwrap().to_owned(),
-                last_event_id: e["lastEventId"].as_str().unwrap().to_owned(),
-                retry: None,
-            })
-            .collect();
-        // The browser exposes no retry field; its reconnect timing uses it.
-        if let Err(failure) = conformance::check(case, &seen, false) {
-            failures.push(failure);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed in Chromium:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    // The browser exposes no retry field; its reconnect timing uses it.
+    conformance::assert_all_cases("Chromium", false, |case| {
+        conformance::seen_from_json(&results[&case.name])
+    });
 }
 
 #[tokio::test]

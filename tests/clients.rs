@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use sse_tests::TestServer;
-use sse_tests::conformance::{self, Seen};
+use sse_tests::conformance;
 use sse_tests::external::{require, run, tests_dir};
 
 fn python_has_httpx_sse() -> bool {
@@ -29,29 +29,7 @@ async fn every_conformance_case_reads_back_exactly_with_python_httpx_sse() {
     )
     .await;
     let results: serde_json::Value = serde_json::from_str(&output).expect("the client prints JSON");
-    let mut failures = Vec::new();
-    let cases = conformance::cases();
-    for case in &cases {
-        let seen: Vec<Seen> = results[&case.name]
-            .as_array()
-            .unwrap_or_else(|| panic!("no result for {}", case.name))
-            .iter()
-            .map(|e| Seen {
-                event_type: e["type"].as_str().unwrap().to_owned(),
-                data: e["data"].as_str().unwrap().to_owned(),
-                last_event_id: e["lastEventId"].as_str().unwrap().to_owned(),
-                retry: e["retry"].as_u64(),
-            })
-            .collect();
-        if let Err(failure) = conformance::check(case, &seen, true) {
-            failures.push(failure);
-        }
-    }
-    assert!(
-        failures.is_empty(),
-        "{} of {} cases failed with httpx-sse:\n{}",
-        failures.len(),
-        cases.len(),
-        failures.join("\n")
-    );
+    conformance::assert_all_cases("httpx-sse", true, |case| {
+        conformance::seen_from_json(&results[&case.name])
+    });
 }

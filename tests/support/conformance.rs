@@ -177,6 +177,44 @@ pub fn check(case: &Case, seen: &[Seen], check_retry: bool) -> Result<(), String
     Ok(())
 }
 
+/// What a client reported for one case, as `[{"type", "data", "lastEventId", "retry"?}]`.
+pub fn seen_from_json(events: &Value) -> Vec<Seen> {
+    let text = |event: &Value, key: &str| {
+        event[key]
+            .as_str()
+            .unwrap_or_else(|| panic!("no {key} in {event}"))
+            .to_owned()
+    };
+    events
+        .as_array()
+        .unwrap_or_else(|| panic!("not a list of events: {events}"))
+        .iter()
+        .map(|event| Seen {
+            event_type: text(event, "type"),
+            data: text(event, "data"),
+            last_event_id: text(event, "lastEventId"),
+            retry: event.get("retry").and_then(Value::as_u64),
+        })
+        .collect()
+}
+
+/// Checks every case against what `client` saw for it, and fails the test
+/// with every mismatch at once.
+pub fn assert_all_cases(client: &str, check_retry: bool, mut seen: impl FnMut(&Case) -> Vec<Seen>) {
+    let cases = cases();
+    let failures: Vec<String> = cases
+        .iter()
+        .filter_map(|case| check(case, &seen(case), check_retry).err())
+        .collect();
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases failed with {client}:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
+}
+
 fn abbreviate(text: &str) -> String {
     match text.char_indices().nth(80) {
         Some((cut, _)) => format!("{}… ({} bytes)", &text[..cut], text.len()),

@@ -30,6 +30,22 @@ pub struct Small {
     pub kind: &'static str,
 }
 
+/// The one topic of the broadcast endpoints.
+pub const TOPIC: &str = "broadcast";
+
+/// `POST /events/broadcast` for our two servers: the body as one event to every
+/// subscriber; answers how many it reached.
+pub async fn publish(
+    axum::extract::State(registry): axum::extract::State<sse_runtime::Registry<&'static str>>,
+    body: String,
+) -> String {
+    registry
+        .send(&TOPIC, sse_runtime::MessageEvent::new(body))
+        .await
+        .unwrap_or(0)
+        .to_string()
+}
+
 /// The port from `$PORT` (default 3100).
 pub fn port() -> u16 {
     std::env::var("PORT")

@@ -3,11 +3,9 @@
 
 use axum::extract::{Query, State};
 use axum::routing::get;
-use bench::{Fast, SUBSCRIBER_BUFFER, Small};
+use bench::{Fast, SUBSCRIBER_BUFFER, Small, TOPIC};
 use futures_util::{StreamExt, stream};
-use sse_runtime::{MessageEvent, Registry, RegistryConfig, Sse};
-
-const TOPIC: &str = "broadcast";
+use sse_runtime::{Registry, RegistryConfig, Sse};
 
 #[tokio::main]
 async fn main() {
@@ -24,15 +22,7 @@ async fn main() {
                     Sse::new(registry.subscribe(&TOPIC))
                 },
             )
-            .post(
-                |State(registry): State<Registry<&'static str>>, body: String| async move {
-                    registry
-                        .send(&TOPIC, MessageEvent::new(body))
-                        .await
-                        .unwrap_or(0)
-                        .to_string()
-                },
-            ),
+            .post(bench::publish),
         )
         .route(
             "/events/fast",

@@ -1,13 +1,11 @@
 //! Our runtime, the way a user writes it: a controller with the macros, over
 //! the registry.
 
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use axum::routing::post;
-use bench::{Fast, SUBSCRIBER_BUFFER, Small};
+use bench::{Fast, SUBSCRIBER_BUFFER, Small, TOPIC};
 use futures_util::{Stream, StreamExt, stream};
-use sse_runtime::{MessageEvent, Registry, RegistryConfig, Subscription, sse, sse_controller};
-
-const TOPIC: &str = "broadcast";
+use sse_runtime::{Registry, RegistryConfig, Subscription, sse, sse_controller};
 
 #[derive(Clone)]
 struct BenchController {
@@ -41,18 +39,7 @@ async fn main() {
             .buffer(SUBSCRIBER_BUFFER),
     );
     let publish = axum::Router::new()
-        .route(
-            "/events/broadcast",
-            post(
-                |State(registry): State<Registry<&'static str>>, body: String| async move {
-                    registry
-                        .send(&TOPIC, MessageEvent::new(body))
-                        .await
-                        .unwrap_or(0)
-                        .to_string()
-                },
-            ),
-        )
+        .route("/events/broadcast", post(bench::publish))
         .with_state(registry.clone());
     bench::serve(BenchController { registry }.router().merge(publish)).await;
 }
