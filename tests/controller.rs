@@ -373,3 +373,17 @@ async fn controller_router_merges_into_an_app_with_its_own_state() {
     let mut events = events(open(&server.url("/t/retry")).await);
     assert_eq!(next_event(&mut events).await.data, "after the hint");
 }
+
+#[tokio::test]
+async fn an_enormous_keep_alive_interval_is_served_without_panicking() {
+    let app = axum::Router::new().route(
+        "/",
+        axum::routing::get(|| async {
+            let stream = stream::iter([MessageEvent::new("x")]).chain(stream::pending());
+            sse_runtime::Sse::new(stream).keep_alive(sse_runtime::KeepAlive::every(Duration::MAX))
+        }),
+    );
+    let server = TestServer::start(app).await;
+    let mut events = events(open(&server.url("/")).await);
+    assert_eq!(next_event(&mut events).await.data, "x");
+}

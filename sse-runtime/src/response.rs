@@ -108,11 +108,26 @@ impl KeepAlive {
     /// common in proxies.
     pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(15);
 
+    /// The longest interval kept; longer ones are shortened to it, so that no
+    /// deadline computed from an interval can overflow.
+    pub const MAX_INTERVAL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
+
     /// A keep-alive comment after every `interval` of silence. A zero interval
-    /// disables keep-alive.
+    /// disables keep-alive; one over [`MAX_INTERVAL`](Self::MAX_INTERVAL) is
+    /// shortened to it.
+    ///
+    /// ```
+    /// use sse_runtime::KeepAlive;
+    /// use std::time::Duration;
+    /// assert_eq!(KeepAlive::every(Duration::MAX).interval(), Some(KeepAlive::MAX_INTERVAL));
+    /// ```
     pub const fn every(interval: Duration) -> Self {
         if interval.is_zero() {
             KeepAlive::disabled()
+        } else if interval.as_secs() >= KeepAlive::MAX_INTERVAL.as_secs() {
+            KeepAlive {
+                interval: Some(KeepAlive::MAX_INTERVAL),
+            }
         } else {
             KeepAlive {
                 interval: Some(interval),
