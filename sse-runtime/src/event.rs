@@ -296,6 +296,29 @@ impl MessageEvent {
         EncodedEvent(buf.freeze())
     }
 
+    /// This event's fields except the id, without the blank line that ends an
+    /// event: what a broker stores, to add its own id when it delivers.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn encode_without_id(&self) -> Bytes {
+        let mut buf = BytesMut::new();
+        self.encode_fields(&mut buf, None);
+        if buf.ends_with(b"\n") {
+            buf.truncate(buf.len() - 1);
+        }
+        buf.freeze()
+    }
+
+    /// `id: <id>` followed by fields stored by [`encode_without_id`], as one event.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn assemble_with_id(id: &str, fields: &[u8]) -> EncodedEvent {
+        debug_assert!(!id.contains(['\r', '\n', '\0']));
+        let mut buf = BytesMut::with_capacity(id.len() + fields.len() + 6);
+        encode::write_field(&mut buf, b"id", id);
+        buf.extend_from_slice(fields);
+        buf.extend_from_slice(b"\n");
+        EncodedEvent(buf.freeze())
+    }
+
     /// This event in the `text/event-stream` format.
     pub fn to_bytes(&self) -> Bytes {
         let mut buf = BytesMut::new();

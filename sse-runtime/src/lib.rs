@@ -41,6 +41,8 @@ mod event;
 mod event_id;
 mod item;
 mod memory;
+#[cfg(feature = "redis")]
+mod redis_broker;
 mod registry;
 mod response;
 
@@ -53,6 +55,8 @@ pub use event::{EncodedEvent, EventError, EventField, MessageEvent};
 pub use event_id::{LastEventId, MAX_LAST_EVENT_ID_LEN};
 pub use item::{ItemError, SseItem};
 pub use memory::MemoryBroker;
+#[cfg(feature = "redis")]
+pub use redis_broker::{RedisBroker, RedisConnectError};
 pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};
 pub use sse_macros::{sse, sse_controller};

@@ -1,0 +1,359 @@
+//! The Redis broker against a real `redis-server` (started per test on a free
+//! loopback port): two registries sharing one Redis stand for two instances.
+
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use sse_runtime::{EncodedEvent, MessageEvent, RedisBroker, Registry, RegistryConfig};
+use sse_tests::redis_server::{self, RedisServer};
+
+/// `(id, event type, data)` of one encoded event.
+fn fields(event: &EncodedEvent) -> (String, String, String) {
+    let text = std::str::from_utf8(event.as_bytes()).unwrap();
+    let (mut id, mut event_type, mut data) = (String::new(), String::new(), Vec::new());
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event_type = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data.push(v);
+        }
+    }
+    (id, event_type, data.join("\n"))
+}
+
+async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> (String, String, String) {
+    let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("timed out")
+        .expect("ended");
+    fields(&event)
+}
+
+async fn instance(server: &RedisServer, config: RegistryConfig) -> Registry<String> {
+    Registry::with_broker(
+        RedisBroker::connect(&server.url(), config)
+            .await
+            .expect("connect to redis"),
+    )
+}
+
+fn key(name: &str) -> String {
+    name.to_owned()
+}
+
+/// Lets a new subscription join its instance's reader before events are sent.
+async fn settle() {
+    tokio::time::sleep(Duration::from_millis(100)).await;
+}
+
+#[tokio::test]
+async fn an_event_sent_on_one_instance_reaches_a_subscriber_on_another() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let (a, b) = (
+        instance(&server, RegistryConfig::default()).await,
+        instance(&server, RegistryConfig::default()).await,
+    );
+    let mut on_a = a.subscribe(&key("room"));
+    let mut on_b = b.subscribe(&key("room"));
+    // Polling once joins the subscription to its instance's reader.
+    assert!(futures_util::FutureExt::now_or_never(on_a.next()).is_none());
+    assert!(futures_util::FutureExt::now_or_never(on_b.next()).is_none());
+    settle().await;
+    b.send(
+        &key("room"),
+        MessageEvent::new("from b").with_event_type("chat").unwrap(),
+    )
+    .await
+    .unwrap();
+    let (id_a, event_type, data) = next(&mut on_a).await;
+    assert_eq!((event_type.as_str(), data.as_str()), ("chat", "from b"));
+    let (id_b, _, _) = next(&mut on_b).await;
+    assert_eq!(id_a, id_b, "the id is Redis's, the same on every instance");
+    assert!(
+        id_a.split_once('-')
+            .is_some_and(|(ms, n)| ms.parse::<u64>().is_ok() && n.parse::<u64>().is_ok())
+    );
+}
+
+#[tokio::test]
+async fn a_client_resumes_on_another_instance_with_exactly_the_missed_events() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let (a, b) = (
+        instance(&server, RegistryConfig::default()).await,
+        instance(&server, RegistryConfig::default()).await,
+    );
+    let mut on_a = a.subscribe(&key("feed"));
+    assert!(futures_util::FutureExt::now_or_never(on_a.next()).is_none());
+    settle().await;
+    a.send(&key("feed"), MessageEvent::new("1")).await.unwrap();
+    let (last_id, _, _) = next(&mut on_a).await;
+    drop(on_a);
+    for n in 2..=4 {
+        b.send(&key("feed"), MessageEvent::new(n.to_string()))
+            .await
+            .unwrap();
+    }
+    let mut on_b = b.subscribe_from(&key("feed"), Some(&last_id));
+    for expected in ["2", "3", "4"] {
+        assert_eq!(next(&mut on_b).await.2, expected);
+    }
+    a.send(&key("feed"), MessageEvent::new("5")).await.unwrap();
+    assert_eq!(
+        next(&mut on_b).await.2,
+        "5",
+        "then live, from either instance"
+    );
+    let quiet = tokio::time::timeout(Duration::from_millis(300), on_b.next()).await;
+    assert!(quiet.is_err(), "no duplicate follows");
+}
+
+#[tokio::test]
+async fn concurrent_senders_on_two_instances_and_random_resumes_leave_no_gap_or_duplicate() {
+    const PER_SENDER: usize = 150;
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let config = RegistryConfig::default().history_len(10_000);
+    let instances = [
+        instance(&server, config.clone()).await,
+        instance(&server, config).await,
+    ];
+    let total = 4 * PER_SENDER;
+    let mut checkers = Vec::new();
+    for s in 0..4 {
+        let instances = instances.clone();
+        let mut subscription = instances[s % 2].subscribe(&key("hot"));
+        assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+        checkers.push(tokio::spawn(async move {
+            let mut seen: Vec<(String, String)> = Vec::new();
+            let mut hops = 0;
+            while seen.len() < total {
+                let take = 1 + (seen.len() * 7 + s * 13) % 40;
+                for _ in 0..take {
+                    let Ok(Some(event)) =
+                        tokio::time::timeout(Duration::from_secs(10), subscription.next()).await
+                    else {
+                        break;
+                    };
+                    let (id, _, data) = fields(&event);
+                    seen.push((id, data));
+                    if seen.len() == total {
+                        break;
+                    }
+                }
+                // Resume on the other instance with the last id seen.
+                hops += 1;
+                let last = seen.last().map(|(id, _)| id.clone());
+                subscription =
+                    instances[(s + hops) % 2].subscribe_from(&key("hot"), last.as_deref());
+            }
+            (seen, hops)
+        }));
+    }
+    settle().await;
+    let senders: Vec<_> = (0..4)
+        .map(|sender| {
+            let registry = instances[sender % 2].clone();
+            tokio::spawn(async move {
+                for n in 0..PER_SENDER {
+                    registry
+                        .send(&key("hot"), MessageEvent::new(format!("{sender}:{n}")))
+                        .await
+                        .unwrap();
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    for checker in checkers {
+        let (seen, hops) = tokio::time::timeout(Duration::from_secs(60), checker)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(hops > 3, "the test must exercise resuming ({hops})");
+        let ids: Vec<(u64, u64)> = seen
+            .iter()
+            .map(|(id, _)| {
+                let (ms, n) = id.split_once('-').unwrap();
+                (ms.parse().unwrap(), n.parse().unwrap())
+            })
+            .collect();
+        assert!(
+            ids.windows(2).all(|w| w[0] < w[1]),
+            "ids out of order or repeated"
+        );
+        for sender in 0..4 {
+            let mine: Vec<&str> = seen
+                .iter()
+                .map(|(_, d)| d.as_str())
+                .filter(|d| d.starts_with(&format!("{sender}:")))
+                .collect();
+            let expected: Vec<String> = (0..PER_SENDER).map(|n| format!("{sender}:{n}")).collect();
+            assert_eq!(mine, expected, "sender {sender}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn unknown_and_garbage_ids_get_the_reset_signal() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default()).await;
+    registry
+        .send(&key("k"), MessageEvent::new("x"))
+        .await
+        .unwrap();
+    for (last_id, reason) in [
+        ("not-an-id", "invalid_id"),
+        ("99999999999999-0", "unknown_id"),
+    ] {
+        let mut subscription = registry.subscribe_from(&key("k"), Some(last_id));
+        let (_, event_type, data) = next(&mut subscription).await;
+        assert_eq!(
+            (event_type.as_str(), data),
+            ("reset", format!("{{\"reason\":\"{reason}\"}}")),
+            "{last_id}"
+        );
+    }
+    let mut missing = registry.subscribe_from(&key("never-used"), Some("1-0"));
+    assert_eq!(
+        next(&mut missing).await.2,
+        "{\"reason\":\"history_expired\"}"
+    );
+}
+
+#[tokio::test]
+async fn a_trimmed_history_gets_the_reset_signal() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default().history_len(10)).await;
+    let mut subscription = registry.subscribe(&key("k"));
+    assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+    settle().await;
+    registry
+        .send(&key("k"), MessageEvent::new("first"))
+        .await
+        .unwrap();
+    let (first_id, _, _) = next(&mut subscription).await;
+    drop(subscription);
+    // MAXLEN ~ trims whole nodes (100 entries by default), so send well past it.
+    for n in 0..400 {
+        registry
+            .send(&key("k"), MessageEvent::new(n.to_string()))
+            .await
+            .unwrap();
+    }
+    let mut resumed = registry.subscribe_from(&key("k"), Some(&first_id));
+    assert_eq!(
+        next(&mut resumed).await.2,
+        "{\"reason\":\"history_expired\"}"
+    );
+}
+
+#[tokio::test]
+async fn send_fails_while_redis_is_down_and_delivery_recovers_after() {
+    let Some(mut server) = redis_server::start(true).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default()).await;
+    let mut subscription = registry.subscribe(&key("k"));
+    assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+    settle().await;
+    server.kill().await;
+    let failed = tokio::time::timeout(
+        Duration::from_secs(10),
+        registry.send(&key("k"), MessageEvent::new("lost")),
+    )
+    .await;
+    assert!(
+        matches!(failed, Ok(Err(_))),
+        "send must report the failure, not pretend: {failed:?}"
+    );
+    server.restart().await;
+    // The command connection reconnects on the next call; retry briefly.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while registry
+        .send(&key("k"), MessageEvent::new("after"))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "send did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        next(&mut subscription).await.2,
+        "after",
+        "the open subscription kept waiting and recovered"
+    );
+}
+
+#[tokio::test]
+async fn with_appendonly_always_acknowledged_events_survive_a_redis_restart() {
+    let Some(mut server) = redis_server::start(true).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default()).await;
+    let mut subscription = registry.subscribe(&key("k"));
+    assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+    settle().await;
+    registry
+        .send(&key("k"), MessageEvent::new("seen"))
+        .await
+        .unwrap();
+    let (seen_id, _, _) = next(&mut subscription).await;
+    drop(subscription);
+    for n in 1..=3 {
+        registry
+            .send(&key("k"), MessageEvent::new(format!("acked {n}")))
+            .await
+            .unwrap();
+    }
+    server.restart().await; // killed, not shut down: only the AOF keeps the events
+    let other = instance(&server, RegistryConfig::default()).await;
+    let mut resumed = other.subscribe_from(&key("k"), Some(&seen_id));
+    for n in 1..=3 {
+        assert_eq!(next(&mut resumed).await.2, format!("acked {n}"));
+    }
+}
+
+#[tokio::test]
+async fn without_persistence_a_resume_after_a_restart_gets_the_reset_signal() {
+    let Some(mut server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default()).await;
+    let mut subscription = registry.subscribe(&key("k"));
+    assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+    settle().await;
+    registry
+        .send(&key("k"), MessageEvent::new("seen"))
+        .await
+        .unwrap();
+    let (seen_id, _, _) = next(&mut subscription).await;
+    drop(subscription);
+    registry
+        .send(&key("k"), MessageEvent::new("lost in the restart"))
+        .await
+        .unwrap();
+    server.restart().await;
+    let other = instance(&server, RegistryConfig::default()).await;
+    let mut resumed = other.subscribe_from(&key("k"), Some(&seen_id));
+    assert_eq!(
+        next(&mut resumed).await.2,
+        "{\"reason\":\"history_expired\"}",
+        "never a silent gap"
+    );
+}

@@ -1,0 +1,101 @@
+//! A `redis-server` of the test's own, on a free loopback port, stopped when
+//! dropped. Under `CI=true` a missing server fails the test.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::external::{require, runs};
+
+pub struct RedisServer {
+    child: Option<tokio::process::Child>,
+    pub port: u16,
+    dir: PathBuf,
+    persistent: bool,
+}
+
+/// `Some(server)`, or `None` (after printing why) when redis-server is missing outside CI.
+pub async fn start(persistent: bool) -> Option<RedisServer> {
+    require(&[("redis-server", runs("redis-server"))]).ok()?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = std::env::temp_dir().join(format!("sse-redis-{}-{port}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut server = RedisServer {
+        child: None,
+        port,
+        dir,
+        persistent,
+    };
+    server.launch().await;
+    Some(server)
+}
+
+impl RedisServer {
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    async fn launch(&mut self) {
+        let appendonly = if self.persistent { "yes" } else { "no" };
+        let child = tokio::process::Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                appendonly,
+            ])
+            .args([
+                "--appendfsync",
+                "always",
+                "--dir",
+                self.dir.to_str().unwrap(),
+                "--protected-mode",
+                "yes",
+            ])
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server");
+        self.child = Some(child);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
+            .await
+            .is_err()
+        {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "redis-server did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Kills the server (as a crash would), so nothing is saved at exit.
+    pub async fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill().await;
+        }
+    }
+
+    /// Starts it again on the same port and directory.
+    pub async fn restart(&mut self) {
+        self.kill().await;
+        self.launch().await;
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
