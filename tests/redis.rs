@@ -357,3 +357,49 @@ async fn without_persistence_a_resume_after_a_restart_gets_the_reset_signal() {
         "never a silent gap"
     );
 }
+
+/// The `cluster` example's set-up over HTTP: two chat instances sharing one
+/// Redis, read by eventsource-stream.
+#[tokio::test]
+async fn two_chat_instances_share_rooms_and_resume_each_others_ids_over_http() {
+    use sse_tests::{TestServer, events, next_event, open, within};
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        let registry = instance(&server, RegistryConfig::default()).await;
+        instances.push(
+            TestServer::start(chat::ChatController::with_registry(["general"], registry).app())
+                .await,
+        );
+    }
+    let say = |instance: &TestServer, text: &str| {
+        let request = reqwest::Client::new()
+            .post(instance.url("/rooms/general/messages"))
+            .json(&chat::ChatMessage {
+                user: "ann".into(),
+                text: text.into(),
+            });
+        async move { within(request.send()).await.unwrap().status() }
+    };
+    let mut on_b = events(open(&instances[1].url("/rooms/general/events")).await);
+    settle().await;
+    assert_eq!(say(&instances[0], "posted on A").await, 202);
+    let seen = next_event(&mut on_b).await;
+    assert!(seen.data.contains("posted on A"), "{}", seen.data);
+    drop(on_b);
+
+    assert_eq!(say(&instances[1], "while away").await, 202);
+    // Reconnect to the *other* instance with the id B gave.
+    let response = within(
+        reqwest::Client::new()
+            .get(instances[0].url("/rooms/general/events"))
+            .header("last-event-id", &seen.id)
+            .send(),
+    )
+    .await
+    .unwrap();
+    let mut on_a = events(response);
+    assert!(next_event(&mut on_a).await.data.contains("while away"));
+}

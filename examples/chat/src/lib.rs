@@ -67,10 +67,19 @@ impl ChatController {
 }
 
 impl ChatController {
-    /// A chat with these rooms.
+    /// A chat with these rooms, in this process's memory.
     pub fn new<I: IntoIterator<Item = S>, S: Into<String>>(rooms: I) -> Self {
+        Self::with_registry(rooms, Registry::new())
+    }
+
+    /// A chat with these rooms over `registry`: with a Redis broker, several
+    /// instances share rooms, history and ids (see the `cluster` example).
+    pub fn with_registry<I: IntoIterator<Item = S>, S: Into<String>>(
+        rooms: I,
+        registry: Registry<String>,
+    ) -> Self {
         ChatController {
-            rooms: Registry::new(),
+            rooms: registry,
             known_rooms: Arc::new(rooms.into_iter().map(Into::into).collect()),
             stream_generation: Arc::new(tokio::sync::watch::Sender::new(0)),
         }
