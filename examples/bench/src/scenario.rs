@@ -45,6 +45,28 @@ pub async fn fan_out(
     events: u64,
     rate: Option<u64>,
 ) -> Figures {
+    fan_out_impl(&[server], &[pid], subscribers, events, rate).await
+}
+
+/// Fan-out with subscribers spread over several instances (round robin) and
+/// the publisher on the first; CPU is the sum over `pids`.
+pub async fn fan_out_across(
+    servers: &[SocketAddr],
+    pids: &[u32],
+    subscribers: usize,
+    events: u64,
+    rate: Option<u64>,
+) -> Figures {
+    fan_out_impl(servers, pids, subscribers, events, rate).await
+}
+
+async fn fan_out_impl(
+    servers: &[SocketAddr],
+    pids: &[u32],
+    subscribers: usize,
+    events: u64,
+    rate: Option<u64>,
+) -> Figures {
     let shared = Arc::new(Shared {
         delivered: AtomicU64::new(0),
         last_receive_ns: AtomicU64::new(0),
@@ -55,6 +77,7 @@ pub async fn fan_out(
     let mut tasks = Vec::with_capacity(subscribers);
     for index in 0..subscribers {
         let shared = Arc::clone(&shared);
+        let server = servers[index % servers.len()];
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
             let Ok(mut stream) = open_retrying(server, index, "/events/broadcast").await else {
@@ -90,25 +113,41 @@ pub async fn fan_out(
         }));
     }
 
-    let mut publisher = Publisher::connect(server)
-        .await
-        .expect("publisher connects");
-    // Warm up until every subscriber is registered with the server.
+    let mut publishers = Vec::new();
+    for &server in servers {
+        publishers.push(
+            Publisher::connect(server)
+                .await
+                .expect("publisher connects"),
+        );
+    }
+    // Warm up until every subscriber is registered with its instance.
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {
-        let reached: usize = publisher
-            .post("/events/broadcast", "w")
-            .await
-            .ok()
-            .and_then(|a| a.trim().parse().ok())
-            .unwrap_or(0);
+        let mut reached = 0usize;
+        for publisher in &mut publishers {
+            let answer = publisher.post("/events/broadcast", "w").await;
+            reached += answer
+                .ok()
+                .and_then(|a| a.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+        }
         if reached >= subscribers || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-
-    let before = sample_process(pid).unwrap_or_default();
+    // Instances sharing a broker join their readers asynchronously.
+    if servers.len() > 1 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut publisher = publishers.swap_remove(0);
+    let cpu = || -> f64 {
+        pids.iter()
+            .map(|&pid| sample_process(pid).unwrap_or_default().cpu_seconds)
+            .sum()
+    };
+    let before_cpu = cpu();
     let started_ns = now_nanos();
     let period = rate.map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
     let mut next_send = Instant::now();
@@ -134,7 +173,7 @@ pub async fn fan_out(
     let mut latencies = tokio::time::timeout(limit, collect)
         .await
         .unwrap_or_default();
-    let after = sample_process(pid).unwrap_or_default();
+    let after_cpu = cpu();
 
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let elapsed = (shared
@@ -149,7 +188,7 @@ pub async fn fan_out(
         }
         latencies[((latencies.len() - 1) as f64 * p).round() as usize] as f64
     };
-    let cpu_seconds = after.cpu_seconds - before.cpu_seconds;
+    let cpu_seconds = after_cpu - before_cpu;
     Figures {
         delivered,
         expected: subscribers as u64 * events,

@@ -33,11 +33,18 @@ impl BenchController {
 
 #[tokio::main]
 async fn main() {
-    let registry = Registry::with_config(
-        RegistryConfig::default()
-            .history_len(SUBSCRIBER_BUFFER)
-            .buffer(SUBSCRIBER_BUFFER),
-    );
+    let config = RegistryConfig::default()
+        .history_len(SUBSCRIBER_BUFFER)
+        .buffer(SUBSCRIBER_BUFFER);
+    // With REDIS_URL, the same controller over the Redis broker (several instances).
+    let registry = match std::env::var("REDIS_URL") {
+        Ok(url) => Registry::with_broker(
+            sse_runtime::RedisBroker::connect(&url, config)
+                .await
+                .expect("connect to Redis"),
+        ),
+        Err(_) => Registry::with_config(config),
+    };
     let publish = axum::Router::new()
         .route("/events/broadcast", post(bench::publish))
         .with_state(registry.clone());

@@ -69,6 +69,10 @@ struct Server {
 }
 
 async fn start(binary: &str) -> Server {
+    start_with(binary, &[]).await
+}
+
+async fn start_with(binary: &str, env: &[(&str, String)]) -> Server {
     let port = {
         let probe = std::net::TcpListener::bind("127.0.0.1:0").expect("free port");
         probe.local_addr().unwrap().port()
@@ -76,6 +80,7 @@ async fn start(binary: &str) -> Server {
     let path = std::env::current_exe().unwrap().with_file_name(binary);
     let mut child = tokio::process::Command::new(&path)
         .env("PORT", port.to_string())
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .stdout(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
@@ -192,6 +197,84 @@ fn mean(runs: &[Figures]) -> Figures {
         latency_max_us: avg(|r| r.latency_max_us),
         rss_per_connection_bytes: avg(|r| r.rss_per_connection_bytes),
     }
+}
+
+/// A `redis-server` of the benchmark's own on a free loopback port.
+async fn start_redis() -> (tokio::process::Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = tokio::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start redis-server (apt-get install redis-server)");
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (child, port)
+}
+
+/// `total_commands_processed` of the Redis on `port`.
+fn redis_commands(port: u16) -> u64 {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "stats"])
+        .output();
+    output
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("total_commands_processed:")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+/// Fan-out over the Redis broker, subscribers split over two instances and
+/// the publisher on the first; returns the figures and Redis commands per
+/// published event (the whole run, warm-up included).
+async fn redis_fan_out(subscribers: usize, events: u64) -> (Figures, f64) {
+    let (mut redis, port) = start_redis().await;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let a = start_with("bench-ours", &[("REDIS_URL", url.clone())]).await;
+    let b = start_with("bench-ours", &[("REDIS_URL", url)]).await;
+    let before = redis_commands(port);
+    let figures = scenario::fan_out_across(
+        &[a.addr, b.addr],
+        &[a.pid, b.pid],
+        subscribers,
+        events,
+        None,
+    )
+    .await;
+    let commands = redis_commands(port).saturating_sub(before);
+    a.stop().await;
+    b.stop().await;
+    let _ = redis.kill().await;
+    eprintln!("  redis, 2 instances {figures:?}; {commands} Redis commands");
+    (figures, commands as f64 / events.max(1) as f64)
 }
 
 struct Row {
@@ -361,6 +444,62 @@ async fn main() {
         target: "all, zero loss",
         met: most[0].connected as usize == s.most_connections && loss(&most[0]) == 0,
     });
+
+    eprintln!("Redis broker, two instances, vs in-memory on one");
+    let (subscribers, events) = (s.fan_out_subscribers, s.fan_out_events / 2);
+    let mut redis_runs = Vec::new();
+    let mut memory_runs = Vec::new();
+    let mut round_trips = 0.0;
+    for round in 0..s.rounds {
+        let memory = async {
+            let server = start("bench-ours").await;
+            let figures =
+                scenario::fan_out(server.addr, server.pid, subscribers, events, None).await;
+            server.stop().await;
+            eprintln!("  in-memory, 1 instance {figures:?}");
+            figures
+        };
+        if round % 2 == 0 {
+            let (figures, trips) = redis_fan_out(subscribers, events).await;
+            redis_runs.push(figures);
+            round_trips += trips;
+            memory_runs.push(memory.await);
+        } else {
+            memory_runs.push(memory.await);
+            let (figures, trips) = redis_fan_out(subscribers, events).await;
+            redis_runs.push(figures);
+            round_trips += trips;
+        }
+    }
+    let redis_vs_memory = [mean(&redis_runs), mean(&memory_runs)];
+    let name =
+        format!("Redis broker, {subscribers} subscribers over 2 instances (vs in-memory on 1)");
+    rows.push(ratio_row(
+        &name,
+        "delivered events/s (Redis ÷ in-memory)",
+        &redis_vs_memory,
+        |f| f.events_per_second,
+        "(info)",
+        |_| true,
+    ));
+    rows.push(ratio_row(
+        &name,
+        "latency p99 (µs) (Redis ÷ in-memory)",
+        &redis_vs_memory,
+        |f| f.latency_p99_us,
+        "(info)",
+        |_| true,
+    ));
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "Redis commands per published event",
+        ours: format!("{:.2}", round_trips / s.rounds as f64),
+        baseline: "—".into(),
+        ratio: f64::NAN,
+        target: "(info)",
+        met: true,
+    });
+    rows.push(loss_row(&name, &redis_vs_memory));
 
     eprintln!("macro vs hand-wired");
     let wiring = compare(Scenario::FanOut, &["bench-ours", "bench-handwired"], s).await;
