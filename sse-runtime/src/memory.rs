@@ -10,7 +10,7 @@
 //! nor repeat an entry (the no-gap, no-duplicate guarantee).
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
@@ -63,7 +63,28 @@ struct KeyState {
     evicted_through: u64,
     subscribers: usize,
     /// Subscribers waiting for an entry, by subscriber id.
-    waiting: HashMap<u64, Waker>,
+    waiting: HashMap<u64, Waker, BuildHasherDefault<SubscriberIdHasher>>,
+}
+
+/// Subscriber ids come from a counter, never from a client, so they need no
+/// DoS-resistant hash: one multiplication spreads them over the table.
+#[derive(Default)]
+struct SubscriberIdHasher(u64);
+
+impl Hasher for SubscriberIdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        }
+    }
+
+    fn write_u64(&mut self, id: u64) {
+        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
 }
 
 struct Entry {
@@ -79,7 +100,7 @@ impl KeyState {
             last_sequence: 0,
             evicted_through: watermark,
             subscribers: 0,
-            waiting: HashMap::new(),
+            waiting: HashMap::default(),
         }
     }
 
@@ -136,7 +157,11 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
     fn shard(&self, key: &K) -> &Mutex<HashMap<K, KeyState>> {
-        &self.shards[(self.hasher.hash_one(key) as usize) % SHARDS]
+        &self.shards[self.shard_index(key)]
+    }
+
+    fn shard_index(&self, key: &K) -> usize {
+        (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
     /// Appends `event` to `state` with a fresh sequence number. Must be called
@@ -318,6 +343,7 @@ where
         };
         Box::pin(MemorySubscription {
             id: inner.next_subscriber.fetch_add(1, Ordering::Relaxed),
+            shard: inner.shard_index(key),
             key: key.clone(),
             cursor,
             replay_until: state.last_sequence,
@@ -353,10 +379,30 @@ where
     }
 }
 
+/// The index of the first entry of `history` after sequence number `cursor`.
+/// A subscriber that keeps up is a few entries from the end, so look there
+/// first; one far behind gets a binary search.
+fn first_after(history: &VecDeque<Entry>, cursor: u64) -> usize {
+    const SCAN: usize = 8;
+    let mut index = history.len();
+    while index > 0 && history.len() - index < SCAN {
+        if history[index - 1].sequence <= cursor {
+            return index;
+        }
+        index -= 1;
+    }
+    if index == 0 {
+        return 0;
+    }
+    history.partition_point(|entry| entry.sequence <= cursor)
+}
+
 /// One subscriber: a cursor into its key's ring, and the entries copied out
 /// but not yet yielded.
 struct MemorySubscription<K: Hash + Eq + Clone + Send + Sync + 'static> {
     id: u64,
+    /// The index of the key's shard, hashed once.
+    shard: usize,
     key: K,
     /// The sequence number of the last entry taken.
     cursor: u64,
@@ -386,19 +432,19 @@ where
             return Poll::Ready(None);
         }
         let inner = Arc::clone(&this.inner);
-        let mut shard = lock(inner.shard(&this.key));
+        let mut shard = lock(&inner.shards[this.shard]);
         // SAFETY-style invariant: a live subscription counts in `subscribers`,
         // so its key state is never removed while it exists.
         let Some(state) = shard.get_mut(&this.key) else {
             this.ended = true;
             return Poll::Ready(None);
         };
-        let start = state
-            .history
-            .partition_point(|entry| entry.sequence <= this.cursor);
-        let live_from = state
-            .history
-            .partition_point(|entry| entry.sequence <= this.cursor.max(this.replay_until));
+        let start = first_after(&state.history, this.cursor);
+        let live_from = if this.replay_until > this.cursor {
+            first_after(&state.history, this.replay_until)
+        } else {
+            start
+        };
         let missed_evicted = state.evicted_through > this.cursor;
         let too_far_behind = state.history.len() - live_from > inner.config.buffer;
         if missed_evicted || too_far_behind {
@@ -444,7 +490,7 @@ where
     K: Hash + Eq + Clone + Send + Sync + 'static,
 {
     fn drop(&mut self) {
-        let mut shard = lock(self.inner.shard(&self.key));
+        let mut shard = lock(&self.inner.shards[self.shard]);
         if let Some(state) = shard.get_mut(&self.key) {
             state.subscribers -= 1;
             state.waiting.remove(&self.id);
