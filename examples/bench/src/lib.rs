@@ -68,9 +68,11 @@ pub async fn serve(app: axum::Router) {
 pub struct ProcessSample {
     pub cpu_seconds: f64,
     pub rss_bytes: u64,
+    /// Write system calls so far (`syscw` of `/proc/<pid>/io`; 0 if unreadable).
+    pub write_syscalls: u64,
 }
 
-/// Reads `/proc/<pid>/stat` and `/proc/<pid>/status`.
+/// Reads `/proc/<pid>/stat`, `/proc/<pid>/status` and `/proc/<pid>/io`.
 pub fn sample_process(pid: u32) -> std::io::Result<ProcessSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start after ')'.
@@ -94,8 +96,17 @@ pub fn sample_process(pid: u32) -> std::io::Result<ProcessSample> {
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
+    let write_syscalls = std::fs::read_to_string(format!("/proc/{pid}/io"))
+        .ok()
+        .and_then(|io| {
+            io.lines()
+                .find_map(|line| line.strip_prefix("syscw:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        })
+        .unwrap_or(0);
     Ok(ProcessSample {
         cpu_seconds,
         rss_bytes: rss_kib * 1024,
+        write_syscalls,
     })
 }

@@ -22,6 +22,8 @@ pub struct Figures {
     pub latency_max_us: f64,
     pub rss_per_connection_bytes: f64,
     pub connected: u64,
+    /// The server's write system calls per delivered event.
+    pub writes_per_event: f64,
 }
 
 fn now_nanos() -> u64 {
@@ -142,12 +144,14 @@ async fn fan_out_impl(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut publisher = publishers.swap_remove(0);
-    let cpu = || -> f64 {
+    let cpu = || -> (f64, u64) {
         pids.iter()
-            .map(|&pid| sample_process(pid).unwrap_or_default().cpu_seconds)
-            .sum()
+            .map(|&pid| sample_process(pid).unwrap_or_default())
+            .fold((0.0, 0), |(cpu, writes), sample| {
+                (cpu + sample.cpu_seconds, writes + sample.write_syscalls)
+            })
     };
-    let before_cpu = cpu();
+    let (before_cpu, before_writes) = cpu();
     let started_ns = now_nanos();
     let period = rate.map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
     let mut next_send = Instant::now();
@@ -173,7 +177,7 @@ async fn fan_out_impl(
     let mut latencies = tokio::time::timeout(limit, collect)
         .await
         .unwrap_or_default();
-    let after_cpu = cpu();
+    let (after_cpu, after_writes) = cpu();
 
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let elapsed = (shared
@@ -199,6 +203,8 @@ async fn fan_out_impl(
         latency_p99_us: percentile(0.99),
         latency_max_us: percentile(1.0),
         connected: shared.connected.load(Ordering::Relaxed),
+        writes_per_event: after_writes.saturating_sub(before_writes) as f64
+            / delivered.max(1) as f64,
         ..Figures::default()
     }
 }

@@ -196,6 +196,7 @@ fn mean(runs: &[Figures]) -> Figures {
         latency_p99_us: avg(|r| r.latency_p99_us),
         latency_max_us: avg(|r| r.latency_max_us),
         rss_per_connection_bytes: avg(|r| r.rss_per_connection_bytes),
+        writes_per_event: avg(|r| r.writes_per_event),
     }
 }
 
