@@ -83,6 +83,26 @@ impl TestController {
         stream::iter((0..100).map(|n| format!("event {n}")))
     }
 
+    /// Forty events 2 ms apart, then the end; held for 200 ms after a write.
+    #[sse("/ticker", batch_window = "200ms", keep_alive = false)]
+    fn ticker() -> impl Stream<Item = String> {
+        let ticks = tokio::time::interval(Duration::from_millis(2));
+        tokio_stream::wrappers::IntervalStream::new(ticks)
+            .take(40)
+            .enumerate()
+            .map(|(n, _)| format!("tick {n}"))
+    }
+
+    #[sse("/unbatched", batch_window = false, keep_alive = false)]
+    fn unbatched() -> impl Stream<Item = &'static str> {
+        two_events_a_moment_apart()
+    }
+
+    #[sse("/batched", batch_window = "250ms", keep_alive = false)]
+    fn batched() -> impl Stream<Item = &'static str> {
+        two_events_a_moment_apart()
+    }
+
     #[sse("/failing")]
     fn failing() -> impl Stream<Item = Result<MessageEvent, std::io::Error>> {
         stream::iter([
@@ -210,6 +230,57 @@ async fn ready_events_are_coalesced_into_one_write() {
     let expected: String = (0..100).map(|n| format!("data: event {n}\n\n")).collect();
     assert_eq!(String::from_utf8(first).unwrap(), expected);
     assert_eq!(raw.next_chunk().await, None, "the stream then ends");
+}
+
+#[tokio::test]
+async fn a_busy_route_writes_once_per_batch_window() {
+    let (server, _) = server().await;
+    let mut raw = RawResponse::get(server.addr, "/t/ticker").await;
+    let mut chunks = Vec::new();
+    while let Some(chunk) = raw.next_chunk().await {
+        chunks.push(String::from_utf8(chunk).unwrap());
+    }
+    let expected: String = (0..40).map(|n| format!("data: tick {n}\n\n")).collect();
+    assert_eq!(chunks.concat(), expected, "every event, in order");
+    // The first tick goes out at once; the other 39 come within about 80 ms,
+    // inside the 200 ms window that follows, so they share one write (two if
+    // the machine stalled past the window).
+    assert!(
+        (2..=3).contains(&chunks.len()),
+        "{} writes: {chunks:?}",
+        chunks.len()
+    );
+    assert_eq!(chunks[0], "data: tick 0\n\n");
+}
+
+fn two_events_a_moment_apart() -> impl Stream<Item = &'static str> {
+    stream::iter(["first"])
+        .chain(stream::once(async {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            "second"
+        }))
+        // Not the end: the end of a stream is never held.
+        .chain(stream::pending())
+}
+
+/// The time between the two writes of `two_events_a_moment_apart`.
+async fn gap_between_writes(server: &TestServer, path: &str) -> Duration {
+    let mut raw = RawResponse::get(server.addr, path).await;
+    assert_eq!(raw.next_chunk().await.unwrap(), b"data: first\n\n");
+    let first_at = std::time::Instant::now();
+    assert_eq!(raw.next_chunk().await.unwrap(), b"data: second\n\n");
+    first_at.elapsed()
+}
+
+#[tokio::test]
+async fn batch_window_option_reaches_the_route() {
+    let (server, _) = server().await;
+    // Held for the rest of a 250 ms window...
+    let held = gap_between_writes(&server, "/t/batched").await;
+    assert!(held >= Duration::from_millis(150), "{held:?}");
+    // ...or, with `batch_window = false`, written as soon as it is ready.
+    let unbatched = gap_between_writes(&server, "/t/unbatched").await;
+    assert!(unbatched < Duration::from_millis(150), "{unbatched:?}");
 }
 
 #[tokio::test]

@@ -13,16 +13,18 @@ pub struct ControllerArgs {
     pub state: Option<Type>,
 }
 
-/// `#[sse("/path", keep_alive = "5s", retry = "3s", method = "post")]`
+/// `#[sse("/path", keep_alive = "5s", retry = "3s", batch_window = "5ms", method = "post")]`
 pub struct RouteArgs {
     pub path: LitStr,
-    pub keep_alive: KeepAliveOption,
+    pub keep_alive: SwitchableDuration,
+    pub batch_window: SwitchableDuration,
     pub retry_ms: Option<u64>,
     pub method: HttpMethod,
 }
 
+/// A duration option that also takes `false` (off) and has a runtime default.
 #[derive(Clone, Copy, PartialEq, Eq)]
-pub enum KeepAliveOption {
+pub enum SwitchableDuration {
     Default,
     Off,
     EveryMs(u64),
@@ -124,32 +126,32 @@ impl RouteArgs {
         let path = parse_path(input, "#[sse(\"/stream\")]")?;
         let mut args = RouteArgs {
             path,
-            keep_alive: KeepAliveOption::Default,
+            keep_alive: SwitchableDuration::Default,
+            batch_window: SwitchableDuration::Default,
             retry_ms: None,
             method: HttpMethod::Get,
         };
         parse_options(
             input,
             errors,
-            &["keep_alive", "retry", "method"],
+            &["keep_alive", "retry", "batch_window", "method"],
             |key, input, errors| {
                 match key.to_string().as_str() {
                     "keep_alive" => {
-                        if input.peek(LitBool) {
-                            let on: LitBool = input.parse()?;
-                            args.keep_alive = if on.value {
-                                KeepAliveOption::Default
-                            } else {
-                                KeepAliveOption::Off
-                            };
-                        } else {
-                            let value: OptionValue = input.parse()?;
-                            let ms = value.duration_ms(
-                                errors,
-                                "`keep_alive` takes a duration such as \"15s\", or `false` to turn it off",
-                            );
-                            args.keep_alive = ms.map_or(args.keep_alive, KeepAliveOption::EveryMs);
-                        }
+                        args.keep_alive = parse_switchable(
+                            input,
+                            errors,
+                            "`keep_alive` takes a duration such as \"15s\", or `false` to turn it off",
+                        )?
+                        .unwrap_or(args.keep_alive);
+                    }
+                    "batch_window" => {
+                        args.batch_window = parse_switchable(
+                            input,
+                            errors,
+                            "`batch_window` takes a duration such as \"5ms\", or `false` to write every event at once",
+                        )?
+                        .unwrap_or(args.batch_window);
                     }
                     "retry" => {
                         let value: OptionValue = input.parse()?;
@@ -170,6 +172,27 @@ impl RouteArgs {
         )?;
         Ok(args)
     }
+}
+
+/// `true` (the default), `false` (off) or a duration literal; `None` after a
+/// reported mistake.
+fn parse_switchable(
+    input: ParseStream,
+    errors: &mut Errors,
+    help: &str,
+) -> syn::Result<Option<SwitchableDuration>> {
+    if input.peek(LitBool) {
+        let on: LitBool = input.parse()?;
+        return Ok(Some(if on.value {
+            SwitchableDuration::Default
+        } else {
+            SwitchableDuration::Off
+        }));
+    }
+    let value: OptionValue = input.parse()?;
+    Ok(value
+        .duration_ms(errors, help)
+        .map(SwitchableDuration::EveryMs))
 }
 
 /// An option's value: a string literal, or anything else (reported as an error).

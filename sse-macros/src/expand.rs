@@ -11,7 +11,7 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use crate::attr::{HttpMethod, KeepAliveOption};
+use crate::attr::{HttpMethod, SwitchableDuration};
 use crate::model::{Controller, Returns, Route};
 
 pub fn controller(controller: &Controller) -> TokenStream {
@@ -162,16 +162,22 @@ fn handler(route: &Route) -> TokenStream {
 }
 
 fn options(route: &Route) -> TokenStream {
-    let keep_alive_ms = match route.keep_alive {
-        KeepAliveOption::Default => quote!(::core::option::Option::None),
-        KeepAliveOption::Off => quote!(::core::option::Option::Some(0u64)),
-        KeepAliveOption::EveryMs(ms) => quote!(::core::option::Option::Some(#ms)),
+    let switchable_ms = |setting: SwitchableDuration| match setting {
+        SwitchableDuration::Default => quote!(::core::option::Option::None),
+        SwitchableDuration::Off => quote!(::core::option::Option::Some(0u64)),
+        SwitchableDuration::EveryMs(ms) => quote!(::core::option::Option::Some(#ms)),
     };
+    let keep_alive_ms = switchable_ms(route.keep_alive);
+    let batch_window_ms = switchable_ms(route.batch_window);
     let retry_ms = match route.retry_ms {
         Some(ms) => quote!(::core::option::Option::Some(#ms)),
         None => quote!(::core::option::Option::None),
     };
     quote! {
-        ::sse_runtime::__private::RouteOptions { keep_alive_ms: #keep_alive_ms, retry_ms: #retry_ms }
+        ::sse_runtime::__private::RouteOptions {
+            keep_alive_ms: #keep_alive_ms,
+            retry_ms: #retry_ms,
+            batch_window_ms: #batch_window_ms,
+        }
     }
 }

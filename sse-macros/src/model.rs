@@ -5,7 +5,7 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, ReturnType, Type};
 
-use crate::attr::{ControllerArgs, HttpMethod, KeepAliveOption, RouteArgs};
+use crate::attr::{ControllerArgs, HttpMethod, RouteArgs, SwitchableDuration};
 use crate::errors::Errors;
 use crate::path::{self, RoutePath};
 
@@ -24,7 +24,8 @@ pub struct Route {
     /// Prefix and route path joined.
     pub path: RoutePath,
     pub method: HttpMethod,
-    pub keep_alive: KeepAliveOption,
+    pub keep_alive: SwitchableDuration,
+    pub batch_window: SwitchableDuration,
     pub retry_ms: Option<u64>,
     pub takes_self: bool,
     pub is_async: bool,
@@ -234,6 +235,7 @@ impl Route {
             path,
             method: args.method,
             keep_alive: args.keep_alive,
+            batch_window: args.batch_window,
             retry_ms: args.retry_ms,
             takes_self,
             is_async: sig.asyncness.is_some(),

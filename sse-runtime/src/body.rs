@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -13,8 +13,8 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::encode;
 use crate::item::SseItem;
+use crate::{encode, pacer};
 
 /// Past this many buffered bytes a frame is sent even if more events are ready,
 /// so one fast producer cannot grow the buffer without bound.
@@ -34,13 +34,27 @@ pin_project! {
         // timer-wheel operation per event); when it fires early it is re-armed
         // from here instead.
         last_write: Instant,
+        // After a write, what becomes ready within this window is held and
+        // goes out in one write when the window ends (see `pacer`): a busy
+        // stream writes once per window instead of once per event. `None`:
+        // every batch goes out at once.
+        batch_window: Option<Duration>,
+        // The pacer tick a held batch is due at, and the waker parked for it.
+        held: Option<(u64, Waker)>,
+        // Whether any data has gone out: the first batch is never held.
+        written: bool,
         buf: BytesMut,
         ended: bool,
     }
 }
 
 impl<S> SseBody<S> {
-    pub(crate) fn new(stream: S, keep_alive: Option<Duration>, retry: Option<Duration>) -> Self {
+    pub(crate) fn new(
+        stream: S,
+        keep_alive: Option<Duration>,
+        retry: Option<Duration>,
+        batch_window: Option<Duration>,
+    ) -> Self {
         let mut buf = BytesMut::new();
         if let Some(retry) = retry {
             // Sent first, so it applies even if the stream never yields.
@@ -52,6 +66,9 @@ impl<S> SseBody<S> {
             keep_alive: keep_alive.map(|interval| Box::pin(tokio::time::sleep(interval))),
             interval: keep_alive.unwrap_or_default(),
             last_write: Instant::now(),
+            batch_window,
+            held: None,
+            written: false,
             buf,
             ended: false,
         }
@@ -85,7 +102,36 @@ where
         }
 
         if !this.buf.is_empty() {
-            if this.keep_alive.is_some() {
+            let may_hold = *this.written && !*this.ended && this.buf.len() < MAX_BATCH_BYTES;
+            if let (true, Some(window)) = (may_hold, *this.batch_window) {
+                match this.held.as_mut() {
+                    Some((due, parked)) if pacer::now() < *due => {
+                        // Woken by the stream before the window ends. A body
+                        // polled from another task parks that task's waker too.
+                        if !parked.will_wake(cx.waker()) {
+                            let left = pacer::TICK * due.saturating_sub(pacer::now()) as u32;
+                            if let Some(again) = pacer::park(cx.waker(), left) {
+                                *due = again;
+                                parked.clone_from(cx.waker());
+                            }
+                        }
+                        return Poll::Pending;
+                    }
+                    Some(_) => {}
+                    None => {
+                        let since = this.last_write.elapsed();
+                        if since < window {
+                            if let Some(due) = pacer::park(cx.waker(), window - since) {
+                                *this.held = Some((due, cx.waker().clone()));
+                                return Poll::Pending;
+                            }
+                        }
+                    }
+                }
+            }
+            *this.held = None;
+            *this.written = true;
+            if this.keep_alive.is_some() || this.batch_window.is_some() {
                 *this.last_write = Instant::now();
             }
             // `split` hands out the filled part and keeps the spare capacity, so

@@ -41,6 +41,7 @@ mod event;
 mod event_id;
 mod item;
 mod memory;
+mod pacer;
 #[cfg(feature = "redis")]
 mod redis_broker;
 mod registry;

@@ -48,6 +48,8 @@ pub struct RouteOptions {
     pub keep_alive_ms: Option<u64>,
     /// The `retry:` hint in milliseconds, if any.
     pub retry_ms: Option<u64>,
+    /// The batch window in milliseconds: `None` for the default, `Some(0)` for off.
+    pub batch_window_ms: Option<u64>,
 }
 
 impl RouteOptions {
@@ -58,6 +60,10 @@ impl RouteOptions {
     {
         let sse = match self.keep_alive_ms {
             Some(ms) => sse.keep_alive(KeepAlive::every(Duration::from_millis(ms))),
+            None => sse,
+        };
+        let sse = match self.batch_window_ms {
+            Some(ms) => sse.batch_window(Duration::from_millis(ms)),
             None => sse,
         };
         match self.retry_ms {

@@ -61,6 +61,16 @@ impl EventsController {
         stream::iter([format!("{a}{b}")])
     }
 
+    #[sse("/no-batching", batch_window = false)]
+    fn no_batching() -> impl Stream<Item = MessageEvent> {
+        stream::empty()
+    }
+
+    #[sse("/short-batches", batch_window = "2ms", keep_alive = "1s")]
+    fn short_batches() -> impl Stream<Item = MessageEvent> {
+        stream::empty()
+    }
+
     #[sse("/no-keep-alive", keep_alive = false)]
     fn no_keep_alive() -> impl Stream<Item = MessageEvent> {
         stream::empty()
