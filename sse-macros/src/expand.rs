@@ -101,7 +101,11 @@ fn handler(route: &Route) -> TokenStream {
         .map(|i| format_ident!("__arg{}", i))
         .collect();
     let arg_types = route.args.iter().map(|arg| &arg.ty);
-    let receiver = route.takes_self.then(|| quote!(&*__this,));
+    // Spanned at the return type too: a return type that borrows the
+    // controller where it may not is reported there.
+    let receiver = route
+        .takes_self
+        .then(|| quote_spanned!(route.returns.ty().span()=> &*__this,));
     let await_call = route.is_async.then(|| quote!(.await));
     let options = options(route);
 
@@ -110,17 +114,25 @@ fn handler(route: &Route) -> TokenStream {
     // stream of events is then reported on the user's return type.
     let return_span = route.returns.ty().span();
     let call = quote_spanned!(return_span=> Self::#method(#receiver #(#arg_names),*) #await_call);
-    let body = match (&route.returns, route.takes_self) {
-        (Returns::Stream(_), false) => {
+    // A receiver-less method, or one whose return type cannot borrow `&self`
+    // (`-> Subscription`), is called directly; its response owns its stream.
+    let direct = !route.takes_self || route.returns.is_owned();
+    let call = if route.takes_self && direct {
+        quote_spanned!(return_span=> #private::a_named_return_type_must_not_borrow_self(#call))
+    } else {
+        call
+    };
+    let body = match (&route.returns, direct) {
+        (Returns::Stream(_), true) => {
             quote!(#private::respond_stream(#call, #options))
         }
-        (Returns::Result(_), false) => {
+        (Returns::Result(_), true) => {
             quote!(#private::respond_result(#call, #options))
         }
         // With `&self`, the method's stream may borrow the controller (in edition
         // 2024, `impl Stream` captures `&self`'s lifetime). The generator owns the
         // `Arc` it borrows from, so the response can outlive this call.
-        (Returns::Stream(_), true) => {
+        (Returns::Stream(_), false) => {
             quote! {
                 #private::respond_stream(#private::async_stream::stream! {
                     let __stream = #private::check_stream(#call);
@@ -133,7 +145,7 @@ fn handler(route: &Route) -> TokenStream {
                 }, #options)
             }
         }
-        (Returns::Result(_), true) => {
+        (Returns::Result(_), false) => {
             quote! {
                 #private::respond_steps(#private::async_stream::stream! {
                     match #private::check_result(#call) {

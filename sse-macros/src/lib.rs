@@ -51,6 +51,11 @@ pub fn sse_controller(args: TokenStream, item: TokenStream) -> TokenStream {
 /// extractors, and returns `impl Stream<Item = ...>` or
 /// `Result<impl Stream<Item = ...>, E>` with `E: IntoResponse` (answered before
 /// streaming starts, for a 401 or 404).
+///
+/// An `impl Stream` returned from `&self` may borrow the controller: the route
+/// keeps the controller alive while it streams. A named return type with no
+/// `impl`, reference or lifetime in it (`-> Subscription`) is taken as owning
+/// its data and streamed directly, with nothing in between.
 #[proc_macro_attribute]
 pub fn sse(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::sse(args.into(), item.into()).into()

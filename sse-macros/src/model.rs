@@ -58,6 +58,24 @@ impl Returns {
             Returns::Stream(ty) | Returns::Result(ty) => ty,
         }
     }
+
+    /// Whether the type, as written, can borrow nothing from `&self`: no
+    /// `impl Trait` (which captures `&self` in edition 2024), no reference and
+    /// no lifetime. `Subscription` or `BoxStream<'static, T>` with `'static`
+    /// spelled out do not qualify for the latter; a named type with a hidden
+    /// lifetime parameter slips through and is then a borrow error at the
+    /// return type.
+    pub fn is_owned(&self) -> bool {
+        fn owned(tokens: proc_macro2::TokenStream) -> bool {
+            tokens.into_iter().all(|token| match token {
+                proc_macro2::TokenTree::Ident(ident) => ident != "impl",
+                proc_macro2::TokenTree::Punct(punct) => !matches!(punct.as_char(), '&' | '\''),
+                proc_macro2::TokenTree::Group(group) => owned(group.stream()),
+                proc_macro2::TokenTree::Literal(_) => true,
+            })
+        }
+        owned(quote::ToTokens::to_token_stream(self.ty()))
+    }
 }
 
 /// The argument `#[sse]` is given once its controller has read it. The user's
