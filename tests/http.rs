@@ -299,22 +299,50 @@ async fn two_hundred_connect_disconnect_cycles_leave_no_registry_entry() {
     eventually("every entry is removed", || users.key_count() == 0).await;
 }
 
+type ShutdownSignal = futures_util::future::BoxFuture<'static, ()>;
+type ServerRun = futures_util::future::BoxFuture<'static, std::io::Result<()>>;
+
 #[tokio::test]
-async fn graceful_shutdown_with_100_open_streams_completes_within_a_second() {
+async fn graceful_shutdown_with_100_open_streams_under_axum_serve() {
+    graceful_shutdown_with_100_open_streams(|listener, app, signal| {
+        Box::pin(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .into_future(),
+        )
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_with_100_open_streams_under_sse_runtime_serve() {
+    graceful_shutdown_with_100_open_streams(|listener, app, signal| {
+        Box::pin(
+            sse_runtime::serve(listener, app)
+                .with_graceful_shutdown(signal)
+                .into_future(),
+        )
+    })
+    .await;
+}
+
+async fn graceful_shutdown_with_100_open_streams(
+    serve: fn(tokio::net::TcpListener, axum::Router, ShutdownSignal) -> ServerRun,
+) {
     let controller = basic::EventsController::new();
     let registry = controller.users().clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (signal, signalled) = tokio::sync::oneshot::channel::<()>();
     let stop = registry.clone();
-    let server = tokio::spawn(
-        axum::serve(listener, controller.app())
-            .with_graceful_shutdown(async move {
-                let _ = signalled.await;
-                stop.shutdown();
-            })
-            .into_future(),
-    );
+    let server = tokio::spawn(serve(
+        listener,
+        controller.app(),
+        Box::pin(async move {
+            let _ = signalled.await;
+            stop.shutdown();
+        }),
+    ));
     let url = |path: &str| format!("http://{addr}{path}");
     let token = {
         let login = within(reqwest::Client::new().post(url("/login/alice")).send())

@@ -32,6 +32,8 @@
 //!   broadcast, replay after a reconnect ([`LastEventId`]), over a pluggable
 //!   [`Broker`] (in memory by default).
 //! - [`sse_controller`] and [`sse`] turn an `impl` block into axum routes.
+//! - [`serve`] runs an app over HTTP/1.1 with less memory per open stream
+//!   than `axum::serve`.
 #![deny(missing_docs)]
 
 mod body;
@@ -46,6 +48,7 @@ mod pacer;
 mod redis_broker;
 mod registry;
 mod response;
+mod serve;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -60,4 +63,5 @@ pub use memory::MemoryBroker;
 pub use redis_broker::{RedisBroker, RedisConnectError};
 pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};
+pub use serve::{Serve, serve};
 pub use sse_macros::{sse, sse_controller};

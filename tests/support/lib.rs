@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 /// Every wait in these tests is bounded by this.
 pub const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A server on 127.0.0.1 with a free port, stopped when dropped.
+/// A server on 127.0.0.1 with a free port (`sse_runtime::serve`), stopped when dropped.
 pub struct TestServer {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -30,7 +30,9 @@ impl TestServer {
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
         let task = tokio::spawn(async move {
-            axum::serve(listener, app).await.expect("server failed");
+            sse_runtime::serve(listener, app)
+                .await
+                .expect("server failed");
         });
         TestServer { addr, task }
     }

@@ -28,7 +28,7 @@ async fn main() -> std::io::Result<()> {
 
     let controller = basic::EventsController::new();
     let registry = controller.users().clone();
-    axum::serve(listener, controller.app())
+    sse_runtime::serve(listener, controller.app())
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             // Ends every open SSE response, so the server can stop.

@@ -54,13 +54,25 @@ pub fn port() -> u16 {
         .unwrap_or(3100)
 }
 
-/// Serves `app` on 127.0.0.1:$PORT until killed; prints `listening` when ready.
-pub async fn serve(app: axum::Router) {
+/// Which server loop a bench binary runs.
+pub enum Server {
+    /// `sse_runtime::serve` (HTTP/1.1 only).
+    Ours,
+    /// `axum::serve`, as the axum docs show.
+    Axum,
+}
+
+/// Serves `app` with `server` on 127.0.0.1:$PORT until killed; prints
+/// `listening` when ready.
+pub async fn serve(app: axum::Router, server: Server) {
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port()))
         .await
         .expect("bind");
     println!("listening on {}", listener.local_addr().unwrap());
-    axum::serve(listener, app).await.expect("serve");
+    match server {
+        Server::Ours => sse_runtime::serve(listener, app).await.expect("serve"),
+        Server::Axum => axum::serve(listener, app).await.expect("serve"),
+    }
 }
 
 /// CPU seconds (user + system) and resident memory of a process.

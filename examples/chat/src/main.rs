@@ -27,7 +27,7 @@ async fn main() -> std::io::Result<()> {
 
     let chat = chat::ChatController::new(["general", "random", "rust"]);
     let registry = chat.registry().clone();
-    axum::serve(listener, chat.app())
+    sse_runtime::serve(listener, chat.app())
         .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
             registry.shutdown();

@@ -43,7 +43,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             listener.local_addr()?
         );
         servers.push(tokio::spawn(async move {
-            axum::serve(listener, chat.app())
+            sse_runtime::serve(listener, chat.app())
                 .with_graceful_shutdown(async move {
                     let _ = tokio::signal::ctrl_c().await;
                     registry.shutdown();

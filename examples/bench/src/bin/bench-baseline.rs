@@ -48,5 +48,5 @@ async fn main() {
         .route("/events/fast", get(fast))
         .route("/events/sse-stream", get(ping))
         .with_state(tx);
-    bench::serve(app).await;
+    bench::serve(app, bench::Server::Axum).await;
 }

@@ -43,5 +43,5 @@ async fn main() {
             }),
         )
         .with_state(registry);
-    bench::serve(app).await;
+    bench::serve(app, bench::Server::Ours).await;
 }

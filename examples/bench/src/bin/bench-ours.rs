@@ -1,5 +1,5 @@
 //! Our runtime, the way a user writes it: a controller with the macros, over
-//! the registry.
+//! the registry, served by `sse_runtime::serve`.
 
 use axum::extract::Query;
 use axum::routing::post;
@@ -48,5 +48,6 @@ async fn main() {
     let publish = axum::Router::new()
         .route("/events/broadcast", post(bench::publish))
         .with_state(registry.clone());
-    bench::serve(BenchController { registry }.router().merge(publish)).await;
+    let app = BenchController { registry }.router().merge(publish);
+    bench::serve(app, bench::Server::Ours).await;
 }

@@ -303,9 +303,16 @@ async fn main() {
         run(Scenario::FanOut, &args[2], sizes).await;
         return;
     }
+    // `loadgen idle <server binary> <connections>`: one run, for profiling memory.
+    if args.get(1).map(String::as_str) == Some("idle") && args.len() == 4 {
+        let mut sizes = SMOKE;
+        sizes.idle_connections = args[3].parse().expect("connections");
+        run(Scenario::Idle, &args[2], sizes).await;
+        return;
+    }
     if args.get(1).map(String::as_str) != Some("compare") {
         eprintln!(
-            "usage: loadgen compare [--smoke] [--out FILE] | loadgen fan-out <server> <subscribers> <events>"
+            "usage: loadgen compare [--smoke] [--out FILE] | loadgen fan-out <server> <subscribers> <events> | loadgen idle <server> <connections>"
         );
         std::process::exit(2);
     }
