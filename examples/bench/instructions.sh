@@ -6,6 +6,9 @@
 #
 #   cargo build --release -p bench && bash examples/bench/instructions.sh [runs]
 #
+# BIN_DIR=<dir> counts other builds of the two servers, for example one with
+# CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 and CARGO_TARGET_DIR=<dir>/.. .
+#
 # The load, per server: 3 × GET /events/fast?n=100000, then 20 subscribers of
 # /events/broadcast receiving 100 events published 30 ms apart (longer than
 # the batch window, so each event is its own write in both servers and the
@@ -14,7 +17,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 runs=${1:-2}
-bin=target/release
+bin=${BIN_DIR:-target/release}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)"; exit 1; }
 [ -x "$bin/bench-ours" ] && [ -x "$bin/bench-handwired" ] || {
     echo "build first: cargo build --release -p bench"

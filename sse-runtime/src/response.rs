@@ -14,8 +14,10 @@ use crate::item::SseItem;
 ///
 /// Headers: `content-type: text/event-stream`, `cache-control: no-cache`,
 /// `x-accel-buffering: no` (so nginx does not buffer), and no content length.
-/// Events that are ready at the same time go out in one write. When the client
-/// goes away, hyper drops the response body and with it the stream.
+/// Events that are ready at the same time go out in one write, and a busy
+/// stream is written at most once per [batch window](Self::batch_window).
+/// When the client goes away, hyper drops the response body and with it the
+/// stream.
 ///
 /// ```
 /// use axum::{Router, routing::get};
