@@ -303,6 +303,14 @@ async fn main() {
         run(Scenario::FanOut, &args[2], sizes).await;
         return;
     }
+    // `loadgen redis <subscribers> <events>`: one run over two instances sharing a Redis.
+    if args.get(1).map(String::as_str) == Some("redis") && args.len() == 4 {
+        let (figures, commands) =
+            redis_fan_out(args[2].parse().expect("subscribers"), args[3].parse().expect("events"))
+                .await;
+        eprintln!("  redis, 2 instances {figures:?}; {commands:.2} Redis commands per event");
+        return;
+    }
     // `loadgen idle <server binary> <connections>`: one run, for profiling memory.
     if args.get(1).map(String::as_str) == Some("idle") && args.len() == 4 {
         let mut sizes = SMOKE;
