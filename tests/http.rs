@@ -397,3 +397,20 @@ async fn index_page_listens_with_event_source() {
         assert!(page.contains(needle), "page lacks {needle}");
     }
 }
+
+#[tokio::test]
+async fn sse_runtime_serve_gives_handlers_the_peer_address() {
+    use axum::extract::ConnectInfo;
+    use std::net::SocketAddr;
+    let app = axum::Router::new().route(
+        "/peer",
+        axum::routing::get(|ConnectInfo(peer): ConnectInfo<SocketAddr>| async move {
+            peer.ip().to_string()
+        }),
+    );
+    // TestServer serves with `sse_runtime::serve`.
+    let server = TestServer::start(app).await;
+    let response = within(reqwest::get(server.url("/peer"))).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.text().await.unwrap(), "127.0.0.1");
+}

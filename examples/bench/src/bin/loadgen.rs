@@ -305,9 +305,11 @@ async fn main() {
     }
     // `loadgen redis <subscribers> <events>`: one run over two instances sharing a Redis.
     if args.get(1).map(String::as_str) == Some("redis") && args.len() == 4 {
-        let (figures, commands) =
-            redis_fan_out(args[2].parse().expect("subscribers"), args[3].parse().expect("events"))
-                .await;
+        let (figures, commands) = redis_fan_out(
+            args[2].parse().expect("subscribers"),
+            args[3].parse().expect("events"),
+        )
+        .await;
         eprintln!("  redis, 2 instances {figures:?}; {commands:.2} Redis commands per event");
         return;
     }
