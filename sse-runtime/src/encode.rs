@@ -29,13 +29,13 @@ pub(crate) fn write_field(buf: &mut BytesMut, name: &[u8], value: &str) {
 /// `\r` and `\n` exactly as a parser does, so a client joins the lines back with
 /// `\n`. Empty data is one empty `data:` line, which still dispatches an event.
 pub(crate) fn write_data(buf: &mut BytesMut, data: &str) {
-    write_lines(buf, b"data: ", data);
+    write_lines(buf, b"\ndata: ", data);
 }
 
 /// Writes `text` as comment lines (`: line`), splitting on any line break so no
 /// part of a comment can be read as a field.
 pub(crate) fn write_comment(buf: &mut BytesMut, text: &str) {
-    write_lines(buf, b": ", text);
+    write_lines(buf, b"\n: ", text);
 }
 
 /// Writes `retry: <milliseconds>\n`.
@@ -44,33 +44,54 @@ pub(crate) fn write_retry(buf: &mut BytesMut, retry: Duration) {
     let _ = writeln!(buf, "retry: {}", retry.as_millis());
 }
 
-fn write_lines(buf: &mut BytesMut, prefix: &[u8], text: &str) {
+/// `break_then_prefix` is a line break followed by the prefix every line
+/// starts with (`"\ndata: "`): one append ends a line and starts the next.
+#[inline(always)]
+fn write_lines(buf: &mut BytesMut, break_then_prefix: &[u8], text: &str) {
     let bytes = text.as_bytes();
     // Room for the text plus a prefix per ~40 bytes of it, without a counting
     // pass (measured slower): the buffer rarely grows, and copies, mid-event.
-    buf.reserve(bytes.len() + bytes.len() / 4 + prefix.len() + 1);
+    buf.reserve(bytes.len() + bytes.len() / 4 + break_then_prefix.len());
+    buf.extend_from_slice(&break_then_prefix[1..]);
+    let finder = LineBreakFinder::new();
     let mut rest = bytes;
-    loop {
-        match memchr::memchr2(b'\r', b'\n', rest) {
-            Some(at) => {
-                buf.extend_from_slice(prefix);
-                buf.extend_from_slice(&rest[..at]);
-                buf.extend_from_slice(b"\n");
-                // CRLF is one break, not two.
-                let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') {
-                    2
-                } else {
-                    1
-                };
-                rest = &rest[at + skip..];
-            }
-            None => {
-                buf.extend_from_slice(prefix);
-                buf.extend_from_slice(rest);
-                buf.extend_from_slice(b"\n");
-                return;
-            }
+    while let Some(at) = finder.find(rest) {
+        buf.extend_from_slice(&rest[..at]);
+        buf.extend_from_slice(break_then_prefix);
+        // CRLF is one break, not two.
+        let skip = if rest[at] == b'\r' && rest.get(at + 1) == Some(&b'\n') {
+            2
+        } else {
+            1
+        };
+        rest = &rest[at + skip..];
+    }
+    buf.extend_from_slice(rest);
+    buf.extend_from_slice(b"\n");
+}
+
+/// Finds the next CR or LF. `memchr::memchr2` picks its implementation on
+/// every call, which for the short lines of multi-line text costs as much as
+/// the search; this picks once per text.
+struct LineBreakFinder {
+    #[cfg(target_arch = "x86_64")]
+    sse2: Option<memchr::arch::x86_64::sse2::memchr::Two>,
+}
+
+impl LineBreakFinder {
+    fn new() -> Self {
+        LineBreakFinder {
+            #[cfg(target_arch = "x86_64")]
+            sse2: memchr::arch::x86_64::sse2::memchr::Two::new(b'\r', b'\n'),
         }
+    }
+
+    fn find(&self, haystack: &[u8]) -> Option<usize> {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(sse2) = &self.sse2 {
+            return sse2.find(haystack);
+        }
+        memchr::memchr2(b'\r', b'\n', haystack)
     }
 }
 
