@@ -403,3 +403,44 @@ async fn two_chat_instances_share_rooms_and_resume_each_others_ids_over_http() {
     let mut on_a = events(response);
     assert!(next_event(&mut on_a).await.data.contains("while away"));
 }
+
+#[tokio::test]
+async fn broadcast_reaches_every_key_on_every_instance() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let (a, b) = (
+        instance(&server, RegistryConfig::default()).await,
+        instance(&server, RegistryConfig::default()).await,
+    );
+    // More streams than one SCAN page or one pipeline chunk.
+    const KEYS: usize = 1_200;
+    for n in 0..KEYS {
+        a.send(&key(&format!("k{n}")), MessageEvent::new("seed"))
+            .await
+            .unwrap();
+    }
+    let mut on_b: Vec<_> = ["k0", "k600", &format!("k{}", KEYS - 1)]
+        .into_iter()
+        .map(|name| b.subscribe(&key(name)))
+        .collect();
+    let mut on_a = a.subscribe(&key("k1"));
+    assert!(futures_util::FutureExt::now_or_never(on_a.next()).is_none());
+    for subscription in &mut on_b {
+        assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+    }
+    settle().await;
+
+    let started = std::time::Instant::now();
+    a.broadcast(MessageEvent::new("to all")).await.unwrap();
+    eprintln!("broadcast to {KEYS} streams took {:?}", started.elapsed());
+    assert_eq!(next(&mut on_a).await.2, "to all");
+    for subscription in &mut on_b {
+        assert_eq!(next(subscription).await.2, "to all");
+    }
+    // Once, not once per SCAN page or chunk.
+    settle().await;
+    for subscription in &mut on_b {
+        assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+    }
+}

@@ -41,6 +41,10 @@ use tokio::sync::{Notify, broadcast};
 use crate::broker::{Broker, BrokerError, RegistryConfig, ResetReason};
 use crate::event::{EncodedEvent, MessageEvent};
 
+/// `broadcast` sends its `XADD`s in pipelines of this many streams: one round
+/// trip each, and a bounded request.
+const BROADCAST_CHUNK: usize = 256;
+
 /// A Redis stream entry id, `<milliseconds>-<sequence>`, ordered numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) struct EntryId(u64, u64);
@@ -430,21 +434,31 @@ where
             }
             let fields = event.encode_without_id();
             let mut reached = 0;
-            for stream in streams {
-                let _id: String = redis::cmd("XADD")
-                    .arg(&stream)
-                    .arg("MAXLEN")
-                    .arg("~")
-                    .arg(inner.config.history_len)
-                    .arg("*")
-                    .arg("e")
-                    .arg(fields.as_ref())
+            // One round trip per chunk of streams, not per stream.
+            for chunk in streams.chunks(BROADCAST_CHUNK) {
+                let mut pipeline = redis::pipe();
+                for stream in chunk {
+                    pipeline
+                        .cmd("XADD")
+                        .arg(stream)
+                        .arg("MAXLEN")
+                        .arg("~")
+                        .arg(inner.config.history_len)
+                        .arg("*")
+                        .arg("e")
+                        .arg(fields.as_ref())
+                        .ignore();
+                }
+                let () = pipeline
                     .query_async(&mut connection)
                     .await
                     .map_err(unavailable)?;
-                reached += lock(&inner.local)
-                    .get(&stream)
-                    .map_or(0, |local| local.sender.receiver_count());
+                let local = lock(&inner.local);
+                reached += chunk
+                    .iter()
+                    .filter_map(|stream| local.get(stream))
+                    .map(|local| local.sender.receiver_count())
+                    .sum::<usize>();
             }
             Ok(reached)
         })
