@@ -4,6 +4,8 @@
 //! - `send` is `XADD <prefix>:<key> MAXLEN ~ <history_len> * e <fields>`: the
 //!   entry id Redis assigns (`<ms>-<n>`) is the SSE id, the same on every
 //!   instance, so a `Last-Event-ID` from one instance resumes on any other.
+//! - `broadcast` finds the streams with `SCAN … TYPE stream` and adds the
+//!   event to each, pipelined 256 streams to a round trip.
 //! - Live delivery: one reader task per instance runs `XREAD BLOCK` over every
 //!   key that has subscribers on this instance (one connection, not one per
 //!   subscriber) and fans each entry out locally.
