@@ -313,7 +313,8 @@ where
 
     fn subscribe(&self, key: &K, last_event_id: Option<&str>) -> BoxStream<'static, EncodedEvent> {
         let inner = &self.inner;
-        let mut shard = lock(inner.shard(key));
+        let shard_index = inner.shard_index(key);
+        let mut shard = lock(&inner.shards[shard_index]);
         let watermark = inner.removed_watermark.load(Ordering::SeqCst);
         let state = shard
             .entry(key.clone())
@@ -343,7 +344,7 @@ where
         };
         Box::pin(MemorySubscription {
             id: inner.next_subscriber.fetch_add(1, Ordering::Relaxed),
-            shard: inner.shard_index(key),
+            shard: shard_index,
             key: key.clone(),
             cursor,
             replay_until: state.last_sequence,

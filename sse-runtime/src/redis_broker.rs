@@ -195,6 +195,28 @@ impl Inner {
         Ok(receiver)
     }
 
+    /// `XADD <stream> MAXLEN ~ <history_len> * e <fields>`: appends one event,
+    /// trimming the oldest past the history length.
+    fn xadd(&self, stream: &str, fields: &[u8]) -> redis::Cmd {
+        let mut command = redis::cmd("XADD");
+        command
+            .arg(stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.config.history_len)
+            .arg("*")
+            .arg("e")
+            .arg(fields);
+        command
+    }
+
+    /// How many subscriptions on this instance have joined `stream`.
+    fn local_subscribers(&self, stream: &str) -> usize {
+        lock(&self.local)
+            .get(stream)
+            .map_or(0, |local| local.sender.receiver_count())
+    }
+
     /// Drops the local fan-out of keys nobody on this instance listens to.
     fn forget_idle(&self) {
         lock(&self.local).retain(|_, local| local.sender.receiver_count() > 0);
@@ -390,20 +412,12 @@ where
             let stream = inner.stream_key(key);
             let fields: Bytes = event.encode_without_id();
             let mut connection = inner.commands.clone();
-            let _id: String = redis::cmd("XADD")
-                .arg(&stream)
-                .arg("MAXLEN")
-                .arg("~")
-                .arg(inner.config.history_len)
-                .arg("*")
-                .arg("e")
-                .arg(fields.as_ref())
+            let _id: String = inner
+                .xadd(&stream, &fields)
                 .query_async(&mut connection)
                 .await
                 .map_err(unavailable)?;
-            Ok(lock(&inner.local)
-                .get(&stream)
-                .map_or(0, |local| local.sender.receiver_count()))
+            Ok(inner.local_subscribers(&stream))
         })
     }
 
@@ -440,26 +454,15 @@ where
             for chunk in streams.chunks(BROADCAST_CHUNK) {
                 let mut pipeline = redis::pipe();
                 for stream in chunk {
-                    pipeline
-                        .cmd("XADD")
-                        .arg(stream)
-                        .arg("MAXLEN")
-                        .arg("~")
-                        .arg(inner.config.history_len)
-                        .arg("*")
-                        .arg("e")
-                        .arg(fields.as_ref())
-                        .ignore();
+                    pipeline.add_command(inner.xadd(stream, &fields)).ignore();
                 }
                 let () = pipeline
                     .query_async(&mut connection)
                     .await
                     .map_err(unavailable)?;
-                let local = lock(&inner.local);
                 reached += chunk
                     .iter()
-                    .filter_map(|stream| local.get(stream))
-                    .map(|local| local.sender.receiver_count())
+                    .map(|stream| inner.local_subscribers(stream))
                     .sum::<usize>();
             }
             Ok(reached)
@@ -543,9 +546,7 @@ where
     }
 
     fn subscriber_count(&self, key: &K) -> usize {
-        lock(&self.inner.local)
-            .get(&self.inner.stream_key(key))
-            .map_or(0, |local| local.sender.receiver_count())
+        self.inner.local_subscribers(&self.inner.stream_key(key))
     }
 
     fn shutdown(&self) {

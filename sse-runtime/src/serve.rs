@@ -20,15 +20,15 @@ use tower::ServiceExt;
 /// `axum::serve` negotiates HTTP/1.1 or HTTP/2 on every connection; an
 /// HTTP/1.1-only connection costs about 8 KB less memory, which adds up at
 /// tens of thousands of open event streams (12.6 KB against 20.8 KB per idle
-/// stream, measured in `BENCHMARKS.md`). Browsers speak HTTP/2 only over TLS, which
-/// neither server terminates, so behind a TLS proxy nothing is lost.
+/// stream, measured in `BENCHMARKS.md`). Browsers speak HTTP/2 only over TLS,
+/// which neither server terminates, so behind a TLS proxy nothing is lost.
 ///
 /// Each request carries `ConnectInfo<SocketAddr>` of its peer, as with
-/// `into_make_service_with_connect_info`.
-/// Sockets are set to `TCP_NODELAY`: writes are already batched by the
-/// response's [batch window](crate::Sse::batch_window). An accept error is
-/// logged and retried, after a second if it is not about one connection
-/// (running out of file descriptors, say), so the server never stops by itself.
+/// `into_make_service_with_connect_info`. Sockets are set to `TCP_NODELAY`:
+/// writes are already batched by the response's
+/// [batch window](crate::Sse::batch_window). An accept error is logged and
+/// retried, after a second if it is not about one connection (running out of
+/// file descriptors, say), so the server never stops by itself.
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
