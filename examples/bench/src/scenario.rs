@@ -144,14 +144,15 @@ async fn fan_out_impl(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let mut publisher = publishers.swap_remove(0);
-    let cpu = || -> (f64, u64) {
+    // CPU seconds and write system calls, summed over the servers.
+    let cpu_and_writes = || -> (f64, u64) {
         pids.iter()
             .map(|&pid| sample_process(pid).unwrap_or_default())
             .fold((0.0, 0), |(cpu, writes), sample| {
                 (cpu + sample.cpu_seconds, writes + sample.write_syscalls)
             })
     };
-    let (before_cpu, before_writes) = cpu();
+    let (before_cpu, before_writes) = cpu_and_writes();
     let started_ns = now_nanos();
     let period = rate.map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
     let mut next_send = Instant::now();
@@ -177,7 +178,7 @@ async fn fan_out_impl(
     let mut latencies = tokio::time::timeout(limit, collect)
         .await
         .unwrap_or_default();
-    let (after_cpu, after_writes) = cpu();
+    let (after_cpu, after_writes) = cpu_and_writes();
 
     let delivered = shared.delivered.load(Ordering::Relaxed);
     let elapsed = (shared

@@ -322,7 +322,7 @@ async fn main() {
     }
     if args.get(1).map(String::as_str) != Some("compare") {
         eprintln!(
-            "usage: loadgen compare [--smoke] [--out FILE] | loadgen fan-out <server> <subscribers> <events> | loadgen idle <server> <connections>"
+            "usage: loadgen compare [--smoke] [--out FILE] | loadgen fan-out <server> <subscribers> <events> | loadgen idle <server> <connections> | loadgen redis <subscribers> <events>"
         );
         std::process::exit(2);
     }
