@@ -27,7 +27,8 @@ use crate::event::{EncodedEvent, MessageEvent};
 ///   longer covers `last_id`, or the id is unknown or malformed, the
 ///   subscription starts with the **reset signal** (see [`ResetReason`]) and
 ///   continues live: never a silent gap.
-/// - **Bounds.** History is bounded by count and by age ([`RegistryConfig`]).
+/// - **Bounds.** History is bounded by count and by age ([`RegistryConfig`]);
+///   an in-process broker also bounds it in bytes.
 ///   Publishing never waits for a subscriber; a subscriber that falls behind by
 ///   more than its buffer is dealt with by the [`LagPolicy`].
 /// - **Cleanup.** A key with no subscriber and no retained history holds no
@@ -120,6 +121,29 @@ impl ResetReason {
 
 /// How a registry keeps history and treats slow subscribers.
 ///
+/// # Worst-case memory
+///
+/// With the in-memory broker, the history a registry retains is bounded in
+/// bytes, whatever clients or the application send:
+///
+/// ```text
+/// history ≤ min(history_bytes_total, keys × history_bytes_per_key) + largest event
+/// ```
+///
+/// where each retained event counts its encoded size plus 64 bytes of
+/// bookkeeping (the encoder may reserve up to a quarter more than it writes,
+/// and that spare capacity stays with the event), and `keys` are the keys with
+/// history. A key always keeps its newest event, so one event larger than the
+/// bounds is still delivered and replayable. On top of history: about 200
+/// bytes per key, and per subscriber its cursor plus what its connection has
+/// not yet written (at most one 64 KiB batch, see [`Sse`](crate::Sse)).
+/// Defaults: 4 MiB per key, 256 MiB in all, which also caps the
+/// `history_len × keys` count bound.
+///
+/// Eviction is oldest first: past the total, the oldest events of all keys
+/// go until the registry is at 90% of it. A client whose `Last-Event-ID` was
+/// evicted gets the reset signal, as for an expired one.
+///
 /// ```
 /// use sse_runtime::{LagPolicy, Registry, RegistryConfig};
 /// use std::time::Duration;
@@ -136,6 +160,8 @@ impl ResetReason {
 pub struct RegistryConfig {
     pub(crate) history_len: usize,
     pub(crate) history_ttl: Duration,
+    pub(crate) history_bytes_per_key: usize,
+    pub(crate) history_bytes_total: usize,
     pub(crate) buffer: usize,
     pub(crate) lag_policy: LagPolicy,
     pub(crate) reset_event_type: String,
@@ -146,6 +172,8 @@ impl Default for RegistryConfig {
         RegistryConfig {
             history_len: 1000,
             history_ttl: Duration::from_secs(300),
+            history_bytes_per_key: Self::DEFAULT_HISTORY_BYTES_PER_KEY,
+            history_bytes_total: Self::DEFAULT_HISTORY_BYTES_TOTAL,
             buffer: 256,
             lag_policy: LagPolicy::Disconnect,
             reset_event_type: "reset".to_owned(),
@@ -154,6 +182,11 @@ impl Default for RegistryConfig {
 }
 
 impl RegistryConfig {
+    /// The default [`history_bytes_per_key`](Self::history_bytes_per_key): 4 MiB.
+    pub const DEFAULT_HISTORY_BYTES_PER_KEY: usize = 4 << 20;
+    /// The default [`history_bytes_total`](Self::history_bytes_total): 256 MiB.
+    pub const DEFAULT_HISTORY_BYTES_TOTAL: usize = 256 << 20;
+
     /// Events kept per key for replay, and the most a key holds at once
     /// (default 1000; at least 1).
     pub fn history_len(mut self, events: usize) -> Self {
@@ -164,6 +197,33 @@ impl RegistryConfig {
     /// How long an event stays replayable (default 5 minutes).
     pub fn history_ttl(mut self, ttl: Duration) -> Self {
         self.history_ttl = ttl;
+        self
+    }
+
+    /// The most bytes of history one key keeps (default 4 MiB); its oldest
+    /// events go first. A key always keeps its newest event. In-memory broker
+    /// only: Redis bounds its memory with `history_len` and its own
+    /// `maxmemory`.
+    ///
+    /// ```
+    /// use sse_runtime::RegistryConfig;
+    /// let config = RegistryConfig::default().history_bytes_per_key(256 * 1024);
+    /// ```
+    pub fn history_bytes_per_key(mut self, bytes: usize) -> Self {
+        self.history_bytes_per_key = bytes;
+        self
+    }
+
+    /// The most bytes of history the whole registry keeps (default 256 MiB).
+    /// Past it, the oldest events of all keys are evicted until the registry
+    /// is at 90% of it. In-memory broker only.
+    ///
+    /// ```
+    /// use sse_runtime::RegistryConfig;
+    /// let config = RegistryConfig::default().history_bytes_total(64 << 20);
+    /// ```
+    pub fn history_bytes_total(mut self, bytes: usize) -> Self {
+        self.history_bytes_total = bytes;
         self
     }
 

@@ -9,10 +9,11 @@
 //! under one lock and ids increase in that order, a subscriber can neither skip
 //! nor repeat an entry (the no-gap, no-duplicate guarantee).
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
@@ -26,6 +27,10 @@ use crate::event::{EncodedEvent, MessageEvent};
 use crate::event_id::{IdSpace, ParsedId};
 
 const SHARDS: usize = 32;
+
+/// What a retained event costs beyond its encoded bytes: its entry in the
+/// ring and the shared buffer's header. Counted against the byte bounds.
+const ENTRY_OVERHEAD: usize = 64;
 
 /// The default [`Broker`]: everything in this process's memory.
 ///
@@ -52,6 +57,10 @@ struct Inner<K> {
     shut_down: AtomicBool,
     next_subscriber: AtomicU64,
     sweeper_started: AtomicBool,
+    /// Bytes of history retained by every key (see [`Entry::cost`]).
+    retained_bytes: AtomicUsize,
+    /// Whether a thread is evicting across keys (only one at a time).
+    evicting: AtomicBool,
 }
 
 struct KeyState {
@@ -61,6 +70,8 @@ struct KeyState {
     /// The highest sequence number evicted from `history` (or the watermark
     /// this state started from). A cursor below it has missed something.
     evicted_through: u64,
+    /// What `history` costs in bytes (see [`Entry::cost`]).
+    bytes: usize,
     subscribers: usize,
     /// Subscribers waiting for an entry, by subscriber id.
     waiting: HashMap<u64, Waker, BuildHasherDefault<SubscriberIdHasher>>,
@@ -93,12 +104,20 @@ struct Entry {
     event: EncodedEvent,
 }
 
+impl Entry {
+    /// What this entry counts against the byte bounds.
+    fn cost(&self) -> usize {
+        self.event.as_bytes().len() + ENTRY_OVERHEAD
+    }
+}
+
 impl KeyState {
     fn new(watermark: u64) -> Self {
         KeyState {
             history: VecDeque::new(),
             last_sequence: 0,
             evicted_through: watermark,
+            bytes: 0,
             subscribers: 0,
             waiting: HashMap::default(),
         }
@@ -109,13 +128,25 @@ impl KeyState {
         self.last_sequence.max(self.evicted_through)
     }
 
-    fn evict_expired(&mut self, now: Instant, ttl: Duration) {
-        while let Some(front) = self.history.front() {
-            if now.duration_since(front.at) < ttl {
-                break;
-            }
-            self.evicted_through = self.evicted_through.max(front.sequence);
-            self.history.pop_front();
+    /// Evicts the oldest entry, keeping the byte counts (this key's and the
+    /// registry's) in step.
+    fn evict_oldest(&mut self, retained_bytes: &AtomicUsize) -> bool {
+        let Some(oldest) = self.history.pop_front() else {
+            return false;
+        };
+        self.evicted_through = self.evicted_through.max(oldest.sequence);
+        self.bytes -= oldest.cost();
+        retained_bytes.fetch_sub(oldest.cost(), Ordering::Relaxed);
+        true
+    }
+
+    fn evict_expired(&mut self, now: Instant, ttl: Duration, retained_bytes: &AtomicUsize) {
+        while self
+            .history
+            .front()
+            .is_some_and(|front| now.duration_since(front.at) >= ttl)
+        {
+            self.evict_oldest(retained_bytes);
         }
     }
 
@@ -147,6 +178,8 @@ where
                 shut_down: AtomicBool::new(false),
                 next_subscriber: AtomicU64::new(0),
                 sweeper_started: AtomicBool::new(false),
+                retained_bytes: AtomicUsize::new(0),
+                evicting: AtomicBool::new(false),
             }),
         }
     }
@@ -183,17 +216,26 @@ where
         event: EncodedEvent,
         now: Instant,
     ) -> usize {
-        state.evict_expired(now, self.config.history_ttl);
-        if state.history.len() >= self.config.history_len {
-            if let Some(oldest) = state.history.pop_front() {
-                state.evicted_through = state.evicted_through.max(oldest.sequence);
-            }
-        }
-        state.history.push_back(Entry {
+        let config = &self.config;
+        state.evict_expired(now, config.history_ttl, &self.retained_bytes);
+        let entry = Entry {
             sequence,
             at: now,
             event,
-        });
+        };
+        let cost = entry.cost();
+        // The new entry is kept whatever its size: it is what live
+        // subscribers are waiting for.
+        while state.history.len() >= config.history_len
+            || state.bytes + cost > config.history_bytes_per_key
+        {
+            if !state.evict_oldest(&self.retained_bytes) {
+                break;
+            }
+        }
+        state.history.push_back(entry);
+        state.bytes += cost;
+        self.retained_bytes.fetch_add(cost, Ordering::Relaxed);
         state.last_sequence = sequence;
         for (_, waker) in state.waiting.drain() {
             waker.wake();
@@ -224,7 +266,7 @@ where
             let mut shard = lock(shard);
             let mut watermark = 0;
             shard.retain(|_, state| {
-                state.evict_expired(now, self.config.history_ttl);
+                state.evict_expired(now, self.config.history_ttl, &self.retained_bytes);
                 let idle = state.is_idle();
                 if idle {
                     watermark = watermark.max(state.evicted_through);
@@ -234,6 +276,64 @@ where
             self.removed_watermark
                 .fetch_max(watermark, Ordering::SeqCst);
         }
+    }
+}
+
+impl<K> Inner<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// Past the registry's byte bound, evicts the oldest entries of all keys
+    /// until it is at 90% of it, so that the walk over every key runs once
+    /// per tenth of the bound published, not once per event. Must be called
+    /// with no shard locked.
+    fn enforce_total_bound(&self) {
+        let bound = self.config.history_bytes_total;
+        if self.retained_bytes.load(Ordering::Relaxed) <= bound
+            || self.evicting.swap(true, Ordering::Acquire)
+        {
+            return;
+        }
+        let target = bound - bound / 10;
+        // Every key's oldest entry, merged by sequence number (the order of
+        // publishing): the oldest of all is evicted first.
+        let mut keys: Vec<(usize, K)> = Vec::new();
+        let mut oldest = BinaryHeap::new();
+        for (index, shard) in self.shards.iter().enumerate() {
+            for (key, state) in lock(shard).iter() {
+                if let Some(front) = state.history.front() {
+                    oldest.push(Reverse((front.sequence, keys.len())));
+                    keys.push((index, key.clone()));
+                }
+            }
+        }
+        while self.retained_bytes.load(Ordering::Relaxed) > target {
+            let Some(Reverse((_, at))) = oldest.pop() else {
+                break;
+            };
+            let (index, key) = &keys[at];
+            let next_oldest = oldest
+                .peek()
+                .map_or(u64::MAX, |Reverse((sequence, _))| *sequence);
+            let mut shard = lock(&self.shards[*index]);
+            let Some(state) = shard.get_mut(key) else {
+                continue;
+            };
+            // This key's entries older than every other key's go in one visit.
+            while self.retained_bytes.load(Ordering::Relaxed) > target
+                && state
+                    .history
+                    .front()
+                    .is_some_and(|front| front.sequence <= next_oldest)
+            {
+                state.evict_oldest(&self.retained_bytes);
+            }
+            match state.history.front() {
+                Some(front) => oldest.push(Reverse((front.sequence, at))),
+                None => self.remove_if_idle(&mut shard, key),
+            }
+        }
+        self.evicting.store(false, Ordering::Release);
     }
 }
 
@@ -284,7 +384,10 @@ where
             let state = shard
                 .entry(key.clone())
                 .or_insert_with(|| KeyState::new(watermark));
-            Ok(inner.append(state, &event, Instant::now()))
+            let reached = inner.append(state, &event, Instant::now());
+            drop(shard);
+            inner.enforce_total_bound();
+            Ok(reached)
         };
         Box::pin(future::ready(result))
     }
@@ -308,6 +411,7 @@ where
                 reached += inner.append_encoded(state, sequence, encoded.clone(), now);
             }
         }
+        inner.enforce_total_bound();
         Box::pin(future::ready(Ok(reached)))
     }
 

@@ -1,0 +1,177 @@
+//! History is bounded in bytes: a burst of large events cannot grow a
+//! registry past its bounds, eviction is oldest first, and a resume that
+//! needed an evicted event gets the reset signal. Its own test binary, because
+//! it counts every allocation.
+
+use std::alloc::System;
+use std::time::Duration;
+
+use futures_util::{Stream, StreamExt};
+use sse_runtime::{EncodedEvent, MessageEvent, Registry, RegistryConfig};
+use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
+
+#[global_allocator]
+static GLOBAL: &StatsAlloc<System> = &INSTRUMENTED_SYSTEM;
+
+/// The allocation counter is process-wide: the tests here take turns.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// The encoder may reserve a quarter more than it writes, and that spare
+/// capacity stays with a retained event (see `RegistryConfig`).
+const SPARE_CAPACITY: f64 = 1.25;
+
+/// Bytes allocated and not freed since `region` began. (stats_alloc already
+/// counts a reallocation's growth in `bytes_allocated` and its shrinking in
+/// `bytes_deallocated`.)
+fn net_bytes(region: &Region<'_, System>) -> i64 {
+    let change = region.change();
+    change.bytes_allocated as i64 - change.bytes_deallocated as i64
+}
+
+async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> EncodedEvent {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("timed out")
+        .expect("the stream ended")
+}
+
+/// `(id, event type, data)` of one encoded event.
+fn fields(event: &EncodedEvent) -> (String, String, String) {
+    let text = std::str::from_utf8(event.as_bytes()).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("id: "), field("event: "), field("data: "))
+}
+
+/// `len` bytes of text that starts with `label`.
+fn payload(label: &str, len: usize) -> String {
+    let mut text = String::with_capacity(len);
+    text.push_str(label);
+    text.push(' ');
+    while text.len() < len {
+        text.push('x');
+    }
+    text
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_burst_of_large_events_to_one_key_stays_within_its_byte_bound() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    const BOUND: usize = 1 << 20;
+    const EVENT: usize = 64 * 1024;
+    let registry: Registry<String> = Registry::with_config(
+        RegistryConfig::default()
+            .history_len(100_000)
+            .history_bytes_per_key(BOUND),
+    );
+    let key = "victim".to_owned();
+    let mut watcher = registry.subscribe(&key);
+
+    let region = Region::new(GLOBAL);
+    let mut ids = Vec::new();
+    // 12.5 MiB sent: with the count bound alone, all of it would be kept.
+    for n in 0..200 {
+        registry
+            .send(&key, MessageEvent::new(payload(&n.to_string(), EVENT)))
+            .await
+            .unwrap();
+        ids.push(fields(&next(&mut watcher).await).0);
+    }
+    let net = net_bytes(&region);
+    let ceiling = (BOUND as f64 * SPARE_CAPACITY) as i64 + 64 * 1024;
+    eprintln!("retained after 200 events of 64 KiB: {net} bytes (ceiling {ceiling})");
+    assert!(
+        net <= ceiling,
+        "history grew to {net} bytes, over {ceiling}"
+    );
+    assert!(
+        net >= (BOUND / 2) as i64,
+        "history kept only {net} bytes: the bound evicts too eagerly"
+    );
+
+    // A resume from an evicted id is told so; one from a retained id
+    // replays exactly what followed it.
+    let mut from_first = registry.subscribe_from(&key, Some(&ids[0]));
+    let (_, event_type, data) = fields(&next(&mut from_first).await);
+    assert_eq!(
+        (event_type.as_str(), data.as_str()),
+        ("reset", "{\"reason\":\"history_expired\"}")
+    );
+    let mut from_recent = registry.subscribe_from(&key, Some(&ids[195]));
+    for n in 196..200 {
+        let (id, _, data) = fields(&next(&mut from_recent).await);
+        assert_eq!(id, ids[n]);
+        assert!(
+            data.starts_with(&format!("{n} ")),
+            "event {n}: {}",
+            &data[..8]
+        );
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn history_across_keys_stays_within_the_total_and_the_oldest_goes_first() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    const TOTAL: usize = 2 << 20;
+    const EVENT: usize = 16 * 1024;
+    const KEYS: usize = 1_000;
+    let registry: Registry<String> =
+        Registry::with_config(RegistryConfig::default().history_bytes_total(TOTAL));
+
+    let region = Region::new(GLOBAL);
+    // Per key: a first event the client saw, then one it missed.
+    let mut seen = Vec::new();
+    for n in 0..KEYS {
+        let key = format!("user-{n}");
+        let mut client = registry.subscribe(&key);
+        registry
+            .send(&key, MessageEvent::new(payload("seen", EVENT)))
+            .await
+            .unwrap();
+        seen.push(fields(&next(&mut client).await).0);
+        drop(client);
+        registry
+            .send(
+                &key,
+                MessageEvent::new(payload(&format!("missed {n}"), EVENT)),
+            )
+            .await
+            .unwrap();
+    }
+    let net = net_bytes(&region);
+    // 32 MiB was sent. What stays: the bound, with spare capacity, plus the
+    // bookkeeping of the keys that still have history.
+    let ceiling = (TOTAL as f64 * SPARE_CAPACITY) as i64 + 256 * 1024;
+    eprintln!("retained after {KEYS} keys × 2 events of 16 KiB: {net} bytes (ceiling {ceiling})");
+    assert!(
+        net <= ceiling,
+        "history grew to {net} bytes, over {ceiling}"
+    );
+    let kept = registry.key_count();
+    assert!(
+        (50..KEYS / 4).contains(&kept),
+        "{kept} keys kept: idle keys whose history went must be removed"
+    );
+
+    // The newest keys kept what their clients missed; the oldest lost it, and
+    // their clients are told so rather than resumed silently.
+    for n in (KEYS - 10)..KEYS {
+        let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(&seen[n]));
+        let (_, event_type, data) = fields(&next(&mut resumed).await);
+        assert_eq!(event_type, "", "user-{n}");
+        assert!(data.starts_with(&format!("missed {n} ")), "user-{n}");
+    }
+    for n in 0..10 {
+        let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(&seen[n]));
+        let (_, event_type, data) = fields(&next(&mut resumed).await);
+        assert_eq!(
+            (event_type.as_str(), data.as_str()),
+            ("reset", "{\"reason\":\"history_expired\"}"),
+            "user-{n}"
+        );
+    }
+}
