@@ -249,6 +249,57 @@ where
 #[must_use = "a subscription delivers nothing unless it is streamed"]
 pub struct Subscription(BoxStream<'static, EncodedEvent>);
 
+impl Subscription {
+    /// This subscription, ended cleanly at `deadline`: for a stream whose
+    /// credentials expire (a token, a session), so that an expired client
+    /// stops receiving. A browser's `EventSource` then reconnects, and the
+    /// route's guard answers with its fresh check (a `401` ends it for good).
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use sse_runtime::Registry;
+    /// use std::time::{Duration, Instant};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let registry: Registry<String> = Registry::new();
+    /// let token_expires = Instant::now() + Duration::from_millis(20);
+    /// let mut alice = registry.subscribe(&"alice".to_owned()).until(token_expires);
+    /// assert!(alice.next().await.is_none()); // ended at the deadline
+    /// # }
+    /// ```
+    pub fn until(self, deadline: impl Into<tokio::time::Instant>) -> Subscription {
+        self.end_on(tokio::time::sleep_until(deadline.into()))
+    }
+
+    /// This subscription, ended cleanly when `signal` completes: for a
+    /// stream whose credentials can be revoked before they expire.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use sse_runtime::Registry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let registry: Registry<String> = Registry::new();
+    /// let (revoke, revoked) = tokio::sync::oneshot::channel::<()>();
+    /// let mut alice = registry.subscribe(&"alice".to_owned()).end_on(async move {
+    ///     let _ = revoked.await;
+    /// });
+    /// revoke.send(()).unwrap();
+    /// assert!(alice.next().await.is_none());
+    /// # }
+    /// ```
+    pub fn end_on<F>(self, signal: F) -> Subscription
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        // Boxed: the subscription's type stays the same, and a subscription
+        // without an end carries no timer.
+        Subscription(Box::pin(self.0.take_until(Box::pin(signal))))
+    }
+}
+
 impl Stream for Subscription {
     type Item = EncodedEvent;
 
