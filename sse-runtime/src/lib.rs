@@ -33,15 +33,19 @@
 //!   [`Broker`] (in memory by default).
 //! - [`sse_controller`] and [`sse`] turn an `impl` block into axum routes.
 //! - [`serve`] runs an app over HTTP/1.1 with less memory per open stream
-//!   than `axum::serve`.
+//!   than `axum::serve`, and with the limits and timeouts that keep a
+//!   misbehaving client from taking it down; [`shutdown_signal`] resolves on
+//!   Ctrl-C or SIGTERM.
 #![deny(missing_docs)]
 
 mod body;
+mod body_deadline;
 mod broker;
 mod encode;
 mod event;
 mod event_id;
 mod item;
+mod limits;
 mod memory;
 mod pacer;
 #[cfg(feature = "redis")]
@@ -49,6 +53,8 @@ mod redis_broker;
 mod registry;
 mod response;
 mod serve;
+mod shutdown;
+mod write_stall;
 
 #[doc(hidden)]
 #[path = "private.rs"]
@@ -58,10 +64,13 @@ pub use broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
 pub use event::{EncodedEvent, EventError, EventField, MessageEvent};
 pub use event_id::{LastEventId, MAX_LAST_EVENT_ID_LEN};
 pub use item::{ItemError, SseItem};
+pub use limits::default_max_connections;
 pub use memory::MemoryBroker;
 #[cfg(feature = "redis")]
 pub use redis_broker::{RedisBroker, RedisConnectError};
 pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};
 pub use serve::{Serve, serve};
+pub use shutdown::shutdown_signal;
 pub use sse_macros::{sse, sse_controller};
+pub use write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};

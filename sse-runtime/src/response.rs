@@ -8,6 +8,7 @@ use http::{HeaderValue, header};
 
 use crate::body::SseBody;
 use crate::item::SseItem;
+use crate::write_stall::RouteWriteStall;
 
 /// A `text/event-stream` response that sends each item of `stream` as it is
 /// produced.
@@ -39,6 +40,8 @@ pub struct Sse<S> {
     keep_alive: KeepAlive,
     retry: Option<Duration>,
     batch_window: Duration,
+    /// `None`: the server's own; `Some(None)`: never.
+    write_stall_timeout: Option<Option<Duration>>,
 }
 
 impl<S> Sse<S>
@@ -53,6 +56,7 @@ where
             keep_alive: KeepAlive::default(),
             retry: None,
             batch_window: Self::DEFAULT_BATCH_WINDOW,
+            write_stall_timeout: None,
         }
     }
 
@@ -93,6 +97,29 @@ where
         self
     }
 
+    /// Closes this stream's connection when its writes make no progress for
+    /// `timeout` (`None` or zero: never), instead of the server's
+    /// [`write_stall_timeout`](crate::Serve::write_stall_timeout). A live
+    /// ticker may want a short one; a stream to clients on poor mobile
+    /// networks a longer one.
+    ///
+    /// Applied by [`serve`](crate::serve), to the connection the response
+    /// goes out on; other servers ignore it (see
+    /// [`WriteStallListener`](crate::WriteStallListener) for `axum::serve`).
+    ///
+    /// ```
+    /// use futures_util::stream;
+    /// use sse_runtime::{MessageEvent, Sse};
+    /// use std::time::Duration;
+    ///
+    /// let sse = Sse::new(stream::iter([MessageEvent::new("42.0")]))
+    ///     .write_stall_timeout(Duration::from_secs(5));
+    /// ```
+    pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.write_stall_timeout = Some(timeout.into());
+        self
+    }
+
     /// Sends a `retry:` hint first, telling the client how long to wait before
     /// reconnecting.
     pub fn retry(mut self, retry: Duration) -> Self {
@@ -122,6 +149,9 @@ where
         );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
         headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+        if let Some(timeout) = self.write_stall_timeout {
+            response.extensions_mut().insert(RouteWriteStall(timeout));
+        }
         response
     }
 }

@@ -1,21 +1,36 @@
-//! A server loop for many long-lived event streams: HTTP/1.1 only.
+//! A server loop for many long-lived event streams: HTTP/1.1 only, with the
+//! limits and timeouts that keep misbehaving clients from taking it down.
 
 use std::future::{Future, IntoFuture};
 use std::io;
+use std::net::SocketAddr;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ConnectInfo;
+use futures_util::FutureExt;
 use futures_util::future::BoxFuture;
+use http::header;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
+use crate::body_deadline::DeadlineBody;
+use crate::limits::{PeerSlot, PerPeer, default_max_connections};
+use crate::shutdown::{EndOnDrain, Phase};
+use crate::write_stall::{
+    DEFAULT_WRITE_STALL_TIMEOUT, RouteWriteStall, StallTimeout, WriteStallIo,
+};
+
 /// Serves `app` on `listener` over HTTP/1.1, the way `axum::serve` does, with
-/// a smaller footprint per connection.
+/// a smaller footprint per connection and defences against clients that
+/// misbehave.
 ///
 /// `axum::serve` negotiates HTTP/1.1 or HTTP/2 on every connection; an
 /// HTTP/1.1-only connection costs about 8 KB less memory, which adds up at
@@ -27,17 +42,32 @@ use tower::ServiceExt;
 /// `into_make_service_with_connect_info`. Sockets are set to `TCP_NODELAY`:
 /// writes are already batched by the response's
 /// [batch window](crate::Sse::batch_window). An accept error is logged and
-/// retried, after a second if it is not about one connection (running out of
-/// file descriptors, say), so the server never stops by itself.
+/// retried, after a second if it is not about one connection, so the server
+/// never stops by itself.
+///
+/// # Faults it survives
+///
+/// | setting | default | protects against |
+/// |---|---|---|
+/// | [`write_stall_timeout`](Serve::write_stall_timeout) | 30 s | a client that stops reading: its connection, stream and registry entry are released |
+/// | [`max_connections`](Serve::max_connections) | the descriptor limit less 256 | a connection flood: accepting pauses at the limit (clients wait in the backlog) and resumes as connections close |
+/// | [`max_connections_per_ip`](Serve::max_connections_per_ip) | off | one address taking every place: its extra connections get `429` |
+/// | [`header_read_timeout`](Serve::header_read_timeout) | 10 s | slow headers (slowloris), and idle keep-alive connections |
+/// | [`body_read_timeout`](Serve::body_read_timeout) | 30 s | a request body sent a byte at a time |
+/// | [`shutdown_deadline`](Serve::shutdown_deadline) | 10 s | a graceful shutdown that never ends: what is still open then is closed |
+/// | [`shutdown_retry`](Serve::shutdown_retry) | 1–5 s | every browser reconnecting in the same second after a deploy |
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
+/// use std::time::Duration;
 ///
 /// # async fn run() -> std::io::Result<()> {
 /// let app = Router::new().route("/", get(|| async { "hello" }));
 /// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
 /// sse_runtime::serve(listener, app)
-///     .with_graceful_shutdown(async { tokio::signal::ctrl_c().await.unwrap_or(()) })
+///     .write_stall_timeout(Duration::from_secs(20))
+///     .max_connections_per_ip(100)
+///     .with_graceful_shutdown(sse_runtime::shutdown_signal())
 ///     .await
 /// # }
 /// ```
@@ -46,27 +76,130 @@ pub fn serve(listener: TcpListener, app: Router) -> Serve {
         listener,
         app,
         shutdown: None,
+        limits: Limits {
+            max_connections: None,
+            max_connections_per_ip: None,
+            write_stall_timeout: Some(DEFAULT_WRITE_STALL_TIMEOUT),
+            header_read_timeout: Some(Serve::DEFAULT_HEADER_READ_TIMEOUT),
+            body_read_timeout: Some(Serve::DEFAULT_BODY_READ_TIMEOUT),
+            shutdown_deadline: Serve::DEFAULT_SHUTDOWN_DEADLINE,
+            shutdown_retry: Serve::DEFAULT_SHUTDOWN_RETRY,
+        },
     }
 }
 
-/// A server from [`serve`]: `.await` it to run it.
+/// A server from [`serve`]: set its limits, then `.await` it to run it.
 #[must_use = "a server does nothing until it is awaited"]
 pub struct Serve {
     listener: TcpListener,
     app: Router,
     shutdown: Option<BoxFuture<'static, ()>>,
+    limits: Limits,
+}
+
+#[derive(Clone)]
+struct Limits {
+    /// `None`: [`default_max_connections`], read when the server starts.
+    max_connections: Option<usize>,
+    max_connections_per_ip: Option<usize>,
+    write_stall_timeout: Option<Duration>,
+    header_read_timeout: Option<Duration>,
+    body_read_timeout: Option<Duration>,
+    shutdown_deadline: Duration,
+    shutdown_retry: RangeInclusive<Duration>,
 }
 
 impl Serve {
-    /// Stops accepting when `signal` completes, then waits for the open
-    /// connections to finish their responses. Event streams that never end
-    /// must be ended by the application (for example with
-    /// [`Registry::shutdown`](crate::Registry::shutdown)).
+    /// The default [`header_read_timeout`](Self::header_read_timeout): 10 seconds.
+    pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+    /// The default [`body_read_timeout`](Self::body_read_timeout): 30 seconds.
+    pub const DEFAULT_BODY_READ_TIMEOUT: Duration = Duration::from_secs(30);
+    /// The default [`shutdown_deadline`](Self::shutdown_deadline): 10 seconds.
+    pub const DEFAULT_SHUTDOWN_DEADLINE: Duration = Duration::from_secs(10);
+    /// The default [`shutdown_retry`](Self::shutdown_retry): 1 to 5 seconds.
+    pub const DEFAULT_SHUTDOWN_RETRY: RangeInclusive<Duration> =
+        Duration::from_secs(1)..=Duration::from_secs(5);
+
+    /// Stops accepting when `signal` completes, then shuts down gracefully:
+    /// every open event stream (a response of type `text/event-stream`) ends
+    /// after a `retry:` hint (see [`shutdown_retry`](Self::shutdown_retry)),
+    /// other responses finish, and whatever is still open after the
+    /// [`shutdown_deadline`](Self::shutdown_deadline) is closed. The server
+    /// then returns.
+    ///
+    /// [`shutdown_signal`](crate::shutdown_signal) resolves on Ctrl-C or SIGTERM.
     pub fn with_graceful_shutdown<F>(mut self, signal: F) -> Self
     where
         F: Future<Output = ()> + Send + 'static,
     {
         self.shutdown = Some(Box::pin(signal));
+        self
+    }
+
+    /// Closes a connection whose writes make no progress for `timeout`
+    /// (default 30 s; `None` or zero: never): the client stopped reading.
+    /// Its response body and stream are dropped, which releases the stream's
+    /// registry entry. A route can set its own with
+    /// [`Sse::write_stall_timeout`](crate::Sse::write_stall_timeout).
+    ///
+    /// Without it, a client that stops reading is never written to again,
+    /// so neither keep-alive nor the registry's lag policy ever runs for it,
+    /// and its connection is held until the process ends.
+    pub fn write_stall_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.write_stall_timeout = timeout.into();
+        self
+    }
+
+    /// The most connections open at once (default: the process's open-file
+    /// limit less 256, see [`default_max_connections`](crate::default_max_connections);
+    /// at least 1). At the limit the server stops accepting: new clients wait
+    /// in the listen backlog, open streams keep flowing, and accepting
+    /// resumes as connections close.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.limits.max_connections = Some(max.max(1));
+        self
+    }
+
+    /// The most connections open at once from one IP address (default: no
+    /// limit; at least 1). A connection over it is answered
+    /// `429 Too Many Requests` and closed. Behind a proxy every client has
+    /// the proxy's address: leave it off there, or set it to the proxy's share.
+    pub fn max_connections_per_ip(mut self, max: usize) -> Self {
+        self.limits.max_connections_per_ip = Some(max.max(1));
+        self
+    }
+
+    /// How long a client may take to send a request's headers, and how long
+    /// an idle keep-alive connection waits for its next request (default
+    /// 10 s; `None` or zero: forever). Protects against slow headers
+    /// (slowloris).
+    pub fn header_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.header_read_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
+        self
+    }
+
+    /// How long after its headers a request's body must have arrived in full
+    /// (default 30 s; `None` or zero: forever). A handler that reads a body
+    /// not received in time gets an error (axum answers `400`), and the
+    /// connection is closed.
+    pub fn body_read_timeout(mut self, timeout: impl Into<Option<Duration>>) -> Self {
+        self.limits.body_read_timeout = timeout.into().filter(|timeout| !timeout.is_zero());
+        self
+    }
+
+    /// How long a graceful shutdown waits for open connections before it
+    /// closes them (default 10 s). Keep it under your orchestrator's grace
+    /// period (Kubernetes: 30 s).
+    pub fn shutdown_deadline(mut self, deadline: Duration) -> Self {
+        self.limits.shutdown_deadline = deadline;
+        self
+    }
+
+    /// The range a shutting-down event stream's last `retry:` hint is picked
+    /// from, uniformly per stream (default 1 to 5 s), so that browsers
+    /// reconnect spread over it rather than all at once.
+    pub fn shutdown_retry(mut self, range: RangeInclusive<Duration>) -> Self {
+        self.limits.shutdown_retry = range;
         self
     }
 }
@@ -80,17 +213,50 @@ impl IntoFuture for Serve {
     }
 }
 
+/// What every connection of one server shares.
+struct Shared {
+    app: Router,
+    limits: Limits,
+    phase: watch::Receiver<Phase>,
+    http: hyper::server::conn::http1::Builder,
+}
+
 async fn run(serve: Serve) -> io::Result<()> {
     let Serve {
         listener,
         app,
         shutdown,
+        limits,
     } = serve;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
-    let graceful = GracefulShutdown::new();
+    let max_connections = limits
+        .max_connections
+        .unwrap_or_else(default_max_connections)
+        .min(u32::MAX as usize);
+    let connections = Arc::new(Semaphore::new(max_connections));
+    let per_peer = limits.max_connections_per_ip.map(PerPeer::new);
+    let (phase, phase_receiver) = watch::channel(Phase::Serving);
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new());
+    http.timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    let shared = Arc::new(Shared {
+        app,
+        limits,
+        phase: phase_receiver,
+        http,
+    });
+
     loop {
+        // The permit is taken before accepting: at the limit the server stops
+        // accepting, and the kernel's backlog holds new clients until a
+        // connection closes.
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break, // Never closed; here for completeness.
+            },
+            () = &mut shutdown => break,
+        };
         let (socket, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
@@ -101,25 +267,148 @@ async fn run(serve: Serve) -> io::Result<()> {
             },
             () = &mut shutdown => break,
         };
-        if let Err(error) = socket.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY");
-        }
-        let app = app.clone();
-        let service = hyper::service::service_fn(move |mut request: http::Request<Incoming>| {
-            request.extensions_mut().insert(ConnectInfo(peer));
-            app.clone().oneshot(request)
-        });
-        let connection = http.serve_connection(TokioIo::new(socket), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::trace!(%error, %peer, "connection ended with an error");
-            }
-        });
+        let slot = match &per_peer {
+            None => None,
+            Some(per_peer) => match per_peer.admit(peer.ip()) {
+                Some(slot) => Some(slot),
+                None => {
+                    tokio::spawn(refuse(socket, permit));
+                    continue;
+                }
+            },
+        };
+        tokio::spawn(serve_connection(
+            Arc::clone(&shared),
+            socket,
+            peer,
+            permit,
+            slot,
+        ));
     }
     drop(listener);
-    graceful.shutdown().await;
+
+    let deadline = shared.limits.shutdown_deadline;
+    let all_closed = |connections: &Arc<Semaphore>| {
+        Arc::clone(connections).acquire_many_owned(max_connections as u32)
+    };
+    phase.send_replace(Phase::Draining);
+    if tokio::time::timeout(deadline, all_closed(&connections))
+        .await
+        .is_err()
+    {
+        let open = max_connections - connections.available_permits();
+        tracing::warn!(
+            open,
+            ?deadline,
+            "closing the connections still open at the shutdown deadline"
+        );
+        phase.send_replace(Phase::Closing);
+        // Each connection task ends as soon as it sees the phase.
+        let _ = tokio::time::timeout(Duration::from_secs(1), all_closed(&connections)).await;
+    }
     Ok(())
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    socket: TcpStream,
+    peer: SocketAddr,
+    permit: OwnedSemaphorePermit,
+    slot: Option<PeerSlot>,
+) {
+    // Both are released when this task ends, however it ends.
+    let _places = (permit, slot);
+    if let Err(error) = socket.set_nodelay(true) {
+        tracing::debug!(%error, "could not set TCP_NODELAY");
+    }
+    let stall = StallTimeout::new(shared.limits.write_stall_timeout);
+    let io = TokioIo::new(WriteStallIo::with_shared_timeout(socket, stall.clone()));
+    let service = {
+        let shared = Arc::clone(&shared);
+        hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            respond(&shared, &stall, peer, request)
+        })
+    };
+    let mut phase = shared.phase.clone();
+    let connection = shared.http.serve_connection(io, service);
+    let mut connection = std::pin::pin!(connection);
+    let result = tokio::select! {
+        result = connection.as_mut() => Some(result),
+        _ = phase.wait_for(|phase| *phase >= Phase::Draining) => None,
+    };
+    let result = match result {
+        Some(result) => Some(result),
+        None => {
+            // Finish the response under way (event streams end at once, see
+            // `EndOnDrain`), then close; at the deadline, close regardless.
+            connection.as_mut().graceful_shutdown();
+            tokio::select! {
+                result = connection.as_mut() => Some(result),
+                _ = phase.wait_for(|phase| *phase >= Phase::Closing) => None,
+            }
+        }
+    };
+    if let Some(Err(error)) = result {
+        tracing::debug!(%error, %peer, "connection ended with an error");
+    }
+}
+
+/// Answers one request: the app's response, with the server's request-body
+/// deadline, the route's write-stall timeout applied to the connection, and
+/// event streams made to end when the server drains.
+fn respond(
+    shared: &Arc<Shared>,
+    stall: &StallTimeout,
+    peer: SocketAddr,
+    request: http::Request<Incoming>,
+) -> impl Future<Output = Result<axum::response::Response, std::convert::Infallible>> + use<> {
+    let mut request = match shared.limits.body_read_timeout {
+        Some(limit) => request.map(|body| axum::body::Body::new(DeadlineBody::new(body, limit))),
+        None => request.map(axum::body::Body::new),
+    };
+    request.extensions_mut().insert(ConnectInfo(peer));
+    let shared = Arc::clone(shared);
+    let stall = stall.clone();
+    shared.app.clone().oneshot(request).map(move |response| {
+        response.map(|mut response| {
+            if let Some(RouteWriteStall(timeout)) = response.extensions_mut().remove() {
+                stall.set(timeout);
+            }
+            if is_event_stream(&response) {
+                let phase = shared.phase.clone();
+                let retry = shared.limits.shutdown_retry.clone();
+                response = response.map(|body| EndOnDrain::wrap(body, phase, retry));
+            }
+            response
+        })
+    })
+}
+
+fn is_event_stream(response: &axum::response::Response) -> bool {
+    response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
+}
+
+/// Answers a connection over its address's limit with `429` and closes it,
+/// within a bounded time. It keeps its connection permit meanwhile, so a
+/// flood of refused connections cannot exhaust descriptors either.
+async fn refuse(mut socket: TcpStream, permit: OwnedSemaphorePermit) {
+    const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+        content-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\n\
+        too many connections from this address\n";
+    let _permit = permit;
+    let answer = async {
+        socket.write_all(TOO_MANY).await?;
+        socket.shutdown().await?;
+        // Reads what the client sent, so closing does not reset the
+        // connection before it has read the answer.
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut socket, &mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 async fn wait_after_accept_error(error: &io::Error) {

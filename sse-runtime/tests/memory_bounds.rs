@@ -102,9 +102,9 @@ async fn a_burst_of_large_events_to_one_key_stays_within_its_byte_bound() {
         ("reset", "{\"reason\":\"history_expired\"}")
     );
     let mut from_recent = registry.subscribe_from(&key, Some(&ids[195]));
-    for n in 196..200 {
+    for (n, expected_id) in ids.iter().enumerate().skip(196) {
         let (id, _, data) = fields(&next(&mut from_recent).await);
-        assert_eq!(id, ids[n]);
+        assert_eq!(&id, expected_id);
         assert!(
             data.starts_with(&format!("{n} ")),
             "event {n}: {}",
@@ -159,14 +159,14 @@ async fn history_across_keys_stays_within_the_total_and_the_oldest_goes_first() 
 
     // The newest keys kept what their clients missed; the oldest lost it, and
     // their clients are told so rather than resumed silently.
-    for n in (KEYS - 10)..KEYS {
-        let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(&seen[n]));
+    for (n, last_seen) in seen.iter().enumerate().skip(KEYS - 10) {
+        let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(last_seen));
         let (_, event_type, data) = fields(&next(&mut resumed).await);
         assert_eq!(event_type, "", "user-{n}");
         assert!(data.starts_with(&format!("missed {n} ")), "user-{n}");
     }
-    for n in 0..10 {
-        let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(&seen[n]));
+    for (n, last_seen) in seen.iter().enumerate().take(10) {
+        let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(last_seen));
         let (_, event_type, data) = fields(&next(&mut resumed).await);
         assert_eq!(
             (event_type.as_str(), data.as_str()),

@@ -21,27 +21,50 @@ pub const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct TestServer {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl TestServer {
     pub async fn start(app: axum::Router) -> TestServer {
+        TestServer::start_with(app, |serve| serve).await
+    }
+
+    /// A server with its limits set by `configure`.
+    pub async fn start_with(
+        app: axum::Router,
+        configure: impl FnOnce(sse_runtime::Serve) -> sse_runtime::Serve,
+    ) -> TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            sse_runtime::serve(listener, app)
-                .await
-                .expect("server failed");
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = configure(sse_runtime::serve(listener, app)).with_graceful_shutdown(async {
+            let _ = stopped.await;
         });
-        TestServer { addr, task }
+        let task = tokio::spawn(async move {
+            server.await.expect("server failed");
+        });
+        TestServer {
+            addr,
+            task,
+            stop: Some(stop),
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{}", self.addr, path)
     }
-}
 
+    /// Starts a graceful shutdown and waits (at most `limit`) for the server
+    /// to return. Returns how long it took, or `None` if it had not returned.
+    pub async fn shut_down(mut self, limit: Duration) -> Option<Duration> {
+        let started = tokio::time::Instant::now();
+        let _ = self.stop.take().expect("not yet stopped").send(());
+        let returned = tokio::time::timeout(limit, &mut self.task).await.is_ok();
+        returned.then(|| started.elapsed())
+    }
+}
 impl Drop for TestServer {
     fn drop(&mut self) {
         self.task.abort();

@@ -1,0 +1,127 @@
+//! How many connections a server holds open: in all, and per peer address.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+
+/// Descriptors left for everything that is not an accepted connection
+/// (the listener, outgoing connections to a database or Redis, files, the
+/// runtime's own), when the limit comes from the descriptor limit.
+const DESCRIPTOR_HEADROOM: u64 = 256;
+
+/// Used where the descriptor limit cannot be read.
+#[cfg(not(unix))]
+const FALLBACK_DESCRIPTOR_LIMIT: u64 = 1024;
+
+/// The default connection limit: the process's open-file limit (its soft
+/// `RLIMIT_NOFILE`) less a headroom of 256 descriptors, or half the limit
+/// when it is under 512. Accepting stops at this many connections instead of
+/// failing with "too many open files".
+pub fn default_max_connections() -> usize {
+    let limit = descriptor_limit();
+    let headroom = DESCRIPTOR_HEADROOM.min(limit / 2);
+    usize::try_from(limit - headroom)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
+
+#[cfg(unix)]
+fn descriptor_limit() -> u64 {
+    rustix::process::getrlimit(rustix::process::Resource::Nofile)
+        .current
+        .unwrap_or(u64::MAX)
+        // The semaphore that enforces the limit holds at most this many.
+        .min(tokio::sync::Semaphore::MAX_PERMITS as u64)
+        .min(u64::from(u32::MAX))
+}
+
+#[cfg(not(unix))]
+fn descriptor_limit() -> u64 {
+    FALLBACK_DESCRIPTOR_LIMIT
+}
+
+/// Open connections by peer address, for a per-address limit.
+#[derive(Clone)]
+pub(crate) struct PerPeer {
+    limit: usize,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One open connection of a peer; dropping it frees its place.
+pub(crate) struct PeerSlot {
+    peer: IpAddr,
+    open: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerPeer {
+    pub(crate) fn new(limit: usize) -> Self {
+        PerPeer {
+            limit: limit.max(1),
+            open: Arc::default(),
+        }
+    }
+
+    /// A place for one more connection of `peer`, or `None` at its limit.
+    pub(crate) fn admit(&self, peer: IpAddr) -> Option<PeerSlot> {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = open.entry(peer).or_insert(0);
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(PeerSlot {
+            peer,
+            open: Arc::clone(&self.open),
+        })
+    }
+
+    #[cfg(test)]
+    fn peers(&self) -> usize {
+        self.open.lock().unwrap().len()
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = open.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                // A peer that left holds no memory.
+                open.remove(&self.peer);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_peer_gets_at_most_its_limit_and_its_places_come_back() {
+        let per_peer = PerPeer::new(2);
+        let one: IpAddr = "127.0.0.1".parse().unwrap();
+        let two: IpAddr = "127.0.0.2".parse().unwrap();
+        let first = per_peer.admit(one).unwrap();
+        let second = per_peer.admit(one).unwrap();
+        assert!(per_peer.admit(one).is_none());
+        let other = per_peer.admit(two).unwrap();
+        drop(first);
+        let third = per_peer.admit(one).unwrap();
+        drop((second, third, other));
+        assert_eq!(
+            per_peer.peers(),
+            0,
+            "peers with no connection are forgotten"
+        );
+    }
+
+    #[test]
+    fn the_default_leaves_headroom_below_the_descriptor_limit() {
+        let limit = descriptor_limit();
+        let max = default_max_connections() as u64;
+        assert!(max >= 1 && max < limit, "{max} of {limit}");
+        assert!(limit - max <= DESCRIPTOR_HEADROOM);
+    }
+}
