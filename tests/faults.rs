@@ -9,7 +9,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use sse_runtime::{MessageEvent, Registry, Sse};
+use sse_runtime::{MessageEvent, Registry, Sse, Subscription, sse, sse_controller};
 use sse_tests::{TIMEOUT, TestServer, events, eventually, next_event, open, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -128,11 +128,11 @@ async fn stalled_subscription_released(
 
 async fn stall_scenario(
     configure: impl FnOnce(sse_runtime::Serve) -> sse_runtime::Serve,
-    route_stall: Option<Duration>,
+    app: impl FnOnce(&Registry<String>) -> Router,
     limit: Duration,
 ) -> Option<Duration> {
     let registry: Registry<String> = Registry::new();
-    let server = TestServer::start_with(app(&registry, route_stall), configure).await;
+    let server = TestServer::start_with(app(&registry), configure).await;
     let _stalled = stalled_reader(server.addr).await;
     let mut healthy = healthy_reader(&server).await;
     eventually("both subscribers are registered", || {
@@ -148,7 +148,7 @@ async fn a_stalled_reader_is_cut_within_the_write_stall_timeout_while_others_get
     let stall = Duration::from_millis(500);
     let released = stall_scenario(
         |serve| serve.write_stall_timeout(stall),
-        None,
+        |registry| app(registry, None),
         stall + Duration::from_secs(2),
     )
     .await
@@ -161,11 +161,41 @@ async fn a_routes_own_write_stall_timeout_applies_to_its_connection() {
     let stall = Duration::from_millis(500);
     let released = stall_scenario(
         |serve| serve.write_stall_timeout(None),
-        Some(stall),
+        |registry| app(registry, Some(stall)),
         stall + Duration::from_secs(2),
     )
     .await
     .expect("the route's timeout did not cut the stalled reader");
+    eprintln!("stalled reader released {released:?} after the last event");
+}
+
+#[derive(Clone)]
+struct TopicController {
+    registry: Registry<String>,
+}
+
+#[sse_controller("/")]
+impl TopicController {
+    #[sse("/topic", write_stall = "500ms")]
+    fn topic(&self) -> Subscription {
+        self.registry.subscribe(&topic())
+    }
+}
+
+#[tokio::test]
+async fn the_write_stall_option_of_an_sse_route_applies_to_its_connection() {
+    let released = stall_scenario(
+        |serve| serve.write_stall_timeout(None),
+        |registry| {
+            TopicController {
+                registry: registry.clone(),
+            }
+            .router()
+        },
+        Duration::from_millis(2500),
+    )
+    .await
+    .expect("the route's write_stall option did not cut the stalled reader");
     eprintln!("stalled reader released {released:?} after the last event");
 }
 
@@ -174,7 +204,7 @@ async fn a_routes_own_write_stall_timeout_applies_to_its_connection() {
 async fn without_a_write_stall_timeout_a_stalled_reader_is_held_indefinitely() {
     let held = stall_scenario(
         |serve| serve.write_stall_timeout(None),
-        None,
+        |registry| app(registry, None),
         Duration::from_millis(1500),
     )
     .await;

@@ -13,11 +13,12 @@ pub struct ControllerArgs {
     pub state: Option<Type>,
 }
 
-/// `#[sse("/path", keep_alive = "5s", retry = "3s", batch_window = "5ms", method = "post")]`
+/// `#[sse("/path", keep_alive = "5s", retry = "3s", batch_window = "5ms", write_stall = "10s", method = "post")]`
 pub struct RouteArgs {
     pub path: LitStr,
     pub keep_alive: SwitchableDuration,
     pub batch_window: SwitchableDuration,
+    pub write_stall: SwitchableDuration,
     pub retry_ms: Option<u64>,
     pub method: HttpMethod,
 }
@@ -128,13 +129,20 @@ impl RouteArgs {
             path,
             keep_alive: SwitchableDuration::Default,
             batch_window: SwitchableDuration::Default,
+            write_stall: SwitchableDuration::Default,
             retry_ms: None,
             method: HttpMethod::Get,
         };
         parse_options(
             input,
             errors,
-            &["keep_alive", "retry", "batch_window", "method"],
+            &[
+                "keep_alive",
+                "retry",
+                "batch_window",
+                "write_stall",
+                "method",
+            ],
             |key, input, errors| {
                 match key.to_string().as_str() {
                     "keep_alive" => {
@@ -152,6 +160,14 @@ impl RouteArgs {
                             "`batch_window` takes a duration such as \"5ms\", or `false` to write every event at once",
                         )?
                         .unwrap_or(args.batch_window);
+                    }
+                    "write_stall" => {
+                        args.write_stall = parse_switchable(
+                            input,
+                            errors,
+                            "`write_stall` takes a duration such as \"10s\", or `false` to never close a stalled connection",
+                        )?
+                        .unwrap_or(args.write_stall);
                     }
                     "retry" => {
                         let value: OptionValue = input.parse()?;

@@ -174,22 +174,24 @@ fn handler(route: &Route) -> TokenStream {
 }
 
 fn options(route: &Route) -> TokenStream {
-    let switchable_ms = |setting: SwitchableDuration| match setting {
-        SwitchableDuration::Default => quote!(::core::option::Option::None),
-        SwitchableDuration::Off => quote!(::core::option::Option::Some(0u64)),
-        SwitchableDuration::EveryMs(ms) => quote!(::core::option::Option::Some(#ms)),
+    let setting = |setting: SwitchableDuration| match setting {
+        SwitchableDuration::Default => quote!(::sse_runtime::__private::Setting::Default),
+        SwitchableDuration::Off => quote!(::sse_runtime::__private::Setting::Off),
+        SwitchableDuration::EveryMs(ms) => quote!(::sse_runtime::__private::Setting::Millis(#ms)),
     };
-    let keep_alive_ms = switchable_ms(route.keep_alive);
-    let batch_window_ms = switchable_ms(route.batch_window);
+    let keep_alive = setting(route.keep_alive);
+    let batch_window = setting(route.batch_window);
+    let write_stall = setting(route.write_stall);
     let retry_ms = match route.retry_ms {
         Some(ms) => quote!(::core::option::Option::Some(#ms)),
         None => quote!(::core::option::Option::None),
     };
     quote! {
         ::sse_runtime::__private::RouteOptions {
-            keep_alive_ms: #keep_alive_ms,
+            keep_alive: #keep_alive,
             retry_ms: #retry_ms,
-            batch_window_ms: #batch_window_ms,
+            batch_window: #batch_window,
+            write_stall: #write_stall,
         }
     }
 }

@@ -44,6 +44,7 @@ pub fn sse_controller(args: TokenStream, item: TokenStream) -> TokenStream {
 /// #[sse("/dynamic", keep_alive = "5s")]    // or `keep_alive = false`; default 15s
 /// #[sse("/resume", retry = "3s")]          // sends `retry: 3000` first
 /// #[sse("/ticks", batch_window = false)]    // or "5ms"; default 10ms
+/// #[sse("/live", write_stall = "5s")]      // or `false`; default: the server's (30s)
 /// #[sse("/chat", method = "post")]         // POST with a body extractor
 /// ```
 ///

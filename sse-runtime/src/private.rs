@@ -48,15 +48,28 @@ pub fn check_result<S: SseStream, E: IntoResponse>(result: Result<S, E>) -> Resu
     result
 }
 
+/// A route option that can be left to the runtime's default, turned off, or set.
+#[derive(Clone, Copy, Debug)]
+pub enum Setting {
+    /// Not given: the runtime's default.
+    Default,
+    /// `false`: off.
+    Off,
+    /// A duration, in milliseconds.
+    Millis(u64),
+}
+
 /// The route's options from `#[sse(..., keep_alive = ..., retry = ...)]`.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteOptions {
-    /// Keep-alive interval in milliseconds: `None` for the default, `Some(0)` for off.
-    pub keep_alive_ms: Option<u64>,
+    /// The keep-alive interval.
+    pub keep_alive: Setting,
     /// The `retry:` hint in milliseconds, if any.
     pub retry_ms: Option<u64>,
-    /// The batch window in milliseconds: `None` for the default, `Some(0)` for off.
-    pub batch_window_ms: Option<u64>,
+    /// The batch window.
+    pub batch_window: Setting,
+    /// The connection's write-stall timeout while this route streams.
+    pub write_stall: Setting,
 }
 
 impl RouteOptions {
@@ -65,13 +78,20 @@ impl RouteOptions {
         S: Stream + Send + 'static,
         S::Item: SseItem,
     {
-        let sse = match self.keep_alive_ms {
-            Some(ms) => sse.keep_alive(KeepAlive::every(Duration::from_millis(ms))),
-            None => sse,
+        let sse = match self.keep_alive {
+            Setting::Default => sse,
+            Setting::Off => sse.keep_alive(KeepAlive::disabled()),
+            Setting::Millis(ms) => sse.keep_alive(KeepAlive::every(Duration::from_millis(ms))),
         };
-        let sse = match self.batch_window_ms {
-            Some(ms) => sse.batch_window(Duration::from_millis(ms)),
-            None => sse,
+        let sse = match self.batch_window {
+            Setting::Default => sse,
+            Setting::Off => sse.batch_window(Duration::ZERO),
+            Setting::Millis(ms) => sse.batch_window(Duration::from_millis(ms)),
+        };
+        let sse = match self.write_stall {
+            Setting::Default => sse,
+            Setting::Off => sse.write_stall_timeout(None),
+            Setting::Millis(ms) => sse.write_stall_timeout(Duration::from_millis(ms)),
         };
         match self.retry_ms {
             Some(ms) => sse.retry(Duration::from_millis(ms)),

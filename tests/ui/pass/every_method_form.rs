@@ -71,6 +71,16 @@ impl EventsController {
         stream::empty()
     }
 
+    #[sse("/never-cut", write_stall = false)]
+    fn never_cut() -> impl Stream<Item = MessageEvent> {
+        stream::empty()
+    }
+
+    #[sse("/cut-early", write_stall = "5s", batch_window = "2ms")]
+    fn cut_early() -> impl Stream<Item = MessageEvent> {
+        stream::empty()
+    }
+
     #[sse("/no-keep-alive", keep_alive = false)]
     fn no_keep_alive() -> impl Stream<Item = MessageEvent> {
         stream::empty()
