@@ -4,8 +4,16 @@ use std::time::{Duration, Instant};
 
 use sse_tests::{TestServer, events, eventually, next_event, open, within};
 
+/// The operator's credential the test servers are given.
+const ADMIN_TOKEN: &str = "test-admin-token";
+
 async fn basic() -> TestServer {
-    TestServer::start(basic::app()).await
+    TestServer::start(
+        basic::EventsController::new()
+            .with_admin_token(ADMIN_TOKEN)
+            .app(),
+    )
+    .await
 }
 
 /// Logs in as `user` and returns the stream URL with that user's token.
@@ -80,6 +88,7 @@ async fn post(server: &TestServer, user: &str, content_type: &str, body: &str) -
         reqwest::Client::new()
             .post(server.url(&format!("/events/user/{user}")))
             .header("content-type", content_type)
+            .bearer_auth(ADMIN_TOKEN)
             .body(body.to_owned())
             .send(),
     )
@@ -234,6 +243,96 @@ async fn a_users_stream_needs_that_users_token() {
         200
     );
     assert_eq!(status(alice, None).await, 200);
+}
+
+#[tokio::test]
+async fn pushing_needs_the_users_token_or_the_admin_token_and_a_small_body() {
+    let server = basic().await;
+    let alice = user_url(&server, "alice").await;
+    let alices_token = alice.split("token=").nth(1).unwrap().to_owned();
+    let bobs_token = user_url(&server, "bob")
+        .await
+        .split("token=")
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    let mut stream = events(open(&alice).await);
+    let push = |credential: Option<(&'static str, String)>, body: String| {
+        let mut request = reqwest::Client::new()
+            .post(server.url("/events/user/alice"))
+            .body(body);
+        if let Some((header, value)) = credential {
+            request = request.header(header, value);
+        }
+        async move { within(request.send()).await.unwrap().status().as_u16() }
+    };
+    assert_eq!(push(None, "anonymous".into()).await, 401);
+    assert_eq!(
+        push(
+            Some(("authorization", "Bearer wrong".into())),
+            "guess".into()
+        )
+        .await,
+        401
+    );
+    assert_eq!(
+        push(
+            Some(("cookie", format!("token={bobs_token}"))),
+            "from bob".into()
+        )
+        .await,
+        403
+    );
+    let too_big = "x".repeat(basic::MAX_PUSH_BYTES + 1);
+    assert_eq!(
+        push(Some(("cookie", format!("token={alices_token}"))), too_big).await,
+        413
+    );
+    assert_eq!(
+        push(
+            Some(("cookie", format!("token={alices_token}"))),
+            "from alice".into()
+        )
+        .await,
+        202
+    );
+    assert_eq!(
+        push(
+            Some(("authorization", format!("Bearer {ADMIN_TOKEN}"))),
+            "from the admin".into()
+        )
+        .await,
+        202
+    );
+    // Only the accepted pushes arrived.
+    assert_eq!(next_event(&mut stream).await.data, "from alice");
+    assert_eq!(next_event(&mut stream).await.data, "from the admin");
+}
+
+#[tokio::test]
+async fn a_users_stream_ends_when_its_token_expires() {
+    let ttl = Duration::from_millis(600);
+    let controller = basic::EventsController::new()
+        .with_tokens(basic::Tokens::new(ttl, 100))
+        .with_admin_token(ADMIN_TOKEN);
+    let server = TestServer::start(controller.app()).await;
+    let logged_in = Instant::now();
+    let alice = user_url(&server, "alice").await;
+    let mut stream = events(open(&alice).await);
+    post(&server, "alice", "text/plain", "before expiry").await;
+    assert_eq!(next_event(&mut stream).await.data, "before expiry");
+    let end = within(futures_util::StreamExt::next(&mut stream)).await;
+    let ended_after = logged_in.elapsed();
+    assert!(end.is_none(), "the stream went on: {end:?}");
+    eprintln!("the stream of a {ttl:?} token ended {ended_after:?} after login");
+    assert!(ended_after >= ttl, "ended after only {ended_after:?}");
+    assert!(
+        ended_after < ttl + Duration::from_secs(1),
+        "ended after {ended_after:?}"
+    );
+    // The browser's reconnect with the expired token is refused, which ends it.
+    let again = within(reqwest::get(&alice)).await.unwrap();
+    assert_eq!(again.status(), 401);
 }
 
 #[tokio::test]

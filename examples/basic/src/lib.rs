@@ -2,18 +2,22 @@
 //!
 //! - `GET  /events/sse-stream`: `data: ping` every second.
 //! - `GET  /events/user/{userId}`: that user's stream (needs their token), which
-//!   resumes from `Last-Event-ID` after a reconnect.
-//! - `POST /events/user/{userId}`: pushes the body (text or JSON) to that user.
+//!   resumes from `Last-Event-ID` after a reconnect, and ends when the token
+//!   expires.
+//! - `POST /events/user/{userId}`: pushes the body (text or JSON, at most
+//!   16 KiB) to that user; needs that user's token or the admin token
+//!   (`Authorization: Bearer ...`).
 //! - `GET  /events/dynamic`: events of type `customEventName`.
 //! - `POST /login/{userId}`: a token for that user's stream (cookie and JSON).
 //! - `GET  /`: a page that shows what arrives, using the browser's `EventSource`.
 
 mod auth;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::Path;
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -23,7 +27,10 @@ use sse_runtime::{
 };
 use tokio_stream::wrappers::IntervalStream;
 
-pub use auth::{Credentials, Tokens};
+pub use auth::{Bearer, Credentials, Tokens, is_secret};
+
+/// The largest body `POST /events/user/{userId}` accepts.
+pub const MAX_PUSH_BYTES: usize = 16 * 1024;
 
 /// The tutorial's `EventsController`. Its services: the registry of per-user
 /// streams and the tokens that guard them.
@@ -31,6 +38,9 @@ pub use auth::{Credentials, Tokens};
 pub struct EventsController {
     users: Registry<String>,
     tokens: Tokens,
+    /// The operator's credential for pushing to any user; none: only users
+    /// push to themselves.
+    admin_token: Option<Arc<str>>,
 }
 
 #[sse_controller("/events")]
@@ -44,7 +54,8 @@ impl EventsController {
 
     /// That user's stream: 404 for an id that cannot be a user, 401 without a
     /// token, 403 with another user's. A reconnecting browser's `Last-Event-ID`
-    /// gets it what it missed first.
+    /// gets it what it missed first. The stream ends when the token expires;
+    /// the browser's reconnect then gets 401 and stops.
     #[sse("/user/:userId")]
     async fn user_stream(
         &self,
@@ -55,10 +66,11 @@ impl EventsController {
         if !is_valid_user_id(&user_id) {
             return Err(StatusCode::NOT_FOUND);
         }
-        self.tokens.authorize(&credentials, &user_id)?;
+        let expires = self.tokens.authorize(&credentials, &user_id)?;
         Ok(self
             .users
-            .subscribe_from(&user_id, last_event_id.as_deref()))
+            .subscribe_from(&user_id, last_event_id.as_deref())
+            .until(expires))
     }
 
     /// Events of type `customEventName`, which a browser delivers to
@@ -78,6 +90,20 @@ impl EventsController {
         Self::default()
     }
 
+    /// With `tokens` instead of the default store (one-hour tokens, at most
+    /// 10,000 held).
+    pub fn with_tokens(mut self, tokens: Tokens) -> Self {
+        self.tokens = tokens;
+        self
+    }
+
+    /// With an operator's credential that may push to any user. An empty
+    /// token is ignored.
+    pub fn with_admin_token(mut self, token: &str) -> Self {
+        self.admin_token = (!token.is_empty()).then(|| Arc::from(token));
+        self
+    }
+
     /// The registry of per-user streams, to send from anywhere in the app.
     pub fn users(&self) -> &Registry<String> {
         &self.users
@@ -90,20 +116,54 @@ impl EventsController {
 
     /// The whole app: the SSE routes, the push and login endpoints, the page.
     pub fn app(self) -> Router {
-        let users = self.users.clone();
         let tokens = self.tokens.clone();
+        let pusher = self.clone();
         self.router()
             .route(
                 "/events/user/{userId}",
-                post(move |Path(user_id): Path<String>, headers: HeaderMap, body: String| async move {
-                    push(&users, &user_id, &headers, body).await
-                }),
+                post(
+                    move |Path(user_id): Path<String>,
+                          credentials: Credentials,
+                          Bearer(bearer): Bearer,
+                          headers: HeaderMap,
+                          body: String| async move {
+                        if let Err(refused) =
+                            pusher.may_push(&user_id, &credentials, bearer.as_deref())
+                        {
+                            return refused.into_response();
+                        }
+                        push(&pusher.users, &user_id, &headers, body).await
+                    },
+                )
+                .layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
             )
             .route(
                 "/login/{userId}",
                 post(move |Path(user_id): Path<String>| async move { login(&tokens, &user_id) }),
             )
-            .route("/", get(|| async { Html(include_str!("../static/index.html")) }))
+            .route(
+                "/",
+                get(|| async { Html(include_str!("../static/index.html")) }),
+            )
+    }
+}
+
+impl EventsController {
+    /// Pushing to `user_id` needs that user's token or the admin token.
+    fn may_push(
+        &self,
+        user_id: &str,
+        credentials: &Credentials,
+        bearer: Option<&str>,
+    ) -> Result<(), StatusCode> {
+        let is_admin = match (bearer, &self.admin_token) {
+            (Some(given), Some(admin)) => is_secret(given, admin),
+            _ => false,
+        };
+        if is_admin {
+            return Ok(());
+        }
+        self.tokens.authorize(credentials, user_id).map(|_| ())
     }
 }
 
@@ -123,7 +183,7 @@ pub fn is_valid_user_id(user_id: &str) -> bool {
 /// `POST /events/user/{userId}`: a JSON body (by content type) is sent as JSON
 /// data, any other body as text. Answers how many open streams got it. In a
 /// real app the server itself sends (`registry.send`); this endpoint stands in
-/// for that, as in the tutorial, and so needs no token.
+/// for that, as in the tutorial.
 async fn push(
     users: &Registry<String>,
     user_id: &str,

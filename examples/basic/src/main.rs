@@ -1,6 +1,12 @@
 //! `cargo run -p basic`, then open the printed URL.
+//!
+//! Settings from the environment: `PORT` (3000), `TOKEN_TTL_SECS` (how long a
+//! login token is valid: 3600), `ADMIN_TOKEN` (a credential that may push to
+//! any user: none).
 
 use std::net::{Ipv4Addr, SocketAddr};
+use std::str::FromStr;
+use std::time::Duration;
 
 #[tokio::main]
 async fn main() -> std::io::Result<()> {
@@ -10,15 +16,8 @@ async fn main() -> std::io::Result<()> {
         )
         .init();
 
-    let port = match std::env::var("PORT") {
-        Ok(port) => port.parse::<u16>().map_err(|error| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                format!("PORT={port:?}: {error}"),
-            )
-        })?,
-        Err(_) => 3000,
-    };
+    let port: u16 = setting("PORT", 3000)?;
+    let token_ttl = Duration::from_secs(setting("TOKEN_TTL_SECS", 3600)?);
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
     println!(
@@ -26,13 +25,35 @@ async fn main() -> std::io::Result<()> {
         listener.local_addr()?
     );
 
-    let controller = basic::EventsController::new();
+    let controller = basic::EventsController::new()
+        .with_tokens(basic::Tokens::new(
+            token_ttl,
+            basic::Tokens::DEFAULT_CAPACITY,
+        ))
+        .with_admin_token(&std::env::var("ADMIN_TOKEN").unwrap_or_default());
     let registry = controller.users().clone();
+    // On Ctrl-C or SIGTERM, open streams end with a spread-out `retry:` and
+    // whatever is still open after 10 s is closed.
     sse_runtime::serve(listener, controller.app())
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            // Ends every open SSE response, so the server can stop.
-            registry.shutdown();
-        })
-        .await
+        .with_graceful_shutdown(sse_runtime::shutdown_signal())
+        .await?;
+    // Stops what feeds the streams.
+    registry.shutdown();
+    Ok(())
+}
+
+/// The environment variable `name` parsed, or `default` when it is not set.
+fn setting<T: FromStr>(name: &str, default: T) -> std::io::Result<T>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(name) {
+        Ok(value) => value.parse().map_err(|error| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{name}={value:?}: {error}"),
+            )
+        }),
+        Err(_) => Ok(default),
+    }
 }
