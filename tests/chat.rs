@@ -129,3 +129,35 @@ async fn streams_cut_by_the_server_resume_with_last_event_id_exactly_once() {
     let expected: Vec<String> = (1..=sent).map(|n| format!("m{n}")).collect();
     assert_eq!(received, expected);
 }
+
+#[tokio::test]
+async fn the_admin_endpoint_needs_the_admin_token_and_is_refused_without_one() {
+    let drop_streams = |server: &TestServer, bearer: Option<&str>| {
+        let mut request = reqwest::Client::new().post(server.url("/admin/drop-streams"));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        async move { within(request.send()).await.unwrap().status().as_u16() }
+    };
+    // No admin token configured: nobody may use it.
+    let (unguarded, _) = chat().await;
+    assert_eq!(drop_streams(&unguarded, None).await, 403);
+    assert_eq!(drop_streams(&unguarded, Some("")).await, 403);
+
+    let chat = ChatController::new(["general"]).with_admin_token("s3cret");
+    let server = TestServer::start(chat.app()).await;
+    let mut stream = events(open(&server.url("/rooms/general/events")).await);
+    assert_eq!(drop_streams(&server, None).await, 401);
+    assert_eq!(drop_streams(&server, Some("s3creT")).await, 401);
+    assert_eq!(say(&server, "general", "ann", "still open").await, 202);
+    assert_eq!(
+        next_event(&mut stream).await.data,
+        r#"{"user":"ann","text":"still open"}"#
+    );
+    assert_eq!(drop_streams(&server, Some("s3cret")).await, 204);
+    use futures_util::StreamExt;
+    assert!(
+        within(stream.next()).await.is_none(),
+        "the stream was ended"
+    );
+}

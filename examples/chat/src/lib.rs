@@ -4,15 +4,17 @@
 //!   resuming from `Last-Event-ID`; `204 No Content` for a room that does not
 //!   exist, which tells `EventSource` to stop reconnecting.
 //! - `POST /rooms/{room}/messages` with `{"user": "...", "text": "..."}`.
-//! - `POST /admin/drop-streams`: ends every open stream, as a restart or a
-//!   load balancer would; browsers reconnect and replay what they missed.
+//! - `POST /admin/drop-streams` with `Authorization: Bearer <admin token>`:
+//!   ends every open stream, as a restart or a load balancer would; browsers
+//!   reconnect and replay what they missed. Without an admin token configured
+//!   ([`ChatController::with_admin_token`]) it is refused.
 //! - `GET  /`: the chat page.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -32,6 +34,8 @@ pub struct ChatController {
     known_rooms: Arc<BTreeSet<String>>,
     /// Bumped to end every open stream.
     stream_generation: Arc<tokio::sync::watch::Sender<u64>>,
+    /// The operator's credential for `/admin/...`; none: those are refused.
+    admin_token: Option<Arc<str>>,
 }
 
 /// A message as posted and as sent to the room.
@@ -82,7 +86,15 @@ impl ChatController {
             rooms: registry,
             known_rooms: Arc::new(rooms.into_iter().map(Into::into).collect()),
             stream_generation: Arc::new(tokio::sync::watch::Sender::new(0)),
+            admin_token: None,
         }
+    }
+
+    /// With an operator's credential for the admin endpoint. An empty token
+    /// is ignored.
+    pub fn with_admin_token(mut self, token: &str) -> Self {
+        self.admin_token = (!token.is_empty()).then(|| Arc::from(token));
+        self
     }
 
     /// The rooms' registry.
@@ -101,19 +113,39 @@ impl ChatController {
         let api = Router::new()
             .route("/rooms/{room}/messages", post(post_message))
             .route("/rooms", get(list_rooms))
-            .route(
-                "/admin/drop-streams",
-                post(|State(chat): State<ChatController>| async move {
-                    chat.drop_streams();
-                    StatusCode::NO_CONTENT
-                }),
-            )
+            .route("/admin/drop-streams", post(drop_streams))
             .with_state(self.clone());
         self.router().merge(api).route(
             "/",
             get(|| async { Html(include_str!("../static/index.html")) }),
         )
     }
+}
+
+/// `POST /admin/drop-streams`: 401 without the admin token, 403 when none is
+/// configured.
+async fn drop_streams(State(chat): State<ChatController>, headers: HeaderMap) -> StatusCode {
+    let Some(admin_token) = chat.admin_token.as_deref() else {
+        return StatusCode::FORBIDDEN;
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "));
+    // Compared in time that does not depend on where the two differ.
+    let matches = given.is_some_and(|given| {
+        given.len() == admin_token.len()
+            && given
+                .bytes()
+                .zip(admin_token.bytes())
+                .fold(0, |diff, (a, b)| diff | (a ^ b))
+                == 0
+    });
+    if !matches {
+        return StatusCode::UNAUTHORIZED;
+    }
+    chat.drop_streams();
+    StatusCode::NO_CONTENT
 }
 
 async fn list_rooms(State(chat): State<ChatController>) -> Json<Vec<String>> {

@@ -1,4 +1,7 @@
 //! `cargo run -p chat`, then open the printed URL in two windows.
+//!
+//! Settings from the environment: `PORT` (3001), `ADMIN_TOKEN` (the
+//! credential for `POST /admin/drop-streams`: none, which refuses it).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -25,12 +28,14 @@ async fn main() -> std::io::Result<()> {
         listener.local_addr()?
     );
 
-    let chat = chat::ChatController::new(["general", "random", "rust"]);
+    let chat = chat::ChatController::new(["general", "random", "rust"])
+        .with_admin_token(&std::env::var("ADMIN_TOKEN").unwrap_or_default());
     let registry = chat.registry().clone();
+    // On Ctrl-C or SIGTERM, open streams end with a spread-out `retry:` and
+    // whatever is still open after 10 s is closed.
     sse_runtime::serve(listener, chat.app())
-        .with_graceful_shutdown(async move {
-            let _ = tokio::signal::ctrl_c().await;
-            registry.shutdown();
-        })
-        .await
+        .with_graceful_shutdown(sse_runtime::shutdown_signal())
+        .await?;
+    registry.shutdown();
+    Ok(())
 }

@@ -35,7 +35,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|error| format!("{error} (is redis-server running at {redis_url}?)"))?;
         let registry: Registry<String> = Registry::with_broker(broker);
         let chat =
-            chat::ChatController::with_registry(["general", "random", "rust"], registry.clone());
+            chat::ChatController::with_registry(["general", "random", "rust"], registry.clone())
+                .with_admin_token(&std::env::var("ADMIN_TOKEN").unwrap_or_default());
         let listener =
             tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
         println!(
@@ -44,11 +45,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
         servers.push(tokio::spawn(async move {
             sse_runtime::serve(listener, chat.app())
-                .with_graceful_shutdown(async move {
-                    let _ = tokio::signal::ctrl_c().await;
-                    registry.shutdown();
-                })
-                .await
+                .with_graceful_shutdown(sse_runtime::shutdown_signal())
+                .await?;
+            registry.shutdown();
+            std::io::Result::Ok(())
         }));
     }
     for server in servers {
