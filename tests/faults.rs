@@ -9,7 +9,9 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::{get, post};
 use futures_util::StreamExt;
-use sse_runtime::{MessageEvent, Registry, Sse, Subscription, sse, sse_controller};
+use sse_runtime::{
+    MessageEvent, Registry, Sse, Subscription, WriteStallListener, sse, sse_controller,
+};
 use sse_tests::{TIMEOUT, TestServer, events, eventually, next_event, open, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
@@ -62,8 +64,8 @@ async fn stalled_reader(addr: SocketAddr) -> TcpStream {
 }
 
 /// A well-behaved subscriber: every event's data, in order, on a channel.
-async fn healthy_reader(server: &TestServer) -> mpsc::UnboundedReceiver<String> {
-    let mut events = events(open(&server.url("/topic")).await);
+async fn healthy_reader(addr: SocketAddr) -> mpsc::UnboundedReceiver<String> {
+    let mut events = events(open(&format!("http://{addr}/topic")).await);
     let (sender, receiver) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while let Some(event) = events.next().await {
@@ -133,14 +135,43 @@ async fn stall_scenario(
 ) -> Option<Duration> {
     let registry: Registry<String> = Registry::new();
     let server = TestServer::start_with(app(&registry), configure).await;
-    let _stalled = stalled_reader(server.addr).await;
-    let mut healthy = healthy_reader(&server).await;
+    stall_against(server.addr, &registry, limit).await
+}
+
+/// A stalled and a healthy reader of the server at `addr`; see [`stall_scenario`].
+async fn stall_against(
+    addr: SocketAddr,
+    registry: &Registry<String>,
+    limit: Duration,
+) -> Option<Duration> {
+    let _stalled = stalled_reader(addr).await;
+    let mut healthy = healthy_reader(addr).await;
     eventually("both subscribers are registered", || {
         registry.subscriber_count(&topic()) == 2
     })
     .await;
-    publish_and_check_healthy(&registry, &mut healthy).await;
-    stalled_subscription_released(&registry, limit).await
+    publish_and_check_healthy(registry, &mut healthy).await;
+    stalled_subscription_released(registry, limit).await
+}
+
+#[tokio::test]
+async fn under_axum_serve_the_write_stall_listener_cuts_a_stalled_reader() {
+    let stall = Duration::from_millis(500);
+    let registry: Registry<String> = Registry::new();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(
+        axum::serve(
+            WriteStallListener::new(listener, stall),
+            app(&registry, None),
+        )
+        .into_future(),
+    );
+    let released = stall_against(addr, &registry, stall + Duration::from_secs(2))
+        .await
+        .expect("the listener's timeout did not cut the stalled reader");
+    eprintln!("stalled reader released {released:?} after the last event");
+    server.abort();
 }
 
 #[tokio::test]
