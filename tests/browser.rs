@@ -26,12 +26,16 @@ fn browser_available() -> bool {
     .is_ok()
 }
 
+/// The admin token of the chat servers here, which the driver uses to cut streams.
+const ADMIN_TOKEN: &str = "browser-test-admin";
+
 async fn drive(mode: &str, base: &str, screenshot: Option<&str>) -> Value {
     let mut args = vec!["driver.mjs", mode, base];
     args.extend(screenshot);
     let output = run(
         "node",
         &args,
+        &[("ADMIN_TOKEN", ADMIN_TOKEN)],
         &tests_dir().join("browser"),
         Duration::from_secs(120),
     )
@@ -96,7 +100,8 @@ async fn chromium_reconnects_with_last_event_id_and_shows_every_message_once() {
     if !browser_available() {
         return;
     }
-    let (app, requests) = recording_stream_requests(chat::ChatController::new(["general"]).app());
+    let chat = chat::ChatController::new(["general"]).with_admin_token(ADMIN_TOKEN);
+    let (app, requests) = recording_stream_requests(chat.app());
     let server = TestServer::start(app).await;
     let seen = drive("chat-resume", &server.url(""), None).await;
     let shown = seen["shown"].as_array().unwrap();

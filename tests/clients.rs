@@ -24,6 +24,7 @@ async fn every_conformance_case_reads_back_exactly_with_python_httpx_sse() {
     let output = run(
         "python3",
         &["httpx_sse_client.py", &base],
+        &[],
         &tests_dir().join("clients"),
         Duration::from_secs(60),
     )

@@ -8,6 +8,8 @@ import { chromium } from 'playwright-core';
 
 const [mode, base, screenshot] = process.argv.slice(2);
 const executablePath = process.env.CHROMIUM || '/usr/bin/chromium';
+// The chat server's admin credential, for cutting its streams.
+const adminToken = process.env.ADMIN_TOKEN || '';
 
 const browser = await chromium.launch({
   executablePath,
@@ -65,7 +67,9 @@ const modes = {
         // Cut only a live stream: wait until the page has reconnected and caught up.
         await page.waitForFunction((n) => document.getElementById('status').textContent === 'live'
           && document.querySelectorAll('#messages li:not(.notice)').length >= n, n, { timeout: 10000 });
-        await page.evaluate(() => fetch('/admin/drop-streams', { method: 'POST' }));
+        await page.evaluate((token) => fetch('/admin/drop-streams', {
+          method: 'POST', headers: { authorization: `Bearer ${token}` },
+        }).then((res) => { if (res.status !== 204) throw new Error(`drop-streams: ${res.status}`); }), adminToken);
       }
     }
     await page.waitForFunction((total) => document.querySelectorAll('#messages li:not(.notice)').length >= total,

@@ -52,9 +52,19 @@ pub fn has_playwright() -> bool {
 }
 
 /// Runs `program args` in a blocking thread, bounded by `limit`; returns stdout.
-pub async fn run(program: &str, args: &[&str], cwd: &Path, limit: Duration) -> String {
+pub async fn run(
+    program: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    cwd: &Path,
+    limit: Duration,
+) -> String {
     let mut command = tokio::process::Command::new(program);
-    command.args(args).current_dir(cwd).kill_on_drop(true);
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .current_dir(cwd)
+        .kill_on_drop(true);
     let output = tokio::time::timeout(limit, command.output())
         .await
         .unwrap_or_else(|_| panic!("{program} {args:?} took longer than {limit:?}"))
