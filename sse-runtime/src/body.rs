@@ -20,6 +20,34 @@ use crate::{encode, pacer};
 /// so one fast producer cannot grow the buffer without bound.
 const MAX_BATCH_BYTES: usize = 64 * 1024;
 
+/// When a connection holds what became ready after a write, to send it in
+/// one write with what follows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Batching {
+    /// Every batch goes out as soon as it is ready.
+    Off,
+    /// Whatever becomes ready within the window after a write is held until
+    /// the window ends.
+    Fixed(Duration),
+    /// Held only on evidence of a burst: a batch ready less than half the
+    /// window after the last write is held until the window ends. A stream
+    /// whose events come further apart than that (every light or moderate
+    /// load) is never delayed and never touches the batch clock.
+    Adaptive(Duration),
+}
+
+impl Batching {
+    /// How long to hold a batch that became ready `since` the last write.
+    fn hold(self, since: Duration) -> Option<Duration> {
+        match self {
+            Batching::Off => None,
+            Batching::Fixed(window) => window.checked_sub(since).filter(|left| !left.is_zero()),
+            Batching::Adaptive(window) if since < window / 2 => Some(window - since),
+            Batching::Adaptive(_) => None,
+        }
+    }
+}
+
 pin_project! {
     /// Each `poll_frame` encodes every event that is ready (up to
     /// [`MAX_BATCH_BYTES`]) into one reusable buffer and hands it to hyper as
@@ -34,11 +62,10 @@ pin_project! {
         // timer-wheel operation per event); when it fires early it is re-armed
         // from here instead.
         last_write: Instant,
-        // After a write, what becomes ready within this window is held and
-        // goes out in one write when the window ends (see `pacer`): a busy
-        // stream writes once per window instead of once per event. `None`:
-        // every batch goes out at once.
-        batch_window: Option<Duration>,
+        // After a write, what becomes ready soon is held and goes out in one
+        // write when the window ends (see `pacer`): a busy stream writes once
+        // per window instead of once per event.
+        batching: Batching,
         // The pacer tick a held batch is due at, and the waker parked for it.
         held: Option<(u64, Waker)>,
         // Whether any data has gone out: the first batch is never held.
@@ -53,7 +80,7 @@ impl<S> SseBody<S> {
         stream: S,
         keep_alive: Option<Duration>,
         retry: Option<Duration>,
-        batch_window: Option<Duration>,
+        batching: Batching,
     ) -> Self {
         let mut buf = BytesMut::new();
         if let Some(retry) = retry {
@@ -66,7 +93,7 @@ impl<S> SseBody<S> {
             keep_alive: keep_alive.map(|interval| Box::pin(tokio::time::sleep(interval))),
             interval: keep_alive.unwrap_or_default(),
             last_write: Instant::now(),
-            batch_window,
+            batching,
             held: None,
             written: false,
             buf,
@@ -103,7 +130,7 @@ where
 
         if !this.buf.is_empty() {
             let may_hold = *this.written && !*this.ended && this.buf.len() < MAX_BATCH_BYTES;
-            if let (true, Some(window)) = (may_hold, *this.batch_window) {
+            if may_hold {
                 match this.held.as_mut() {
                     Some((due, parked)) if pacer::now() < *due => {
                         // Woken by the stream before the window ends. A body
@@ -119,9 +146,8 @@ where
                     }
                     Some(_) => {}
                     None => {
-                        let since = this.last_write.elapsed();
-                        if since < window {
-                            if let Some(due) = pacer::park(cx.waker(), window - since) {
+                        if let Some(hold) = this.batching.hold(this.last_write.elapsed()) {
+                            if let Some(due) = pacer::park(cx.waker(), hold) {
                                 *this.held = Some((due, cx.waker().clone()));
                                 return Poll::Pending;
                             }
@@ -131,7 +157,7 @@ where
             }
             *this.held = None;
             *this.written = true;
-            if this.keep_alive.is_some() || this.batch_window.is_some() {
+            if this.keep_alive.is_some() || *this.batching != Batching::Off {
                 *this.last_write = Instant::now();
             }
             // `split` hands out the filled part and keeps the spare capacity, so
@@ -162,5 +188,43 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.ended && self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const WINDOW: Duration = Duration::from_millis(10);
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn adaptive_batching_holds_only_a_batch_ready_within_half_the_window() {
+        let adaptive = Batching::Adaptive(WINDOW);
+        assert_eq!(adaptive.hold(Duration::ZERO), Some(WINDOW));
+        assert_eq!(
+            adaptive.hold(2 * MS),
+            Some(8 * MS),
+            "held until the window ends"
+        );
+        assert_eq!(adaptive.hold(4 * MS), Some(6 * MS));
+        assert_eq!(
+            adaptive.hold(5 * MS),
+            None,
+            "half a window apart: not a burst"
+        );
+        assert_eq!(adaptive.hold(9 * MS), None);
+        assert_eq!(adaptive.hold(10 * MS), None, "100 events/s: never delayed");
+        assert_eq!(adaptive.hold(Duration::from_secs(1)), None);
+    }
+
+    #[test]
+    fn a_fixed_window_holds_whatever_comes_within_it() {
+        let fixed = Batching::Fixed(WINDOW);
+        assert_eq!(fixed.hold(Duration::ZERO), Some(WINDOW));
+        assert_eq!(fixed.hold(9 * MS), Some(MS));
+        assert_eq!(fixed.hold(10 * MS), None);
+        assert_eq!(fixed.hold(11 * MS), None);
+        assert_eq!(Batching::Off.hold(Duration::ZERO), None);
     }
 }

@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use futures_core::Stream;
 use http::{HeaderValue, header};
 
-use crate::body::SseBody;
+use crate::body::{Batching, SseBody};
 use crate::item::SseItem;
 use crate::write_stall::RouteWriteStall;
 
@@ -16,7 +16,8 @@ use crate::write_stall::RouteWriteStall;
 /// Headers: `content-type: text/event-stream`, `cache-control: no-cache`,
 /// `x-accel-buffering: no` (so nginx does not buffer), and no content length.
 /// Events that are ready at the same time go out in one write, and a busy
-/// stream is written at most once per [batch window](Self::batch_window).
+/// stream is written at most once per [batch window](Self::batch_window)
+/// (adaptive by default: a light stream is never delayed).
 /// When the client goes away, hyper drops the response body and with it the
 /// stream.
 ///
@@ -39,7 +40,7 @@ pub struct Sse<S> {
     stream: S,
     keep_alive: KeepAlive,
     retry: Option<Duration>,
-    batch_window: Duration,
+    batching: Batching,
     /// `None`: the server's own; `Some(None)`: never.
     write_stall_timeout: Option<Option<Duration>>,
 }
@@ -55,39 +56,48 @@ where
             stream,
             keep_alive: KeepAlive::default(),
             retry: None,
-            batch_window: Self::DEFAULT_BATCH_WINDOW,
+            batching: Batching::Adaptive(Self::DEFAULT_BATCH_WINDOW),
             write_stall_timeout: None,
         }
     }
 
-    /// The default [batch window](Self::batch_window): 10 ms, well under a
-    /// 60 Hz frame (16.7 ms).
+    /// The default batch window: 10 ms, well under a 60 Hz frame (16.7 ms).
+    /// By default it is adaptive: see [`batch_window`](Self::batch_window).
     pub const DEFAULT_BATCH_WINDOW: Duration = Duration::from_millis(10);
 
-    /// How long, after a write, events are gathered before the next write
-    /// (default [`DEFAULT_BATCH_WINDOW`](Self::DEFAULT_BATCH_WINDOW)).
+    /// A fixed batch window: after a write, events that become ready within
+    /// `window` are held and go out together when it ends.
     ///
-    /// A connection writes at most once per window: the first event after a
-    /// quiet spell goes out at once, and what follows within the window goes
-    /// out together when it ends. A stream whose events are further apart
-    /// than the window is never delayed; a busy one costs one write (one
-    /// system call, one TCP segment) per window instead of one per event,
-    /// which is most of the cost of fanning out to many subscribers. A batch
-    /// also goes out early once it reaches 64 KiB or the stream ends.
+    /// **The default needs no tuning.** Without this call a response batches
+    /// adaptively: a batch is held only when it became ready less than half
+    /// of [`DEFAULT_BATCH_WINDOW`](Self::DEFAULT_BATCH_WINDOW) after the last
+    /// write, the sign of a burst. So a stream whose events come further
+    /// apart (a chat, a dashboard, a notification feed, anything under about
+    /// 200 events per second per connection) goes out at once, and a busy one
+    /// (fan-out at saturation, a fast ticker) costs one write (one system
+    /// call, one TCP segment) per window instead of one per event, which is
+    /// most of the cost of fanning out to many subscribers.
     ///
-    /// `Duration::ZERO` writes every batch as soon as it is ready. Windows
-    /// longer than 255 ms are shortened to that.
+    /// A fixed window holds whenever the last write was less than `window`
+    /// ago, whatever the rate. A batch also goes out early once it reaches
+    /// 64 KiB or the stream ends; the first event after a quiet spell is
+    /// never held. `Duration::ZERO` writes every batch as soon as it is
+    /// ready. Windows longer than 255 ms are shortened to that.
     ///
     /// ```
     /// use futures_util::stream;
     /// use sse_runtime::{MessageEvent, Sse};
     /// use std::time::Duration;
     ///
-    /// // A price ticker that must not wait even 10 ms.
+    /// // A price ticker that must never wait.
     /// let sse = Sse::new(stream::iter([MessageEvent::new("42.0")])).batch_window(Duration::ZERO);
     /// ```
     pub fn batch_window(mut self, window: Duration) -> Self {
-        self.batch_window = window;
+        self.batching = if window.is_zero() {
+            Batching::Off
+        } else {
+            Batching::Fixed(window)
+        };
         self
     }
 
@@ -134,12 +144,11 @@ where
     S::Item: SseItem,
 {
     fn into_response(self) -> Response {
-        let batch_window = Some(self.batch_window).filter(|window| !window.is_zero());
         let body = SseBody::new(
             self.stream,
             self.keep_alive.interval(),
             self.retry,
-            batch_window,
+            self.batching,
         );
         let mut response = Response::new(axum::body::Body::new(body));
         let headers = response.headers_mut();

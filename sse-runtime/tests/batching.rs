@@ -86,6 +86,25 @@ async fn the_first_event_after_a_quiet_spell_goes_out_at_once() {
 }
 
 #[tokio::test(flavor = "current_thread")]
+async fn by_default_events_further_apart_than_half_the_window_are_never_held() {
+    let (sender, receiver) = mpsc::unbounded_channel();
+    let mut body = Sse::new(UnboundedReceiverStream::new(receiver))
+        .keep_alive(KeepAlive::disabled())
+        .into_response()
+        .into_body();
+    // 6 ms apart (about 170 events/s): above half the default 10 ms window.
+    for n in 0..5 {
+        sender.send(MessageEvent::new(n.to_string())).unwrap();
+        assert_eq!(
+            ready_frame(&mut body),
+            Some(data_lines(n..n + 1)),
+            "event {n}"
+        );
+        tokio::time::sleep(Duration::from_millis(6)).await;
+    }
+}
+
+#[tokio::test(flavor = "current_thread")]
 async fn a_zero_window_writes_every_event_at_once() {
     let (sender, mut body) = response(Duration::ZERO);
     for n in 0..5 {
