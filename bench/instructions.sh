@@ -4,7 +4,7 @@
 # so the macros' cost is settled by a count that does not depend on how busy
 # the machine is.
 #
-#   cargo build --release -p bench && bash examples/bench/instructions.sh [runs]
+#   cargo build --release -p bench && bash bench/instructions.sh [runs]
 #
 # BIN_DIR=<dir> counts other builds of the two servers, for example one with
 # CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1 and CARGO_TARGET_DIR=<dir>/.. .
@@ -15,7 +15,7 @@
 # work does not depend on timing). One Tokio worker thread, so that thread
 # scheduling does not change the count. Talks only to 127.0.0.1.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 runs=${1:-2}
 bin=${BIN_DIR:-target/release}
 command -v valgrind >/dev/null || { echo "valgrind is needed (apt-get install valgrind)"; exit 1; }

@@ -10,7 +10,11 @@
 
 pub mod chart;
 pub mod client;
+pub mod compare;
+pub mod report;
 pub mod scenario;
+pub mod server_process;
+pub mod sweep;
 
 use serde::{Deserialize, Serialize};
 
