@@ -88,6 +88,24 @@ pub struct ProcessSample {
     pub write_syscalls: u64,
 }
 
+/// The CPU time of every thread of `pid` (`se.sum_exec_runtime` of
+/// `/proc/<pid>/task/*/sched`, in milliseconds with microsecond digits), if
+/// the kernel exposes it.
+fn scheduled_seconds(pid: u32) -> Option<f64> {
+    let mut total_ms = 0.0;
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let sched = std::fs::read_to_string(task.ok()?.path().join("sched")).ok()?;
+        total_ms += sched.lines().find_map(|line| {
+            line.strip_prefix("se.sum_exec_runtime")?
+                .trim_start_matches([' ', ':'])
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })?;
+    }
+    Some(total_ms / 1e3)
+}
+
 /// Reads `/proc/<pid>/stat`, `/proc/<pid>/status` and `/proc/<pid>/io`.
 pub fn sample_process(pid: u32) -> std::io::Result<ProcessSample> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
@@ -103,9 +121,12 @@ pub fn sample_process(pid: u32) -> std::io::Result<ProcessSample> {
             .and_then(|v| v.parse::<f64>().ok())
             .unwrap_or(0.0)
     };
-    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name.
+    // utime and stime are fields 14 and 15 of stat, 11 and 12 after the name,
+    // in ticks of 10 ms: too coarse for a light load, so the scheduler's own
+    // count (microseconds) is preferred where the kernel shows it.
     let clock_ticks_per_second = 100.0;
-    let cpu_seconds = (ticks(11) + ticks(12)) / clock_ticks_per_second;
+    let cpu_seconds =
+        scheduled_seconds(pid).unwrap_or_else(|| (ticks(11) + ticks(12)) / clock_ticks_per_second);
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib = status
         .lines()

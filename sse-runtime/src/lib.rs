@@ -45,6 +45,7 @@ mod encode;
 mod event;
 mod event_id;
 mod item;
+mod lean_http1;
 mod limits;
 mod memory;
 mod pacer;
