@@ -29,21 +29,32 @@ pub(crate) enum Batching {
     /// Whatever becomes ready within the window after a write is held until
     /// the window ends.
     Fixed(Duration),
-    /// Held only on evidence of a burst: a batch ready less than half the
-    /// window after the last write is held until the window ends. A stream
-    /// whose events come further apart than that (every light or moderate
-    /// load) is never delayed and never touches the batch clock.
+    /// Held only on evidence of a sustained burst: a batch ready less than
+    /// half the window after the last write, which itself came less than half
+    /// a window after the one before, is held until the window ends. A
+    /// stream whose events come further apart (every light or moderate load),
+    /// or a lone pair of events, is never delayed and never touches the
+    /// batch clock.
     Adaptive(Duration),
 }
 
 impl Batching {
-    /// How long to hold a batch that became ready `since` the last write.
-    fn hold(self, since: Duration) -> Option<Duration> {
+    /// How long to hold a batch that became ready `since` the last write;
+    /// `bursting` says whether that write came soon after the one before.
+    fn hold(self, since: Duration, bursting: bool) -> Option<Duration> {
         match self {
             Batching::Off => None,
             Batching::Fixed(window) => window.checked_sub(since).filter(|left| !left.is_zero()),
-            Batching::Adaptive(window) if since < window / 2 => Some(window - since),
+            Batching::Adaptive(window) if bursting && since < window / 2 => Some(window - since),
             Batching::Adaptive(_) => None,
+        }
+    }
+
+    /// Whether a write `since` the previous one continues a burst.
+    fn is_burst(self, since: Duration) -> bool {
+        match self {
+            Batching::Adaptive(window) | Batching::Fixed(window) => since < window / 2,
+            Batching::Off => false,
         }
     }
 }
@@ -70,6 +81,9 @@ pin_project! {
         held: Option<(u64, Waker)>,
         // Whether any data has gone out: the first batch is never held.
         written: bool,
+        // Whether the last write came within half a window of the one
+        // before: with a batch ready soon after it, a burst is sustained.
+        bursting: bool,
         buf: BytesMut,
         ended: bool,
     }
@@ -96,6 +110,7 @@ impl<S> SseBody<S> {
             batching,
             held: None,
             written: false,
+            bursting: false,
             buf,
             ended: false,
         }
@@ -146,7 +161,8 @@ where
                     }
                     Some(_) => {}
                     None => {
-                        if let Some(hold) = this.batching.hold(this.last_write.elapsed()) {
+                        let since = this.last_write.elapsed();
+                        if let Some(hold) = this.batching.hold(since, *this.bursting) {
                             if let Some(due) = pacer::park(cx.waker(), hold) {
                                 *this.held = Some((due, cx.waker().clone()));
                                 return Poll::Pending;
@@ -158,7 +174,9 @@ where
             *this.held = None;
             *this.written = true;
             if this.keep_alive.is_some() || *this.batching != Batching::Off {
-                *this.last_write = Instant::now();
+                let now = Instant::now();
+                *this.bursting = this.batching.is_burst(now - *this.last_write);
+                *this.last_write = now;
             }
             // `split` hands out the filled part and keeps the spare capacity, so
             // the allocation is reused once hyper has written the frame.
@@ -199,32 +217,42 @@ mod tests {
     const MS: Duration = Duration::from_millis(1);
 
     #[test]
-    fn adaptive_batching_holds_only_a_batch_ready_within_half_the_window() {
+    fn adaptive_batching_holds_only_within_a_sustained_burst() {
         let adaptive = Batching::Adaptive(WINDOW);
-        assert_eq!(adaptive.hold(Duration::ZERO), Some(WINDOW));
+        assert_eq!(adaptive.hold(Duration::ZERO, true), Some(WINDOW));
         assert_eq!(
-            adaptive.hold(2 * MS),
+            adaptive.hold(2 * MS, true),
             Some(8 * MS),
             "held until the window ends"
         );
-        assert_eq!(adaptive.hold(4 * MS), Some(6 * MS));
+        assert_eq!(adaptive.hold(4 * MS, true), Some(6 * MS));
         assert_eq!(
-            adaptive.hold(5 * MS),
+            adaptive.hold(5 * MS, true),
             None,
             "half a window apart: not a burst"
         );
-        assert_eq!(adaptive.hold(9 * MS), None);
-        assert_eq!(adaptive.hold(10 * MS), None, "100 events/s: never delayed");
-        assert_eq!(adaptive.hold(Duration::from_secs(1)), None);
+        assert_eq!(adaptive.hold(9 * MS, true), None);
+        assert_eq!(
+            adaptive.hold(10 * MS, true),
+            None,
+            "100 events/s: never delayed"
+        );
+        assert_eq!(adaptive.hold(Duration::from_secs(1), true), None);
+        // A lone pair: the write before came after a quiet spell.
+        assert_eq!(adaptive.hold(MS, false), None);
+        assert!(adaptive.is_burst(4 * MS) && !adaptive.is_burst(5 * MS));
     }
 
     #[test]
     fn a_fixed_window_holds_whatever_comes_within_it() {
         let fixed = Batching::Fixed(WINDOW);
-        assert_eq!(fixed.hold(Duration::ZERO), Some(WINDOW));
-        assert_eq!(fixed.hold(9 * MS), Some(MS));
-        assert_eq!(fixed.hold(10 * MS), None);
-        assert_eq!(fixed.hold(11 * MS), None);
-        assert_eq!(Batching::Off.hold(Duration::ZERO), None);
+        for bursting in [false, true] {
+            assert_eq!(fixed.hold(Duration::ZERO, bursting), Some(WINDOW));
+            assert_eq!(fixed.hold(9 * MS, bursting), Some(MS));
+            assert_eq!(fixed.hold(10 * MS, bursting), None);
+            assert_eq!(fixed.hold(11 * MS, bursting), None);
+        }
+        assert_eq!(Batching::Off.hold(Duration::ZERO, true), None);
+        assert!(!Batching::Off.is_burst(Duration::ZERO));
     }
 }

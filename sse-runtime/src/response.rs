@@ -69,14 +69,17 @@ where
     /// `window` are held and go out together when it ends.
     ///
     /// **The default needs no tuning.** Without this call a response batches
-    /// adaptively: a batch is held only when it became ready less than half
-    /// of [`DEFAULT_BATCH_WINDOW`](Self::DEFAULT_BATCH_WINDOW) after the last
-    /// write, the sign of a burst. So a stream whose events come further
-    /// apart (a chat, a dashboard, a notification feed, anything under about
-    /// 200 events per second per connection) goes out at once, and a busy one
-    /// (fan-out at saturation, a fast ticker) costs one write (one system
-    /// call, one TCP segment) per window instead of one per event, which is
-    /// most of the cost of fanning out to many subscribers.
+    /// adaptively: a batch is held only within a sustained burst, when it
+    /// became ready less than half of
+    /// [`DEFAULT_BATCH_WINDOW`](Self::DEFAULT_BATCH_WINDOW) after the last
+    /// write and that write came as soon after the one before. So a stream
+    /// whose events come further apart (a chat, a dashboard, a notification
+    /// feed, anything under about 200 events per second per connection), or
+    /// a lone pair of events, goes out at once, and a busy one (fan-out at
+    /// saturation, a fast ticker) costs one write (one system call, one TCP
+    /// segment) per window instead of one per event, which is most of the
+    /// cost of fanning out to many subscribers. A stream that must never wait,
+    /// however busy, sets `Duration::ZERO`.
     ///
     /// A fixed window holds whenever the last write was less than `window`
     /// ago, whatever the rate. A batch also goes out early once it reaches
