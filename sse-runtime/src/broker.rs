@@ -27,6 +27,10 @@ use crate::event::{EncodedEvent, MessageEvent};
 ///   longer covers `last_id`, or the id is unknown or malformed, the
 ///   subscription starts with the **reset signal** (see [`ResetReason`]) and
 ///   continues live: never a silent gap.
+/// - **Resume point.** `subscribe(key, None)` first yields an id-only event
+///   (`id: <current position>`), which a browser keeps as its `lastEventId`
+///   without firing a handler. A client that drops before any event then
+///   reconnects with it and gets what was sent while it was away.
 /// - **Bounds.** History is bounded by count and by age ([`RegistryConfig`]);
 ///   an in-process broker also bounds it in bytes.
 ///   Publishing never waits for a subscriber; a subscriber that falls behind by

@@ -309,7 +309,6 @@ impl MessageEvent {
     }
 
     /// `id: <id>` followed by fields stored by [`encode_without_id`], as one event.
-    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn assemble_with_id(id: &str, fields: &[u8]) -> EncodedEvent {
         debug_assert!(!id.contains(['\r', '\n', '\0']));
         let mut buf = BytesMut::with_capacity(id.len() + fields.len() + 6);
@@ -335,6 +334,38 @@ impl MessageEvent {
 pub struct EncodedEvent(Bytes);
 
 impl EncodedEvent {
+    /// `id: <id>` alone: an event a client dispatches to no handler, but
+    /// whose id it keeps as its `lastEventId` (WHATWG HTML, 9.2.6: the last
+    /// event ID is set before an event with empty data is dropped).
+    pub(crate) fn resume_point(id: &str) -> EncodedEvent {
+        MessageEvent::assemble_with_id(id, b"")
+    }
+
+    /// Whether this is a subscription's resume point: an `id:` line and
+    /// nothing else, which a browser keeps as its `lastEventId` without
+    /// firing a handler. Code that reads a [`Subscription`](crate::Subscription)
+    /// itself (to bridge it to another transport, say) can skip it, or keep
+    /// its id to resume from.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use sse_runtime::Registry;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let registry: Registry<String> = Registry::new();
+    /// let mut alice = registry.subscribe(&"alice".to_owned());
+    /// let first = alice.next().await.unwrap();
+    /// assert!(first.is_resume_point());
+    /// assert!(std::str::from_utf8(first.as_bytes()).unwrap().starts_with("id: "));
+    /// # }
+    /// ```
+    pub fn is_resume_point(&self) -> bool {
+        self.0.starts_with(b"id: ")
+            && self.0.ends_with(b"\n\n")
+            && memchr::memchr(b'\n', &self.0) == Some(self.0.len() - 2)
+    }
+
     /// The encoded bytes.
     ///
     /// ```

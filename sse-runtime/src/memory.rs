@@ -439,7 +439,12 @@ where
         });
         let mut ready = VecDeque::new();
         let cursor = match resume {
-            None => head,
+            None => {
+                // A client that drops before its first event still resumes
+                // from here (see `Broker`, "Resume point").
+                ready.push_back(EncodedEvent::resume_point(&inner.ids.format(head)));
+                head
+            }
             Some(Ok(last)) => last,
             Some(Err(reason)) => {
                 ready.push_back(inner.reset_signal(reason, head));
@@ -555,6 +560,9 @@ where
         if missed_evicted || too_far_behind {
             match inner.config.lag_policy {
                 LagPolicy::Disconnect => {
+                    tracing::debug!(
+                        "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)"
+                    );
                     this.ended = true;
                     return Poll::Ready(None);
                 }

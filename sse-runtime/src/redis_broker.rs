@@ -47,6 +47,22 @@ use crate::event::{EncodedEvent, MessageEvent};
 /// trip each, and a bounded request.
 const BROADCAST_CHUNK: usize = 256;
 
+/// How long the reader's `XREAD` blocks waiting for entries.
+const READ_BLOCK: Duration = Duration::from_millis(200);
+/// The most entries the reader takes from one stream per `XREAD`.
+const READ_COUNT: usize = 1000;
+/// The reader's response timeout: well above its `BLOCK`, so a large reply
+/// is never cut off and asked for again (the client's default is 500 ms).
+const READER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A gap this long between two reads means the instance was paused (a VM
+/// pause, a stalled host): the reader checks that it missed nothing.
+const PAUSE: Duration = Duration::from_secs(1);
+/// A resuming subscription reads its history in pages of this many entries,
+/// so its memory is bounded whatever the history length.
+const REPLAY_PAGE: usize = 500;
+/// An entry the broker did not write is logged at most once per key per this.
+const FOREIGN_ENTRY_LOG_EVERY: Duration = Duration::from_secs(60);
+
 /// A Redis stream entry id, `<milliseconds>-<sequence>`, ordered numerically.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub(crate) struct EntryId(u64, u64);
@@ -101,9 +117,20 @@ struct Inner {
 }
 
 struct Local {
-    sender: broadcast::Sender<(EntryId, EncodedEvent)>,
+    sender: broadcast::Sender<Delivery>,
     /// The last entry the reader delivered for this key.
     read_from: EntryId,
+}
+
+/// What the reader hands a key's local subscribers.
+#[derive(Clone)]
+enum Delivery {
+    /// The entry `id`, as an event.
+    Entry(EntryId, EncodedEvent),
+    /// The reader found that entries after the last one it delivered are
+    /// gone (trimmed while it lagged, or lost in a Redis restart): the reset
+    /// signal, positioned at the stream's current end.
+    Reset(EntryId, EncodedEvent),
 }
 
 /// The error `connect` returns.
@@ -175,13 +202,14 @@ impl Inner {
     }
 
     /// Joins the local fan-out of `stream`; a key new to this instance is read
-    /// from its current last entry on.
+    /// from its current last entry on. Returns the receiver and the position
+    /// it starts after: every later entry comes through the receiver.
     async fn join(
         &self,
         stream: &str,
-    ) -> redis::RedisResult<broadcast::Receiver<(EntryId, EncodedEvent)>> {
+    ) -> redis::RedisResult<(broadcast::Receiver<Delivery>, EntryId)> {
         if let Some(local) = lock(&self.local).get(stream) {
-            return Ok(local.sender.subscribe());
+            return Ok((local.sender.subscribe(), local.read_from));
         }
         let start = self.last_id(stream).await?;
         let mut local = lock(&self.local);
@@ -189,10 +217,10 @@ impl Inner {
             sender: broadcast::channel(self.config.buffer.max(16)).0,
             read_from: start,
         });
-        let receiver = entry.sender.subscribe();
+        let joined = (entry.sender.subscribe(), entry.read_from);
         drop(local);
         self.keys_changed.notify_one();
-        Ok(receiver)
+        Ok(joined)
     }
 
     /// `XADD <stream> MAXLEN ~ <history_len> * e <fields>`: appends one event,
@@ -240,9 +268,16 @@ impl Inner {
             .arg(stream)
             .query_async(&mut connection)
             .await?;
+        let before_everything = last == EntryId::default();
         if !exists {
-            // No such stream: its history is gone (or never was).
-            return Ok(Err(ResetReason::HistoryExpired));
+            // No such stream: its history is gone, unless the client's
+            // position is before anything was ever written (a resume point
+            // given while the key was empty), where nothing can be missing.
+            return Ok(if before_everything {
+                Ok(())
+            } else {
+                Err(ResetReason::HistoryExpired)
+            });
         }
         let info: redis::Value = redis::cmd("XINFO")
             .arg("STREAM")
@@ -262,6 +297,17 @@ impl Inner {
                 _ => None,
             })
         };
+        let count_field = |name: &str| -> Option<i64> {
+            let redis::Value::Array(items) = &info else {
+                return None;
+            };
+            items.chunks(2).find_map(|pair| match pair {
+                [redis::Value::BulkString(k), redis::Value::Int(v)] if k == name.as_bytes() => {
+                    Some(*v)
+                }
+                _ => None,
+            })
+        };
         let generated = field("last-generated-id").unwrap_or_default();
         if last > generated {
             return Ok(Err(ResetReason::UnknownId));
@@ -278,6 +324,8 @@ impl Inner {
             .query_async(&mut connection)
             .await?;
         let covered = match first.first().and_then(|(id, _)| EntryId::parse(id)) {
+            // From before everything: covered while nothing was ever trimmed.
+            Some(_) if before_everything => count_field("entries-added") == count_field("length"),
             Some(first) => last >= first,
             None => last == generated,
         };
@@ -288,23 +336,90 @@ impl Inner {
         })
     }
 
-    async fn entries_after(
+    /// Up to [`REPLAY_PAGE`] entries of `stream` after `last`: the events
+    /// among them, and the id of the last entry read (events or not), to
+    /// continue from.
+    async fn page_after(
         &self,
         stream: &str,
         last: EntryId,
-    ) -> redis::RedisResult<Vec<(EntryId, EncodedEvent)>> {
+    ) -> redis::RedisResult<(Vec<(EntryId, EncodedEvent)>, Option<EntryId>)> {
         let mut connection = self.commands.clone();
         let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(stream)
             .arg(format!("({last}"))
             .arg("+")
+            .arg("COUNT")
+            .arg(REPLAY_PAGE)
             .query_async(&mut connection)
             .await?;
-        Ok(entries
+        let read_to = entries.last().and_then(|(id, _)| EntryId::parse(id));
+        let events = entries
             .into_iter()
             .filter_map(|(id, fields)| decode(&id, &fields))
-            .collect())
+            .collect();
+        Ok((events, read_to))
     }
+
+    /// After a reader error, a reconnect or a pause: for each key, whether
+    /// the last entry the reader delivered is still in its stream. Trimming
+    /// removes the oldest entries first, so while it is there nothing after it
+    /// was lost; where it is gone (trimmed while the reader lagged, or lost in
+    /// a restart without persistence), the key's subscribers get the reset
+    /// signal that a reconnecting client would get, and the reader carries on
+    /// from the stream's current end.
+    async fn check_for_gaps(&self, positions: &mut [(String, EntryId)]) -> redis::RedisResult<()> {
+        let mut connection = self.commands.clone();
+        let checked: Vec<&(String, EntryId)> = positions
+            .iter()
+            .filter(|(_, read_from)| *read_from != EntryId::default())
+            .collect();
+        if checked.is_empty() {
+            return Ok(());
+        }
+        let mut pipeline = redis::pipe();
+        for (stream, read_from) in &checked {
+            pipeline
+                .cmd("XRANGE")
+                .arg(stream)
+                .arg(read_from.to_string())
+                .arg(read_from.to_string());
+        }
+        let found: Vec<Vec<(String, Vec<Vec<u8>>)>> = pipeline.query_async(&mut connection).await?;
+        let gone: Vec<(String, EntryId)> = checked
+            .iter()
+            .zip(found)
+            .filter(|(_, found)| found.is_empty())
+            .map(|((stream, read_from), _)| (stream.clone(), *read_from))
+            .collect();
+        for (stream, read_from) in gone {
+            let reason = match self.covers(&stream, read_from).await? {
+                Ok(()) => continue,
+                Err(reason) => reason,
+            };
+            let position = self.last_id(&stream).await?;
+            tracing::warn!(
+                stream,
+                reason = reason.as_str(),
+                "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
+                 restart); its subscribers get the reset signal"
+            );
+            let reset = self.reset_signal(reason, position);
+            if let Some(local) = lock(&self.local).get_mut(&stream) {
+                local.read_from = position;
+                let _ = local.sender.send(Delivery::Reset(position, reset));
+            }
+            if let Some(entry) = positions.iter_mut().find(|(key, _)| *key == stream) {
+                entry.1 = position;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Whether Redis refused a command because a key holds another type.
+fn is_wrong_type(error: &redis::RedisError) -> bool {
+    error.code() == Some("WRONGTYPE")
 }
 
 /// An entry's id and stored fields as one event.
@@ -319,10 +434,25 @@ fn decode(id: &str, fields: &[Vec<u8>]) -> Option<(EntryId, EncodedEvent)> {
 
 type StreamReply = Option<Vec<(String, Vec<(String, Vec<Vec<u8>>)>)>>;
 
+/// What the reader remembers between reads.
+struct ReaderState {
+    connection: Option<MultiplexedConnection>,
+    /// Set after an error or a reconnect: check for gaps before reading on.
+    check_gaps: bool,
+    last_read: Option<std::time::Instant>,
+    /// When each key's foreign entries were last logged.
+    foreign_logged: HashMap<String, std::time::Instant>,
+}
+
 /// The instance's one reader: `XREAD BLOCK` over every key with local
 /// subscribers, fanning entries out. Reconnects by itself; stops with the broker.
 async fn read_loop(inner: std::sync::Weak<Inner>) {
-    let mut connection: Option<MultiplexedConnection> = None;
+    let mut state = ReaderState {
+        connection: None,
+        check_gaps: false,
+        last_read: None,
+        foreign_logged: HashMap::new(),
+    };
     loop {
         let Some(broker) = inner.upgrade() else {
             return;
@@ -330,69 +460,134 @@ async fn read_loop(inner: std::sync::Weak<Inner>) {
         if broker.shut_down.load(Ordering::SeqCst) {
             return;
         }
-        broker.forget_idle();
-        let positions: Vec<(String, EntryId)> = lock(&broker.local)
-            .iter()
-            .map(|(key, local)| (key.clone(), local.read_from))
-            .collect();
-        if positions.is_empty() {
-            // Re-check now and then: the broker may be dropped meanwhile.
-            let _ =
-                tokio::time::timeout(Duration::from_millis(500), broker.keys_changed.notified())
-                    .await;
-            continue;
-        }
-        if connection.is_none() {
-            match broker.client.get_multiplexed_async_connection().await {
-                Ok(fresh) => connection = Some(fresh),
-                Err(error) => {
-                    tracing::warn!(%error, "SSE Redis reader cannot connect; retrying");
-                    drop(broker);
-                    tokio::time::sleep(Duration::from_millis(200)).await;
-                    continue;
-                }
-            }
-        }
-        let mut command = redis::cmd("XREAD");
-        command
-            .arg("COUNT")
-            .arg(1000)
-            .arg("BLOCK")
-            .arg(200)
-            .arg("STREAMS");
-        for (key, _) in &positions {
-            command.arg(key);
-        }
-        for (_, id) in &positions {
-            command.arg(id.to_string());
-        }
-        let conn = connection.as_mut().expect("connected above");
-        let reply: redis::RedisResult<StreamReply> = command.query_async(conn).await;
-        match reply {
-            Ok(streams) => {
-                let mut local = lock(&broker.local);
-                for (key, entries) in streams.unwrap_or_default() {
-                    let Some(local) = local.get_mut(&key) else {
-                        continue;
-                    };
-                    for (id, fields) in entries {
-                        if let Some((entry_id, event)) = decode(&id, &fields) {
-                            // The next XREAD starts after the last entry seen, delivered or not.
-                            local.read_from = local.read_from.max(entry_id);
-                            // No receiver left is fine: the key is forgotten next round.
-                            let _ = local.sender.send((entry_id, event));
-                        }
-                    }
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "SSE Redis reader failed; reconnecting");
-                connection = None;
-                drop(broker);
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+        if let Err(error) = read_once(&broker, &mut state).await {
+            tracing::warn!(%error, "SSE Redis reader failed; reconnecting");
+            state.connection = None;
+            state.check_gaps = true;
+            drop(broker);
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+async fn read_once(broker: &Inner, state: &mut ReaderState) -> redis::RedisResult<()> {
+    broker.forget_idle();
+    let mut positions: Vec<(String, EntryId)> = lock(&broker.local)
+        .iter()
+        .map(|(key, local)| (key.clone(), local.read_from))
+        .collect();
+    if positions.is_empty() {
+        // Re-check now and then: the broker may be dropped meanwhile.
+        let _ =
+            tokio::time::timeout(Duration::from_millis(500), broker.keys_changed.notified()).await;
+        state.last_read = None;
+        return Ok(());
+    }
+    if state.connection.is_none() {
+        let config =
+            redis::AsyncConnectionConfig::new().set_response_timeout(Some(READER_RESPONSE_TIMEOUT));
+        state.connection = Some(
+            broker
+                .client
+                .get_multiplexed_async_connection_with_config(&config)
+                .await?,
+        );
+    }
+    let paused = state.last_read.is_some_and(|at| at.elapsed() > PAUSE);
+    if state.check_gaps || paused {
+        broker.check_for_gaps(&mut positions).await?;
+        state.check_gaps = false;
+    }
+    let mut command = redis::cmd("XREAD");
+    command
+        .arg("COUNT")
+        .arg(READ_COUNT)
+        .arg("BLOCK")
+        .arg(READ_BLOCK.as_millis() as u64)
+        .arg("STREAMS");
+    for (key, _) in &positions {
+        command.arg(key);
+    }
+    for (_, id) in &positions {
+        command.arg(id.to_string());
+    }
+    let connection = state.connection.as_mut().expect("connected above");
+    let reply: StreamReply = match command.query_async(connection).await {
+        Ok(reply) => reply,
+        Err(error) if is_wrong_type(&error) => {
+            let keys: Vec<String> = positions.into_iter().map(|(key, _)| key).collect();
+            return end_keys_of_the_wrong_type(broker, &keys).await;
+        }
+        Err(error) => return Err(error),
+    };
+    state.last_read = Some(std::time::Instant::now());
+    let mut local = lock(&broker.local);
+    for (key, entries) in reply.unwrap_or_default() {
+        let Some(local) = local.get_mut(&key) else {
+            continue;
+        };
+        let full = entries.len() >= READ_COUNT;
+        for (id, fields) in entries {
+            let Some(entry_id) = EntryId::parse(&id) else {
+                continue;
+            };
+            // The next XREAD starts after the last entry seen, whether it is
+            // one of ours or not: an entry that does not decode is passed,
+            // never read again and again.
+            local.read_from = local.read_from.max(entry_id);
+            match decode(&id, &fields) {
+                // No receiver left is fine: the key is forgotten next round.
+                Some((_, event)) => {
+                    let _ = local.sender.send(Delivery::Entry(entry_id, event));
+                }
+                None => log_foreign_entry(&mut state.foreign_logged, &key, &id),
+            }
+        }
+        // A full read may mean the reader is behind: check before the next.
+        state.check_gaps |= full;
+    }
+    Ok(())
+}
+
+fn log_foreign_entry(logged: &mut HashMap<String, std::time::Instant>, key: &str, id: &str) {
+    let now = std::time::Instant::now();
+    let due = logged
+        .get(key)
+        .is_none_or(|at| now.duration_since(*at) >= FOREIGN_ENTRY_LOG_EVERY);
+    if due {
+        logged.insert(key.to_owned(), now);
+        tracing::warn!(
+            stream = key,
+            id,
+            "SSE Redis stream holds an entry without the broker's `e` field (written by another \
+             program?); it is skipped"
+        );
+    }
+}
+
+/// `XREAD` failed because some key is not a stream (`WRONGTYPE`): finds
+/// which, and ends the local subscriptions of those keys only, so every other
+/// key keeps flowing.
+async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[String]) -> redis::RedisResult<()> {
+    let mut connection = broker.commands.clone();
+    let mut pipeline = redis::pipe();
+    for key in keys {
+        pipeline.cmd("TYPE").arg(key);
+    }
+    let types: Vec<String> = pipeline.query_async(&mut connection).await?;
+    let mut local = lock(&broker.local);
+    for (key, kind) in keys.iter().zip(types) {
+        if kind != "stream" && kind != "none" {
+            tracing::warn!(
+                stream = key,
+                kind,
+                "SSE Redis key holds a {kind}, not a stream; its subscriptions are ended"
+            );
+            // Dropping the sender ends every receiver of the key.
+            local.remove(key);
+        }
+    }
+    Ok(())
 }
 
 impl<K> Broker<K> for RedisBroker<K>
@@ -448,6 +643,14 @@ where
                 }
                 cursor = next;
             }
+            // Keys subscribed here but never written to have no stream yet.
+            let found: std::collections::HashSet<String> = streams.iter().cloned().collect();
+            let unwritten: Vec<String> = lock(&inner.local)
+                .keys()
+                .filter(|key| !found.contains(*key))
+                .cloned()
+                .collect();
+            streams.extend(unwritten);
             let fields = event.encode_without_id();
             let mut reached = 0;
             // One round trip per chunk of streams, not per stream.
@@ -476,35 +679,62 @@ where
         let mut closed = inner.closed.subscribe();
         Box::pin(async_stream::stream! {
             // Join the local fan-out first, so nothing published during the replay is missed.
-            let mut receiver = loop {
+            let (mut receiver, joined_at) = loop {
                 if inner.shut_down.load(Ordering::SeqCst) {
                     return;
                 }
                 match inner.join(&stream).await {
-                    Ok(receiver) => break receiver,
+                    Ok(joined) => break joined,
+                    Err(error) if is_wrong_type(&error) => {
+                        tracing::warn!(stream, "SSE Redis key is not a stream; ending the subscription");
+                        return;
+                    }
                     // Redis unreachable: keep waiting, as open subscriptions do.
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             };
             // Live entries up to here were replayed already.
             let mut delivered = EntryId::default();
+            if last_event_id.is_none() {
+                // A client that drops before its first event still resumes
+                // from here (see `Broker`, "Resume point").
+                delivered = joined_at;
+                yield EncodedEvent::resume_point(&joined_at.to_string());
+            }
             if let Some(last_event_id) = last_event_id {
                 let resume = match EntryId::parse(&last_event_id) {
                     None => Err(ResetReason::InvalidId),
                     Some(last) => match inner.covers(&stream, last).await {
                         Ok(Ok(())) => Ok(last),
                         Ok(Err(reason)) => Err(reason),
-                        // Cannot tell: end, and let the client retry.
-                        Err(_) => return,
+                        Err(error) => {
+                            // Cannot tell: end, and let the client retry.
+                            tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                            return;
+                        }
                     },
                 };
                 match resume {
                     Ok(last) => {
-                        let Ok(missed) = inner.entries_after(&stream, last).await else { return };
+                        // Page by page, so a long history never sits in memory at once.
                         delivered = last;
-                        for (id, event) in missed {
-                            delivered = id;
-                            yield event;
+                        loop {
+                            let page = match inner.page_after(&stream, delivered).await {
+                                Ok(page) => page,
+                                Err(error) => {
+                                    tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                                    return;
+                                }
+                            };
+                            let (events, read_to) = page;
+                            for (id, event) in events {
+                                delivered = id;
+                                yield event;
+                            }
+                            match read_to {
+                                Some(read_to) => delivered = delivered.max(read_to),
+                                None => break,
+                            }
                         }
                     }
                     Err(reason) => {
@@ -521,15 +751,25 @@ where
                 };
                 match next {
                     None | Some(Err(broadcast::error::RecvError::Closed)) => return,
-                    Some(Ok((id, event))) => {
+                    Some(Ok(Delivery::Entry(id, event))) => {
                         if id > delivered {
                             delivered = id;
                             yield event;
                         }
                     }
-                    Some(Err(broadcast::error::RecvError::Lagged(_))) => match inner.config.lag_policy {
-                        crate::broker::LagPolicy::Disconnect => return,
+                    Some(Ok(Delivery::Reset(position, signal))) => {
+                        delivered = position;
+                        yield signal;
+                    }
+                    Some(Err(broadcast::error::RecvError::Lagged(skipped))) => match inner.config.lag_policy {
+                        crate::broker::LagPolicy::Disconnect => {
+                            tracing::debug!(stream, skipped, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
+                            return;
+                        }
                         _ => {
+                            // Skip to the newest: a receiver left at the oldest
+                            // retained entry lags again at the next send.
+                            receiver = receiver.resubscribe();
                             let position = inner.last_id(&stream).await.unwrap_or(delivered);
                             yield inner.reset_signal(ResetReason::Lagged, position);
                             delivered = delivered.max(position);

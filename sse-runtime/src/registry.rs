@@ -36,6 +36,8 @@ use crate::memory::MemoryBroker;
 /// let mut alice = registry.subscribe(&"alice".to_owned());
 /// assert_eq!(registry.send(&"alice".to_owned(), MessageEvent::new("hi")).await?, 1);
 ///
+/// // First the stream's resume point (`id: ...` alone), then the event.
+/// assert!(alice.next().await.unwrap().is_resume_point());
 /// let event = alice.next().await.unwrap();
 /// let text = std::str::from_utf8(event.as_bytes()).unwrap();
 /// assert!(text.starts_with("id: ") && text.ends_with("data: hi\n\n"));
@@ -99,18 +101,23 @@ where
         }
     }
 
-    /// A stream of `key`'s events from now on. It stays open while `key` has
-    /// nothing, and receives what comes later.
+    /// A stream of `key`'s events from now on. It starts with its resume
+    /// point (an `id:` alone, see [`EncodedEvent::is_resume_point`]), so a
+    /// client that drops before any event resumes without a gap; it stays
+    /// open while `key` has nothing, and receives what comes later.
     pub fn subscribe(&self, key: &K) -> Subscription {
         Subscription(self.broker.subscribe(key, None))
     }
 
     /// A stream of what `key` had after `last_event_id`, then its live events,
-    /// with no gap and no duplicate. With `None`, the same as
+    /// with no gap and no duplicate. With `None` or an empty id, the same as
     /// [`subscribe`](Registry::subscribe). An id older than the history,
     /// unknown, or malformed starts the stream with the reset signal (see
     /// [`ResetReason`](crate::ResetReason)).
     pub fn subscribe_from(&self, key: &K, last_event_id: Option<&str>) -> Subscription {
+        // An empty `Last-Event-ID` (a header or `lastEventId=` with no value)
+        // is what a client sends before it has seen an id: no id.
+        let last_event_id = last_event_id.filter(|id| !id.is_empty());
         Subscription(self.broker.subscribe(key, last_event_id))
     }
 
@@ -265,6 +272,7 @@ impl Subscription {
     /// let registry: Registry<String> = Registry::new();
     /// let token_expires = Instant::now() + Duration::from_millis(20);
     /// let mut alice = registry.subscribe(&"alice".to_owned()).until(token_expires);
+    /// assert!(alice.next().await.unwrap().is_resume_point());
     /// assert!(alice.next().await.is_none()); // ended at the deadline
     /// # }
     /// ```
@@ -286,6 +294,7 @@ impl Subscription {
     /// let mut alice = registry.subscribe(&"alice".to_owned()).end_on(async move {
     ///     let _ = revoked.await;
     /// });
+    /// assert!(alice.next().await.unwrap().is_resume_point());
     /// revoke.send(()).unwrap();
     /// assert!(alice.next().await.is_none());
     /// # }

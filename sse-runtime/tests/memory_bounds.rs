@@ -28,11 +28,17 @@ fn net_bytes(region: &Region<'_, System>) -> i64 {
     change.bytes_allocated as i64 - change.bytes_deallocated as i64
 }
 
+/// The next event, past the subscription's resume point.
 async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> EncodedEvent {
-    tokio::time::timeout(Duration::from_secs(5), stream.next())
-        .await
-        .expect("timed out")
-        .expect("the stream ended")
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
+            .await
+            .expect("timed out")
+            .expect("the stream ended");
+        if !event.is_resume_point() {
+            return event;
+        }
+    }
 }
 
 /// `(id, event type, data)` of one encoded event.

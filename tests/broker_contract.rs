@@ -1,0 +1,576 @@
+//! The `Broker` contract (see its docs) as one test suite, generic over the
+//! broker, run against every implementation: the in-memory broker, and the
+//! Redis broker against a real `redis-server` started for the test. What the
+//! docs promise is what these tests check, for each broker alike.
+
+use std::future::Future;
+use std::time::Duration;
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use sse_runtime::{
+    EncodedEvent, LagPolicy, MessageEvent, RedisBroker, Registry, RegistryConfig, Subscription,
+};
+use sse_tests::redis_server::{self, RedisServer};
+
+/// A broker under test: it makes registries over fresh keys.
+trait Backend {
+    fn registry(&self, config: RegistryConfig) -> impl Future<Output = Registry<String>>;
+}
+
+struct Memory;
+
+impl Backend for Memory {
+    async fn registry(&self, config: RegistryConfig) -> Registry<String> {
+        Registry::with_config(config)
+    }
+}
+
+struct Redis(RedisServer);
+
+impl Backend for Redis {
+    async fn registry(&self, config: RegistryConfig) -> Registry<String> {
+        Registry::with_broker(
+            RedisBroker::connect(&self.0.url(), config)
+                .await
+                .expect("connect to redis"),
+        )
+    }
+}
+
+/// `(id, event type, data)` of one encoded event.
+fn fields(event: &EncodedEvent) -> (String, String, String) {
+    let text = std::str::from_utf8(event.as_bytes()).unwrap();
+    let (mut id, mut event_type, mut data) = (String::new(), String::new(), Vec::new());
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("id: ") {
+            id = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("event: ") {
+            event_type = v.to_owned();
+        } else if let Some(v) = line.strip_prefix("data: ") {
+            data.push(v);
+        }
+    }
+    (id, event_type, data.join("\n"))
+}
+
+/// Ids are opaque to clients; both brokers write `<a>-<b>` with `b` counting
+/// up, and `a` either fixed (memory: the run's epoch, hex) or a time in
+/// milliseconds (Redis: decimal digits of one length). Read as hex, `a` keeps
+/// its order in both.
+fn id_rank(id: &str) -> (u128, u64) {
+    let (a, b) = id.split_once('-').expect("an id of two parts");
+    (u128::from_str_radix(a, 16).unwrap(), b.parse().unwrap())
+}
+
+/// The next item, resume points included.
+async fn next_item(
+    stream: &mut (impl Stream<Item = EncodedEvent> + Unpin),
+) -> Option<EncodedEvent> {
+    tokio::time::timeout(Duration::from_secs(5), stream.next())
+        .await
+        .expect("timed out")
+}
+
+/// The next event, past resume points.
+async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> Option<EncodedEvent> {
+    loop {
+        let event = next_item(stream).await;
+        if !event.as_ref().is_some_and(EncodedEvent::is_resume_point) {
+            return event;
+        }
+    }
+}
+
+async fn next_fields(
+    stream: &mut (impl Stream<Item = EncodedEvent> + Unpin),
+) -> (String, String, String) {
+    fields(&next(stream).await.expect("the stream ended"))
+}
+
+/// Polls `subscription` (a subscription joins its broker as it is first
+/// polled) until `key` counts `expected` subscribers: from then on it
+/// receives everything sent.
+async fn joined(
+    registry: &Registry<String>,
+    subscription: &mut Subscription,
+    key: &str,
+    expected: usize,
+) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(item) = subscription.next().now_or_never() {
+            assert!(
+                item.is_some_and(|event| event.is_resume_point()),
+                "nothing sent yet"
+            );
+        }
+        if registry.subscriber_count(&key.to_owned()) >= expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the subscription never joined"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    // A Redis instance's reader picks up a key new to it at its next read.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn send(registry: &Registry<String>, key: &str, data: &str) -> usize {
+    registry
+        .send(&key.to_owned(), MessageEvent::new(data))
+        .await
+        .expect("send")
+}
+
+// ---- the contract, one function per promise ----
+
+/// Ids: stamped on every event (replacing the event's own), increasing per
+/// key, identical for every subscriber.
+async fn ids_are_stamped_increase_per_key_and_are_shared(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let mut a = registry.subscribe(&"a".to_owned());
+    let mut b = registry.subscribe(&"a".to_owned());
+    joined(&registry, &mut a, "a", 1).await;
+    joined(&registry, &mut b, "a", 2).await;
+    let mut last = (0, 0);
+    for n in 0..5 {
+        let event = MessageEvent::new(n.to_string()).with_id("app-id").unwrap();
+        registry.send(&"a".to_owned(), event).await.unwrap();
+        send(&registry, "other", "x").await;
+        let (id, _, data) = next_fields(&mut a).await;
+        assert_eq!(data, n.to_string());
+        assert_ne!(id, "app-id");
+        assert!(id_rank(&id) > last, "{id} after {last:?}");
+        last = id_rank(&id);
+        assert_eq!(
+            next_fields(&mut b).await.0,
+            id,
+            "the same id for every subscriber"
+        );
+    }
+}
+
+/// Ordering: a subscription sees its key's events, in order, once each, and
+/// no other key's; a key with nothing yet stays open.
+async fn a_subscription_sees_its_keys_events_in_order_and_stays_open(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let mut quiet = registry.subscribe(&"quiet".to_owned());
+    joined(&registry, &mut quiet, "quiet", 1).await;
+    let pending = tokio::time::timeout(Duration::from_millis(100), quiet.next()).await;
+    assert!(pending.is_err(), "a key with nothing yet stays open");
+    for n in 0..20 {
+        send(&registry, "noise", "not yours").await;
+        send(&registry, "quiet", &n.to_string()).await;
+    }
+    for n in 0..20 {
+        assert_eq!(next_fields(&mut quiet).await.2, n.to_string());
+    }
+    let extra = tokio::time::timeout(Duration::from_millis(100), quiet.next()).await;
+    assert!(extra.is_err(), "nothing more: {extra:?}");
+}
+
+/// Replay: exactly what came after the id, then live.
+async fn replay_after_an_id_is_exact_then_live(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let mut first = registry.subscribe(&"room".to_owned());
+    joined(&registry, &mut first, "room", 1).await;
+    for n in 0..5 {
+        send(&registry, "room", &n.to_string()).await;
+    }
+    let mut last_id = String::new();
+    for _ in 0..2 {
+        last_id = next_fields(&mut first).await.0;
+    }
+    drop(first);
+    for n in 5..7 {
+        send(&registry, "room", &n.to_string()).await;
+    }
+    let mut resumed = registry.subscribe_from(&"room".to_owned(), Some(&last_id));
+    let mut data = Vec::new();
+    for _ in 0..5 {
+        data.push(next_fields(&mut resumed).await.2);
+    }
+    send(&registry, "room", "7").await;
+    data.push(next_fields(&mut resumed).await.2);
+    assert_eq!(data, ["2", "3", "4", "5", "6", "7"]);
+}
+
+/// Replay under concurrent sends: subscribers that drop and resume at
+/// pseudo-random points see every event once, in order.
+async fn resuming_at_random_points_under_concurrent_sends_leaves_no_gap_or_duplicate(
+    backend: &impl Backend,
+) {
+    const SENDERS: usize = 3;
+    const PER_SENDER: usize = 200;
+    const SUBSCRIBERS: usize = 4;
+    let total = SENDERS * PER_SENDER;
+    let registry = backend
+        .registry(RegistryConfig::default().history_len(total * 2).buffer(64))
+        .await;
+    let mut checkers = Vec::new();
+    for s in 0..SUBSCRIBERS {
+        let registry = registry.clone();
+        let mut subscription = registry.subscribe(&"hot".to_owned());
+        // Its first item, once it has joined: where it starts.
+        let point = next_item(&mut subscription).await.expect("open");
+        assert!(point.is_resume_point());
+        let mut resume_from = Some(fields(&point).0);
+        checkers.push(tokio::spawn(async move {
+            let mut rng = 0x9e37_79b9_u64.wrapping_mul(s as u64 + 1);
+            let mut seen: Vec<(String, String)> = Vec::with_capacity(total);
+            let mut reconnects = 0;
+            while seen.len() < total {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                let take = 1 + (rng % 37) as usize;
+                for _ in 0..take {
+                    match next_item(&mut subscription).await {
+                        // Where to resume from if nothing else comes first.
+                        Some(event) if event.is_resume_point() => {
+                            resume_from = Some(fields(&event).0);
+                        }
+                        Some(event) => {
+                            let (id, _, data) = fields(&event);
+                            resume_from = Some(id.clone());
+                            seen.push((id, data));
+                        }
+                        None => break, // The lag policy ended it: resume.
+                    }
+                    if seen.len() == total {
+                        break;
+                    }
+                }
+                subscription = registry.subscribe_from(&"hot".to_owned(), resume_from.as_deref());
+                reconnects += 1;
+            }
+            (seen, reconnects)
+        }));
+    }
+    let senders: Vec<_> = (0..SENDERS)
+        .map(|sender| {
+            let registry = registry.clone();
+            tokio::spawn(async move {
+                for n in 0..PER_SENDER {
+                    send(&registry, "hot", &format!("{sender}:{n}")).await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    for checker in checkers {
+        let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(30), checker)
+            .await
+            .expect("a subscriber did not see every event in time")
+            .unwrap();
+        assert!(
+            reconnects > 5,
+            "the test must exercise resuming ({reconnects})"
+        );
+        assert!(
+            seen.windows(2).all(|w| id_rank(&w[0].0) < id_rank(&w[1].0)),
+            "ids out of order or repeated"
+        );
+        for sender in 0..SENDERS {
+            let mine: Vec<&str> = seen
+                .iter()
+                .map(|(_, d)| d.as_str())
+                .filter(|d| d.starts_with(&format!("{sender}:")))
+                .collect();
+            let expected: Vec<String> = (0..PER_SENDER).map(|n| format!("{sender}:{n}")).collect();
+            assert_eq!(mine, expected, "sender {sender}");
+        }
+    }
+}
+
+/// Resume point: a new stream starts with an id-only event, so a client that
+/// drops before any event resumes from it and misses nothing.
+async fn a_client_that_drops_before_any_event_resumes_from_the_streams_resume_point(
+    backend: &impl Backend,
+) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    for key in ["empty", "busy"] {
+        if key == "busy" {
+            send(&registry, key, "before").await;
+        }
+        let mut first = registry.subscribe(&key.to_owned());
+        let point = next_item(&mut first).await.expect("open");
+        assert!(
+            point.is_resume_point(),
+            "{:?}",
+            std::str::from_utf8(point.as_bytes())
+        );
+        let (resume_from, event_type, data) = fields(&point);
+        assert!(!resume_from.is_empty() && event_type.is_empty() && data.is_empty());
+        drop(first);
+        for n in 0..3 {
+            send(&registry, key, &format!("while away {n}")).await;
+        }
+        let mut again = registry.subscribe_from(&key.to_owned(), Some(&resume_from));
+        for n in 0..3 {
+            assert_eq!(
+                next_fields(&mut again).await.2,
+                format!("while away {n}"),
+                "{key}"
+            );
+        }
+    }
+}
+
+/// Reset: an id that is malformed or ahead of the broker gets the reset
+/// signal, then live events; an empty id is no id.
+async fn malformed_and_future_ids_get_the_reset_signal_and_an_empty_id_is_none(
+    backend: &impl Backend,
+) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let mut probe = registry.subscribe(&"k".to_owned());
+    joined(&registry, &mut probe, "k", 1).await;
+    send(&registry, "k", "old").await;
+    let (mut real, _, _) = next_fields(&mut probe).await;
+    for (last_id, reason) in [
+        ("not an id", "invalid_id"),
+        ("12-x", "invalid_id"),
+        ("future", "unknown_id"),
+    ] {
+        // An id ahead of the newest one: the same first part, a later count.
+        let (a, b) = real.split_once('-').unwrap();
+        let future = format!("{a}-{}", b.parse::<u64>().unwrap() + 1_000_000);
+        let last_id = if last_id == "future" {
+            future.as_str()
+        } else {
+            last_id
+        };
+        let mut subscription = registry.subscribe_from(&"k".to_owned(), Some(last_id));
+        let (id, event_type, data) = next_fields(&mut subscription).await;
+        assert_eq!(event_type, "reset", "{last_id:?}");
+        assert_eq!(data, format!("{{\"reason\":\"{reason}\"}}"), "{last_id:?}");
+        assert!(
+            id_rank(&id) >= id_rank(&real),
+            "the reset carries the current position"
+        );
+        joined(&registry, &mut subscription, "k", 2).await;
+        send(&registry, "k", "live").await;
+        assert_eq!(
+            next_fields(&mut subscription).await.2,
+            "live",
+            "{last_id:?}"
+        );
+        let (id, _, data) = next_fields(&mut probe).await;
+        assert_eq!(data, "live");
+        real = id;
+    }
+    // An empty Last-Event-ID (a header or `lastEventId=` with no value) is
+    // treated as none: live events, no reset.
+    let mut empty = registry.subscribe_from(&"k".to_owned(), Some(""));
+    joined(&registry, &mut empty, "k", 2).await;
+    send(&registry, "k", "after empty").await;
+    assert_eq!(next_fields(&mut empty).await.2, "after empty");
+}
+
+/// Reset: an id older than the retained history gets the reset signal.
+async fn an_id_older_than_the_history_gets_the_reset_signal(backend: &impl Backend) {
+    let registry = backend
+        .registry(RegistryConfig::default().history_len(10))
+        .await;
+    let mut subscription = registry.subscribe(&"k".to_owned());
+    joined(&registry, &mut subscription, "k", 1).await;
+    send(&registry, "k", "first").await;
+    let (first_id, _, _) = next_fields(&mut subscription).await;
+    drop(subscription);
+    // Redis trims with `MAXLEN ~`, whole nodes of 100 entries: send well past.
+    for n in 0..400 {
+        send(&registry, "k", &n.to_string()).await;
+    }
+    let mut resumed = registry.subscribe_from(&"k".to_owned(), Some(&first_id));
+    let (_, event_type, data) = next_fields(&mut resumed).await;
+    assert_eq!(
+        (event_type.as_str(), data.as_str()),
+        ("reset", "{\"reason\":\"history_expired\"}")
+    );
+}
+
+/// Sends `count` events to `key` while a fast subscriber keeps up, so that
+/// a slow one (which reads nothing) falls behind by all of them.
+async fn overrun_a_slow_subscriber(registry: &Registry<String>, key: &str, count: usize) {
+    let already = registry.subscriber_count(&key.to_owned());
+    let mut fast = registry.subscribe(&key.to_owned());
+    joined(registry, &mut fast, key, already + 1).await;
+    for n in 0..count {
+        send(registry, key, &n.to_string()).await;
+        assert_eq!(next_fields(&mut fast).await.2, n.to_string());
+    }
+}
+
+/// Lag policy `Disconnect`: a subscriber that falls behind by more than its
+/// buffer is ended (a browser then resumes from history); others are not slowed.
+async fn a_subscriber_too_far_behind_is_disconnected(backend: &impl Backend) {
+    let registry = backend
+        .registry(
+            RegistryConfig::default()
+                .buffer(16)
+                .lag_policy(LagPolicy::Disconnect),
+        )
+        .await;
+    let mut slow = registry.subscribe(&"k".to_owned());
+    joined(&registry, &mut slow, "k", 1).await;
+    overrun_a_slow_subscriber(&registry, "k", 100).await;
+    let mut received = 0;
+    while next(&mut slow).await.is_some() {
+        received += 1;
+        assert!(received <= 16, "a subscriber past its buffer must be ended");
+    }
+}
+
+/// Lag policy `SkipWithNotice`: it skips ahead with a `lagged` reset and
+/// carries on with live events.
+async fn a_subscriber_too_far_behind_skips_with_a_notice_under_that_policy(backend: &impl Backend) {
+    let registry = backend
+        .registry(
+            RegistryConfig::default()
+                .buffer(16)
+                .lag_policy(LagPolicy::SkipWithNotice),
+        )
+        .await;
+    let mut slow = registry.subscribe(&"k".to_owned());
+    joined(&registry, &mut slow, "k", 1).await;
+    overrun_a_slow_subscriber(&registry, "k", 100).await;
+    let mut skipped_with_notice = false;
+    for _ in 0..20 {
+        let (_, event_type, data) = next_fields(&mut slow).await;
+        if event_type == "reset" {
+            assert_eq!(data, "{\"reason\":\"lagged\"}");
+            skipped_with_notice = true;
+            break;
+        }
+    }
+    assert!(skipped_with_notice, "no lagged reset within the buffer");
+    send(&registry, "k", "live again").await;
+    loop {
+        let (_, _, data) = next_fields(&mut slow).await;
+        if data == "live again" {
+            break;
+        }
+        // Entries the notice already covered may still be in flight; never
+        // anything from before the 100 sent.
+        assert!(data.parse::<usize>().is_ok_and(|n| n < 100), "{data:?}");
+    }
+}
+
+/// Cleanup: dropping a subscription releases it; a key with no subscriber
+/// and no history holds nothing.
+async fn dropped_subscriptions_are_released(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let mut subscriptions = Vec::new();
+    for n in 0..10 {
+        let mut subscription = registry.subscribe(&format!("user-{n}"));
+        joined(&registry, &mut subscription, &format!("user-{n}"), 1).await;
+        subscriptions.push(subscription);
+    }
+    assert_eq!(registry.key_count(), 10);
+    drop(subscriptions);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while registry.key_count() != 0 || registry.subscriber_count(&"user-0".to_owned()) != 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} keys left",
+            registry.key_count()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Shutdown: every subscription ends promptly and sending fails.
+async fn shutdown_ends_every_subscription_and_refuses_sends(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let mut subscriptions = Vec::new();
+    for n in 0..5 {
+        let mut subscription = registry.subscribe(&format!("k{}", n % 2));
+        joined(
+            &registry,
+            &mut subscription,
+            &format!("k{}", n % 2),
+            n / 2 + 1,
+        )
+        .await;
+        subscriptions.push(subscription);
+    }
+    registry.shutdown();
+    for subscription in &mut subscriptions {
+        assert!(next(subscription).await.is_none(), "ended by shutdown");
+    }
+    assert!(
+        registry
+            .send(&"k0".to_owned(), MessageEvent::new("late"))
+            .await
+            .is_err(),
+        "sending after shutdown fails"
+    );
+    // A subscription made after shutdown ends at once.
+    assert!(
+        next(&mut registry.subscribe(&"k0".to_owned()))
+            .await
+            .is_none()
+    );
+}
+
+/// Broadcast: every key with subscribers gets the event, once each.
+async fn broadcast_reaches_every_subscribed_key_once(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let mut subscriptions = Vec::new();
+    for n in 0..5 {
+        let key = format!("user-{n}");
+        let mut subscription = registry.subscribe(&key);
+        joined(&registry, &mut subscription, &key, 1).await;
+        subscriptions.push(subscription);
+    }
+    registry
+        .broadcast(MessageEvent::new("to all"))
+        .await
+        .unwrap();
+    for subscription in &mut subscriptions {
+        assert_eq!(next_fields(subscription).await.2, "to all");
+        let extra = tokio::time::timeout(Duration::from_millis(50), subscription.next()).await;
+        assert!(extra.is_err(), "once: {extra:?}");
+    }
+}
+
+// ---- the suite, once per broker ----
+
+macro_rules! contract {
+    ($broker:ident, $backend:expr) => {
+        mod $broker {
+            use super::*;
+
+            contract!(@tests $backend;
+                ids_are_stamped_increase_per_key_and_are_shared,
+                a_subscription_sees_its_keys_events_in_order_and_stays_open,
+                replay_after_an_id_is_exact_then_live,
+                a_client_that_drops_before_any_event_resumes_from_the_streams_resume_point,
+                resuming_at_random_points_under_concurrent_sends_leaves_no_gap_or_duplicate,
+                malformed_and_future_ids_get_the_reset_signal_and_an_empty_id_is_none,
+                an_id_older_than_the_history_gets_the_reset_signal,
+                a_subscriber_too_far_behind_is_disconnected,
+                a_subscriber_too_far_behind_skips_with_a_notice_under_that_policy,
+                dropped_subscriptions_are_released,
+                shutdown_ends_every_subscription_and_refuses_sends,
+                broadcast_reaches_every_subscribed_key_once,
+            );
+        }
+    };
+    (@tests $backend:expr; $($promise:ident),* $(,)?) => {
+        $(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $promise() {
+                let Some(backend) = $backend else { return };
+                super::$promise(&backend).await;
+            }
+        )*
+    };
+}
+
+contract!(memory, Some(Memory));
+contract!(redis, redis_server::start(false).await.map(Redis));

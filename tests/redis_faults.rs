@@ -1,0 +1,312 @@
+//! The Redis broker on Redis's bad days, against a real `redis-server` started
+//! per test on a free loopback port: entries it did not write, a key of
+//! another type, Redis paused, a reader that lagged past the history, and a
+//! restart without persistence while subscribers stay connected. Never a
+//! silent gap, and no spinning.
+
+use std::time::Duration;
+
+use futures_util::{FutureExt, Stream, StreamExt};
+use sse_runtime::{
+    EncodedEvent, MessageEvent, RedisBroker, Registry, RegistryConfig, Subscription,
+};
+use sse_tests::redis_server::{self, RedisServer};
+
+/// `(id, event type, data)` of one encoded event.
+fn fields(event: &EncodedEvent) -> (String, String, String) {
+    let text = std::str::from_utf8(event.as_bytes()).unwrap();
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    (field("id: "), field("event: "), field("data: "))
+}
+
+async fn next(
+    stream: &mut (impl Stream<Item = EncodedEvent> + Unpin),
+) -> Option<(String, String, String)> {
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(10), stream.next())
+            .await
+            .expect("timed out");
+        match event {
+            Some(event) if event.is_resume_point() => {}
+            other => return other.map(|event| fields(&event)),
+        }
+    }
+}
+
+async fn instance(server: &RedisServer, config: RegistryConfig) -> Registry<String> {
+    Registry::with_broker(
+        RedisBroker::connect(&server.url(), config)
+            .await
+            .expect("connect to redis"),
+    )
+}
+
+/// A plain connection to the test's Redis, for what another program would do.
+async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+/// Subscribes to `key` and waits until the instance's reader follows it.
+async fn joined(registry: &Registry<String>, key: &str) -> Subscription {
+    let mut subscription = registry.subscribe(&key.to_owned());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    // Each poll drives the join; the first item is the resume point.
+    while registry.subscriber_count(&key.to_owned()) == 0 {
+        if let Some(item) = subscription.next().now_or_never() {
+            assert!(item.is_some_and(|event| event.is_resume_point()));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never joined");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    subscription
+}
+
+/// Redis's count of commands processed so far.
+async fn commands_processed(connection: &mut redis::aio::MultiplexedConnection) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("stats")
+        .query_async(connection)
+        .await
+        .unwrap();
+    info.lines()
+        .find_map(|line| line.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_entry_another_program_wrote_is_skipped_without_spinning_and_delivery_goes_on() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default()).await;
+    let mut subscription = joined(&registry, "general").await;
+    let mut redis = raw(&server).await;
+    let _: String = redis::cmd("XADD")
+        .arg("sse:general")
+        .arg("*")
+        .arg("x")
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // Let the reader meet it, then count what an idle second costs.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = commands_processed(&mut redis).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_second = commands_processed(&mut redis).await - before;
+    eprintln!("Redis commands in an idle second after a foreign entry: {per_second}");
+    // A reader that re-reads the entry runs thousands a second; one that
+    // passed it blocks 200 ms per read.
+    assert!(per_second < 50, "{per_second} commands/s: the reader spins");
+    registry
+        .send(&"general".to_owned(), MessageEvent::new("after"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut subscription).await.unwrap().2, "after");
+}
+
+#[tokio::test]
+async fn a_key_turned_into_another_type_ends_only_its_own_subscriptions() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default()).await;
+    let mut good = joined(&registry, "good").await;
+    let mut bad = joined(&registry, "bad").await;
+    let mut redis = raw(&server).await;
+    let () = redis::cmd("SET")
+        .arg("sse:bad")
+        .arg("not a stream")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        next(&mut bad).await,
+        None,
+        "the bad key's subscription is ended"
+    );
+    for n in 0..3 {
+        registry
+            .send(&"good".to_owned(), MessageEvent::new(n.to_string()))
+            .await
+            .unwrap();
+    }
+    for n in 0..3 {
+        assert_eq!(
+            next(&mut good).await.unwrap().2,
+            n.to_string(),
+            "other keys keep flowing"
+        );
+    }
+    // A new subscription to the bad key ends at once instead of hanging.
+    assert_eq!(next(&mut registry.subscribe(&"bad".to_owned())).await, None);
+}
+
+#[tokio::test]
+async fn redis_paused_past_the_timeouts_loses_no_acknowledged_event_and_repeats_none() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let (a, b) = (
+        instance(&server, RegistryConfig::default()).await,
+        instance(&server, RegistryConfig::default()).await,
+    );
+    let mut subscription = joined(&a, "room").await;
+    let mut redis = raw(&server).await;
+    let mut acknowledged = Vec::new();
+    for n in 0..60 {
+        if n == 20 {
+            // Longer than the command timeout (500 ms) and the reader's block.
+            let () = redis::cmd("CLIENT")
+                .arg("PAUSE")
+                .arg(1500)
+                .arg("ALL")
+                .query_async(&mut redis)
+                .await
+                .unwrap();
+        }
+        if b.send(&"room".to_owned(), MessageEvent::new(n.to_string()))
+            .await
+            .is_ok()
+        {
+            acknowledged.push(n.to_string());
+        }
+    }
+    assert!(
+        acknowledged.len() < 60,
+        "the pause must make some sends fail"
+    );
+    let last = acknowledged.last().unwrap().clone();
+    let mut received: Vec<(String, String)> = Vec::new();
+    while received.last().map(|(_, data)| data) != Some(&last) {
+        let (id, _, data) = next(&mut subscription)
+            .await
+            .expect("the stream stays open");
+        received.push((id, data));
+    }
+    let ids: Vec<&String> = received.iter().map(|(id, _)| id).collect();
+    let mut unique = ids.clone();
+    unique.dedup();
+    assert_eq!(ids, unique, "no entry twice");
+    let data: Vec<&String> = received.iter().map(|(_, data)| data).collect();
+    for sent in &acknowledged {
+        assert!(
+            data.contains(&sent),
+            "acknowledged event {sent} never arrived"
+        );
+    }
+    // A send that timed out may still have been written once Redis resumed;
+    // it arrives once, in order, never as a gap.
+    let numbers: Vec<u32> = data.iter().map(|d| d.parse().unwrap()).collect();
+    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+}
+
+#[tokio::test]
+async fn entries_trimmed_past_a_lagging_reader_give_its_subscribers_the_reset_signal() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let config = RegistryConfig::default().history_len(10);
+    let (a, b) = (
+        instance(&server, config.clone()).await,
+        instance(&server, config).await,
+    );
+    let mut subscription = joined(&a, "room").await;
+    b.send(&"room".to_owned(), MessageEvent::new("seen"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut subscription).await.unwrap().2, "seen");
+    // Hold every reader back: XREAD is refused for a while (as a reader on a
+    // stalled host would be), while the other instance publishes far past
+    // the history.
+    let mut redis = raw(&server).await;
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("-xread")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for n in 0..400 {
+        b.send(&"room".to_owned(), MessageEvent::new(format!("missed {n}")))
+            .await
+            .unwrap();
+    }
+    let () = redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("default")
+        .arg("+xread")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let (_, event_type, data) = next(&mut subscription).await.expect("open");
+    assert_eq!(
+        (event_type.as_str(), data.as_str()),
+        ("reset", "{\"reason\":\"history_expired\"}"),
+        "the first thing after the lag is the reset, never a silent gap"
+    );
+    // Then everything after the reset's position, without a gap, and live.
+    b.send(&"room".to_owned(), MessageEvent::new("live"))
+        .await
+        .unwrap();
+    let mut after_reset = Vec::new();
+    loop {
+        let (_, _, data) = next(&mut subscription).await.expect("open");
+        if data == "live" {
+            break;
+        }
+        let n: u32 = data.strip_prefix("missed ").expect(&data).parse().unwrap();
+        after_reset.push(n);
+    }
+    assert!(
+        after_reset.windows(2).all(|w| w[1] == w[0] + 1)
+            && after_reset.last().is_none_or(|last| *last == 399),
+        "after the reset: a contiguous run up to the last sent, {after_reset:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_restart_without_persistence_gives_connected_subscribers_the_reset_signal() {
+    let Some(mut server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = instance(&server, RegistryConfig::default()).await;
+    let mut subscription = joined(&registry, "room").await;
+    for n in 0..3 {
+        registry
+            .send(&"room".to_owned(), MessageEvent::new(n.to_string()))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut subscription).await.unwrap().2, n.to_string());
+    }
+    server.restart().await; // killed: the history is gone
+    let (_, event_type, data) = next(&mut subscription)
+        .await
+        .expect("the stream stays open");
+    assert_eq!(event_type, "reset", "{data}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while registry
+        .send(&"room".to_owned(), MessageEvent::new("after"))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "send did not recover"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(next(&mut subscription).await.unwrap().2, "after");
+}
