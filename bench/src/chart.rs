@@ -139,7 +139,10 @@ pub fn draw_panels(panels: &[Panel], path: &Path, title: &str) -> Result<(), Str
             .margin(14)
             .x_label_area_size(40)
             .y_label_area_size(60)
-            .build_cartesian_2d((0..categories).into_segmented(), (low..high).log_scale())
+            .build_cartesian_2d(
+                (0..categories.saturating_sub(1)).into_segmented(),
+                (low..high).log_scale(),
+            )
             .map_err(|e| e.to_string())?;
         let labels = &panel.x_labels;
         chart

@@ -113,10 +113,7 @@ pub fn render(rows: &[Row], smoke: bool, command: &str) -> String {
             ""
         }
     );
-    let _ = writeln!(
-        out,
-        "Command: `cargo build --release -p bench && target/release/loadgen {command}`\n"
-    );
+    let _ = writeln!(out, "Command: `{command}`\n");
     let _ = writeln!(
         out,
         "Machine: {cores} cores ({cpu}), {rustc}, loopback only; the load generator shares the cores with the server.\n"

@@ -194,6 +194,9 @@ pub(crate) async fn write_response(
         head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    // The response's head is written: its headers need not live as long as
+    // the stream does.
+    drop(parts);
     io.write_all(&head).await?;
     drop(head);
     if length.is_none() {
@@ -263,11 +266,13 @@ fn chunk_size_line(len: usize, buf: &mut [u8; 18]) -> &[u8] {
 /// it sends meanwhile are kept in `pending`, up to [`MAX_HEAD_BYTES`]; past
 /// that the client is not reading what it is sent and counts as gone.
 async fn peer_gone(socket: &TcpStream, pending: &mut BytesMut) {
-    let mut chunk = [0u8; 512];
     loop {
         if socket.readable().await.is_err() {
             return;
         }
+        // Declared after the wait, so the buffer is not part of what an idle
+        // stream keeps while it waits.
+        let mut chunk = [0u8; 512];
         match socket.try_read(&mut chunk) {
             Ok(0) => return,
             Ok(read) if pending.len() + read <= MAX_HEAD_BYTES => {
