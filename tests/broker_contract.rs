@@ -393,6 +393,28 @@ async fn an_id_older_than_the_history_gets_the_reset_signal(backend: &impl Backe
     );
 }
 
+/// Bounds: history older than its age is gone, and a client that missed
+/// some of it gets the reset signal.
+async fn history_older_than_its_age_gives_the_reset_signal(backend: &impl Backend) {
+    let ttl = Duration::from_millis(300);
+    let registry = backend
+        .registry(RegistryConfig::default().history_ttl(ttl))
+        .await;
+    let mut subscription = registry.subscribe(&"k".to_owned());
+    joined(&registry, &mut subscription, "k", 1).await;
+    send(&registry, "k", "seen").await;
+    let (seen_id, _, _) = next_fields(&mut subscription).await;
+    drop(subscription);
+    send(&registry, "k", "missed, then expired").await;
+    tokio::time::sleep(ttl * 3).await;
+    let mut resumed = registry.subscribe_from(&"k".to_owned(), Some(&seen_id));
+    let (_, event_type, data) = next_fields(&mut resumed).await;
+    assert_eq!(
+        (event_type.as_str(), data.as_str()),
+        ("reset", "{\"reason\":\"history_expired\"}")
+    );
+}
+
 /// Sends `count` events to `key` while a fast subscriber keeps up, so that
 /// a slow one (which reads nothing) falls behind by all of them.
 async fn overrun_a_slow_subscriber(registry: &Registry<String>, key: &str, count: usize) {
@@ -553,6 +575,7 @@ macro_rules! contract {
                 resuming_at_random_points_under_concurrent_sends_leaves_no_gap_or_duplicate,
                 malformed_and_future_ids_get_the_reset_signal_and_an_empty_id_is_none,
                 an_id_older_than_the_history_gets_the_reset_signal,
+                history_older_than_its_age_gives_the_reset_signal,
                 a_subscriber_too_far_behind_is_disconnected,
                 a_subscriber_too_far_behind_skips_with_a_notice_under_that_policy,
                 dropped_subscriptions_are_released,

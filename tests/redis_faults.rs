@@ -310,3 +310,44 @@ async fn a_restart_without_persistence_gives_connected_subscribers_the_reset_sig
     }
     assert_eq!(next(&mut subscription).await.unwrap().2, "after");
 }
+
+#[tokio::test]
+async fn a_key_nobody_writes_to_expires_with_its_history_and_old_entries_are_trimmed() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let ttl = Duration::from_millis(400);
+    let registry = instance(&server, RegistryConfig::default().history_ttl(ttl)).await;
+    let mut redis = raw(&server).await;
+    registry
+        .send(&"busy".to_owned(), MessageEvent::new("old"))
+        .await
+        .unwrap();
+    registry
+        .send(&"idle".to_owned(), MessageEvent::new("once"))
+        .await
+        .unwrap();
+    tokio::time::sleep(ttl + Duration::from_millis(200)).await;
+    registry
+        .send(&"busy".to_owned(), MessageEvent::new("new"))
+        .await
+        .unwrap();
+    let idle_exists: bool = redis::cmd("EXISTS")
+        .arg("sse:idle")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert!(
+        !idle_exists,
+        "a key nobody wrote to for its history's age is gone"
+    );
+    let busy_len: u64 = redis::cmd("XLEN")
+        .arg("sse:busy")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(
+        busy_len, 1,
+        "only the entry younger than the history's age stays"
+    );
+}

@@ -4,6 +4,8 @@
 //! - `send` is `XADD <prefix>:<key> MAXLEN ~ <history_len> * e <fields>`: the
 //!   entry id Redis assigns (`<ms>-<n>`) is the SSE id, the same on every
 //!   instance, so a `Last-Event-ID` from one instance resumes on any other.
+//!   In the same round trip, `XTRIM … MINID` drops entries older than
+//!   `history_ttl` and `PEXPIRE` removes the key once nothing in it is younger.
 //! - `broadcast` finds the streams with `SCAN … TYPE stream` and adds the
 //!   event to each, pipelined 256 streams to a round trip.
 //! - Live delivery: one reader task per instance runs `XREAD BLOCK` over every
@@ -223,19 +225,39 @@ impl Inner {
         Ok(joined)
     }
 
-    /// `XADD <stream> MAXLEN ~ <history_len> * e <fields>`: appends one event,
-    /// trimming the oldest past the history length.
-    fn xadd(&self, stream: &str, fields: &[u8]) -> redis::Cmd {
-        let mut command = redis::cmd("XADD");
-        command
+    /// Appends one event to `pipeline`, with the history's bounds: `XADD
+    /// <stream> MAXLEN ~ <history_len> * e <fields>` trims the oldest past the
+    /// history length, `XTRIM <stream> MINID <now - history_ttl>` the entries
+    /// older than the history's age, and `PEXPIRE <stream> <history_ttl>`
+    /// removes a key nobody writes to once its newest entry has expired.
+    /// Three commands, one round trip. The age is reckoned by this server's
+    /// clock against Redis's entry ids, which are Redis's time: keep the
+    /// clocks in sync (NTP) or the history's age is off by their skew.
+    fn append(&self, pipeline: &mut redis::Pipeline, stream: &str, fields: &[u8]) {
+        let ttl_ms = u64::try_from(self.config.history_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.as_millis() as u64);
+        pipeline
+            .cmd("XADD")
             .arg(stream)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.config.history_len)
             .arg("*")
             .arg("e")
-            .arg(fields);
-        command
+            .arg(fields)
+            .cmd("XTRIM")
+            .arg(stream)
+            .arg("MINID")
+            .arg(now_ms.saturating_sub(ttl_ms))
+            .ignore()
+            .cmd("PEXPIRE")
+            .arg(stream)
+            .arg(ttl_ms)
+            .ignore();
     }
 
     /// How many subscriptions on this instance have joined `stream`.
@@ -607,8 +629,9 @@ where
             let stream = inner.stream_key(key);
             let fields: Bytes = event.encode_without_id();
             let mut connection = inner.commands.clone();
-            let _id: String = inner
-                .xadd(&stream, &fields)
+            let mut pipeline = redis::pipe();
+            inner.append(&mut pipeline, &stream, &fields);
+            let (_id,): (String,) = pipeline
                 .query_async(&mut connection)
                 .await
                 .map_err(unavailable)?;
@@ -657,9 +680,9 @@ where
             for chunk in streams.chunks(BROADCAST_CHUNK) {
                 let mut pipeline = redis::pipe();
                 for stream in chunk {
-                    pipeline.add_command(inner.xadd(stream, &fields)).ignore();
+                    inner.append(&mut pipeline, stream, &fields);
                 }
-                let () = pipeline
+                let _ids: Vec<String> = pipeline
                     .query_async(&mut connection)
                     .await
                     .map_err(unavailable)?;
