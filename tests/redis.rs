@@ -453,3 +453,54 @@ async fn broadcast_reaches_every_key_on_every_instance() {
         assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
     }
 }
+
+#[tokio::test]
+async fn a_thousand_keys_are_shared_among_readers_and_every_event_arrives() {
+    const KEYS: usize = 1_000;
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let (a, b) = (
+        instance(&server, RegistryConfig::default()).await,
+        instance(&server, RegistryConfig::default()).await,
+    );
+    let mut subscriptions = Vec::new();
+    for n in 0..KEYS {
+        let mut subscription = a.subscribe(&format!("user-{n}"));
+        assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+        subscriptions.push(subscription);
+    }
+    // Drive every join (each subscription's first poll sent its query).
+    for subscription in &mut subscriptions {
+        let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await;
+        assert!(matches!(first, Ok(Some(ref event)) if event.is_resume_point()));
+    }
+    settle().await;
+    for n in 0..KEYS {
+        b.send(&format!("user-{n}"), MessageEvent::new(format!("for {n}")))
+            .await
+            .unwrap();
+    }
+    for (n, subscription) in subscriptions.iter_mut().enumerate() {
+        assert_eq!(next(subscription).await.2, format!("for {n}"));
+    }
+    // No single XREAD names every key: several readers, each on its own connection.
+    let mut redis = redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let clients: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let readers = clients
+        .lines()
+        .filter(|line| line.contains("cmd=xread"))
+        .count();
+    assert!(
+        readers >= KEYS.div_ceil(256),
+        "{readers} reader connections"
+    );
+}

@@ -8,9 +8,10 @@
 //!   `history_ttl` and `PEXPIRE` removes the key once nothing in it is younger.
 //! - `broadcast` finds the streams with `SCAN … TYPE stream` and adds the
 //!   event to each, pipelined 256 streams to a round trip.
-//! - Live delivery: one reader task per instance runs `XREAD BLOCK` over every
-//!   key that has subscribers on this instance (one connection, not one per
-//!   subscriber) and fans each entry out locally.
+//! - Live delivery: reader tasks run `XREAD BLOCK` over the keys that have
+//!   subscribers on this instance and fan each entry out locally: one reader
+//!   (one connection) per 256 keys, never one per subscriber, so no single
+//!   `XREAD` grows with the number of keys.
 //! - Resume: the subscription first joins the local fan-out, then reads what it
 //!   missed with `XRANGE`, and skips live entries it already replayed: no gap, no
 //!   duplicate. The history covers the client's id while the client's own last
@@ -62,6 +63,12 @@ const PAUSE: Duration = Duration::from_secs(1);
 /// A resuming subscription reads its history in pages of this many entries,
 /// so its memory is bounded whatever the history length.
 const REPLAY_PAGE: usize = 500;
+/// One reader's `XREAD` names at most about this many keys: past it the keys
+/// are shared among more readers, each on its own connection, so no single
+/// command grows with the number of keys.
+const KEYS_PER_READER: usize = 256;
+/// The most reader connections one instance opens.
+const MAX_READERS: usize = 64;
 /// An entry the broker did not write is logged at most once per key per this.
 const FOREIGN_ENTRY_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -112,8 +119,10 @@ struct Inner {
     config: RegistryConfig,
     /// Stream key → local fan-out and the reader's position in that stream.
     local: Mutex<HashMap<String, Local>>,
-    /// Wakes the reader when the set of keys changes.
+    /// Wakes the readers when the set of keys changes.
     keys_changed: Notify,
+    /// How many reader tasks run; reader `i` reads the keys of shard `i`.
+    readers: Mutex<usize>,
     shut_down: AtomicBool,
     closed: tokio::sync::watch::Sender<bool>,
 }
@@ -170,10 +179,11 @@ impl<K> RedisBroker<K> {
             config,
             local: Mutex::new(HashMap::new()),
             keys_changed: Notify::new(),
+            readers: Mutex::new(0),
             shut_down: AtomicBool::new(false),
             closed: tokio::sync::watch::Sender::new(false),
         });
-        tokio::spawn(read_loop(Arc::downgrade(&inner)));
+        Inner::start_readers(&inner);
         Ok(RedisBroker {
             inner,
             _keys: PhantomData,
@@ -182,6 +192,16 @@ impl<K> RedisBroker<K> {
 }
 
 impl Inner {
+    /// Starts readers until there are enough for the keys followed here.
+    fn start_readers(inner: &Arc<Inner>) {
+        let wanted = readers_for(lock(&inner.local).len());
+        let mut running = lock(&inner.readers);
+        while *running < wanted {
+            tokio::spawn(read_loop(Arc::downgrade(inner), *running));
+            *running += 1;
+        }
+    }
+
     fn stream_key(&self, key: &impl Display) -> String {
         format!("{}:{key}", self.prefix)
     }
@@ -221,7 +241,7 @@ impl Inner {
         });
         let joined = (entry.sender.subscribe(), entry.read_from);
         drop(local);
-        self.keys_changed.notify_one();
+        self.keys_changed.notify_waiters();
         Ok(joined)
     }
 
@@ -439,6 +459,20 @@ impl Inner {
     }
 }
 
+/// How many readers `keys` followed keys need.
+fn readers_for(keys: usize) -> usize {
+    keys.div_ceil(KEYS_PER_READER).clamp(1, MAX_READERS)
+}
+
+/// The reader shard of `stream` among `shards`: a fixed hash, the same in
+/// every reader.
+fn shard_of(stream: &str, shards: usize) -> usize {
+    use std::hash::BuildHasher;
+    let fixed =
+        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
+    (fixed.hash_one(stream) % shards as u64) as usize
+}
+
 /// Whether Redis refused a command because a key holds another type.
 fn is_wrong_type(error: &redis::RedisError) -> bool {
     error.code() == Some("WRONGTYPE")
@@ -466,9 +500,12 @@ struct ReaderState {
     foreign_logged: HashMap<String, std::time::Instant>,
 }
 
-/// The instance's one reader: `XREAD BLOCK` over every key with local
-/// subscribers, fanning entries out. Reconnects by itself; stops with the broker.
-async fn read_loop(inner: std::sync::Weak<Inner>) {
+/// One of the instance's readers: `XREAD BLOCK` over the keys of its shard
+/// that have local subscribers, fanning entries out. Reconnects by itself;
+/// stops with the broker, or when fewer readers are needed and it is the
+/// last one. While the number of shards changes, a key may be read by two
+/// readers for a moment: subscribers drop entries they already have.
+async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
     let mut state = ReaderState {
         connection: None,
         check_gaps: false,
@@ -482,7 +519,16 @@ async fn read_loop(inner: std::sync::Weak<Inner>) {
         if broker.shut_down.load(Ordering::SeqCst) {
             return;
         }
-        if let Err(error) = read_once(&broker, &mut state).await {
+        let shards = readers_for(lock(&broker.local).len());
+        if shard >= shards {
+            let mut running = lock(&broker.readers);
+            if *running == shard + 1 {
+                // The last reader, and not needed: stop.
+                *running -= 1;
+                return;
+            }
+        }
+        if let Err(error) = read_once(&broker, &mut state, shard, shards).await {
             tracing::warn!(%error, "SSE Redis reader failed; reconnecting");
             state.connection = None;
             state.check_gaps = true;
@@ -492,10 +538,16 @@ async fn read_loop(inner: std::sync::Weak<Inner>) {
     }
 }
 
-async fn read_once(broker: &Inner, state: &mut ReaderState) -> redis::RedisResult<()> {
+async fn read_once(
+    broker: &Inner,
+    state: &mut ReaderState,
+    shard: usize,
+    shards: usize,
+) -> redis::RedisResult<()> {
     broker.forget_idle();
     let mut positions: Vec<(String, EntryId)> = lock(&broker.local)
         .iter()
+        .filter(|(key, _)| shard_of(key, shards) == shard)
         .map(|(key, local)| (key.clone(), local.read_from))
         .collect();
     if positions.is_empty() {
@@ -707,7 +759,10 @@ where
                     return;
                 }
                 match inner.join(&stream).await {
-                    Ok(joined) => break joined,
+                    Ok(joined) => {
+                        Inner::start_readers(&inner);
+                        break joined;
+                    }
                     Err(error) if is_wrong_type(&error) => {
                         tracing::warn!(stream, "SSE Redis key is not a stream; ending the subscription");
                         return;
@@ -815,6 +870,6 @@ where
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         self.inner.closed.send_replace(true);
-        self.inner.keys_changed.notify_one();
+        self.inner.keys_changed.notify_waiters();
     }
 }
