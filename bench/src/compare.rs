@@ -185,25 +185,23 @@ fn mean(runs: &[Figures]) -> Figures {
 /// Fan-out over the Redis broker, subscribers split over two instances and
 /// the publisher on the first; returns the figures and Redis commands per
 /// published event (the whole run, warm-up included).
-pub async fn redis_fan_out(subscribers: usize, events: u64) -> (Figures, f64) {
+pub async fn redis_fan_out(subscribers: usize, events: u64, instances: usize) -> (Figures, f64) {
     let (mut redis, port) = start_redis().await;
     let url = format!("redis://127.0.0.1:{port}/");
-    let a = start_with("bench-ours", &[("REDIS_URL", url.clone())]).await;
-    let b = start_with("bench-ours", &[("REDIS_URL", url)]).await;
+    let mut servers = Vec::new();
+    for _ in 0..instances.max(1) {
+        servers.push(start_with("bench-ours", &[("REDIS_URL", url.clone())]).await);
+    }
+    let addrs: Vec<_> = servers.iter().map(|server| server.addr).collect();
+    let pids: Vec<_> = servers.iter().map(|server| server.pid).collect();
     let before = redis_commands(port);
-    let figures = scenario::fan_out_across(
-        &[a.addr, b.addr],
-        &[a.pid, b.pid],
-        subscribers,
-        events,
-        None,
-    )
-    .await;
+    let figures = scenario::fan_out_across(&addrs, &pids, subscribers, events, None).await;
     let commands = redis_commands(port).saturating_sub(before);
-    a.stop().await;
-    b.stop().await;
+    for server in servers {
+        server.stop().await;
+    }
     let _ = redis.kill().await;
-    eprintln!("  redis, 2 instances {figures:?}; {commands} Redis commands");
+    eprintln!("  redis, {instances} instance(s) {figures:?}; {commands} Redis commands");
     (figures, commands as f64 / events.max(1) as f64)
 }
 
@@ -397,13 +395,13 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
             figures
         };
         if round % 2 == 0 {
-            let (figures, trips) = redis_fan_out(subscribers, events).await;
+            let (figures, trips) = redis_fan_out(subscribers, events, 2).await;
             redis_runs.push(figures);
             round_trips += trips;
             memory_runs.push(memory.await);
         } else {
             memory_runs.push(memory.await);
-            let (figures, trips) = redis_fan_out(subscribers, events).await;
+            let (figures, trips) = redis_fan_out(subscribers, events, 2).await;
             redis_runs.push(figures);
             round_trips += trips;
         }

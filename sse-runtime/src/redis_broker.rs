@@ -124,7 +124,6 @@ struct Inner {
     /// How many reader tasks run; reader `i` reads the keys of shard `i`.
     readers: Mutex<usize>,
     shut_down: AtomicBool,
-    closed: tokio::sync::watch::Sender<bool>,
 }
 
 struct Local {
@@ -181,7 +180,6 @@ impl<K> RedisBroker<K> {
             keys_changed: Notify::new(),
             readers: Mutex::new(0),
             shut_down: AtomicBool::new(false),
-            closed: tokio::sync::watch::Sender::new(false),
         });
         Inner::start_readers(&inner);
         Ok(RedisBroker {
@@ -233,8 +231,16 @@ impl Inner {
         if let Some(local) = lock(&self.local).get(stream) {
             return Ok((local.sender.subscribe(), local.read_from));
         }
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(shut_down_error());
+        }
         let start = self.last_id(stream).await?;
         let mut local = lock(&self.local);
+        // Checked under the lock that shutdown clears the senders under, so
+        // no sender is added after it.
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(shut_down_error());
+        }
         let entry = local.entry(stream.to_owned()).or_insert_with(|| Local {
             sender: broadcast::channel(self.config.buffer.max(16)).0,
             read_from: start,
@@ -457,6 +463,11 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// What `join` answers after shutdown.
+fn shut_down_error() -> redis::RedisError {
+    redis::RedisError::from((redis::ErrorKind::Client, "the SSE registry is shut down"))
 }
 
 /// How many readers `keys` followed keys need.
@@ -751,7 +762,6 @@ where
         let inner = Arc::clone(&self.inner);
         let stream = inner.stream_key(key);
         let last_event_id = last_event_id.map(str::to_owned);
-        let mut closed = inner.closed.subscribe();
         Box::pin(async_stream::stream! {
             // Join the local fan-out first, so nothing published during the replay is missed.
             let (mut receiver, joined_at) = loop {
@@ -822,24 +832,22 @@ where
                     }
                 }
             }
+            // Shutdown drops every key's sender, which ends this loop: no
+            // second future to poll per event.
             loop {
-                let next = tokio::select! {
-                    received = receiver.recv() => Some(received),
-                    _ = closed.wait_for(|closed| *closed) => None,
-                };
-                match next {
-                    None | Some(Err(broadcast::error::RecvError::Closed)) => return,
-                    Some(Ok(Delivery::Entry(id, event))) => {
+                match receiver.recv().await {
+                    Err(broadcast::error::RecvError::Closed) => return,
+                    Ok(Delivery::Entry(id, event)) => {
                         if id > delivered {
                             delivered = id;
                             yield event;
                         }
                     }
-                    Some(Ok(Delivery::Reset(position, signal))) => {
+                    Ok(Delivery::Reset(position, signal)) => {
                         delivered = position;
                         yield signal;
                     }
-                    Some(Err(broadcast::error::RecvError::Lagged(skipped))) => match inner.config.lag_policy {
+                    Err(broadcast::error::RecvError::Lagged(skipped)) => match inner.config.lag_policy {
                         crate::broker::LagPolicy::Disconnect => {
                             tracing::debug!(stream, skipped, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
                             return;
@@ -869,7 +877,8 @@ where
 
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
-        self.inner.closed.send_replace(true);
+        // Dropping the senders ends every live subscription.
+        lock(&self.inner.local).clear();
         self.inner.keys_changed.notify_waiters();
     }
 }

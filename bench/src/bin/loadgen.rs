@@ -20,7 +20,7 @@ use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> \
-    | loadgen redis <subscribers> <events>";
+    | loadgen redis <subscribers> <events> [<instances>]";
 
 #[tokio::main]
 async fn main() {
@@ -87,13 +87,15 @@ async fn main() {
             sizes.idle_connections = connections.parse().expect("connections");
             run(Scenario::Idle, server, sizes).await;
         }
-        ["redis", subscribers, events] => {
+        ["redis", subscribers, events, rest @ ..] if rest.len() <= 1 => {
+            let instances = rest.first().map_or(2, |n| n.parse().expect("instances"));
             let (figures, commands) = redis_fan_out(
                 subscribers.parse().expect("subscribers"),
                 events.parse().expect("events"),
+                instances,
             )
             .await;
-            eprintln!("  redis, 2 instances {figures:?}; {commands:.2} Redis commands per event");
+            eprintln!("  redis, {instances} instance(s) {figures:?}; {commands:.2} Redis commands per event");
         }
         _ => {
             eprintln!("{USAGE}");
