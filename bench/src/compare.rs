@@ -178,6 +178,7 @@ fn mean(runs: &[Figures]) -> Figures {
         latency_max_us: avg(|r| r.latency_max_us),
         rss_per_connection_bytes: avg(|r| r.rss_per_connection_bytes),
         writes_per_event: avg(|r| r.writes_per_event),
+        published_per_second: avg(|r| r.published_per_second),
     }
 }
 
@@ -185,7 +186,12 @@ fn mean(runs: &[Figures]) -> Figures {
 /// Fan-out over the Redis broker, subscribers split over two instances and
 /// the publisher on the first; returns the figures and Redis commands per
 /// published event (the whole run, warm-up included).
-pub async fn redis_fan_out(subscribers: usize, events: u64, instances: usize) -> (Figures, f64) {
+pub async fn redis_fan_out(
+    subscribers: usize,
+    events: u64,
+    instances: usize,
+    publishers: usize,
+) -> (Figures, f64) {
     let (mut redis, port) = start_redis().await;
     let url = format!("redis://127.0.0.1:{port}/");
     let mut servers = Vec::new();
@@ -195,7 +201,8 @@ pub async fn redis_fan_out(subscribers: usize, events: u64, instances: usize) ->
     let addrs: Vec<_> = servers.iter().map(|server| server.addr).collect();
     let pids: Vec<_> = servers.iter().map(|server| server.pid).collect();
     let before = redis_commands(port);
-    let figures = scenario::fan_out_across(&addrs, &pids, subscribers, events, None).await;
+    let figures =
+        scenario::concurrent_publish(&addrs, &pids, subscribers, events, publishers).await;
     let commands = redis_commands(port).saturating_sub(before);
     for server in servers {
         server.stop().await;
@@ -395,13 +402,13 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
             figures
         };
         if round % 2 == 0 {
-            let (figures, trips) = redis_fan_out(subscribers, events, 2).await;
+            let (figures, trips) = redis_fan_out(subscribers, events, 2, 1).await;
             redis_runs.push(figures);
             round_trips += trips;
             memory_runs.push(memory.await);
         } else {
             memory_runs.push(memory.await);
-            let (figures, trips) = redis_fan_out(subscribers, events, 2).await;
+            let (figures, trips) = redis_fan_out(subscribers, events, 2, 1).await;
             redis_runs.push(figures);
             round_trips += trips;
         }
@@ -435,6 +442,73 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
         met: true,
     });
     rows.push(loss_row(&name, &redis_vs_memory));
+
+    eprintln!("Redis broker on one instance vs in-memory");
+    let (subscribers, events) = (s.fan_out_subscribers, s.fan_out_events);
+    let mut redis_runs = Vec::new();
+    let mut memory_runs = Vec::new();
+    for round in 0..s.rounds {
+        let memory = async {
+            let server = start("bench-ours").await;
+            let figures =
+                scenario::fan_out(server.addr, server.pid, subscribers, events, None).await;
+            server.stop().await;
+            eprintln!("  in-memory, 1 instance {figures:?}");
+            figures
+        };
+        if round % 2 == 0 {
+            redis_runs.push(redis_fan_out(subscribers, events, 1, 1).await.0);
+            memory_runs.push(memory.await);
+        } else {
+            memory_runs.push(memory.await);
+            redis_runs.push(redis_fan_out(subscribers, events, 1, 1).await.0);
+        }
+    }
+    let one_instance = [mean(&redis_runs), mean(&memory_runs)];
+    let name = format!("Redis broker, {subscribers} subscribers on 1 instance (vs in-memory)");
+    rows.push(ratio_row(
+        &name,
+        "server CPU per delivered event (Redis ÷ in-memory)",
+        &one_instance,
+        |f| f.cpu_ns_per_event,
+        "≤ 1.3×",
+        |r| r <= 1.3,
+    ));
+    rows.push(loss_row(&name, &one_instance));
+
+    let (publishers, subscribers, events) = (16, 10, s.fan_out_events * 10);
+    eprintln!("Redis broker, {publishers} concurrent publishers");
+    let (published, commands) = redis_fan_out(subscribers, events, 1, publishers).await;
+    let name = format!(
+        "Redis broker, 1 instance, {publishers} concurrent publishers, {subscribers} subscribers"
+    );
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "published events/s",
+        ours: format!("{:.0}", published.published_per_second),
+        baseline: "—".into(),
+        ratio: f64::NAN,
+        target: "≥ 20,000",
+        met: published.published_per_second >= 20_000.0,
+    });
+    rows.push(Row {
+        scenario: name.clone(),
+        figure: "Redis commands per published event",
+        ours: format!("{commands:.2}"),
+        baseline: "—".into(),
+        ratio: f64::NAN,
+        target: "(info)",
+        met: true,
+    });
+    rows.push(Row {
+        scenario: name,
+        figure: "events lost (of expected)",
+        ours: format!("{} of {}", loss(&published), published.expected),
+        baseline: "—".into(),
+        ratio: f64::NAN,
+        target: "zero loss",
+        met: loss(&published) == 0,
+    });
 
     eprintln!("macro vs hand-wired");
     let wiring = compare(Scenario::FanOut, &["bench-ours", "bench-handwired"], s).await;

@@ -24,6 +24,8 @@ pub struct Figures {
     pub connected: u64,
     /// The server's write system calls per delivered event.
     pub writes_per_event: f64,
+    /// Events whose publishing POST was answered, per second of publishing.
+    pub published_per_second: f64,
 }
 
 fn now_nanos() -> u64 {
@@ -47,7 +49,7 @@ pub async fn fan_out(
     events: u64,
     rate: Option<u64>,
 ) -> Figures {
-    fan_out_impl(&[server], &[pid], subscribers, events, rate).await
+    fan_out_impl(&[server], &[pid], subscribers, events, rate, 1).await
 }
 
 /// Fan-out with subscribers spread over several instances (round robin) and
@@ -59,7 +61,20 @@ pub async fn fan_out_across(
     events: u64,
     rate: Option<u64>,
 ) -> Figures {
-    fan_out_impl(servers, pids, subscribers, events, rate).await
+    fan_out_impl(servers, pids, subscribers, events, rate, 1).await
+}
+
+/// Fan-out with the events published as fast as possible by `publishers`
+/// concurrent connections to the first server; `published_per_second` is the
+/// rate at which their POSTs were accepted.
+pub async fn concurrent_publish(
+    servers: &[SocketAddr],
+    pids: &[u32],
+    subscribers: usize,
+    events: u64,
+    publishers: usize,
+) -> Figures {
+    fan_out_impl(servers, pids, subscribers, events, None, publishers).await
 }
 
 async fn fan_out_impl(
@@ -68,6 +83,7 @@ async fn fan_out_impl(
     subscribers: usize,
     events: u64,
     rate: Option<u64>,
+    concurrent_publishers: usize,
 ) -> Figures {
     let shared = Arc::new(Shared {
         delivered: AtomicU64::new(0),
@@ -143,6 +159,7 @@ async fn fan_out_impl(
     if servers.len() > 1 {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    let first = servers[0];
     let mut publisher = publishers.swap_remove(0);
     // CPU seconds and write system calls, summed over the servers.
     let cpu_and_writes = || -> (f64, u64) {
@@ -154,18 +171,41 @@ async fn fan_out_impl(
     };
     let (before_cpu, before_writes) = cpu_and_writes();
     let started_ns = now_nanos();
-    let period = rate.map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
-    let mut next_send = Instant::now();
-    for seq in 0..events {
-        if let Some(period) = period {
-            tokio::time::sleep_until(next_send.into()).await;
-            next_send += period;
+    let publishing = Instant::now();
+    if concurrent_publishers > 1 {
+        // Each publisher sends every `concurrent_publishers`-th sequence number.
+        let mut senders = Vec::new();
+        for lane in 0..concurrent_publishers as u64 {
+            senders.push(tokio::spawn(async move {
+                let Ok(mut publisher) = Publisher::connect(first).await else {
+                    return;
+                };
+                for seq in (lane..events).step_by(concurrent_publishers) {
+                    let body = format!("{seq} {}", now_nanos());
+                    if publisher.post("/events/broadcast", &body).await.is_err() {
+                        return;
+                    }
+                }
+            }));
         }
-        let body = format!("{seq} {}", now_nanos());
-        if publisher.post("/events/broadcast", &body).await.is_err() {
-            break;
+        for sender in senders {
+            let _ = sender.await;
+        }
+    } else {
+        let period = rate.map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
+        let mut next_send = Instant::now();
+        for seq in 0..events {
+            if let Some(period) = period {
+                tokio::time::sleep_until(next_send.into()).await;
+                next_send += period;
+            }
+            let body = format!("{seq} {}", now_nanos());
+            if publisher.post("/events/broadcast", &body).await.is_err() {
+                break;
+            }
         }
     }
+    let published_per_second = events as f64 / publishing.elapsed().as_secs_f64();
     // Wait for delivery, bounded.
     let limit = Duration::from_secs(60);
     let collect = async {
@@ -206,6 +246,7 @@ async fn fan_out_impl(
         connected: shared.connected.load(Ordering::Relaxed),
         writes_per_event: after_writes.saturating_sub(before_writes) as f64
             / delivered.max(1) as f64,
+        published_per_second,
         ..Figures::default()
     }
 }

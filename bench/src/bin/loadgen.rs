@@ -20,7 +20,7 @@ use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> \
-    | loadgen redis <subscribers> <events> [<instances>]";
+    | loadgen redis <subscribers> <events> [<instances> [<publishers>]]";
 
 #[tokio::main]
 async fn main() {
@@ -87,15 +87,19 @@ async fn main() {
             sizes.idle_connections = connections.parse().expect("connections");
             run(Scenario::Idle, server, sizes).await;
         }
-        ["redis", subscribers, events, rest @ ..] if rest.len() <= 1 => {
+        ["redis", subscribers, events, rest @ ..] if rest.len() <= 2 => {
             let instances = rest.first().map_or(2, |n| n.parse().expect("instances"));
+            let publishers = rest.get(1).map_or(1, |n| n.parse().expect("publishers"));
             let (figures, commands) = redis_fan_out(
                 subscribers.parse().expect("subscribers"),
                 events.parse().expect("events"),
                 instances,
+                publishers,
             )
             .await;
-            eprintln!("  redis, {instances} instance(s) {figures:?}; {commands:.2} Redis commands per event");
+            eprintln!(
+                "  redis, {instances} instance(s) {figures:?}; {commands:.2} Redis commands per event"
+            );
         }
         _ => {
             eprintln!("{USAGE}");
