@@ -44,6 +44,8 @@ mod broker;
 mod encode;
 mod event;
 mod event_id;
+#[cfg(feature = "redis")]
+mod fanout;
 mod item;
 mod lean_http1;
 mod limits;

@@ -41,10 +41,11 @@ use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
-use tokio::sync::{Notify, broadcast};
+use tokio::sync::Notify;
 
 use crate::broker::{Broker, BrokerError, RegistryConfig, ResetReason};
 use crate::event::{EncodedEvent, MessageEvent};
+use crate::fanout::{Cursor, Delivery, Fanout, Next};
 
 /// `broadcast` sends its `XADD`s in pipelines of this many streams: one round
 /// trip each, and a bounded request.
@@ -77,6 +78,16 @@ const FOREIGN_ENTRY_LOG_EVERY: Duration = Duration::from_secs(60);
 pub(crate) struct EntryId(u64, u64);
 
 impl EntryId {
+    #[cfg(test)]
+    pub(crate) fn new(millis: u64, sequence: u64) -> EntryId {
+        EntryId(millis, sequence)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn millis(self) -> u64 {
+        self.0
+    }
+
     fn parse(id: &str) -> Option<EntryId> {
         let (ms, seq) = id.split_once('-')?;
         let number = |s: &str| {
@@ -127,20 +138,9 @@ struct Inner {
 }
 
 struct Local {
-    sender: broadcast::Sender<Delivery>,
+    fanout: Arc<Fanout>,
     /// The last entry the reader delivered for this key.
     read_from: EntryId,
-}
-
-/// What the reader hands a key's local subscribers.
-#[derive(Clone)]
-enum Delivery {
-    /// The entry `id`, as an event.
-    Entry(EntryId, EncodedEvent),
-    /// The reader found that entries after the last one it delivered are
-    /// gone (trimmed while it lagged, or lost in a Redis restart): the reset
-    /// signal, positioned at the stream's current end.
-    Reset(EntryId, EncodedEvent),
 }
 
 /// The error `connect` returns.
@@ -222,30 +222,27 @@ impl Inner {
     }
 
     /// Joins the local fan-out of `stream`; a key new to this instance is read
-    /// from its current last entry on. Returns the receiver and the position
-    /// it starts after: every later entry comes through the receiver.
-    async fn join(
-        &self,
-        stream: &str,
-    ) -> redis::RedisResult<(broadcast::Receiver<Delivery>, EntryId)> {
+    /// from its current last entry on. Returns a cursor and the position it
+    /// starts after: every later entry reaches the cursor.
+    async fn join(&self, stream: &str) -> redis::RedisResult<(Cursor, EntryId)> {
         if let Some(local) = lock(&self.local).get(stream) {
-            return Ok((local.sender.subscribe(), local.read_from));
+            return Ok((local.fanout.subscribe(), local.read_from));
         }
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(shut_down_error());
         }
         let start = self.last_id(stream).await?;
         let mut local = lock(&self.local);
-        // Checked under the lock that shutdown clears the senders under, so
-        // no sender is added after it.
+        // Checked under the lock that shutdown closes the keys under, so no
+        // key is added after it.
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(shut_down_error());
         }
         let entry = local.entry(stream.to_owned()).or_insert_with(|| Local {
-            sender: broadcast::channel(self.config.buffer.max(16)).0,
+            fanout: Fanout::new(self.config.buffer),
             read_from: start,
         });
-        let joined = (entry.sender.subscribe(), entry.read_from);
+        let joined = (entry.fanout.subscribe(), entry.read_from);
         drop(local);
         self.keys_changed.notify_waiters();
         Ok(joined)
@@ -290,12 +287,12 @@ impl Inner {
     fn local_subscribers(&self, stream: &str) -> usize {
         lock(&self.local)
             .get(stream)
-            .map_or(0, |local| local.sender.receiver_count())
+            .map_or(0, |local| local.fanout.subscriber_count())
     }
 
     /// Drops the local fan-out of keys nobody on this instance listens to.
     fn forget_idle(&self) {
-        lock(&self.local).retain(|_, local| local.sender.receiver_count() > 0);
+        lock(&self.local).retain(|_, local| local.fanout.subscriber_count() > 0);
     }
 
     fn reset_signal(&self, reason: ResetReason, position: EntryId) -> EncodedEvent {
@@ -455,7 +452,7 @@ impl Inner {
             let reset = self.reset_signal(reason, position);
             if let Some(local) = lock(&self.local).get_mut(&stream) {
                 local.read_from = position;
-                let _ = local.sender.send(Delivery::Reset(position, reset));
+                local.fanout.push(Delivery::Reset(position, reset));
             }
             if let Some(entry) = positions.iter_mut().find(|(key, _)| *key == stream) {
                 entry.1 = position;
@@ -621,10 +618,8 @@ async fn read_once(
             // never read again and again.
             local.read_from = local.read_from.max(entry_id);
             match decode(&id, &fields) {
-                // No receiver left is fine: the key is forgotten next round.
-                Some((_, event)) => {
-                    let _ = local.sender.send(Delivery::Entry(entry_id, event));
-                }
+                // No subscriber left is fine: the key is forgotten next round.
+                Some((_, event)) => local.fanout.push(Delivery::Entry(entry_id, event)),
                 None => log_foreign_entry(&mut state.foreign_logged, &key, &id),
             }
         }
@@ -668,8 +663,9 @@ async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[String]) -> redis::R
                 kind,
                 "SSE Redis key holds a {kind}, not a stream; its subscriptions are ended"
             );
-            // Dropping the sender ends every receiver of the key.
-            local.remove(key);
+            if let Some(removed) = local.remove(key) {
+                removed.fanout.close();
+            }
         }
     }
     Ok(())
@@ -764,7 +760,7 @@ where
         let last_event_id = last_event_id.map(str::to_owned);
         Box::pin(async_stream::stream! {
             // Join the local fan-out first, so nothing published during the replay is missed.
-            let (mut receiver, joined_at) = loop {
+            let (mut cursor, joined_at) = loop {
                 if inner.shut_down.load(Ordering::SeqCst) {
                     return;
                 }
@@ -832,30 +828,35 @@ where
                     }
                 }
             }
-            // Shutdown drops every key's sender, which ends this loop: no
-            // second future to poll per event.
+            // Live: everything the reader delivered after the cursor, in one
+            // look per wake-up.
+            let mut batch = std::collections::VecDeque::new();
             loop {
-                match receiver.recv().await {
-                    Err(broadcast::error::RecvError::Closed) => return,
-                    Ok(Delivery::Entry(id, event)) => {
-                        if id > delivered {
-                            delivered = id;
-                            yield event;
+                match std::future::poll_fn(|cx| cursor.poll_next(cx, &mut batch)).await {
+                    Next::Closed => return,
+                    Next::Some => {
+                        for delivery in batch.drain(..) {
+                            match delivery {
+                                Delivery::Entry(id, event) => {
+                                    if id > delivered {
+                                        delivered = id;
+                                        yield event;
+                                    }
+                                }
+                                Delivery::Reset(position, signal) => {
+                                    delivered = position;
+                                    yield signal;
+                                }
+                            }
                         }
                     }
-                    Ok(Delivery::Reset(position, signal)) => {
-                        delivered = position;
-                        yield signal;
-                    }
-                    Err(broadcast::error::RecvError::Lagged(skipped)) => match inner.config.lag_policy {
+                    Next::Lagged => match inner.config.lag_policy {
                         crate::broker::LagPolicy::Disconnect => {
-                            tracing::debug!(stream, skipped, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
+                            tracing::debug!(stream, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
                             return;
                         }
                         _ => {
-                            // Skip to the newest: a receiver left at the oldest
-                            // retained entry lags again at the next send.
-                            receiver = receiver.resubscribe();
+                            // The cursor is at the newest delivery already.
                             let position = inner.last_id(&stream).await.unwrap_or(delivered);
                             yield inner.reset_signal(ResetReason::Lagged, position);
                             delivered = delivered.max(position);
@@ -877,8 +878,10 @@ where
 
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
-        // Dropping the senders ends every live subscription.
-        lock(&self.inner.local).clear();
+        // Closing every key ends every live subscription.
+        for (_, local) in lock(&self.inner.local).drain() {
+            local.fanout.close();
+        }
         self.inner.keys_changed.notify_waiters();
     }
 }
