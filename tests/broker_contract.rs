@@ -493,9 +493,13 @@ async fn dropped_subscriptions_are_released(backend: &impl Backend) {
         subscriptions.push(subscription);
     }
     assert_eq!(registry.key_count(), 10);
+    assert_eq!(registry.total_subscribers(), 10);
     drop(subscriptions);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while registry.key_count() != 0 || registry.subscriber_count(&"user-0".to_owned()) != 0 {
+    while registry.key_count() != 0
+        || registry.subscriber_count(&"user-0".to_owned()) != 0
+        || registry.total_subscribers() != 0
+    {
         assert!(
             tokio::time::Instant::now() < deadline,
             "{} keys left",

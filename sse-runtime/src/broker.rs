@@ -65,6 +65,9 @@ pub trait Broker<K>: Send + Sync + 'static {
     /// How many open subscriptions `key` has on this instance.
     fn subscriber_count(&self, key: &K) -> usize;
 
+    /// How many open subscriptions all keys together have on this instance.
+    fn total_subscribers(&self) -> usize;
+
     /// Ends every subscription and refuses further publishing.
     fn shutdown(&self);
 }
@@ -79,6 +82,26 @@ pub enum BrokerError {
     /// The broker's backing service could not record the event.
     #[error("the SSE broker is unavailable: {0}")]
     Unavailable(String),
+}
+
+/// A registry that cannot take an event answers `503 Service Unavailable`
+/// with the reason (the broker's service is down, or the server is shutting
+/// down), so `?` works in an axum handler:
+///
+/// ```
+/// use axum::{http::StatusCode, response::IntoResponse};
+/// use sse_runtime::{BrokerError, MessageEvent, Registry};
+///
+/// async fn notify(registry: Registry<String>) -> Result<String, BrokerError> {
+///     let reached = registry.send(&"alice".to_owned(), MessageEvent::new("hi")).await?;
+///     Ok(format!("reached {reached}"))
+/// }
+/// assert_eq!(BrokerError::ShutDown.into_response().status(), StatusCode::SERVICE_UNAVAILABLE);
+/// ```
+impl axum::response::IntoResponse for BrokerError {
+    fn into_response(self) -> axum::response::Response {
+        (http::StatusCode::SERVICE_UNAVAILABLE, format!("{self}\n")).into_response()
+    }
 }
 
 /// What a subscriber that falls behind by more than its buffer gets.

@@ -389,6 +389,26 @@ fn check_field_value(field: EventField, value: &str) -> Result<(), EventError> {
     }
 }
 
+/// An event that could not be built answers `500 Internal Server Error`
+/// with the reason, so `?` works in an axum handler:
+///
+/// ```
+/// use axum::{http::StatusCode, response::IntoResponse};
+/// use sse_runtime::{EventError, MessageEvent};
+///
+/// async fn handler() -> Result<&'static str, EventError> {
+///     let _event = MessageEvent::new("x").with_event_type("bad\ntype")?;
+///     Ok("sent")
+/// }
+/// # let error = MessageEvent::new("x").with_id("a\rb").unwrap_err();
+/// # assert_eq!(error.into_response().status(), StatusCode::INTERNAL_SERVER_ERROR);
+/// ```
+impl axum::response::IntoResponse for EventError {
+    fn into_response(self) -> axum::response::Response {
+        (http::StatusCode::INTERNAL_SERVER_ERROR, format!("{self}\n")).into_response()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,5 +75,6 @@ pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};
 pub use serve::{Serve, serve};
 pub use shutdown::shutdown_signal;
+#[doc(inline)]
 pub use sse_macros::{sse, sse_controller};
 pub use write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};

@@ -477,6 +477,19 @@ where
             .map_or(0, |state| state.subscribers)
     }
 
+    fn total_subscribers(&self) -> usize {
+        self.inner
+            .shards
+            .iter()
+            .map(|shard| {
+                lock(shard)
+                    .values()
+                    .map(|state| state.subscribers)
+                    .sum::<usize>()
+            })
+            .sum()
+    }
+
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         for shard in self.inner.shards.iter() {

@@ -876,6 +876,13 @@ where
         self.inner.local_subscribers(&self.inner.stream_key(key))
     }
 
+    fn total_subscribers(&self) -> usize {
+        lock(&self.inner.local)
+            .values()
+            .map(|local| local.fanout.subscriber_count())
+            .sum()
+    }
+
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         // Closing every key ends every live subscription.

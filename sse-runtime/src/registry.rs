@@ -232,6 +232,24 @@ where
         self.broker.subscriber_count(key)
     }
 
+    /// How many open subscriptions all keys together have (on this instance,
+    /// with a broker shared by several): for a `/status` endpoint or a
+    /// gauge, without a guard of your own around each stream.
+    ///
+    /// ```
+    /// use sse_runtime::Registry;
+    ///
+    /// let registry: Registry<String> = Registry::new();
+    /// let alice = registry.subscribe(&"alice".to_owned());
+    /// let bob = registry.subscribe(&"bob".to_owned());
+    /// assert_eq!(registry.total_subscribers(), 2);
+    /// drop((alice, bob));
+    /// assert_eq!(registry.total_subscribers(), 0);
+    /// ```
+    pub fn total_subscribers(&self) -> usize {
+        self.broker.total_subscribers()
+    }
+
     /// Ends every open stream promptly, stops every producer and refuses
     /// further sends. Call it from `axum::serve(..).with_graceful_shutdown(..)`'s
     /// signal, so open SSE responses end and the server can stop.
