@@ -1,6 +1,7 @@
 //! The conformance table through parsers we did not write: eventsource-stream
 //! here, over a real loopback socket; the browser and httpx-sse in `browser.rs`
-//! and `clients.rs`.
+//! and `clients.rs`. And through the one we did: `sse_runtime::testing`'s
+//! in-process client, which must read every case as the others do.
 
 use futures_util::StreamExt;
 use sse_tests::conformance::{self, Seen};
@@ -47,6 +48,48 @@ async fn every_conformance_case_reads_back_exactly_with_eventsource_stream() {
         seen.insert(case.name.clone(), play(&server, &case.name).await);
     }
     conformance::assert_all_cases("eventsource-stream", true, |case| {
+        seen.remove(&case.name).unwrap_or_default()
+    });
+}
+
+/// Plays one case through `sse_runtime::testing::TestClient`, in-process.
+async fn play_in_process(client: &sse_runtime::testing::TestClient, case: &str) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let mut last_event_id = String::new();
+    for _ in 0..5 {
+        let mut request = client.get(&format!("/conformance/{case}?run=in-process"));
+        if !last_event_id.is_empty() {
+            request = request.last_event_id(&last_event_id);
+        }
+        let mut response = request.send().await;
+        if response.status() == 204 {
+            return seen;
+        }
+        assert_eq!(response.status(), 200, "{case}");
+        while let Some(event) = response.next_event().await {
+            seen.push(Seen {
+                event_type: event.event,
+                data: event.data,
+                last_event_id: event.id,
+                retry: event.retry.map(|r| r.as_millis() as u64),
+            });
+        }
+        last_event_id = response.last_event_id().to_owned();
+    }
+    panic!("{case}: the server never answered 204");
+}
+
+#[tokio::test]
+async fn every_conformance_case_reads_back_exactly_with_the_in_process_test_client() {
+    let client = sse_runtime::testing::TestClient::new(conformance::app());
+    let mut seen = std::collections::HashMap::new();
+    for case in conformance::cases() {
+        seen.insert(
+            case.name.clone(),
+            play_in_process(&client, &case.name).await,
+        );
+    }
+    conformance::assert_all_cases("sse_runtime::testing", true, |case| {
         seen.remove(&case.name).unwrap_or_default()
     });
 }

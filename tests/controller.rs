@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::{Stream, StreamExt, stream};
 use serde::Deserialize;
+use sse_runtime::testing::TestClient;
 use sse_runtime::{MessageEvent, sse, sse_controller};
 use sse_tests::{RawResponse, TestServer, events, eventually, next_event, open, within};
 
@@ -320,75 +321,67 @@ async fn stream_is_dropped_promptly_when_the_client_disconnects() {
     assert_eq!(controller.helper(), 3);
 }
 
+// Where a socket is not the point, the in-process client of
+// `sse_runtime::testing` drives the router.
+
+fn in_process() -> TestClient {
+    TestClient::new(TestController::default().router())
+}
+
 #[tokio::test]
 async fn result_route_answers_its_error_before_streaming() {
-    let (server, _) = server().await;
-    let response = within(reqwest::get(server.url("/t/items/8")))
-        .await
-        .unwrap();
+    let client = in_process();
+    let response = client.get("/t/items/8").send().await;
     assert_eq!(response.status(), 404);
-    assert_eq!(response.text().await.unwrap(), "no item 8");
+    assert_eq!(response.text().await, "no item 8");
 
-    let mut events = events(open(&server.url("/t/items/7")).await);
-    assert_eq!(next_event(&mut events).await.data, "item 7");
+    let mut response = client.get("/t/items/7").send().await;
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    assert_eq!(response.next_event().await.unwrap().data, "item 7");
 
     // A path that does not parse as the extractor's type is axum's 400.
-    let response = within(reqwest::get(server.url("/t/items/seven")))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 400);
+    assert_eq!(client.get("/t/items/seven").send().await.status(), 400);
 }
 
 #[tokio::test]
 async fn extractors_of_every_kind_reach_the_method() {
-    let (server, _) = server().await;
-    let client = reqwest::Client::new();
-    let response = within(
-        client
-            .get(server.url("/t/echo/x/y?q=hi"))
-            .header("x-agent", "test")
-            .header("x-user", "ann")
-            .send(),
-    )
-    .await
-    .unwrap();
+    let client = in_process();
+    let mut response = client
+        .get("/t/echo/x/y?q=hi")
+        .header("x-agent", "test")
+        .header("x-user", "ann")
+        .send()
+        .await;
     assert_eq!(response.status(), 200);
-    let mut events = events(response);
     let echoed: serde_json::Value =
-        serde_json::from_str(&next_event(&mut events).await.data).unwrap();
+        serde_json::from_str(&response.next_event().await.unwrap().data).unwrap();
     assert_eq!(
         echoed,
         serde_json::json!({ "a": "x", "b": "y", "q": "hi", "agent": "test", "user": "ann" })
     );
 
     // The custom extractor's rejection is the response.
-    let response = within(client.get(server.url("/t/echo/x/y")).send())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 401);
+    assert_eq!(client.get("/t/echo/x/y").send().await.status(), 401);
 }
 
 #[tokio::test]
 async fn post_route_streams_a_response_to_a_json_body() {
-    let (server, _) = server().await;
-    let client = reqwest::Client::new();
-    let response = within(
-        client
-            .post(server.url("/t/complete"))
-            .json(&serde_json::json!({ "words": ["a", "b"] }))
-            .send(),
-    )
-    .await
-    .unwrap();
+    let client = in_process();
+    let mut response = client
+        .post("/t/complete")
+        .json(&serde_json::json!({ "words": ["a", "b"] }))
+        .send()
+        .await;
     assert_eq!(response.headers()["content-type"], "text/event-stream");
-    let data: Vec<String> = within(events(response).map(|e| e.data).collect()).await;
+    let data: Vec<String> = response.take(3).await.into_iter().map(|e| e.data).collect();
     assert_eq!(data, ["a", "b", "[DONE]"]);
+    assert!(
+        response.next_event().await.is_none(),
+        "then the stream ends"
+    );
 
     // GET is not served on a POST route.
-    let response = within(client.get(server.url("/t/complete")).send())
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 405);
+    assert_eq!(client.get("/t/complete").send().await.status(), 405);
 }
 
 // ---- state: a controller whose methods read the app's state ----

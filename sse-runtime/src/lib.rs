@@ -32,6 +32,8 @@
 //!   broadcast, replay after a reconnect ([`LastEventId`]), over a pluggable
 //!   [`Broker`] (in memory by default).
 //! - [`sse_controller`] and [`sse`] turn an `impl` block into axum routes.
+//! - `testing` (feature `testing`) drives a `Router` in-process and reads its
+//!   events as values, for tests without a socket.
 //! - [`serve`] runs an app over HTTP/1.1 with less memory per open stream
 //!   than `axum::serve`, and with the limits and timeouts that keep a
 //!   misbehaving client from taking it down; [`shutdown_signal`] resolves on
@@ -57,6 +59,8 @@ mod registry;
 mod response;
 mod serve;
 mod shutdown;
+#[cfg(feature = "testing")]
+pub mod testing;
 mod write_stall;
 
 #[doc(hidden)]

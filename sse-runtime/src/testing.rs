@@ -1,0 +1,434 @@
+//! Testing SSE endpoints in-process (feature `testing`): drive any axum
+//! `Router` without a socket and read its events as values.
+//!
+//! ```
+//! use futures_util::stream;
+//! use sse_runtime::testing::TestClient;
+//! use sse_runtime::{MessageEvent, sse, sse_controller};
+//!
+//! #[derive(Clone)]
+//! struct Events;
+//!
+//! #[sse_controller("/events")]
+//! impl Events {
+//!     #[sse("/greetings")]
+//!     fn greetings(&self) -> impl futures_core::Stream<Item = MessageEvent> {
+//!         stream::iter(["hello", "world"]).map(MessageEvent::new)
+//!     }
+//! }
+//! # use futures_util::StreamExt;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let client = TestClient::new(Events.router());
+//! let mut response = client.get("/events/greetings").send().await;
+//! assert_eq!(response.status(), 200);
+//! let events = response.take(2).await;
+//! assert_eq!(events[0].data, "hello");
+//! assert_eq!(events[1].data, "world");
+//! assert!(response.next_event().await.is_none()); // the stream ended
+//! # }
+//! ```
+//!
+//! Every wait is bounded by the request's [timeout](TestRequest::timeout)
+//! (5 seconds by default) and fails the test with a message that says what it
+//! was waiting for. The parser follows the WHATWG rules a browser's
+//! `EventSource` follows, checked against the project's conformance table.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, StatusCode};
+use http_body_util::BodyExt;
+use tower::ServiceExt;
+
+/// How long a [`TestRequest`] waits by default for a response or an event.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Sends requests to a `Router` in-process.
+#[derive(Clone)]
+pub struct TestClient {
+    app: Router,
+}
+
+impl TestClient {
+    /// A client of `app`.
+    pub fn new(app: Router) -> Self {
+        TestClient { app }
+    }
+
+    /// A `GET` of `path` (and query), with `Accept: text/event-stream`.
+    pub fn get(&self, path: &str) -> TestRequest {
+        self.request(Method::GET, path)
+            .header("accept", "text/event-stream")
+    }
+
+    /// A `POST` to `path`.
+    pub fn post(&self, path: &str) -> TestRequest {
+        self.request(Method::POST, path)
+    }
+
+    /// A request of any method.
+    pub fn request(&self, method: Method, path: &str) -> TestRequest {
+        TestRequest {
+            app: self.app.clone(),
+            method,
+            path: path.to_owned(),
+            headers: HeaderMap::new(),
+            body: Bytes::new(),
+            timeout: DEFAULT_TIMEOUT,
+        }
+    }
+}
+
+/// A request being built; [`send`](TestRequest::send) it.
+#[must_use = "a request does nothing until it is sent"]
+pub struct TestRequest {
+    app: Router,
+    method: Method,
+    path: String,
+    headers: HeaderMap,
+    body: Bytes,
+    timeout: Duration,
+}
+
+impl TestRequest {
+    /// Adds a header.
+    ///
+    /// # Panics
+    ///
+    /// On a name or value that is not a valid header, naming it: this is a
+    /// test's mistake, not the server's.
+    pub fn header(mut self, name: &str, value: &str) -> Self {
+        let parsed_name = HeaderName::from_bytes(name.as_bytes())
+            .unwrap_or_else(|error| panic!("header name {name:?}: {error}"));
+        let parsed_value = HeaderValue::from_str(value)
+            .unwrap_or_else(|error| panic!("header {name}: value {value:?}: {error}"));
+        self.headers.append(parsed_name, parsed_value);
+        self
+    }
+
+    /// Sets `Last-Event-ID`, as a reconnecting `EventSource` does.
+    pub fn last_event_id(self, id: &str) -> Self {
+        self.header("last-event-id", id)
+    }
+
+    /// Sets the body.
+    pub fn body(mut self, body: impl Into<Bytes>) -> Self {
+        self.body = body.into();
+        self
+    }
+
+    /// Sets a JSON body and its content type.
+    ///
+    /// # Panics
+    ///
+    /// When `value` cannot be serialised.
+    pub fn json(self, value: &impl serde::Serialize) -> Self {
+        let body = serde_json::to_vec(value)
+            .unwrap_or_else(|error| panic!("the JSON body could not be serialised: {error}"));
+        self.header("content-type", "application/json").body(body)
+    }
+
+    /// How long to wait for the response and for each event (default 5 s).
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Sends the request and waits for the response's head.
+    ///
+    /// # Panics
+    ///
+    /// When no response comes within the timeout, or the path is not a URI.
+    pub async fn send(self) -> TestResponse {
+        let mut request = Request::new(Body::from(self.body));
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self
+            .path
+            .parse()
+            .unwrap_or_else(|error| panic!("{:?} is not a request path: {error}", self.path));
+        *request.headers_mut() = self.headers;
+        // Handlers that ask for the peer get a loopback one.
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(SocketAddr::from(([127, 0, 0, 1], 0))));
+        let what = format!("{} {}", self.method, self.path);
+        let response = tokio::time::timeout(self.timeout, self.app.oneshot(request))
+            .await
+            .unwrap_or_else(|_| panic!("{what}: no response within {:?}", self.timeout))
+            .unwrap_or_else(|never| match never {});
+        let (parts, body) = response.into_parts();
+        TestResponse {
+            status: parts.status,
+            headers: parts.headers,
+            body,
+            parser: Parser::default(),
+            what,
+            timeout: self.timeout,
+        }
+    }
+}
+
+/// A response: its status and headers, and its body read as events.
+pub struct TestResponse {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Body,
+    parser: Parser,
+    what: String,
+    timeout: Duration,
+}
+
+/// One event, as a browser's `EventSource` delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Event {
+    /// The event type (`message` when the event named none).
+    pub event: String,
+    /// The data, its lines joined with `\n`.
+    pub data: String,
+    /// The last event id at this event (`lastEventId`), which persists
+    /// across events until the server sets another.
+    pub id: String,
+    /// The reconnection time the stream set so far, if any.
+    pub retry: Option<Duration>,
+}
+
+impl TestResponse {
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The headers.
+    pub fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+
+    /// The last event id seen so far (what a reconnecting `EventSource`
+    /// would send), including one set by an event with no data, such as a
+    /// subscription's resume point.
+    pub fn last_event_id(&self) -> &str {
+        &self.parser.last_event_id
+    }
+
+    /// The next event, or `None` once the stream has ended.
+    ///
+    /// # Panics
+    ///
+    /// When nothing arrives within the timeout, or the body fails.
+    pub async fn next_event(&mut self) -> Option<Event> {
+        loop {
+            if let Some(event) = self.parser.events.pop_front() {
+                return Some(event);
+            }
+            let frame = tokio::time::timeout(self.timeout, self.body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("{}: no event within {:?}", self.what, self.timeout));
+            match frame {
+                None => {
+                    self.parser.finish();
+                    return self.parser.events.pop_front();
+                }
+                Some(Err(error)) => panic!("{}: the body failed: {error}", self.what),
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.parser.feed(&data);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The next `n` events.
+    ///
+    /// # Panics
+    ///
+    /// When fewer arrive (the stream ends, or the timeout passes first).
+    pub async fn take(&mut self, n: usize) -> Vec<Event> {
+        let mut events = Vec::with_capacity(n);
+        while events.len() < n {
+            match self.next_event().await {
+                Some(event) => events.push(event),
+                None => panic!(
+                    "{}: the stream ended after {} of {n} events: {events:?}",
+                    self.what,
+                    events.len()
+                ),
+            }
+        }
+        events
+    }
+
+    /// The whole body as text, for a response that is not a stream.
+    ///
+    /// # Panics
+    ///
+    /// When it does not end within the timeout or is not UTF-8.
+    pub async fn text(self) -> String {
+        let bytes = tokio::time::timeout(self.timeout, self.body.collect())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "{}: the body did not end within {:?}",
+                    self.what, self.timeout
+                )
+            })
+            .unwrap_or_else(|error| panic!("{}: the body failed: {error}", self.what))
+            .to_bytes();
+        String::from_utf8(bytes.to_vec())
+            .unwrap_or_else(|error| panic!("{}: the body is not UTF-8: {error}", self.what))
+    }
+}
+
+/// The `text/event-stream` parser of the WHATWG HTML standard (9.2.6).
+#[derive(Default)]
+struct Parser {
+    /// Bytes of an unfinished line.
+    line: Vec<u8>,
+    /// A CR ended the last line: an LF right after it belongs to it.
+    after_cr: bool,
+    started: bool,
+    data: String,
+    has_data: bool,
+    event_type: String,
+    last_event_id: String,
+    retry: Option<Duration>,
+    events: std::collections::VecDeque<Event>,
+}
+
+impl Parser {
+    fn feed(&mut self, bytes: &[u8]) {
+        for &byte in bytes {
+            match byte {
+                b'\n' if self.after_cr => self.after_cr = false,
+                b'\r' | b'\n' => {
+                    self.after_cr = byte == b'\r';
+                    let line = std::mem::take(&mut self.line);
+                    self.line_ended(&line);
+                }
+                _ => {
+                    self.after_cr = false;
+                    self.line.push(byte);
+                }
+            }
+        }
+    }
+
+    fn line_ended(&mut self, line: &[u8]) {
+        let mut line = String::from_utf8_lossy(line).into_owned();
+        if !self.started {
+            self.started = true;
+            // A leading byte order mark is dropped.
+            if let Some(rest) = line.strip_prefix('\u{feff}') {
+                line = rest.to_owned();
+            }
+        }
+        if line.is_empty() {
+            self.dispatch();
+            return;
+        }
+        if line.starts_with(':') {
+            return; // A comment.
+        }
+        let (field, value) = match line.split_once(':') {
+            Some((field, value)) => (field, value.strip_prefix(' ').unwrap_or(value)),
+            None => (line.as_str(), ""),
+        };
+        match field {
+            "event" => self.event_type = value.to_owned(),
+            "data" => {
+                self.data.push_str(value);
+                self.data.push('\n');
+                self.has_data = true;
+            }
+            "id" if !value.contains('\0') => self.last_event_id = value.to_owned(),
+            "retry" if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) => {
+                if let Ok(millis) = value.parse() {
+                    self.retry = Some(Duration::from_millis(millis));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn dispatch(&mut self) {
+        let event_type = std::mem::take(&mut self.event_type);
+        if !self.has_data {
+            self.data.clear();
+            return;
+        }
+        self.has_data = false;
+        let mut data = std::mem::take(&mut self.data);
+        data.pop(); // The LF after the last line.
+        self.events.push_back(Event {
+            event: if event_type.is_empty() {
+                "message".to_owned()
+            } else {
+                event_type
+            },
+            data,
+            id: self.last_event_id.clone(),
+            retry: self.retry,
+        });
+    }
+
+    /// At the end of the stream an unfinished event is dropped, as a browser does.
+    fn finish(&mut self) {
+        self.line.clear();
+        self.data.clear();
+        self.has_data = false;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(chunks: &[&[u8]]) -> (Vec<Event>, String) {
+        let mut parser = Parser::default();
+        for chunk in chunks {
+            parser.feed(chunk);
+        }
+        parser.finish();
+        (parser.events.into_iter().collect(), parser.last_event_id)
+    }
+
+    #[test]
+    fn lines_end_with_lf_cr_or_crlf_even_split_across_chunks() {
+        let (events, _) = parse(&[
+            b"data: a\r",
+            b"\ndata: b\rdata: c\n\n",
+            b"event: x\r\ndata:d\r\n\r\n",
+        ]);
+        assert_eq!(events[0].data, "a\nb\nc");
+        assert_eq!(events[0].event, "message");
+        assert_eq!(
+            (events[1].event.as_str(), events[1].data.as_str()),
+            ("x", "d")
+        );
+    }
+
+    #[test]
+    fn an_id_alone_sets_the_last_event_id_without_an_event() {
+        let (events, last) = parse(&[b"id: 7\n\n: comment\ndata: after\n\n"]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(
+            (events[0].id.as_str(), events[0].data.as_str()),
+            ("7", "after")
+        );
+        assert_eq!(last, "7");
+    }
+
+    #[test]
+    fn an_unfinished_event_at_the_end_is_dropped_and_retry_is_digits_only() {
+        let (events, _) = parse(&[b"retry: 12x\nretry: 1500\ndata: kept\n\ndata: lost"]);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].retry, Some(Duration::from_millis(1500)));
+    }
+}
