@@ -186,8 +186,10 @@ fn options(route: &Route) -> TokenStream {
         Some(ms) => quote!(::core::option::Option::Some(#ms)),
         None => quote!(::core::option::Option::None),
     };
+    let route_name = &route.path.axum;
     quote! {
         ::sse_runtime::__private::RouteOptions {
+            route: #route_name,
             keep_alive: #keep_alive,
             retry_ms: #retry_ms,
             batch_window: #batch_window,

@@ -14,7 +14,7 @@ use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
 use crate::item::SseItem;
-use crate::{encode, pacer};
+use crate::{encode, pacer, telemetry};
 
 /// Past this many buffered bytes a frame is sent even if more events are ready,
 /// so one fast producer cannot grow the buffer without bound.
@@ -86,6 +86,47 @@ pin_project! {
         bursting: bool,
         buf: BytesMut,
         ended: bool,
+        // Events encoded into `buf` since the last frame.
+        pending_events: u64,
+        // The stream's span (route) and its open/close accounting.
+        open: OpenStream,
+    }
+}
+
+/// Counts a stream as open while it lives, and logs and counts its close.
+pub(crate) struct OpenStream {
+    route: &'static str,
+    span: tracing::Span,
+    events: u64,
+    bytes: u64,
+}
+
+impl OpenStream {
+    pub(crate) fn new(route: &'static str) -> Self {
+        let span = tracing::debug_span!("sse_stream", route);
+        span.in_scope(|| tracing::debug!("event stream opened"));
+        telemetry::stream_opened(route);
+        OpenStream {
+            route,
+            span,
+            events: 0,
+            bytes: 0,
+        }
+    }
+
+    fn written(&mut self, events: u64, bytes: usize) {
+        self.events += events;
+        self.bytes += bytes as u64;
+        telemetry::written(self.route, events, bytes);
+    }
+}
+
+impl Drop for OpenStream {
+    fn drop(&mut self) {
+        telemetry::stream_closed(self.route);
+        let (events, bytes) = (self.events, self.bytes);
+        self.span
+            .in_scope(|| tracing::debug!(events, bytes, "event stream closed"));
     }
 }
 
@@ -95,6 +136,7 @@ impl<S> SseBody<S> {
         keep_alive: Option<Duration>,
         retry: Option<Duration>,
         batching: Batching,
+        open: OpenStream,
     ) -> Self {
         let mut buf = BytesMut::new();
         if let Some(retry) = retry {
@@ -113,6 +155,8 @@ impl<S> SseBody<S> {
             bursting: false,
             buf,
             ended: false,
+            pending_events: 0,
+            open,
         }
     }
 }
@@ -130,14 +174,17 @@ where
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
         let mut this = self.project();
+        // Whatever the stream and the broker log while polled belongs to it.
+        let _in_span = this.open.span.clone().entered();
         while !*this.ended && this.buf.len() < MAX_BATCH_BYTES {
             match this.stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(item)) => {
-                    if let Err(error) = item.encode_into(this.buf) {
+                Poll::Ready(Some(item)) => match item.encode_into(this.buf) {
+                    Ok(()) => *this.pending_events += 1,
+                    Err(error) => {
                         tracing::warn!(%error, "SSE stream yielded an error; ending the response");
                         *this.ended = true;
                     }
-                }
+                },
                 Poll::Ready(None) => *this.ended = true,
                 Poll::Pending => break,
             }
@@ -178,8 +225,10 @@ where
                 *this.bursting = this.batching.is_burst(now - *this.last_write);
                 *this.last_write = now;
             }
+            this.open
+                .written(std::mem::take(this.pending_events), this.buf.len());
             // `split` hands out the filled part and keeps the spare capacity, so
-            // the allocation is reused once hyper has written the frame.
+            // the allocation is reused once the frame is written.
             return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
         }
         if *this.ended {
@@ -196,6 +245,7 @@ where
                 }
                 sleep.as_mut().reset(now + *this.interval);
                 *this.last_write = now;
+                telemetry::keep_alive(this.open.route);
                 return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
                     encode::KEEP_ALIVE,
                 )))));

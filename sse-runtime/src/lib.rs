@@ -38,6 +38,27 @@
 //!   than `axum::serve`, and with the limits and timeouts that keep a
 //!   misbehaving client from taking it down; [`shutdown_signal`] resolves on
 //!   Ctrl-C or SIGTERM.
+//!
+//! # Metrics
+//!
+//! The runtime reports through the [`metrics`](https://docs.rs/metrics)
+//! facade; install any exporter and these appear (with none, they cost
+//! nothing). Every stream also runs in a `tracing` span `sse_stream` (with
+//! its `route`), in which its open, close, replay, reset, lag and write-stall
+//! events are logged.
+//!
+//! | metric | kind | labels | what |
+//! |---|---|---|---|
+//! | `sse_streams_open` | gauge | `route` | event streams open now |
+//! | `sse_streams_opened_total` | counter | `route` | event streams opened |
+//! | `sse_events_written_total` | counter | `route` | events handed to the connection |
+//! | `sse_bytes_written_total` | counter | `route` | bytes of those events |
+//! | `sse_keep_alives_total` | counter | `route` | keep-alive comments sent |
+//! | `sse_replayed_events_total` | counter | | events replayed after a `Last-Event-ID` |
+//! | `sse_resets_total` | counter | `reason` | reset signals sent |
+//! | `sse_lag_disconnects_total` | counter | | subscribers ended for falling behind |
+//! | `sse_write_stalls_total` | counter | | connections closed because their client stopped reading |
+//! | `sse_broker_errors_total` | counter | `kind` | sends the broker refused (`unavailable`, `shut_down`) |
 #![deny(missing_docs)]
 
 mod body;
@@ -59,6 +80,7 @@ mod registry;
 mod response;
 mod serve;
 mod shutdown;
+mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 mod write_stall;

@@ -25,6 +25,7 @@ use futures_util::stream::BoxStream;
 use crate::broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::event_id::{IdSpace, ParsedId};
+use crate::telemetry;
 
 const SHARDS: usize = 32;
 
@@ -244,6 +245,7 @@ where
     }
 
     fn reset_signal(&self, reason: ResetReason, position: u64) -> EncodedEvent {
+        telemetry::reset(reason);
         MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
             .with_event_type(self.config.reset_event_type.as_str())
             .unwrap_or_else(|_| MessageEvent::new(""))
@@ -445,7 +447,12 @@ where
                 ready.push_back(EncodedEvent::resume_point(&inner.ids.format(head)));
                 head
             }
-            Some(Ok(last)) => last,
+            Some(Ok(last)) => {
+                let replay = state.history.len() - first_after(&state.history, last);
+                telemetry::replayed(replay);
+                tracing::debug!(events = replay, "SSE subscriber resumes: replaying");
+                last
+            }
             Some(Err(reason)) => {
                 ready.push_back(inner.reset_signal(reason, head));
                 head
@@ -576,6 +583,7 @@ where
                     tracing::debug!(
                         "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)"
                     );
+                    telemetry::lag_disconnect();
                     this.ended = true;
                     return Poll::Ready(None);
                 }

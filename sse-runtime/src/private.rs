@@ -62,6 +62,8 @@ pub enum Setting {
 /// The route's options from `#[sse(..., keep_alive = ..., retry = ...)]`.
 #[derive(Clone, Copy, Debug)]
 pub struct RouteOptions {
+    /// The route's path, its name in metrics and logs.
+    pub route: &'static str,
     /// The keep-alive interval.
     pub keep_alive: Setting,
     /// The `retry:` hint in milliseconds, if any.
@@ -78,6 +80,7 @@ impl RouteOptions {
         S: Stream + Send + 'static,
         S::Item: SseItem,
     {
+        let sse = sse.route_name(self.route);
         let sse = match self.keep_alive {
             Setting::Default => sse,
             Setting::Off => sse.keep_alive(KeepAlive::disabled()),

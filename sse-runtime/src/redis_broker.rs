@@ -296,6 +296,7 @@ impl Inner {
     }
 
     fn reset_signal(&self, reason: ResetReason, position: EntryId) -> EncodedEvent {
+        crate::telemetry::reset(reason);
         let event = MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
             .with_event_type(self.config.reset_event_type.as_str())
             .unwrap_or_else(|_| MessageEvent::new(""));
@@ -811,6 +812,7 @@ where
                                 }
                             };
                             let (events, read_to) = page;
+                            crate::telemetry::replayed(events.len());
                             for (id, event) in events {
                                 delivered = id;
                                 yield event;
@@ -853,6 +855,7 @@ where
                     Next::Lagged => match inner.config.lag_policy {
                         crate::broker::LagPolicy::Disconnect => {
                             tracing::debug!(stream, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
+                            crate::telemetry::lag_disconnect();
                             return;
                         }
                         _ => {

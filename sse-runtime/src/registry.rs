@@ -15,6 +15,7 @@ use futures_util::stream::BoxStream;
 use crate::broker::{Broker, BrokerError, RegistryConfig};
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::memory::MemoryBroker;
+use crate::telemetry;
 
 /// Streams by key (a user id, a topic, a room): subscribe, send, broadcast,
 /// replay after a reconnect. A cheap-to-clone handle for handlers, background
@@ -125,13 +126,19 @@ where
     /// next id (any id the event had is replaced). Returns how many subscribers
     /// it reached; with none, it is still kept for replay.
     pub async fn send(&self, key: &K, event: MessageEvent) -> Result<usize, BrokerError> {
-        self.broker.publish(key, event).await
+        self.broker
+            .publish(key, event)
+            .await
+            .inspect_err(telemetry::broker_error)
     }
 
     /// Sends `event` to every key that has subscribers or history. Returns how
     /// many subscribers it reached.
     pub async fn broadcast(&self, event: MessageEvent) -> Result<usize, BrokerError> {
-        self.broker.publish_to_all(event).await
+        self.broker
+            .publish_to_all(event)
+            .await
+            .inspect_err(telemetry::broker_error)
     }
 
     /// Drives `producer` in a task and sends each of its events to `key`, as

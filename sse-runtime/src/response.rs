@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use futures_core::Stream;
 use http::{HeaderValue, header};
 
-use crate::body::{Batching, SseBody};
+use crate::body::{Batching, OpenStream, SseBody};
 use crate::item::SseItem;
 use crate::write_stall::RouteWriteStall;
 
@@ -43,6 +43,7 @@ pub struct Sse<S> {
     batching: Batching,
     /// `None`: the server's own; `Some(None)`: never.
     write_stall_timeout: Option<Option<Duration>>,
+    route: &'static str,
 }
 
 impl<S> Sse<S>
@@ -58,6 +59,7 @@ where
             retry: None,
             batching: Batching::Adaptive(Self::DEFAULT_BATCH_WINDOW),
             write_stall_timeout: None,
+            route: crate::telemetry::UNNAMED,
         }
     }
 
@@ -133,6 +135,22 @@ where
         self
     }
 
+    /// The name this stream's route goes by in metrics (the `route` label,
+    /// see [`telemetry`](crate#metrics)) and in its tracing span. Routes of
+    /// the controller macros are named after their path; others are
+    /// `unnamed` until named here.
+    ///
+    /// ```
+    /// use futures_util::stream;
+    /// use sse_runtime::{MessageEvent, Sse};
+    ///
+    /// let sse = Sse::new(stream::iter([MessageEvent::new("42.0")])).route_name("/prices");
+    /// ```
+    pub fn route_name(mut self, route: &'static str) -> Self {
+        self.route = route;
+        self
+    }
+
     /// Sends a `retry:` hint first, telling the client how long to wait before
     /// reconnecting.
     pub fn retry(mut self, retry: Duration) -> Self {
@@ -152,6 +170,7 @@ where
             self.keep_alive.interval(),
             self.retry,
             self.batching,
+            OpenStream::new(self.route),
         );
         let mut response = Response::new(axum::body::Body::new(body));
         let headers = response.headers_mut();

@@ -105,6 +105,8 @@ impl<T> WriteStallIo<T> {
 }
 
 fn stalled() -> io::Error {
+    crate::telemetry::write_stall();
+    tracing::info!("closing a connection whose client stopped reading (write-stall timeout)");
     io::Error::new(
         io::ErrorKind::TimedOut,
         "the peer read nothing for longer than the write-stall timeout",

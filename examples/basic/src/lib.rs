@@ -9,6 +9,8 @@
 //!   (`Authorization: Bearer ...`).
 //! - `GET  /events/dynamic`: events of type `customEventName`.
 //! - `POST /login/{userId}`: a token for that user's stream (cookie and JSON).
+//! - `GET  /metrics`: the runtime's metrics in Prometheus format, when the app
+//!   was given a recorder ([`EventsController::with_metrics`]).
 //! - `GET  /`: a page that shows what arrives, using the browser's `EventSource`.
 
 mod auth;
@@ -28,6 +30,7 @@ use sse_runtime::{
 use tokio_stream::wrappers::IntervalStream;
 
 pub use auth::{Bearer, Credentials, Tokens, is_secret};
+pub use metrics_exporter_prometheus::PrometheusHandle;
 
 /// The largest body `POST /events/user/{userId}` accepts.
 pub const MAX_PUSH_BYTES: usize = 16 * 1024;
@@ -41,6 +44,8 @@ pub struct EventsController {
     /// The operator's credential for pushing to any user; none: only users
     /// push to themselves.
     admin_token: Option<Arc<str>>,
+    /// What `GET /metrics` renders.
+    metrics: Option<PrometheusHandle>,
 }
 
 #[sse_controller("/events")]
@@ -97,6 +102,13 @@ impl EventsController {
         self
     }
 
+    /// With `GET /metrics`, rendering the Prometheus recorder that `handle`
+    /// belongs to (install it with `PrometheusBuilder::install_recorder`).
+    pub fn with_metrics(mut self, handle: PrometheusHandle) -> Self {
+        self.metrics = Some(handle);
+        self
+    }
+
     /// With an operator's credential that may push to any user. An empty
     /// token is ignored.
     pub fn with_admin_token(mut self, token: &str) -> Self {
@@ -118,7 +130,9 @@ impl EventsController {
     pub fn app(self) -> Router {
         let tokens = self.tokens.clone();
         let pusher = self.clone();
-        self.router()
+        let metrics = self.metrics.clone();
+        let app = self
+            .router()
             .route(
                 "/events/user/{userId}",
                 post(
@@ -144,7 +158,13 @@ impl EventsController {
             .route(
                 "/",
                 get(|| async { Html(include_str!("../static/index.html")) }),
-            )
+            );
+        match metrics {
+            // In production, serve this on an internal port or behind a
+            // credential: it names routes and counts clients.
+            Some(handle) => app.route("/metrics", get(move || async move { handle.render() })),
+            None => app,
+        }
     }
 }
 

@@ -2,7 +2,7 @@
 //!
 //! Settings from the environment: `PORT` (3000), `TOKEN_TTL_SECS` (how long a
 //! login token is valid: 3600), `ADMIN_TOKEN` (a credential that may push to
-//! any user: none).
+//! any user: none). `GET /metrics` serves the runtime's metrics.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::str::FromStr;
@@ -25,7 +25,11 @@ async fn main() -> std::io::Result<()> {
         listener.local_addr()?
     );
 
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .map_err(std::io::Error::other)?;
     let controller = basic::EventsController::new()
+        .with_metrics(metrics)
         .with_tokens(basic::Tokens::new(
             token_ttl,
             basic::Tokens::DEFAULT_CAPACITY,

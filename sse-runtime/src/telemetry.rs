@@ -1,0 +1,61 @@
+//! What the runtime reports through the [`metrics`] facade: the application
+//! installs an exporter (Prometheus, StatsD, ...) and these appear; with none
+//! installed every call is a no-op. Counted per frame written, not per event,
+//! so the cost stays off the hot path.
+//!
+//! The metrics and their labels are listed in the crate docs ("Metrics").
+//!
+//! `route` is the route's path (`/events/user/{userId}`) for routes of the
+//! controller macros, the name given to [`Sse::route_name`](crate::Sse::route_name),
+//! or `unnamed`.
+
+use crate::broker::{BrokerError, ResetReason};
+
+/// The `route` label of a stream that was given none.
+pub(crate) const UNNAMED: &str = "unnamed";
+
+pub(crate) fn stream_opened(route: &'static str) {
+    metrics::counter!("sse_streams_opened_total", "route" => route).increment(1);
+    metrics::gauge!("sse_streams_open", "route" => route).increment(1.0);
+}
+
+pub(crate) fn stream_closed(route: &'static str) {
+    metrics::gauge!("sse_streams_open", "route" => route).decrement(1.0);
+}
+
+pub(crate) fn written(route: &'static str, events: u64, bytes: usize) {
+    if events > 0 {
+        metrics::counter!("sse_events_written_total", "route" => route).increment(events);
+    }
+    metrics::counter!("sse_bytes_written_total", "route" => route).increment(bytes as u64);
+}
+
+pub(crate) fn keep_alive(route: &'static str) {
+    metrics::counter!("sse_keep_alives_total", "route" => route).increment(1);
+}
+
+pub(crate) fn replayed(events: usize) {
+    if events > 0 {
+        metrics::counter!("sse_replayed_events_total").increment(events as u64);
+    }
+}
+
+pub(crate) fn reset(reason: ResetReason) {
+    metrics::counter!("sse_resets_total", "reason" => reason.as_str()).increment(1);
+}
+
+pub(crate) fn lag_disconnect() {
+    metrics::counter!("sse_lag_disconnects_total").increment(1);
+}
+
+pub(crate) fn write_stall() {
+    metrics::counter!("sse_write_stalls_total").increment(1);
+}
+
+pub(crate) fn broker_error(error: &BrokerError) {
+    let kind = match error {
+        BrokerError::ShutDown => "shut_down",
+        BrokerError::Unavailable(_) => "unavailable",
+    };
+    metrics::counter!("sse_broker_errors_total", "kind" => kind).increment(1);
+}
