@@ -7,9 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
-use sse_runtime::{
-    EncodedEvent, LagPolicy, MessageEvent, RedisBroker, Registry, RegistryConfig, Subscription,
-};
+use sse_runtime::{EncodedEvent, LagPolicy, MessageEvent, Registry, RegistryConfig, Subscription};
+use sse_tests::fields;
 use sse_tests::redis_server::{self, RedisServer};
 
 /// A broker under test: it makes registries over fresh keys.
@@ -29,28 +28,8 @@ struct Redis(RedisServer);
 
 impl Backend for Redis {
     async fn registry(&self, config: RegistryConfig) -> Registry<String> {
-        Registry::with_broker(
-            RedisBroker::connect(&self.0.url(), config)
-                .await
-                .expect("connect to redis"),
-        )
+        self.0.registry(config).await
     }
-}
-
-/// `(id, event type, data)` of one encoded event.
-fn fields(event: &EncodedEvent) -> (String, String, String) {
-    let text = std::str::from_utf8(event.as_bytes()).unwrap();
-    let (mut id, mut event_type, mut data) = (String::new(), String::new(), Vec::new());
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            event_type = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data.push(v);
-        }
-    }
-    (id, event_type, data.join("\n"))
 }
 
 /// Ids are opaque to clients; both brokers write `<a>-<b>` with `b` counting

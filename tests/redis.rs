@@ -4,24 +4,9 @@
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
-use sse_runtime::{EncodedEvent, MessageEvent, RedisBroker, Registry, RegistryConfig};
-use sse_tests::redis_server::{self, RedisServer};
-
-/// `(id, event type, data)` of one encoded event.
-fn fields(event: &EncodedEvent) -> (String, String, String) {
-    let text = std::str::from_utf8(event.as_bytes()).unwrap();
-    let (mut id, mut event_type, mut data) = (String::new(), String::new(), Vec::new());
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            event_type = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data.push(v);
-        }
-    }
-    (id, event_type, data.join("\n"))
-}
+use sse_runtime::{EncodedEvent, MessageEvent, RegistryConfig};
+use sse_tests::fields;
+use sse_tests::redis_server;
 
 /// The next event's fields, past resume points.
 async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> (String, String, String) {
@@ -34,14 +19,6 @@ async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> (Strin
             return fields(&event);
         }
     }
-}
-
-async fn instance(server: &RedisServer, config: RegistryConfig) -> Registry<String> {
-    Registry::with_broker(
-        RedisBroker::connect(&server.url(), config)
-            .await
-            .expect("connect to redis"),
-    )
 }
 
 fn key(name: &str) -> String {
@@ -59,8 +36,8 @@ async fn an_event_sent_on_one_instance_reaches_a_subscriber_on_another() {
         return;
     };
     let (a, b) = (
-        instance(&server, RegistryConfig::default()).await,
-        instance(&server, RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
     );
     let mut on_a = a.subscribe(&key("room"));
     let mut on_b = b.subscribe(&key("room"));
@@ -90,8 +67,8 @@ async fn a_client_resumes_on_another_instance_with_exactly_the_missed_events() {
         return;
     };
     let (a, b) = (
-        instance(&server, RegistryConfig::default()).await,
-        instance(&server, RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
     );
     let mut on_a = a.subscribe(&key("feed"));
     assert!(futures_util::FutureExt::now_or_never(on_a.next()).is_none());
@@ -126,8 +103,8 @@ async fn concurrent_senders_on_two_instances_and_random_resumes_leave_no_gap_or_
     };
     let config = RegistryConfig::default().history_len(10_000);
     let instances = [
-        instance(&server, config.clone()).await,
-        instance(&server, config).await,
+        server.registry(config.clone()).await,
+        server.registry(config).await,
     ];
     let total = 4 * PER_SENDER;
     let mut checkers = Vec::new();
@@ -216,7 +193,7 @@ async fn unknown_and_garbage_ids_get_the_reset_signal() {
     let Some(server) = redis_server::start(false).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default()).await;
+    let registry = server.registry(RegistryConfig::default()).await;
     registry
         .send(&key("k"), MessageEvent::new("x"))
         .await
@@ -245,7 +222,9 @@ async fn a_trimmed_history_gets_the_reset_signal() {
     let Some(server) = redis_server::start(false).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default().history_len(10)).await;
+    let registry = server
+        .registry(RegistryConfig::default().history_len(10))
+        .await;
     let mut subscription = registry.subscribe(&key("k"));
     assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
     settle().await;
@@ -274,7 +253,7 @@ async fn send_fails_while_redis_is_down_and_delivery_recovers_after() {
     let Some(mut server) = redis_server::start(true).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default()).await;
+    let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = registry.subscribe(&key("k"));
     assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
     settle().await;
@@ -314,7 +293,7 @@ async fn with_appendonly_always_acknowledged_events_survive_a_redis_restart() {
     let Some(mut server) = redis_server::start(true).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default()).await;
+    let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = registry.subscribe(&key("k"));
     assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
     settle().await;
@@ -331,7 +310,7 @@ async fn with_appendonly_always_acknowledged_events_survive_a_redis_restart() {
             .unwrap();
     }
     server.restart().await; // killed, not shut down: only the AOF keeps the events
-    let other = instance(&server, RegistryConfig::default()).await;
+    let other = server.registry(RegistryConfig::default()).await;
     let mut resumed = other.subscribe_from(&key("k"), Some(&seen_id));
     for n in 1..=3 {
         assert_eq!(next(&mut resumed).await.2, format!("acked {n}"));
@@ -343,7 +322,7 @@ async fn without_persistence_a_resume_after_a_restart_gets_the_reset_signal() {
     let Some(mut server) = redis_server::start(false).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default()).await;
+    let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = registry.subscribe(&key("k"));
     assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
     settle().await;
@@ -358,7 +337,7 @@ async fn without_persistence_a_resume_after_a_restart_gets_the_reset_signal() {
         .await
         .unwrap();
     server.restart().await;
-    let other = instance(&server, RegistryConfig::default()).await;
+    let other = server.registry(RegistryConfig::default()).await;
     let mut resumed = other.subscribe_from(&key("k"), Some(&seen_id));
     assert_eq!(
         next(&mut resumed).await.2,
@@ -377,7 +356,7 @@ async fn two_chat_instances_share_rooms_and_resume_each_others_ids_over_http() {
     };
     let mut instances = Vec::new();
     for _ in 0..2 {
-        let registry = instance(&server, RegistryConfig::default()).await;
+        let registry = server.registry(RegistryConfig::default()).await;
         instances.push(
             TestServer::start(chat::ChatController::with_registry(["general"], registry).app())
                 .await,
@@ -419,8 +398,8 @@ async fn broadcast_reaches_every_key_on_every_instance() {
         return;
     };
     let (a, b) = (
-        instance(&server, RegistryConfig::default()).await,
-        instance(&server, RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
     );
     // More streams than one SCAN page or one pipeline chunk.
     const KEYS: usize = 1_200;
@@ -461,8 +440,8 @@ async fn a_thousand_keys_are_shared_among_readers_and_every_event_arrives() {
         return;
     };
     let (a, b) = (
-        instance(&server, RegistryConfig::default()).await,
-        instance(&server, RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
     );
     let mut subscriptions = Vec::new();
     for n in 0..KEYS {

@@ -7,22 +7,9 @@
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
-use sse_runtime::{
-    EncodedEvent, MessageEvent, RedisBroker, Registry, RegistryConfig, Subscription,
-};
+use sse_runtime::{EncodedEvent, MessageEvent, Registry, RegistryConfig, Subscription};
+use sse_tests::fields;
 use sse_tests::redis_server::{self, RedisServer};
-
-/// `(id, event type, data)` of one encoded event.
-fn fields(event: &EncodedEvent) -> (String, String, String) {
-    let text = std::str::from_utf8(event.as_bytes()).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (field("id: "), field("event: "), field("data: "))
-}
 
 async fn next(
     stream: &mut (impl Stream<Item = EncodedEvent> + Unpin),
@@ -36,14 +23,6 @@ async fn next(
             other => return other.map(|event| fields(&event)),
         }
     }
-}
-
-async fn instance(server: &RedisServer, config: RegistryConfig) -> Registry<String> {
-    Registry::with_broker(
-        RedisBroker::connect(&server.url(), config)
-            .await
-            .expect("connect to redis"),
-    )
 }
 
 /// A plain connection to the test's Redis, for what another program would do.
@@ -89,7 +68,7 @@ async fn an_entry_another_program_wrote_is_skipped_without_spinning_and_delivery
     let Some(server) = redis_server::start(false).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default()).await;
+    let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = joined(&registry, "general").await;
     let mut redis = raw(&server).await;
     let _: String = redis::cmd("XADD")
@@ -121,7 +100,7 @@ async fn a_key_turned_into_another_type_ends_only_its_own_subscriptions() {
     let Some(server) = redis_server::start(false).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default()).await;
+    let registry = server.registry(RegistryConfig::default()).await;
     let mut good = joined(&registry, "good").await;
     let mut bad = joined(&registry, "bad").await;
     let mut redis = raw(&server).await;
@@ -159,8 +138,8 @@ async fn redis_paused_past_the_timeouts_loses_no_acknowledged_event_and_repeats_
         return;
     };
     let (a, b) = (
-        instance(&server, RegistryConfig::default()).await,
-        instance(&server, RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
     );
     let mut subscription = joined(&a, "room").await;
     let mut redis = raw(&server).await;
@@ -219,8 +198,8 @@ async fn entries_trimmed_past_a_lagging_reader_give_its_subscribers_the_reset_si
     };
     let config = RegistryConfig::default().history_len(10);
     let (a, b) = (
-        instance(&server, config.clone()).await,
-        instance(&server, config).await,
+        server.registry(config.clone()).await,
+        server.registry(config).await,
     );
     let mut subscription = joined(&a, "room").await;
     b.send(&"room".to_owned(), MessageEvent::new("seen"))
@@ -282,7 +261,7 @@ async fn a_restart_without_persistence_gives_connected_subscribers_the_reset_sig
     let Some(mut server) = redis_server::start(false).await else {
         return;
     };
-    let registry = instance(&server, RegistryConfig::default()).await;
+    let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = joined(&registry, "room").await;
     for n in 0..3 {
         registry
@@ -317,7 +296,9 @@ async fn a_key_nobody_writes_to_expires_with_its_history_and_old_entries_are_tri
         return;
     };
     let ttl = Duration::from_millis(400);
-    let registry = instance(&server, RegistryConfig::default().history_ttl(ttl)).await;
+    let registry = server
+        .registry(RegistryConfig::default().history_ttl(ttl))
+        .await;
     let mut redis = raw(&server).await;
     registry
         .send(&"busy".to_owned(), MessageEvent::new("old"))

@@ -212,6 +212,44 @@ pub async fn redis_fan_out(
     (figures, commands as f64 / events.max(1) as f64)
 }
 
+/// Fan-out over the Redis broker on `instances` instances against the
+/// in-memory broker on one, alternating which goes first each round: the
+/// mean figures of each, and the Redis commands per published event.
+async fn redis_against_memory(
+    s: Sizes,
+    subscribers: usize,
+    events: u64,
+    instances: usize,
+) -> ([Figures; 2], f64) {
+    let mut redis_runs = Vec::new();
+    let mut memory_runs = Vec::new();
+    let mut commands = 0.0;
+    for round in 0..s.rounds {
+        let memory = || async {
+            let server = start("bench-ours").await;
+            let figures =
+                scenario::fan_out(server.addr, server.pid, subscribers, events, None).await;
+            server.stop().await;
+            eprintln!("  in-memory, 1 instance {figures:?}");
+            figures
+        };
+        let memory_first = round % 2 == 1;
+        if memory_first {
+            memory_runs.push(memory().await);
+        }
+        let (figures, per_event) = redis_fan_out(subscribers, events, instances, 1).await;
+        redis_runs.push(figures);
+        commands += per_event;
+        if !memory_first {
+            memory_runs.push(memory().await);
+        }
+    }
+    (
+        [mean(&redis_runs), mean(&memory_runs)],
+        commands / s.rounds.max(1) as f64,
+    )
+}
+
 /// Every scenario of the comparison, ours against the baseline (and the
 /// other pairs it names), as report rows.
 pub async fn comparison(s: Sizes) -> Vec<Row> {
@@ -389,31 +427,7 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
 
     eprintln!("Redis broker, two instances, vs in-memory on one");
     let (subscribers, events) = (s.fan_out_subscribers, s.fan_out_events / 2);
-    let mut redis_runs = Vec::new();
-    let mut memory_runs = Vec::new();
-    let mut round_trips = 0.0;
-    for round in 0..s.rounds {
-        let memory = async {
-            let server = start("bench-ours").await;
-            let figures =
-                scenario::fan_out(server.addr, server.pid, subscribers, events, None).await;
-            server.stop().await;
-            eprintln!("  in-memory, 1 instance {figures:?}");
-            figures
-        };
-        if round % 2 == 0 {
-            let (figures, trips) = redis_fan_out(subscribers, events, 2, 1).await;
-            redis_runs.push(figures);
-            round_trips += trips;
-            memory_runs.push(memory.await);
-        } else {
-            memory_runs.push(memory.await);
-            let (figures, trips) = redis_fan_out(subscribers, events, 2, 1).await;
-            redis_runs.push(figures);
-            round_trips += trips;
-        }
-    }
-    let redis_vs_memory = [mean(&redis_runs), mean(&memory_runs)];
+    let (redis_vs_memory, round_trips) = redis_against_memory(s, subscribers, events, 2).await;
     let name =
         format!("Redis broker, {subscribers} subscribers over 2 instances (vs in-memory on 1)");
     rows.push(ratio_row(
@@ -435,7 +449,7 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
     rows.push(Row {
         scenario: name.clone(),
         figure: "Redis commands per published event",
-        ours: format!("{:.2}", round_trips / s.rounds as f64),
+        ours: format!("{round_trips:.2}"),
         baseline: "—".into(),
         ratio: f64::NAN,
         target: "(info)",
@@ -445,26 +459,7 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
 
     eprintln!("Redis broker on one instance vs in-memory");
     let (subscribers, events) = (s.fan_out_subscribers, s.fan_out_events);
-    let mut redis_runs = Vec::new();
-    let mut memory_runs = Vec::new();
-    for round in 0..s.rounds {
-        let memory = async {
-            let server = start("bench-ours").await;
-            let figures =
-                scenario::fan_out(server.addr, server.pid, subscribers, events, None).await;
-            server.stop().await;
-            eprintln!("  in-memory, 1 instance {figures:?}");
-            figures
-        };
-        if round % 2 == 0 {
-            redis_runs.push(redis_fan_out(subscribers, events, 1, 1).await.0);
-            memory_runs.push(memory.await);
-        } else {
-            memory_runs.push(memory.await);
-            redis_runs.push(redis_fan_out(subscribers, events, 1, 1).await.0);
-        }
-    }
-    let one_instance = [mean(&redis_runs), mean(&memory_runs)];
+    let (one_instance, _) = redis_against_memory(s, subscribers, events, 1).await;
     let name = format!("Redis broker, {subscribers} subscribers on 1 instance (vs in-memory)");
     rows.push(ratio_row(
         &name,

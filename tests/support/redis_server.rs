@@ -4,6 +4,8 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use sse_runtime::{RedisBroker, Registry, RegistryConfig};
+
 use crate::external::{require, runs};
 
 pub struct RedisServer {
@@ -36,6 +38,15 @@ pub async fn start(persistent: bool) -> Option<RedisServer> {
 impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
+    }
+
+    /// A registry over this server: one instance of an app.
+    pub async fn registry(&self, config: RegistryConfig) -> Registry<String> {
+        Registry::with_broker(
+            RedisBroker::connect(&self.url(), config)
+                .await
+                .expect("connect to redis"),
+        )
     }
 
     async fn launch(&mut self) {
