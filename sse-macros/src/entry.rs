@@ -1,7 +1,8 @@
 //! The pipeline each attribute runs: parse → model → validate → expand. On any
 //! error the user's item is emitted untouched beside the errors (as
-//! tokio-macros does), so the rest of the file still type-checks and IDEs keep
-//! working.
+//! tokio-macros does), with a stub `router()` of the real signature (as
+//! thiserror emits a fallback impl), so the rest of the file still
+//! type-checks, a `.router()` call adds no second error, and IDEs keep working.
 
 use proc_macro2::TokenStream;
 use quote::quote;
@@ -45,14 +46,20 @@ pub fn sse_controller(args: TokenStream, input: TokenStream) -> TokenStream {
     );
     let Some(args) = errors.ok(args) else {
         model::mark_route_attributes(&mut item);
-        return fallback(&item, errors);
+        let stub = expand::stub_router(&item, None);
+        return fallback(&item, errors, stub);
     };
     let controller = Controller::from_input(args, item, &mut errors);
     validate::check(&controller, &mut errors);
     if errors.is_empty() {
         expand::controller(&controller)
     } else {
-        fallback(&controller.item, errors)
+        // With a `router` of the user's own, a stub would be one more error.
+        let stub = match controller.existing_router {
+            Some(_) => TokenStream::new(),
+            None => expand::stub_router(&controller.item, controller.state.as_ref()),
+        };
+        fallback(&controller.item, errors, stub)
     }
 }
 
@@ -68,9 +75,11 @@ pub fn sse(args: TokenStream, input: TokenStream) -> TokenStream {
     with_errors(input, error)
 }
 
-fn fallback(item: &ItemImpl, errors: Errors) -> TokenStream {
+/// The user's item, untouched but for its marked attributes, a stub of what
+/// the expansion would have added, and the errors.
+fn fallback(item: &ItemImpl, errors: Errors, stub: TokenStream) -> TokenStream {
     let errors = errors.into_compile_errors();
-    quote!(#item #errors)
+    quote!(#item #stub #errors)
 }
 
 fn with_errors(item: TokenStream, error: syn::Error) -> TokenStream {

@@ -16,11 +16,6 @@ use crate::model::{Controller, Returns, Route};
 
 pub fn controller(controller: &Controller) -> TokenStream {
     let item = &controller.item;
-    let (impl_generics, self_ty, where_clause) = (
-        &item.generics.params,
-        &item.self_ty,
-        &item.generics.where_clause,
-    );
     let private = quote!(::sse_runtime::__private);
 
     // Routes sharing a path become one axum method router (GET and POST on one path).
@@ -61,33 +56,76 @@ pub fn controller(controller: &Controller) -> TokenStream {
         "An axum router serving this controller's server-sent event routes:\n{route_list}\n\n\
          Merge it into an app with `Router::merge`."
     );
-    let (state_param, state_ty) = match &controller.state {
+    let router = router_impl(
+        item,
+        controller.state.as_ref(),
+        quote! {
+            #[doc = #doc]
+            #[allow(clippy::redundant_clone)]
+        },
+        quote! {
+            let __controller = ::std::sync::Arc::new(self);
+            let _ = &__controller; // a controller with only receiver-less routes
+            #private::axum::Router::new() #(#route_calls)*
+        },
+    );
+
+    quote! {
+        #item
+
+        #router
+    }
+}
+
+/// What the controller macro emits beside its errors: a `router` with the
+/// real one's signature, so that the user's `.router()` call adds no second,
+/// misleading error (thiserror's fallback impl does the same).
+pub fn stub_router(item: &syn::ItemImpl, state: Option<&syn::Type>) -> TokenStream {
+    router_impl(
+        item,
+        state,
+        quote!(#[doc(hidden)]),
+        quote!(::core::unreachable!(
+            "#[sse_controller] reported a compile error"
+        )),
+    )
+}
+
+/// `impl<..> SelfTy { ATTRS pub fn router<__S>(self) -> Router<__S> where .. { BODY } }`:
+/// the router's signature, one place for the real router and the stub.
+fn router_impl(
+    item: &syn::ItemImpl,
+    state: Option<&syn::Type>,
+    attrs: TokenStream,
+    body: TokenStream,
+) -> TokenStream {
+    let private = quote!(::sse_runtime::__private);
+    let (impl_generics, self_ty, where_clause) = (
+        &item.generics.params,
+        &item.self_ty,
+        &item.generics.where_clause,
+    );
+    let (state_param, state_ty) = match state {
         Some(state) => (quote!(), quote!(#state)),
         None => (quote!(<__S>), quote!(__S)),
     };
-    let state_bound = controller.state.is_none().then(|| {
+    let state_bound = state.is_none().then(|| {
         quote!(__S: ::core::clone::Clone + ::core::marker::Send + ::core::marker::Sync + 'static,)
     });
     let where_predicates = where_clause.as_ref().map(|w| {
         let predicates = w.predicates.iter();
         quote!(#(#predicates,)*)
     });
-
     quote! {
-        #item
-
         impl<#impl_generics> #self_ty {
-            #[doc = #doc]
-            #[allow(clippy::redundant_clone)]
+            #attrs
             pub fn router #state_param (self) -> #private::axum::Router<#state_ty>
             where
                 #where_predicates
                 #state_bound
                 Self: ::core::marker::Send + ::core::marker::Sync + 'static,
             {
-                let __controller = ::std::sync::Arc::new(self);
-                let _ = &__controller; // a controller with only receiver-less routes
-                #private::axum::Router::new() #(#route_calls)*
+                #body
             }
         }
     }
@@ -101,8 +139,10 @@ fn handler(route: &Route) -> TokenStream {
         .map(|i| format_ident!("__arg{}", i))
         .collect();
     let arg_types = route.args.iter().map(|arg| &arg.ty);
-    // Spanned at the return type too: a return type that borrows the
-    // controller where it may not is reported there.
+    // Spanned at the return type, in the hope that a return type that borrows
+    // the controller where it may not is reported there. It is not yet: the
+    // borrow error lands on the attribute (`owned_return_type_borrows_self`
+    // records it), with the helper's name in the compiler's note.
     let receiver = route
         .takes_self
         .then(|| quote_spanned!(route.returns.ty().span()=> &*__this,));

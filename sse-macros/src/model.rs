@@ -89,12 +89,17 @@ pub const CHECKED_MARKER: &str = "__sse_controller_checked";
 pub fn mark_route_attributes(item: &mut ItemImpl) {
     for impl_item in &mut item.items {
         if let Some(attrs) = attrs_mut(impl_item) {
-            attrs
-                .iter_mut()
-                .filter(|a| is_route_attribute(a))
-                .for_each(mark_checked);
+            mark_route_attributes_of(attrs);
         }
     }
+}
+
+/// Marks the `#[sse]` attributes among `attrs` as read.
+fn mark_route_attributes_of(attrs: &mut [Attribute]) {
+    attrs
+        .iter_mut()
+        .filter(|a| is_route_attribute(a))
+        .for_each(mark_checked);
 }
 
 fn mark_checked(attr: &mut Attribute) {
@@ -122,9 +127,9 @@ fn is_route_attribute(attr: &Attribute) -> bool {
 }
 
 impl Controller {
-    /// Builds the model from the macro's input. Returns `None` only when the
-    /// input is not an inherent `impl` block at all; every other mistake is
-    /// recorded in `errors` and the model is built as far as possible.
+    /// Builds the model from the macro's input (an inherent `impl` block,
+    /// checked by the caller). Every mistake is recorded in `errors`, and the
+    /// model is built as far as possible, so one compile reports them all.
     pub fn from_input(args: ControllerArgs, mut item: ItemImpl, errors: &mut Errors) -> Controller {
         let prefix = match path::parse(&args.prefix.value()) {
             Ok(prefix) => prefix,
@@ -150,11 +155,7 @@ impl Controller {
                     .filter(|a| is_route_attribute(a))
                     .cloned()
                     .collect();
-                method
-                    .attrs
-                    .iter_mut()
-                    .filter(|a| is_route_attribute(a))
-                    .for_each(mark_checked);
+                mark_route_attributes_of(&mut method.attrs);
                 if let Some((first, repeated)) = route_attrs.split_first() {
                     for attr in repeated {
                         errors.push(syn::Error::new_spanned(
@@ -174,10 +175,7 @@ impl Controller {
                         "#[sse] goes on a method\n\n= help: put it on a `fn` of this impl block that returns a stream",
                     ));
                 }
-                attrs
-                    .iter_mut()
-                    .filter(|a| is_route_attribute(a))
-                    .for_each(mark_checked);
+                mark_route_attributes_of(attrs);
             }
         }
 
@@ -209,7 +207,7 @@ impl Route {
         let args = errors.ok(parsed);
 
         let sig = &method.sig;
-        let takes_self = receiver_is_ok(sig, errors);
+        let takes_self = has_receiver(sig, errors);
         if !sig.generics.params.is_empty() {
             errors.push(syn::Error::new(
                 sig.generics.span(),
@@ -265,8 +263,9 @@ impl Route {
     }
 }
 
-/// `&self` or no receiver. Anything else is an error; returns whether there is one.
-fn receiver_is_ok(sig: &syn::Signature, errors: &mut Errors) -> bool {
+/// Whether the method has a receiver. Only `&self` (or none) is allowed;
+/// any other receiver is reported, and still counts as one.
+fn has_receiver(sig: &syn::Signature, errors: &mut Errors) -> bool {
     let Some(receiver) = sig.receiver() else {
         return false;
     };

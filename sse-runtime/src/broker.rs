@@ -13,8 +13,8 @@ use crate::event::{EncodedEvent, MessageEvent};
 ///
 /// # Contract
 ///
-/// Every implementation gives these guarantees; the registry's tests check them
-/// against each broker.
+/// Every implementation gives these guarantees; `tests/broker_contract.rs`
+/// checks each of them against every broker of this crate.
 ///
 /// - **Ids.** `publish` stamps the event with an id (the SSE `id:` field,
 ///   replacing any id the event had) that is unique for the broker's lifetime
