@@ -46,6 +46,51 @@ pub struct MessageEvent {
     comment: Option<String>,
 }
 
+/// An event type known when the program is compiled. [`EventType::new`] is a
+/// `const fn` that refuses an empty name or one with CR or LF, so in a
+/// `const` (or a `const { }` block) a bad name is a compile error and
+/// [`MessageEvent::with_type`] needs no `Result`.
+///
+/// ```compile_fail
+/// use sse_runtime::EventType;
+/// // error[E0080]: evaluation of constant value failed: an SSE event type cannot contain CR or LF
+/// const BROKEN: EventType = EventType::new("joined\nid: 1");
+/// ```
+///
+/// ```
+/// use sse_runtime::{EventType, MessageEvent};
+/// let event = MessageEvent::new("x").with_type(const { EventType::new("tick") });
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EventType(&'static str);
+
+impl EventType {
+    /// The event type `name`.
+    ///
+    /// # Panics
+    ///
+    /// When `name` is empty or contains CR or LF: at compile time when
+    /// evaluated in a constant, as it should be.
+    pub const fn new(name: &'static str) -> EventType {
+        let bytes = name.as_bytes();
+        assert!(!bytes.is_empty(), "an SSE event type cannot be empty");
+        let mut at = 0;
+        while at < bytes.len() {
+            assert!(
+                bytes[at] != b'\r' && bytes[at] != b'\n',
+                "an SSE event type cannot contain CR or LF"
+            );
+            at += 1;
+        }
+        EventType(name)
+    }
+
+    /// The name.
+    pub const fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
 /// Which field of an event a value was offered for, in an [`EventError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
@@ -158,6 +203,20 @@ impl MessageEvent {
         check_field_value(EventField::EventType, &event_type)?;
         self.event_type = Some(event_type);
         Ok(self)
+    }
+
+    /// Sets an event type checked when the program is compiled: infallible.
+    ///
+    /// ```
+    /// use sse_runtime::{EventType, MessageEvent};
+    ///
+    /// const JOINED: EventType = EventType::new("joined");
+    /// let event = MessageEvent::new("ann").with_type(JOINED);
+    /// assert_eq!(event.to_bytes(), "event: joined\ndata: ann\n\n");
+    /// ```
+    pub fn with_type(mut self, event_type: EventType) -> Self {
+        self.event_type = Some(event_type.0.to_owned());
+        self
     }
 
     /// Sets the event id (the `id:` field). A browser sends the last id it saw

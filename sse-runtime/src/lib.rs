@@ -90,7 +90,7 @@ mod write_stall;
 pub mod __private;
 
 pub use broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
-pub use event::{EncodedEvent, EventError, EventField, MessageEvent};
+pub use event::{EncodedEvent, EventError, EventField, EventType, MessageEvent};
 pub use event_id::{LastEventId, MAX_LAST_EVENT_ID_LEN};
 pub use item::{ItemError, SseItem};
 pub use limits::default_max_connections;

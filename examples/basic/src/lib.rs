@@ -25,7 +25,7 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use futures_util::{Stream, StreamExt};
 use sse_runtime::{
-    EventError, LastEventId, MessageEvent, Registry, Subscription, sse, sse_controller,
+    EventType, LastEventId, MessageEvent, Registry, Subscription, sse, sse_controller,
 };
 use tokio_stream::wrappers::IntervalStream;
 
@@ -81,10 +81,12 @@ impl EventsController {
     /// Events of type `customEventName`, which a browser delivers to
     /// `addEventListener('customEventName', ...)` rather than `onmessage`.
     #[sse("/dynamic", keep_alive = "5s")]
-    fn dynamic(&self) -> impl Stream<Item = Result<MessageEvent, EventError>> {
-        let events = every(Duration::from_secs(1)).enumerate().map(|(n, _)| {
-            MessageEvent::new(format!("dynamic event {n}")).with_event_type("customEventName")
-        });
+    fn dynamic(&self) -> impl Stream<Item = MessageEvent> {
+        // Checked by the compiler: no `Result` for a name known in advance.
+        const CUSTOM: EventType = EventType::new("customEventName");
+        let events = every(Duration::from_secs(1))
+            .enumerate()
+            .map(|(n, _)| MessageEvent::new(format!("dynamic event {n}")).with_type(CUSTOM));
         self.users.until_shutdown(events)
     }
 }
