@@ -12,7 +12,7 @@ use axum::http::{HeaderMap, StatusCode};
 use futures_util::{Stream, StreamExt, stream};
 use serde::Deserialize;
 use sse_runtime::testing::TestClient;
-use sse_runtime::{MessageEvent, sse, sse_controller};
+use sse_runtime::{MessageEvent, delete, get, post, sse, sse_controller};
 use sse_tests::{RawResponse, TestServer, events, eventually, next_event, open, within};
 
 /// Counts streams dropped, to prove a disconnect ends the method's stream.
@@ -158,6 +158,33 @@ impl TestController {
         stream::iter(prompt.words)
             .map(MessageEvent::new)
             .chain(stream::iter([MessageEvent::new("[DONE]")]))
+    }
+
+    /// A plain route beside the streams, as NestJS's `@Get()` beside `@Sse()`.
+    #[get("/status")]
+    fn status(&self) -> String {
+        format!("{} streams opened", self.helper())
+    }
+
+    /// Plain routes share a path with a stream: one method router for all.
+    #[post("/items/:id")]
+    async fn create_item(
+        Path(id): Path<u32>,
+        Json(body): Json<serde_json::Value>,
+    ) -> (StatusCode, Json<serde_json::Value>) {
+        (
+            StatusCode::CREATED,
+            Json(serde_json::json!({ "id": id, "body": body })),
+        )
+    }
+
+    #[delete("/items/{id}")]
+    fn delete_item(Path(id): Path<u32>) -> Result<StatusCode, (StatusCode, String)> {
+        if id == 7 {
+            Ok(StatusCode::NO_CONTENT)
+        } else {
+            Err((StatusCode::NOT_FOUND, format!("no item {id}")))
+        }
     }
 
     /// Not a route: left as written.
@@ -362,6 +389,48 @@ async fn extractors_of_every_kind_reach_the_method() {
 
     // The custom extractor's rejection is the response.
     assert_eq!(client.get("/t/echo/x/y").send().await.status(), 401);
+}
+
+#[tokio::test]
+async fn plain_routes_sit_beside_the_streams_of_one_controller() {
+    let controller = TestController::default();
+    let client = TestClient::new(controller.clone().router());
+    // A stream first, so the plain route has something to report.
+    let mut stream = client.get("/t/watched").send().await;
+    assert_eq!(stream.next_event().await.unwrap().data, "hello");
+    let status = client.get("/t/status").send().await;
+    assert_eq!(status.status(), 200);
+    assert_eq!(status.text().await, "1 streams opened");
+
+    // POST and DELETE share their path with the #[sse] GET.
+    let created = client
+        .post("/t/items/3")
+        .json(&serde_json::json!({ "name": "three" }))
+        .send()
+        .await;
+    assert_eq!(created.status(), 201);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&created.text().await).unwrap(),
+        serde_json::json!({ "id": 3, "body": { "name": "three" } })
+    );
+    let delete = |id: u32| {
+        client
+            .request(axum::http::Method::DELETE, &format!("/t/items/{id}"))
+            .send()
+    };
+    assert_eq!(delete(7).await.status(), 204);
+    let missing = delete(8).await;
+    assert_eq!(missing.status(), 404);
+    assert_eq!(missing.text().await, "no item 8");
+    // A method none of the routes of a path serves.
+    assert_eq!(
+        client
+            .request(axum::http::Method::PUT, "/t/items/7")
+            .send()
+            .await
+            .status(),
+        405
+    );
 }
 
 #[tokio::test]

@@ -35,6 +35,9 @@ pub enum SwitchableDuration {
 pub enum HttpMethod {
     Get,
     Post,
+    Put,
+    Patch,
+    Delete,
 }
 
 impl HttpMethod {
@@ -42,7 +45,40 @@ impl HttpMethod {
         match self {
             HttpMethod::Get => "GET",
             HttpMethod::Post => "POST",
+            HttpMethod::Put => "PUT",
+            HttpMethod::Patch => "PATCH",
+            HttpMethod::Delete => "DELETE",
         }
+    }
+
+    /// The method of a plain-route attribute (`#[get]`, `#[post]`, ...).
+    pub fn of_attribute(name: &str) -> Option<HttpMethod> {
+        match name {
+            "get" => Some(HttpMethod::Get),
+            "post" => Some(HttpMethod::Post),
+            "put" => Some(HttpMethod::Put),
+            "patch" => Some(HttpMethod::Patch),
+            "delete" => Some(HttpMethod::Delete),
+            _ => None,
+        }
+    }
+}
+
+/// `#[get("/path")]` (and `post`, `put`, `patch`, `delete`): a plain route.
+pub struct PlainRouteArgs {
+    pub path: LitStr,
+}
+
+impl PlainRouteArgs {
+    pub fn parse(input: ParseStream) -> syn::Result<Self> {
+        let path = parse_path(input, "#[get(\"/status\")]")?;
+        if !input.is_empty() {
+            return Err(input.error(
+                "a plain route takes only its path\n\n= help: options such as `keep_alive` belong to \
+                 #[sse] routes; write #[get(\"/path\")]",
+            ));
+        }
+        Ok(PlainRouteArgs { path })
     }
 }
 
@@ -123,6 +159,18 @@ impl ControllerArgs {
 }
 
 impl RouteArgs {
+    /// A plain route's arguments: its path and method, and no stream options.
+    pub fn plain(path: LitStr, method: HttpMethod) -> Self {
+        RouteArgs {
+            path,
+            keep_alive: SwitchableDuration::Default,
+            batch_window: SwitchableDuration::Default,
+            write_stall: SwitchableDuration::Default,
+            retry_ms: None,
+            method,
+        }
+    }
+
     pub fn parse(input: ParseStream, errors: &mut Errors) -> syn::Result<Self> {
         let path = parse_path(input, "#[sse(\"/stream\")]")?;
         let mut args = RouteArgs {

@@ -64,13 +64,22 @@ pub fn sse_controller(args: TokenStream, input: TokenStream) -> TokenStream {
 }
 
 pub fn sse(args: TokenStream, input: TokenStream) -> TokenStream {
+    route_attribute("sse", args, input)
+}
+
+/// `#[sse]`, `#[get]`, `#[post]`, ...: read by the enclosing controller, which
+/// marks them; alone, they are a mistake.
+pub fn route_attribute(name: &str, args: TokenStream, input: TokenStream) -> TokenStream {
     if args.to_string() == model::CHECKED_MARKER {
         return input;
     }
     let error = syn::Error::new(
         proc_macro2::Span::call_site(),
-        "#[sse] only works on a method of an `impl` block marked #[sse_controller]\n\n= help: put \
-         #[sse_controller(\"/prefix\")] on the enclosing `impl` block; it turns each #[sse] method into a route",
+        format!(
+            "#[{name}] only works on a method of an `impl` block marked #[sse_controller]\n\n= help: put \
+             #[sse_controller(\"/prefix\")] on the enclosing `impl` block; it turns each #[{name}] method into \
+             a route"
+        ),
     );
     with_errors(input, error)
 }

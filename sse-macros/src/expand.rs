@@ -31,6 +31,9 @@ pub fn controller(controller: &Controller) -> TokenStream {
             let filter = match route.method {
                 HttpMethod::Get => quote!(GET),
                 HttpMethod::Post => quote!(POST),
+                HttpMethod::Put => quote!(PUT),
+                HttpMethod::Patch => quote!(PATCH),
+                HttpMethod::Delete => quote!(DELETE),
             };
             let handler = handler(route);
             quote!(.on(#private::axum::routing::MethodFilter::#filter, #handler))
@@ -156,13 +159,17 @@ fn handler(route: &Route) -> TokenStream {
     let call = quote_spanned!(return_span=> Self::#method(#receiver #(#arg_names),*) #await_call);
     // A receiver-less method, or one whose return type cannot borrow `&self`
     // (`-> Subscription`), is called directly; its response owns its stream.
+    let plain = matches!(route.returns, Returns::Response(_));
     let direct = !route.takes_self || route.returns.is_owned();
-    let call = if route.takes_self && direct {
+    // A plain handler's response is built inside the handler's future, which
+    // owns the controller handle it borrows: no check is needed.
+    let call = if route.takes_self && direct && !plain {
         quote_spanned!(return_span=> #private::a_named_return_type_must_not_borrow_self(#call))
     } else {
         call
     };
     let body = match (&route.returns, direct) {
+        (Returns::Response(_), _) => quote!(#private::respond_plain(#call)),
         (Returns::Stream(_), true) => {
             quote!(#private::respond_stream(#call, #options))
         }

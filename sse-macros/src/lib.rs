@@ -28,7 +28,9 @@ use proc_macro::TokenStream;
 ///
 /// Without `state`, `router` is generic over the app's state, so it merges into
 /// any `Router<S>`. The controller is moved into an `Arc` shared by all requests.
-/// Methods without `#[sse]` are left as they are.
+/// Methods marked `#[get]`, `#[post]`, `#[put]`, `#[patch]` or `#[delete]`
+/// become plain routes beside the streams. Methods without a route
+/// attribute are left as they are (helpers).
 ///
 /// See the `sse_runtime` crate docs for a complete example.
 #[proc_macro_attribute]
@@ -60,4 +62,45 @@ pub fn sse_controller(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn sse(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::sse(args.into(), item.into()).into()
+}
+
+/// Marks a method of an `#[sse_controller]` impl block as a plain `GET` route,
+/// beside its event streams, as NestJS's `@Get()` sits beside `@Sse()`.
+///
+/// ```text
+/// #[get("/status")]               // GET <prefix>/status
+/// #[post("/user/:userId")]        // same path syntax and extractors as #[sse]
+/// ```
+///
+/// The method takes `&self` or no receiver, may be `async`, takes any axum
+/// extractors, and returns anything `IntoResponse`. A method that returns a
+/// stream of events is an `#[sse]` route instead. `#[post]`, `#[put]`,
+/// `#[patch]` and `#[delete]` are the same for their methods.
+#[proc_macro_attribute]
+pub fn get(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::route_attribute("get", args.into(), item.into()).into()
+}
+
+/// A plain `POST` route of an `#[sse_controller]`; see [`macro@get`].
+#[proc_macro_attribute]
+pub fn post(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::route_attribute("post", args.into(), item.into()).into()
+}
+
+/// A plain `PUT` route of an `#[sse_controller]`; see [`macro@get`].
+#[proc_macro_attribute]
+pub fn put(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::route_attribute("put", args.into(), item.into()).into()
+}
+
+/// A plain `PATCH` route of an `#[sse_controller]`; see [`macro@get`].
+#[proc_macro_attribute]
+pub fn patch(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::route_attribute("patch", args.into(), item.into()).into()
+}
+
+/// A plain `DELETE` route of an `#[sse_controller]`; see [`macro@get`].
+#[proc_macro_attribute]
+pub fn delete(args: TokenStream, item: TokenStream) -> TokenStream {
+    entry::route_attribute("delete", args.into(), item.into()).into()
 }

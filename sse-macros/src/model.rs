@@ -5,7 +5,7 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, ReturnType, Type};
 
-use crate::attr::{ControllerArgs, HttpMethod, RouteArgs, SwitchableDuration};
+use crate::attr::{ControllerArgs, HttpMethod, PlainRouteArgs, RouteArgs, SwitchableDuration};
 use crate::errors::Errors;
 use crate::path::{self, RoutePath};
 
@@ -51,12 +51,14 @@ pub enum Returns {
     Stream(Type),
     /// `Result<impl Stream<...>, E>`: `Err` is answered before streaming starts.
     Result(Type),
+    /// A plain route's response: anything `IntoResponse`.
+    Response(Type),
 }
 
 impl Returns {
     pub fn ty(&self) -> &Type {
         match self {
-            Returns::Stream(ty) | Returns::Result(ty) => ty,
+            Returns::Stream(ty) | Returns::Result(ty) | Returns::Response(ty) => ty,
         }
     }
 
@@ -118,12 +120,27 @@ fn attrs_mut(item: &mut ImplItem) -> Option<&mut Vec<Attribute>> {
     }
 }
 
-/// `#[sse(...)]`, `#[sse_runtime::sse(...)]` or `#[sse_macros::sse(...)]`.
+/// What a route attribute declares.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AttributeKind {
+    /// `#[sse(...)]`: an event stream.
+    Sse,
+    /// `#[get(...)]`, `#[post(...)]`, ...: a plain handler.
+    Plain(HttpMethod),
+}
+
+/// The kind of a route attribute (`#[sse]`, `#[get]`, `#[post]`, `#[put]`,
+/// `#[patch]`, `#[delete]`, by their last path segment), or `None`.
+fn route_attribute_kind(attr: &Attribute) -> Option<AttributeKind> {
+    let name = attr.path().segments.last()?.ident.to_string();
+    match name.as_str() {
+        "sse" => Some(AttributeKind::Sse),
+        other => HttpMethod::of_attribute(other).map(AttributeKind::Plain),
+    }
+}
+
 fn is_route_attribute(attr: &Attribute) -> bool {
-    attr.path()
-        .segments
-        .last()
-        .is_some_and(|s| s.ident == "sse")
+    route_attribute_kind(attr).is_some()
 }
 
 impl Controller {
@@ -160,8 +177,8 @@ impl Controller {
                     for attr in repeated {
                         errors.push(syn::Error::new_spanned(
                             attr,
-                            "a method can carry only one #[sse] attribute\n\n= help: to serve the same stream on \
-                             two paths, add a second method that calls this one",
+                            "a method can carry only one route attribute\n\n= help: to serve the same handler on \
+                             two paths or methods, add a second method that calls this one",
                         ));
                     }
                     if let Some(route) = Route::from_method(first, method, &prefix, errors) {
@@ -170,9 +187,16 @@ impl Controller {
                 }
             } else if let Some(attrs) = attrs_mut(impl_item) {
                 for attr in attrs.iter().filter(|a| is_route_attribute(a)) {
+                    let name = attr.path().segments.last().map(|s| s.ident.to_string());
+                    let name = name.as_deref().unwrap_or("sse");
+                    let what = if name == "sse" {
+                        "returns a stream"
+                    } else {
+                        "answers the request"
+                    };
                     errors.push(syn::Error::new_spanned(
                         attr,
-                        "#[sse] goes on a method\n\n= help: put it on a `fn` of this impl block that returns a stream",
+                        format!("#[{name}] goes on a method\n\n= help: put it on a `fn` of this impl block that {what}"),
                     ));
                 }
                 mark_route_attributes_of(attrs);
@@ -195,14 +219,18 @@ impl Route {
         prefix: &RoutePath,
         errors: &mut Errors,
     ) -> Option<Route> {
-        let parsed = match &attr.meta {
+        let kind = route_attribute_kind(attr)?;
+        let parsed = match (&attr.meta, kind) {
             // `#[sse]` with no parentheses at all.
-            syn::Meta::Path(_) => Err(syn::Error::new_spanned(
+            (syn::Meta::Path(_), _) => Err(syn::Error::new_spanned(
                 attr,
                 "missing route path\n\n= help: write the path first, as a string literal: #[sse(\"/stream\")]",
             )),
-            _ => attr
+            (_, AttributeKind::Sse) => attr
                 .parse_args_with(|input: syn::parse::ParseStream| RouteArgs::parse(input, errors)),
+            (_, AttributeKind::Plain(method)) => attr
+                .parse_args_with(PlainRouteArgs::parse)
+                .map(|plain| RouteArgs::plain(plain.path, method)),
         };
         let args = errors.ok(parsed);
 
@@ -211,12 +239,18 @@ impl Route {
         if !sig.generics.params.is_empty() {
             errors.push(syn::Error::new(
                 sig.generics.span(),
-                "an #[sse] method cannot be generic\n\n= help: axum needs one concrete handler per route; \
+                "a route method cannot be generic\n\n= help: axum needs one concrete handler per route; \
                  use concrete extractor types",
             ));
         }
-        let returns = match &sig.output {
-            ReturnType::Default => {
+        let returns = match (&sig.output, kind) {
+            (ReturnType::Default, AttributeKind::Plain(_)) => {
+                Some(Returns::Response(syn::parse_quote!(())))
+            }
+            (ReturnType::Type(_, ty), AttributeKind::Plain(_)) => {
+                Some(Returns::Response((**ty).clone()))
+            }
+            (ReturnType::Default, AttributeKind::Sse) => {
                 errors.push(syn::Error::new(
                     sig.ident.span(),
                     "an #[sse] method must return a stream of events\n\n= help: add a return type such as \
@@ -224,8 +258,10 @@ impl Route {
                 ));
                 None
             }
-            ReturnType::Type(_, ty) if is_result(ty) => Some(Returns::Result((**ty).clone())),
-            ReturnType::Type(_, ty) => Some(Returns::Stream((**ty).clone())),
+            (ReturnType::Type(_, ty), AttributeKind::Sse) if is_result(ty) => {
+                Some(Returns::Result((**ty).clone()))
+            }
+            (ReturnType::Type(_, ty), AttributeKind::Sse) => Some(Returns::Stream((**ty).clone())),
         };
         let method_args = sig
             .inputs

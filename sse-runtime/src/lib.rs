@@ -102,5 +102,5 @@ pub use response::{KeepAlive, Sse};
 pub use serve::{Serve, serve};
 pub use shutdown::shutdown_signal;
 #[doc(inline)]
-pub use sse_macros::{sse, sse_controller};
+pub use sse_macros::{delete, get, patch, post, put, sse, sse_controller};
 pub use write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};

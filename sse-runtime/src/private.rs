@@ -29,6 +29,22 @@ pub use futures_util::StreamExt as __StreamExt;
 pub trait SseStream: Stream<Item: SseItem> {}
 impl<S> SseStream for S where S: Stream<Item: SseItem> {}
 
+/// What a plain route (`#[get]`, `#[post]`, ...) must return. Exists to give a
+/// precise message on the user's return type when it is not a response.
+#[diagnostic::on_unimplemented(
+    message = "a #[get]/#[post]/... method must return a response, found `{Self}`",
+    label = "not an axum response",
+    note = "return anything `IntoResponse` (`String`, `Json<T>`, `StatusCode`, `Result<T, E>`, ...); \
+            for a stream of events, mark the method #[sse] instead"
+)]
+pub trait PlainResponse: IntoResponse {}
+impl<R: IntoResponse> PlainResponse for R {}
+
+/// Answers a plain route: its response as is.
+pub fn respond_plain<R: PlainResponse>(response: R) -> Response {
+    response.into_response()
+}
+
 /// Type-checks a method's return value with the error on the user's span.
 #[inline(always)]
 pub fn check_stream<S: SseStream>(stream: S) -> S {

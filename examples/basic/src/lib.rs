@@ -22,10 +22,9 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
 use futures_util::{Stream, StreamExt};
 use sse_runtime::{
-    EventType, LastEventId, MessageEvent, Registry, Subscription, sse, sse_controller,
+    EventType, LastEventId, MessageEvent, Registry, Subscription, post, sse, sse_controller,
 };
 use tokio_stream::wrappers::IntervalStream;
 
@@ -35,8 +34,9 @@ pub use metrics_exporter_prometheus::PrometheusHandle;
 /// The largest body `POST /events/user/{userId}` accepts.
 pub const MAX_PUSH_BYTES: usize = 16 * 1024;
 
-/// The tutorial's `EventsController`. Its services: the registry of per-user
-/// streams and the tokens that guard them.
+/// The tutorial's `EventsController`, whole, as in NestJS: its event streams
+/// and the push beside them. Its services: the registry of per-user streams
+/// and the tokens that guard them.
 #[derive(Clone, Default)]
 pub struct EventsController {
     users: Registry<String>,
@@ -76,6 +76,23 @@ impl EventsController {
             .users
             .subscribe_from(&user_id, last_event_id.as_deref())
             .until(expires))
+    }
+
+    /// Pushes the body (text, or JSON by content type, at most 16 KiB) to
+    /// that user: needs that user's token or the admin token.
+    #[post("/user/:userId")]
+    async fn push_to_user(
+        &self,
+        Path(user_id): Path<String>,
+        credentials: Credentials,
+        Bearer(bearer): Bearer,
+        headers: HeaderMap,
+        body: String,
+    ) -> Response {
+        if let Err(refused) = self.may_push(&user_id, &credentials, bearer.as_deref()) {
+            return refused.into_response();
+        }
+        push(&self.users, &user_id, &headers, body).await
     }
 
     /// Events of type `customEventName`, which a browser delivers to
@@ -128,45 +145,34 @@ impl EventsController {
         &self.tokens
     }
 
-    /// The whole app: the SSE routes, the push and login endpoints, the page.
+    /// The whole app: the controller's routes (its streams and the push), the
+    /// login endpoint, the page, and `/metrics` when it has a recorder.
     pub fn app(self) -> Router {
         let tokens = self.tokens.clone();
-        let pusher = self.clone();
         let metrics = self.metrics.clone();
         let app = self
             .router()
             .route(
-                "/events/user/{userId}",
-                post(
-                    move |Path(user_id): Path<String>,
-                          credentials: Credentials,
-                          Bearer(bearer): Bearer,
-                          headers: HeaderMap,
-                          body: String| async move {
-                        if let Err(refused) =
-                            pusher.may_push(&user_id, &credentials, bearer.as_deref())
-                        {
-                            return refused.into_response();
-                        }
-                        push(&pusher.users, &user_id, &headers, body).await
-                    },
-                )
-                .layer(DefaultBodyLimit::max(MAX_PUSH_BYTES)),
-            )
-            .route(
                 "/login/{userId}",
-                post(move |Path(user_id): Path<String>| async move { login(&tokens, &user_id) }),
+                axum::routing::post(move |Path(user_id): Path<String>| async move {
+                    login(&tokens, &user_id)
+                }),
             )
             .route(
                 "/",
-                get(|| async { Html(include_str!("../static/index.html")) }),
+                axum::routing::get(|| async { Html(include_str!("../static/index.html")) }),
             );
-        match metrics {
+        let app = match metrics {
             // In production, serve this on an internal port or behind a
             // credential: it names routes and counts clients.
-            Some(handle) => app.route("/metrics", get(move || async move { handle.render() })),
+            Some(handle) => app.route(
+                "/metrics",
+                axum::routing::get(move || async move { handle.render() }),
+            ),
             None => app,
-        }
+        };
+        // No request here needs a larger body than a push.
+        app.layer(DefaultBodyLimit::max(MAX_PUSH_BYTES))
     }
 }
 

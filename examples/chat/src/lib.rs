@@ -16,18 +16,20 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use sse_runtime::{EncodedEvent, LastEventId, MessageEvent, Registry, sse, sse_controller};
+use sse_runtime::{
+    EncodedEvent, LastEventId, MessageEvent, Registry, get, post, sse, sse_controller,
+};
 
 /// The longest user name and message text accepted.
 pub const MAX_USER_LEN: usize = 32;
 /// See [`MAX_USER_LEN`].
 pub const MAX_TEXT_LEN: usize = 2000;
 
-/// The chat: rooms as registry topics.
+/// The chat, whole, as in NestJS: rooms as registry topics, their streams
+/// and the handlers that post to them and list them.
 #[derive(Clone)]
 pub struct ChatController {
     rooms: Registry<String>,
@@ -67,6 +69,22 @@ impl ChatController {
             .rooms
             .subscribe_from(&room, last_event_id.as_deref())
             .take_until(dropped))
+    }
+
+    /// `GET /rooms`: the rooms there are.
+    #[get("/")]
+    fn list_rooms(&self) -> Json<Vec<String>> {
+        Json(self.known_rooms.iter().cloned().collect())
+    }
+
+    /// `POST /rooms/{room}/messages` with `{"user": "...", "text": "..."}`.
+    #[post("/:room/messages")]
+    async fn post_message(
+        &self,
+        Path(room): Path<String>,
+        Json(message): Json<ChatMessage>,
+    ) -> Response {
+        post_to_room(self, &room, message).await
     }
 }
 
@@ -110,14 +128,12 @@ impl ChatController {
 
     /// The whole app.
     pub fn app(self) -> Router {
-        let api = Router::new()
-            .route("/rooms/{room}/messages", post(post_message))
-            .route("/rooms", get(list_rooms))
-            .route("/admin/drop-streams", post(drop_streams))
+        let admin = Router::new()
+            .route("/admin/drop-streams", axum::routing::post(drop_streams))
             .with_state(self.clone());
-        self.router().merge(api).route(
+        self.router().merge(admin).route(
             "/",
-            get(|| async { Html(include_str!("../static/index.html")) }),
+            axum::routing::get(|| async { Html(include_str!("../static/index.html")) }),
         )
     }
 }
@@ -148,16 +164,9 @@ async fn drop_streams(State(chat): State<ChatController>, headers: HeaderMap) ->
     StatusCode::NO_CONTENT
 }
 
-async fn list_rooms(State(chat): State<ChatController>) -> Json<Vec<String>> {
-    Json(chat.known_rooms.iter().cloned().collect())
-}
-
-async fn post_message(
-    State(chat): State<ChatController>,
-    Path(room): Path<String>,
-    Json(message): Json<ChatMessage>,
-) -> Response {
-    if !chat.known_rooms.contains(&room) {
+/// Checks and sends one message to a room; answers how many streams got it.
+async fn post_to_room(chat: &ChatController, room: &String, message: ChatMessage) -> Response {
+    if !chat.known_rooms.contains(room) {
         return (StatusCode::NOT_FOUND, "no such room\n").into_response();
     }
     let user = message.user.trim();
@@ -183,7 +192,7 @@ async fn post_message(
             return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response();
         }
     };
-    match chat.rooms.send(&room, event).await {
+    match chat.rooms.send(room, event).await {
         Ok(delivered) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "delivered": delivered })),
