@@ -171,3 +171,33 @@ fn recording_stream_requests(app: axum::Router) -> (axum::Router, Recorded) {
     }));
     (app, recorded)
 }
+
+#[tokio::test]
+async fn chromium_reads_tokens_of_a_post_with_fetch_and_cancel_stops_the_server() {
+    if !browser_available() {
+        return;
+    }
+    let completions = llm::Completions::new(Duration::from_millis(40));
+    let server = TestServer::start(completions.clone().router()).await;
+    let seen = drive("llm-cancel", &server.url(""), None).await;
+    let reply = seen["reply"].as_str().unwrap();
+    assert!(
+        reply.starts_with("Server-sent events are"),
+        "the page showed {reply:?}"
+    );
+    // The page aborted its fetch: the server's stream was dropped, and with
+    // it the generation, far before the prompt's 17 words.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while completions.running() != 0 {
+        assert!(tokio::time::Instant::now() < deadline, "still generating");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let generated = completions.generated();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        completions.generated(),
+        generated,
+        "nothing generated after the cancel"
+    );
+    assert!(generated < 17, "{generated} tokens generated");
+}

@@ -88,6 +88,18 @@ const modes = {
     }));
     return { readyState };
   },
+
+  // The llm example's page: tokens read with fetch from a POST, then Cancel.
+  async 'llm-cancel'(page) {
+    await page.goto(`${base}/`);
+    await page.click('#send');
+    await page.waitForFunction(() => document.getElementById('reply').textContent.split(' ').length >= 4,
+      null, { timeout: 10000 });
+    await page.click('#cancel');
+    await page.waitForFunction(() => document.getElementById('status').textContent === 'cancelled',
+      null, { timeout: 5000 });
+    return { reply: await page.textContent('#reply') };
+  },
 };
 
 let exitCode = 0;

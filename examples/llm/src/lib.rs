@@ -1,0 +1,147 @@
+//! An LLM-style token stream, as chat assistants serve them:
+//!
+//! - `POST /completions` with `{"prompt": "..."}` answers with the reply's
+//!   tokens as server-sent events (`event: token`), then `event: done`.
+//!   `EventSource` cannot POST, so the page reads the stream with `fetch`.
+//! - Cancelling (the page's button aborts the fetch; any client closing the
+//!   connection) drops the stream on the server, which stops generating: no
+//!   token is produced for a reader that left.
+//! - `GET /status`: how many generations are running.
+//! - `GET /`: the page.
+//!
+//! The "model" is a stand-in that echoes the prompt word by word at a steady
+//! pace, so the example runs anywhere; a real one would sit behind the same
+//! stream.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::Json;
+use axum::response::Html;
+use futures_util::Stream;
+use serde::Deserialize;
+use sse_runtime::{EventType, MessageEvent, get, sse, sse_controller};
+
+/// The event types of a completion.
+pub const TOKEN: EventType = EventType::new("token");
+/// See [`TOKEN`].
+pub const DONE: EventType = EventType::new("done");
+
+/// The longest prompt accepted, in characters.
+pub const MAX_PROMPT_CHARS: usize = 4_000;
+
+/// The completion endpoint and its bookkeeping.
+#[derive(Clone)]
+pub struct Completions {
+    /// Generations running now; a generation counts until its stream is dropped.
+    running: Arc<AtomicUsize>,
+    /// Tokens generated so far, by every generation.
+    generated: Arc<AtomicUsize>,
+    /// The pause between two tokens.
+    pace: Duration,
+}
+
+/// `{"prompt": "..."}`.
+#[derive(Deserialize)]
+pub struct Prompt {
+    /// What to complete.
+    pub prompt: String,
+}
+
+/// Counts a generation as running while it lives.
+struct Running(Arc<AtomicUsize>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+#[sse_controller("/")]
+impl Completions {
+    /// The reply's tokens, one event each, then `done`. Generation happens
+    /// as the stream is read: when the client goes away the stream is
+    /// dropped and nothing more is generated.
+    #[sse(
+        "/completions",
+        method = "post",
+        keep_alive = false,
+        batch_window = false
+    )]
+    fn complete(&self, Json(prompt): Json<Prompt>) -> impl Stream<Item = MessageEvent> + use<> {
+        let words: Vec<String> = prompt
+            .prompt
+            .chars()
+            .take(MAX_PROMPT_CHARS)
+            .collect::<String>()
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect();
+        self.running.fetch_add(1, Ordering::SeqCst);
+        let running = Running(Arc::clone(&self.running));
+        let generated = Arc::clone(&self.generated);
+        let pace = self.pace;
+        futures_util::stream::unfold((0, words, running), move |(next, words, running)| {
+            let generated = Arc::clone(&generated);
+            async move {
+                if next > words.len() {
+                    return None;
+                }
+                if next == words.len() {
+                    return Some((
+                        MessageEvent::new("").with_type(DONE),
+                        (next + 1, words, running),
+                    ));
+                }
+                tokio::time::sleep(pace).await;
+                generated.fetch_add(1, Ordering::SeqCst);
+                let token = if next == 0 {
+                    words[next].clone()
+                } else {
+                    format!(" {}", words[next])
+                };
+                Some((
+                    MessageEvent::new(token).with_type(TOKEN),
+                    (next + 1, words, running),
+                ))
+            }
+        })
+    }
+
+    /// `{"running": n, "generated": n}`.
+    #[get("/status")]
+    fn status(&self) -> Json<serde_json::Value> {
+        Json(serde_json::json!({
+            "running": self.running(),
+            "generated": self.generated(),
+        }))
+    }
+
+    /// The page.
+    #[get("/")]
+    fn page() -> Html<&'static str> {
+        Html(include_str!("../static/index.html"))
+    }
+}
+
+impl Completions {
+    /// Tokens one word apart by `pace`.
+    pub fn new(pace: Duration) -> Self {
+        Completions {
+            running: Arc::default(),
+            generated: Arc::default(),
+            pace,
+        }
+    }
+
+    /// Generations running now.
+    pub fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
+    }
+
+    /// Tokens generated so far.
+    pub fn generated(&self) -> usize {
+        self.generated.load(Ordering::SeqCst)
+    }
+}
