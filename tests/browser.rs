@@ -201,3 +201,55 @@ async fn chromium_reads_tokens_of_a_post_with_fetch_and_cancel_stops_the_server(
     );
     assert!(generated < 17, "{generated} tokens generated");
 }
+
+/// A page that opens ten `EventSource`s to its own origin, and the ten streams.
+fn ten_sources_app() -> axum::Router {
+    use futures_util::StreamExt;
+    const PAGE: &str = "<!doctype html><script>\
+        window.__received = new Set();\
+        for (let n = 0; n < 10; n++) {\
+          new EventSource(`/tick/${n}`).onmessage = () => window.__received.add(n);\
+        }</script>";
+    axum::Router::new()
+        .route(
+            "/",
+            axum::routing::get(|| async { axum::response::Html(PAGE) }),
+        )
+        .route(
+            "/tick/{n}",
+            axum::routing::get(|| async {
+                let ticks = tokio_stream::wrappers::IntervalStream::new(tokio::time::interval(
+                    Duration::from_millis(200),
+                ))
+                .map(|_| sse_runtime::MessageEvent::new("tick"));
+                sse_runtime::Sse::new(ticks)
+            }),
+        )
+}
+
+#[tokio::test]
+async fn ten_event_sources_of_one_origin_all_open_over_http2_but_six_over_http1() {
+    if !browser_available() {
+        return;
+    }
+    // HTTP/1.1: the browser's six connections per origin.
+    let plain = TestServer::start(ten_sources_app()).await;
+    let seen = drive("ten-sources", &plain.url(""), None).await;
+    assert_eq!(seen["protocol"], "http/1.1");
+    assert_eq!(seen["received"], 6, "HTTP/1.1: {seen}");
+
+    // HTTP/2 over TLS: every stream over one connection.
+    let certified =
+        rcgen::generate_simple_self_signed(vec!["127.0.0.1".into(), "localhost".into()])
+            .expect("a self-signed certificate");
+    let tls = sse_runtime::TlsConfig::from_pem(
+        certified.cert.pem().as_bytes(),
+        certified.key_pair.serialize_pem().as_bytes(),
+    )
+    .expect("the certificate loads");
+    let secure = TestServer::start_with(ten_sources_app(), |serve| serve.tls(tls)).await;
+    let base = format!("https://{}", secure.addr);
+    let seen = drive("ten-sources", &base, None).await;
+    assert_eq!(seen["protocol"], "h2");
+    assert_eq!(seen["received"], 10, "HTTP/2: {seen}");
+}

@@ -83,6 +83,8 @@ mod shutdown;
 mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tls")]
+mod tls;
 mod write_stall;
 
 #[doc(hidden)]
@@ -103,4 +105,6 @@ pub use serve::{Serve, serve};
 pub use shutdown::shutdown_signal;
 #[doc(inline)]
 pub use sse_macros::{delete, get, patch, post, put, sse, sse_controller};
+#[cfg(feature = "tls")]
+pub use tls::{TlsConfig, TlsError};
 pub use write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};

@@ -91,6 +91,8 @@ pub fn serve(listener: TcpListener, app: Router) -> Serve {
             shutdown_deadline: Serve::DEFAULT_SHUTDOWN_DEADLINE,
             shutdown_retry: Serve::DEFAULT_SHUTDOWN_RETRY,
         },
+        #[cfg(feature = "tls")]
+        tls: None,
     }
 }
 
@@ -101,6 +103,8 @@ pub struct Serve {
     app: Router,
     shutdown: Option<BoxFuture<'static, ()>>,
     limits: Limits,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 #[derive(Clone)]
@@ -201,6 +205,17 @@ impl Serve {
         self
     }
 
+    /// Serves over TLS (feature `tls`), with HTTP/2 or HTTP/1.1 chosen by
+    /// ALPN. Browsers multiplex every `EventSource` of an origin over one
+    /// HTTP/2 connection, where over HTTP/1.1 they open at most six. The TLS
+    /// handshake must complete within the header read timeout. Behind a
+    /// TLS-terminating proxy that speaks HTTP/2 to browsers, leave this off.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
     /// The range a shutting-down event stream's last `retry:` hint is picked
     /// from, uniformly per stream (default 1 to 5 s), so that browsers
     /// reconnect spread over it rather than all at once.
@@ -225,6 +240,8 @@ struct Shared {
     limits: Limits,
     phase: watch::Receiver<Phase>,
     http: hyper::server::conn::http1::Builder,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::tls::TlsConfig>,
 }
 
 async fn run(serve: Serve) -> io::Result<()> {
@@ -233,6 +250,8 @@ async fn run(serve: Serve) -> io::Result<()> {
         app,
         shutdown,
         limits,
+        #[cfg(feature = "tls")]
+        tls,
     } = serve;
     let mut shutdown = shutdown.unwrap_or_else(|| Box::pin(std::future::pending()));
     let max_connections = limits
@@ -250,6 +269,8 @@ async fn run(serve: Serve) -> io::Result<()> {
         limits,
         phase: phase_receiver,
         http,
+        #[cfg(feature = "tls")]
+        tls,
     });
 
     loop {
@@ -329,6 +350,11 @@ async fn serve_connection(
     }
     let stall = StallTimeout::new(shared.limits.write_stall_timeout);
     let mut io = WriteStallIo::with_shared_timeout(socket, stall.clone());
+    #[cfg(feature = "tls")]
+    if let Some(tls) = shared.tls.clone() {
+        Box::pin(serve_tls(shared, io, tls, stall, peer)).await;
+        return;
+    }
     let mut pending = BytesMut::new();
     let mut phase = shared.phase.clone();
     loop {
@@ -403,18 +429,91 @@ async fn serve_with_hyper(
     stall: StallTimeout,
     peer: SocketAddr,
 ) {
-    let service = {
-        let shared = Arc::clone(&shared);
-        hyper::service::service_fn(move |request: http::Request<Incoming>| {
-            let request = match shared.limits.body_read_timeout {
-                Some(limit) => request.map(|body| Body::new(DeadlineBody::new(body, limit))),
-                None => request.map(Body::new),
-            };
-            respond(&shared, &stall, peer, request)
-        })
-    };
-    let mut phase = shared.phase.clone();
+    let service = hyper_service(&shared, &stall, peer);
     let connection = shared.http.serve_connection(TokioIo::new(io), service);
+    drive(connection, shared.phase.clone(), peer, |connection| {
+        connection.graceful_shutdown();
+    })
+    .await;
+}
+
+/// A TLS connection: the handshake (within the header read timeout), then
+/// HTTP/2 or HTTP/1.1 as ALPN chose, both through hyper.
+#[cfg(feature = "tls")]
+async fn serve_tls(
+    shared: Arc<Shared>,
+    io: WriteStallIo<TcpStream>,
+    tls: crate::tls::TlsConfig,
+    stall: StallTimeout,
+    peer: SocketAddr,
+) {
+    let limit = shared
+        .limits
+        .header_read_timeout
+        .unwrap_or(Serve::DEFAULT_HEADER_READ_TIMEOUT);
+    let stream = match tokio::time::timeout(limit, tls.acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, %peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let service = hyper_service(&shared, &stall, peer);
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_read_timeout);
+    builder.http2().timer(TokioTimer::new());
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    drive(connection, shared.phase.clone(), peer, |connection| {
+        connection.graceful_shutdown();
+    })
+    .await;
+}
+
+/// The service hyper calls for each request of a connection.
+fn hyper_service(
+    shared: &Arc<Shared>,
+    stall: &StallTimeout,
+    peer: SocketAddr,
+) -> impl hyper::service::Service<
+    http::Request<Incoming>,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Future<Output = Result<axum::response::Response, std::convert::Infallible>>
+             + Send
+             + use<>,
+> + Clone
++ use<> {
+    let shared = Arc::clone(shared);
+    let stall = stall.clone();
+    hyper::service::service_fn(move |request: http::Request<Incoming>| {
+        let request = match shared.limits.body_read_timeout {
+            Some(limit) => request.map(|body| Body::new(DeadlineBody::new(body, limit))),
+            None => request.map(Body::new),
+        };
+        respond(&shared, &stall, peer, request)
+    })
+}
+
+/// Runs a hyper connection until it ends; when the server drains, lets the
+/// response under way finish (event streams end at once, see `EndOnDrain`)
+/// and closes; at the deadline, closes regardless.
+async fn drive<C, E>(
+    connection: C,
+    mut phase: watch::Receiver<Phase>,
+    peer: SocketAddr,
+    graceful_shutdown: impl FnOnce(Pin<&mut C>),
+) where
+    C: Future<Output = Result<(), E>>,
+    E: std::fmt::Display,
+{
     let mut connection = std::pin::pin!(connection);
     let result = tokio::select! {
         result = connection.as_mut() => Some(result),
@@ -423,9 +522,7 @@ async fn serve_with_hyper(
     let result = match result {
         Some(result) => Some(result),
         None => {
-            // Finish the response under way (event streams end at once, see
-            // `EndOnDrain`), then close; at the deadline, close regardless.
-            connection.as_mut().graceful_shutdown();
+            graceful_shutdown(connection.as_mut());
             tokio::select! {
                 result = connection.as_mut() => Some(result),
                 _ = phase.wait_for(|phase| *phase >= Phase::Closing) => None,

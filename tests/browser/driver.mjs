@@ -16,7 +16,9 @@ const browser = await chromium.launch({
   headless: true,
   // Playwright gives each launch a fresh, empty --user-data-dir.
   args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
-    '--disable-component-update', '--disable-sync'],
+    '--disable-component-update', '--disable-sync',
+    // The TLS tests serve a self-signed certificate made for the test.
+    '--ignore-certificate-errors'],
 });
 
 const modes = {
@@ -87,6 +89,15 @@ const modes = {
       source.onerror = () => setTimeout(() => resolve(source.readyState), 2500);
     }));
     return { readyState };
+  },
+
+  // Ten EventSources of one origin: how many receive anything within 3 s.
+  async 'ten-sources'(page) {
+    await page.goto(`${base}/`);
+    await page.waitForTimeout(3000);
+    const received = await page.evaluate(() => window.__received.size);
+    const protocol = await page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
+    return { received, protocol };
   },
 
   // The llm example's page: tokens read with fetch from a POST, then Cancel.
