@@ -11,6 +11,7 @@
 pub mod chart;
 pub mod client;
 pub mod compare;
+pub mod h2_idle;
 pub mod report;
 pub mod scenario;
 pub mod server_process;
@@ -74,7 +75,18 @@ pub async fn serve(app: axum::Router, server: Server) {
         .expect("bind");
     println!("listening on {}", listener.local_addr().unwrap());
     match server {
-        Server::Ours => sse_runtime::serve(listener, app).await.expect("serve"),
+        // With TLS_CERT and TLS_KEY (PEM files): over TLS, HTTP/2 by ALPN.
+        Server::Ours => match (std::env::var("TLS_CERT"), std::env::var("TLS_KEY")) {
+            (Ok(cert), Ok(key)) => {
+                let tls =
+                    sse_runtime::TlsConfig::from_pem_files(cert, key).expect("TLS_CERT, TLS_KEY");
+                sse_runtime::serve(listener, app)
+                    .tls(tls)
+                    .await
+                    .expect("serve")
+            }
+            _ => sse_runtime::serve(listener, app).await.expect("serve"),
+        },
         Server::Axum => axum::serve(listener, app).await.expect("serve"),
     }
 }

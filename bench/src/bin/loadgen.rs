@@ -19,7 +19,7 @@ use bench::report::{draw_bars, render, write_section};
 use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
-    | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> \
+    | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
     | loadgen redis <subscribers> <events> [<instances> [<publishers>]]";
 
 #[tokio::main]
@@ -81,6 +81,13 @@ async fn main() {
                 }
             };
             run(scenario, server, sizes).await;
+        }
+        ["h2-idle", streams] => {
+            let streams: usize = streams.parse().expect("streams");
+            let per_stream = bench::h2_idle::rss_per_stream(streams).await;
+            eprintln!(
+                "  {streams} idle streams over one HTTP/2 connection (TLS): {per_stream:.0} bytes of server RSS each"
+            );
         }
         ["idle", server, connections] => {
             let mut sizes = SMOKE;
