@@ -102,11 +102,19 @@ mod tests {
         let error = TlsConfig::from_pem(b"", b"").err().expect("refused");
         assert!(error.to_string().contains("no certificate"), "{error}");
         let cert = b"-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n";
-        let error = TlsConfig::from_pem(cert, b"not a key").err().expect("refused");
-        assert!(matches!(error, TlsError::Pem(_) | TlsError::Rustls(_)), "{error}");
+        let error = TlsConfig::from_pem(cert, b"not a key")
+            .err()
+            .expect("refused");
+        assert!(
+            matches!(error, TlsError::Pem(_) | TlsError::Rustls(_)),
+            "{error}"
+        );
         let error = TlsConfig::from_pem_files("/nonexistent/cert.pem", "/nonexistent/key.pem")
             .err()
             .expect("refused");
-        assert!(error.to_string().starts_with("/nonexistent/cert.pem"), "{error}");
+        assert!(
+            error.to_string().starts_with("/nonexistent/cert.pem"),
+            "{error}"
+        );
     }
 }
