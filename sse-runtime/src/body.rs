@@ -103,7 +103,10 @@ pub(crate) struct OpenStream {
 
 impl OpenStream {
     pub(crate) fn new(route: &'static str) -> Self {
-        let span = tracing::debug_span!("sse_stream", route);
+        // A number per stream, to tell apart streams of one route in logs.
+        static NEXT_STREAM: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let stream = NEXT_STREAM.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let span = tracing::debug_span!("sse_stream", route, stream);
         span.in_scope(|| tracing::debug!("event stream opened"));
         telemetry::stream_opened(route);
         OpenStream {

@@ -44,8 +44,9 @@
 //! The runtime reports through the [`metrics`](https://docs.rs/metrics)
 //! facade; install any exporter and these appear (with none, they cost
 //! nothing). Every stream also runs in a `tracing` span `sse_stream` (with
-//! its `route`), in which its open, close, replay, reset, lag and write-stall
-//! events are logged.
+//! its `route` and a `stream` number), inside its connection's span
+//! `connection` (with its `peer`) under [`serve`], in which its open, close,
+//! replay, lag and write-stall events are logged.
 //!
 //! | metric | kind | labels | what |
 //! |---|---|---|---|

@@ -304,12 +304,11 @@ async fn run(serve: Serve) -> io::Result<()> {
                 }
             },
         };
-        tokio::spawn(serve_connection(
-            Arc::clone(&shared),
-            socket,
-            peer,
-            permit,
-            slot,
+        // Everything a connection's streams log carries its peer.
+        let span = tracing::debug_span!("connection", %peer);
+        tokio::spawn(tracing::Instrument::instrument(
+            serve_connection(Arc::clone(&shared), socket, peer, permit, slot),
+            span,
         ));
     }
     drop(listener);
