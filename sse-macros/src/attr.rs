@@ -5,7 +5,7 @@ use proc_macro2::Span;
 use syn::parse::{Parse, ParseStream};
 use syn::{Ident, LitBool, LitStr, Token, Type};
 
-use crate::errors::Errors;
+use crate::errors::{Errors, error_with_help};
 
 /// `#[sse_controller("/prefix", state = AppState)]`
 pub struct ControllerArgs {
@@ -73,9 +73,10 @@ impl PlainRouteArgs {
     pub fn parse(input: ParseStream) -> syn::Result<Self> {
         let path = parse_path(input, "#[get(\"/status\")]")?;
         if !input.is_empty() {
-            return Err(input.error(
-                "a plain route takes only its path\n\n= help: options such as `keep_alive` belong to \
-                 #[sse] routes; write #[get(\"/path\")]",
+            return Err(error_with_help(
+                input.span(),
+                "a plain route takes only its path",
+                "options such as `keep_alive` belong to #[sse] routes; write #[get(\"/path\")]",
             ));
         }
         Ok(PlainRouteArgs { path })
@@ -87,18 +88,23 @@ const PATH_HELP: &str = "write the path first, as a string literal";
 /// Parses the leading path literal, with a teaching error when it is missing.
 fn parse_path(input: ParseStream, example: &str) -> syn::Result<LitStr> {
     if input.is_empty() {
-        return Err(syn::Error::new(
+        return Err(error_with_help(
             Span::call_site(),
-            format!("missing route path\n\n= help: {PATH_HELP}: {example}"),
+            "missing route path",
+            format!("{PATH_HELP}: {example}"),
         ));
     }
     if input.peek(LitStr) {
         return input.parse();
     }
-    Err(input.error(format!(
-        "the route path must be a string literal\n\n= help: {PATH_HELP}: {example}; \
-         paths are checked at compile time, so constants and expressions cannot be used"
-    )))
+    Err(error_with_help(
+        input.span(),
+        "the route path must be a string literal",
+        format!(
+            "{PATH_HELP}: {example}; paths are checked at compile time, so constants and \
+             expressions cannot be used"
+        ),
+    ))
 }
 
 /// Parses `, key = value` pairs after the path, handing each to `option`.
@@ -119,10 +125,11 @@ fn parse_options(
         input.parse::<Token![=]>()?;
         let name = key.to_string();
         if !known.contains(&name.as_str()) {
-            errors.push(syn::Error::new(
+            errors.push(error_with_help(
                 key.span(),
+                format!("unknown option `{name}`"),
                 format!(
-                    "unknown option `{name}`\n\n= help: the options are {}",
+                    "the options are {}",
                     known
                         .iter()
                         .map(|k| format!("`{k}`"))
@@ -283,19 +290,17 @@ impl Parse for OptionValue {
 impl OptionValue {
     fn duration_ms(&self, errors: &mut Errors, help: &str) -> Option<u64> {
         let Some(literal) = &self.literal else {
-            errors.push(syn::Error::new(
+            errors.push(error_with_help(
                 self.span,
-                format!("expected a string literal\n\n= help: {help}"),
+                "expected a string literal",
+                help,
             ));
             return None;
         };
         match parse_duration_ms(&literal.value()) {
             Ok(ms) => Some(ms),
             Err(why) => {
-                errors.push(syn::Error::new(
-                    literal.span(),
-                    format!("{why}\n\n= help: {help}"),
-                ));
+                errors.push(error_with_help(literal.span(), why, help));
                 None
             }
         }
@@ -310,10 +315,11 @@ impl OptionValue {
             Some("get") => Some(HttpMethod::Get),
             Some("post") => Some(HttpMethod::Post),
             _ => {
-                errors.push(syn::Error::new(
+                errors.push(error_with_help(
                     self.span,
-                    "unsupported method\n\n= help: write `method = \"get\"` (the default, what `EventSource` uses) \
-                     or `method = \"post\"` (for clients that send a body, as LLM APIs do)",
+                    "unsupported method",
+                    "write `method = \"get\"` (the default, what `EventSource` uses) or \
+                     `method = \"post\"` (for clients that send a body, as LLM APIs do)",
                 ));
                 None
             }

@@ -10,7 +10,7 @@ use syn::spanned::Spanned;
 use syn::{Item, ItemImpl};
 
 use crate::attr::ControllerArgs;
-use crate::errors::Errors;
+use crate::errors::{Errors, error_with_help};
 use crate::model::{self, Controller};
 use crate::{expand, validate};
 
@@ -20,20 +20,20 @@ pub fn sse_controller(args: TokenStream, input: TokenStream) -> TokenStream {
         Ok(Item::Impl(item)) if item.trait_.is_none() => item,
         Ok(Item::Impl(item)) => {
             let (_, trait_path, _) = item.trait_.as_ref().expect("checked above");
-            let error = syn::Error::new(
+            let error = error_with_help(
                 trait_path.span(),
-                "#[sse_controller] goes on an inherent impl block, not a trait impl\n\n= help: write \
-                 `impl MyController { ... }` and put the #[sse] methods there",
+                "#[sse_controller] goes on an inherent impl block, not a trait impl",
+                "write `impl MyController { ... }` and put the #[sse] methods there",
             );
             let mut item = item;
             model::mark_route_attributes(&mut item);
             return with_errors(quote!(#item), error);
         }
         Ok(other) => {
-            let error = syn::Error::new(
+            let error = error_with_help(
                 item_name_span(&other),
-                "#[sse_controller] goes on an `impl` block\n\n= help: write `#[sse_controller(\"/events\")] \
-                 impl MyController { ... }` with #[sse] methods inside",
+                "#[sse_controller] goes on an `impl` block",
+                "write `#[sse_controller(\"/events\")] impl MyController { ... }` with #[sse] methods inside",
             );
             return with_errors(input, error);
         }
@@ -73,12 +73,12 @@ pub fn route_attribute(name: &str, args: TokenStream, input: TokenStream) -> Tok
     if args.to_string() == model::CHECKED_MARKER {
         return input;
     }
-    let error = syn::Error::new(
+    let error = error_with_help(
         proc_macro2::Span::call_site(),
+        format!("#[{name}] only works on a method of an `impl` block marked #[sse_controller]"),
         format!(
-            "#[{name}] only works on a method of an `impl` block marked #[sse_controller]\n\n= help: put \
-             #[sse_controller(\"/prefix\")] on the enclosing `impl` block; it turns each #[{name}] method into \
-             a route"
+            "put #[sse_controller(\"/prefix\")] on the enclosing `impl` block; it turns each \
+             #[{name}] method into a route"
         ),
     );
     with_errors(input, error)

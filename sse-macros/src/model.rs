@@ -6,7 +6,7 @@ use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, ReturnType, Type};
 
 use crate::attr::{ControllerArgs, HttpMethod, PlainRouteArgs, RouteArgs, SwitchableDuration};
-use crate::errors::Errors;
+use crate::errors::{Errors, error_with_help, spanned_error_with_help};
 use crate::path::{self, RoutePath};
 
 pub struct Controller {
@@ -175,10 +175,11 @@ impl Controller {
                 mark_route_attributes_of(&mut method.attrs);
                 if let Some((first, repeated)) = route_attrs.split_first() {
                     for attr in repeated {
-                        errors.push(syn::Error::new_spanned(
+                        errors.push(spanned_error_with_help(
                             attr,
-                            "a method can carry only one route attribute\n\n= help: to serve the same handler on \
-                             two paths or methods, add a second method that calls this one",
+                            "a method can carry only one route attribute",
+                            "to serve the same handler on two paths or methods, add a second method \
+                             that calls this one",
                         ));
                     }
                     if let Some(route) = Route::from_method(first, method, &prefix, errors) {
@@ -194,9 +195,10 @@ impl Controller {
                     } else {
                         "answers the request"
                     };
-                    errors.push(syn::Error::new_spanned(
+                    errors.push(spanned_error_with_help(
                         attr,
-                        format!("#[{name}] goes on a method\n\n= help: put it on a `fn` of this impl block that {what}"),
+                        format!("#[{name}] goes on a method"),
+                        format!("put it on a `fn` of this impl block that {what}"),
                     ));
                 }
                 mark_route_attributes_of(attrs);
@@ -222,9 +224,10 @@ impl Route {
         let kind = route_attribute_kind(attr)?;
         let parsed = match (&attr.meta, kind) {
             // `#[sse]` with no parentheses at all.
-            (syn::Meta::Path(_), _) => Err(syn::Error::new_spanned(
+            (syn::Meta::Path(_), _) => Err(spanned_error_with_help(
                 attr,
-                "missing route path\n\n= help: write the path first, as a string literal: #[sse(\"/stream\")]",
+                "missing route path",
+                "write the path first, as a string literal: #[sse(\"/stream\")]",
             )),
             (_, AttributeKind::Sse) => attr
                 .parse_args_with(|input: syn::parse::ParseStream| RouteArgs::parse(input, errors)),
@@ -237,10 +240,10 @@ impl Route {
         let sig = &method.sig;
         let takes_self = has_receiver(sig, errors);
         if !sig.generics.params.is_empty() {
-            errors.push(syn::Error::new(
+            errors.push(error_with_help(
                 sig.generics.span(),
-                "a route method cannot be generic\n\n= help: axum needs one concrete handler per route; \
-                 use concrete extractor types",
+                "a route method cannot be generic",
+                "axum needs one concrete handler per route; use concrete extractor types",
             ));
         }
         let returns = match (&sig.output, kind) {
@@ -251,10 +254,10 @@ impl Route {
                 Some(Returns::Response((**ty).clone()))
             }
             (ReturnType::Default, AttributeKind::Sse) => {
-                errors.push(syn::Error::new(
+                errors.push(error_with_help(
                     sig.ident.span(),
-                    "an #[sse] method must return a stream of events\n\n= help: add a return type such as \
-                     `-> impl Stream<Item = MessageEvent>`",
+                    "an #[sse] method must return a stream of events",
+                    "add a return type such as `-> impl Stream<Item = MessageEvent>`",
                 ));
                 None
             }
@@ -306,23 +309,25 @@ fn has_receiver(sig: &syn::Signature, errors: &mut Errors) -> bool {
         return false;
     };
     let help = "the controller is shared by every request behind an `Arc`";
-    let message = if receiver.colon_token.is_some() {
-        format!(
-            "an #[sse] method takes `&self` or no receiver, not a typed `self`\n\n= help: {help}; take `&self`"
+    let (message, help) = if receiver.colon_token.is_some() {
+        (
+            "an #[sse] method takes `&self` or no receiver, not a typed `self`",
+            format!("{help}; take `&self`"),
         )
     } else if receiver.reference.is_none() {
-        format!(
-            "an #[sse] method cannot take `self` by value\n\n= help: {help}, so no request can own it; take `&self`"
+        (
+            "an #[sse] method cannot take `self` by value",
+            format!("{help}, so no request can own it; take `&self`"),
         )
     } else if receiver.mutability.is_some() {
-        format!(
-            "an #[sse] method cannot take `&mut self`\n\n= help: {help}; take `&self` and keep mutable state \
-             behind a `Mutex` or a channel"
+        (
+            "an #[sse] method cannot take `&mut self`",
+            format!("{help}; take `&self` and keep mutable state behind a `Mutex` or a channel"),
         )
     } else {
         return true;
     };
-    errors.push(syn::Error::new_spanned(receiver, message));
+    errors.push(spanned_error_with_help(receiver, message, help));
     true
 }
 
@@ -353,9 +358,10 @@ impl Arg {
             _ => None,
         };
         if let Some(problem) = problem {
-            errors.push(syn::Error::new(
+            errors.push(error_with_help(
                 ty.span(),
-                format!("{problem}\n\n= help: use an extractor such as `Path<String>`, `Query<T>`, `HeaderMap` or `State<T>`"),
+                problem,
+                "use an extractor such as `Path<String>`, `Query<T>`, `HeaderMap` or `State<T>`",
             ));
             return None;
         }

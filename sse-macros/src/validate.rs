@@ -5,15 +5,15 @@ use std::collections::HashMap;
 
 use syn::spanned::Spanned;
 
-use crate::errors::Errors;
+use crate::errors::{Errors, error_with_help};
 use crate::model::{ArgKind, Controller, Route};
 
 pub fn check(controller: &Controller, errors: &mut Errors) {
     if let Some(span) = controller.existing_router {
-        errors.push(syn::Error::new(
+        errors.push(error_with_help(
             span,
-            "#[sse_controller] generates a `router` method, and this impl block already has one\n\n= help: \
-             rename this method",
+            "#[sse_controller] generates a `router` method, and this impl block already has one",
+            "rename this method",
         ));
     }
     check_collisions(&controller.routes, errors);
@@ -33,23 +33,29 @@ fn check_collisions(routes: &[Route], errors: &mut Errors) {
     for route in routes {
         let earlier = first_by_shape.entry(route.path.path_shape()).or_default();
         for other in earlier.iter() {
-            let message = if other.method == route.method {
-                format!(
-                    "{} {} is already served by `{}`\n\n= help: give one of the two routes another path or method",
-                    route.method.name(),
-                    route.path.axum,
-                    other.ident
+            let (message, help) = if other.method == route.method {
+                (
+                    format!(
+                        "{} {} is already served by `{}`",
+                        route.method.name(),
+                        route.path.axum,
+                        other.ident
+                    ),
+                    "give one of the two routes another path or method",
                 )
             } else if other.path.axum != route.path.axum {
-                format!(
-                    "`{}` and `{}` (of `{}`) are the same route with different parameter names, which axum \
-                     cannot route\n\n= help: use the same parameter names in both",
-                    route.path.axum, other.path.axum, other.ident
+                (
+                    format!(
+                        "`{}` and `{}` (of `{}`) are the same route with different parameter names, \
+                         which axum cannot route",
+                        route.path.axum, other.path.axum, other.ident
+                    ),
+                    "use the same parameter names in both",
                 )
             } else {
                 continue;
             };
-            errors.push(syn::Error::new(route.path_literal.span(), message));
+            errors.push(error_with_help(route.path_literal.span(), message, help));
             break;
         }
         earlier.push(route);
@@ -65,26 +71,29 @@ fn check_path_extractor(route: &Route, errors: &mut Errors) {
                 [one] => format!("`Path({}): Path<String>`", snake_case(one)),
                 many => format!(
                     "`Path(({})): Path<({})>`",
-                    many.iter().map(|n| snake_case(n)).collect::<Vec<_>>().join(", "),
+                    many.iter()
+                        .map(|n| snake_case(n))
+                        .collect::<Vec<_>>()
+                        .join(", "),
                     many.iter().map(|_| "String").collect::<Vec<_>>().join(", ")
                 ),
             };
-            errors.push(syn::Error::new(
+            errors.push(error_with_help(
                 route.path_literal.span(),
                 format!(
-                    "the path `{}` has the parameter `{names}`, but `{}` takes no `Path` extractor\n\n= help: add \
-                     an argument {example}",
+                    "the path `{}` has the parameter `{names}`, but `{}` takes no `Path` extractor",
                     route.path.axum, route.ident
                 ),
+                format!("add an argument {example}"),
             ));
         }
-        (true, Some(arg)) => errors.push(syn::Error::new(
+        (true, Some(arg)) => errors.push(error_with_help(
             arg.ty.span(),
             format!(
-                "`{}` takes a `Path` extractor, but its path `{}` has no parameter\n\n= help: add a parameter \
-                 such as `/:id` to the path, or remove this argument",
+                "`{}` takes a `Path` extractor, but its path `{}` has no parameter",
                 route.ident, route.path.axum
             ),
+            "add a parameter such as `/:id` to the path, or remove this argument",
         )),
         _ => {}
     }
@@ -92,10 +101,10 @@ fn check_path_extractor(route: &Route, errors: &mut Errors) {
 
 fn check_state_declared(route: &Route, errors: &mut Errors) {
     for arg in route.args.iter().filter(|arg| arg.kind == ArgKind::State) {
-        errors.push(syn::Error::new(
+        errors.push(error_with_help(
             arg.ty.span(),
-            "a `State` extractor needs the controller's state type\n\n= help: declare it on the controller: \
-             #[sse_controller(\"/prefix\", state = AppState)]",
+            "a `State` extractor needs the controller's state type",
+            "declare it on the controller: #[sse_controller(\"/prefix\", state = AppState)]",
         ));
     }
 }
