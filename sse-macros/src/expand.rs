@@ -142,10 +142,10 @@ fn handler(route: &Route) -> TokenStream {
         .map(|i| format_ident!("__arg{}", i))
         .collect();
     let arg_types = route.args.iter().map(|arg| &arg.ty);
-    // Spanned at the return type, in the hope that a return type that borrows
-    // the controller where it may not is reported there. It is not yet: the
-    // borrow error lands on the attribute (`owned_return_type_borrows_self`
-    // records it), with the helper's name in the compiler's note.
+    // Spanned at the return type: a return type that borrows the controller
+    // where it may not is then shown there ("argument requires that borrow
+    // lasts for `'static`"), though the error's main span stays on the
+    // attribute (`owned_return_type_borrows_self` records it).
     let receiver = route
         .takes_self
         .then(|| quote_spanned!(route.returns.ty().span()=> &*__this,));
@@ -164,7 +164,11 @@ fn handler(route: &Route) -> TokenStream {
     // A plain handler's response is built inside the handler's future, which
     // owns the controller handle it borrows: no check is needed.
     let call = if route.takes_self && direct && !plain {
-        quote_spanned!(return_span=> #private::a_named_return_type_must_not_borrow_self(#call))
+        // Every token of the wrapper carries the return type's span (the
+        // path too, not the call-site `#private`), so that a return type
+        // that is not a stream is reported on it, not on the attribute.
+        quote_spanned!(return_span=>
+            ::sse_runtime::__private::a_named_return_type_must_not_borrow_self(#call))
     } else {
         call
     };
