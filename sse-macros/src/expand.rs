@@ -156,7 +156,10 @@ fn handler(route: &Route) -> TokenStream {
     // method call carries the return type's span: a return value that is not a
     // stream of events is then reported on the user's return type.
     let return_span = route.returns.ty().span();
-    let call = quote_spanned!(return_span=> Self::#method(#receiver #(#arg_names),*) #await_call);
+    // The method's name too: an unmet bound is then reported on one spot,
+    // the return type, however many checks meet it.
+    let method_at_return = proc_macro2::Ident::new(&method.to_string(), return_span);
+    let call = quote_spanned!(return_span=> Self::#method_at_return(#receiver #(#arg_names),*) #await_call);
     // A receiver-less method, or one whose return type cannot borrow `&self`
     // (`-> Subscription`), is called directly; its response owns its stream.
     let plain = matches!(route.returns, Returns::Response(_));
@@ -184,17 +187,21 @@ fn handler(route: &Route) -> TokenStream {
         // 2024, `impl Stream` captures `&self`'s lifetime). The generator owns the
         // `Arc` it borrows from, so the response can outlive this call.
         (Returns::Stream(_), false) => {
-            quote! {
-                #private::respond_stream(#private::async_stream::stream! {
-                    let __stream = #private::check_stream(#call);
+            // The generator carries the return type's span too: when its items
+            // are not events, the bound it meets again lands on the same spot
+            // as `check_stream`'s, and the compiler reports the error once.
+            let generator = quote_spanned! {return_span=>
+                ::sse_runtime::__private::async_stream::stream! {
+                    let __stream = ::sse_runtime::__private::check_stream(#call);
                     let mut __stream = ::core::pin::pin!(__stream);
                     while let ::core::option::Option::Some(__item) =
-                        #private::__StreamExt::next(&mut __stream).await
+                        ::sse_runtime::__private::__StreamExt::next(&mut __stream).await
                     {
                         yield __item;
                     }
-                }, #options)
-            }
+                }
+            };
+            quote!(#private::respond_stream(#generator, #options))
         }
         (Returns::Result(_), false) => {
             quote! {
