@@ -53,19 +53,8 @@ pub async fn fan_out(
 }
 
 /// Fan-out with subscribers spread over several instances (round robin) and
-/// the publisher on the first; CPU is the sum over `pids`.
-pub async fn fan_out_across(
-    servers: &[SocketAddr],
-    pids: &[u32],
-    subscribers: usize,
-    events: u64,
-    rate: Option<u64>,
-) -> Figures {
-    fan_out_impl(servers, pids, subscribers, events, rate, 1).await
-}
-
-/// Fan-out with the events published as fast as possible by `publishers`
-/// concurrent connections to the first server; `published_per_second` is the
+/// the events published as fast as possible by `publishers` concurrent
+/// connections to the first server (CPU is the sum over `pids`); `published_per_second` is the
 /// rate at which their POSTs were accepted.
 pub async fn concurrent_publish(
     servers: &[SocketAddr],
