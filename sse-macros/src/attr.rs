@@ -200,29 +200,22 @@ impl RouteArgs {
             ],
             |key, input, errors| {
                 match key.to_string().as_str() {
-                    "keep_alive" => {
-                        args.keep_alive = parse_switchable(
-                            input,
-                            errors,
-                            "`keep_alive` takes a duration such as \"15s\", or `false` to turn it off",
-                        )?
-                        .unwrap_or(args.keep_alive);
-                    }
-                    "batch_window" => {
-                        args.batch_window = parse_switchable(
-                            input,
-                            errors,
-                            "`batch_window` takes a duration such as \"5ms\", or `false` to write every event at once",
-                        )?
-                        .unwrap_or(args.batch_window);
-                    }
-                    "write_stall" => {
-                        args.write_stall = parse_switchable(
-                            input,
-                            errors,
-                            "`write_stall` takes a duration such as \"10s\", or `false` to never close a stalled connection",
-                        )?
-                        .unwrap_or(args.write_stall);
+                    name @ ("keep_alive" | "batch_window" | "write_stall") => {
+                        let (setting, help) = match name {
+                            "keep_alive" => (
+                                &mut args.keep_alive,
+                                "`keep_alive` takes a duration such as \"15s\", or `false` to turn it off",
+                            ),
+                            "batch_window" => (
+                                &mut args.batch_window,
+                                "`batch_window` takes a duration such as \"5ms\", or `false` to write every event at once",
+                            ),
+                            _ => (
+                                &mut args.write_stall,
+                                "`write_stall` takes a duration such as \"10s\", or `false` to never close a stalled connection",
+                            ),
+                        };
+                        *setting = parse_switchable(input, errors, help)?.unwrap_or(*setting);
                     }
                     "retry" => {
                         let value: OptionValue = input.parse()?;
