@@ -9,11 +9,16 @@ use std::time::Duration;
 use futures_util::{FutureExt, Stream, StreamExt};
 use sse_runtime::{EncodedEvent, LagPolicy, MessageEvent, Registry, RegistryConfig, Subscription};
 use sse_tests::fields;
+use sse_tests::redis_cluster::{self, RedisCluster};
 use sse_tests::redis_server::{self, RedisServer};
 
 /// A broker under test: it makes registries over fresh keys.
 trait Backend {
     fn registry(&self, config: RegistryConfig) -> impl Future<Output = Registry<String>>;
+
+    /// How many keys hold memory in the broker's store (for Redis, in Redis
+    /// itself), whether or not this instance subscribes to them.
+    fn stored_keys(&self, registry: &Registry<String>) -> impl Future<Output = usize>;
 }
 
 struct Memory;
@@ -21,6 +26,10 @@ struct Memory;
 impl Backend for Memory {
     async fn registry(&self, config: RegistryConfig) -> Registry<String> {
         Registry::with_config(config)
+    }
+
+    async fn stored_keys(&self, registry: &Registry<String>) -> usize {
+        registry.key_count()
     }
 }
 
@@ -30,15 +39,44 @@ impl Backend for Redis {
     async fn registry(&self, config: RegistryConfig) -> Registry<String> {
         self.0.registry(config).await
     }
+
+    async fn stored_keys(&self, _: &Registry<String>) -> usize {
+        let client = ::redis::Client::open(self.0.url()).unwrap();
+        let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+        ::redis::cmd("DBSIZE")
+            .query_async(&mut connection)
+            .await
+            .unwrap()
+    }
+}
+
+struct Cluster(RedisCluster);
+
+impl Backend for Cluster {
+    async fn registry(&self, config: RegistryConfig) -> Registry<String> {
+        self.0.registry(config).await
+    }
+
+    async fn stored_keys(&self, _: &Registry<String>) -> usize {
+        self.0.keys_per_node().await.iter().sum()
+    }
 }
 
 /// Ids are opaque to clients; both brokers write `<a>-<b>` with `b` counting
 /// up, and `a` either fixed (memory: the run's epoch, hex) or a time in
 /// milliseconds (Redis: decimal digits of one length). Read as hex, `a` keeps
-/// its order in both.
-fn id_rank(id: &str) -> (u128, u64) {
-    let (a, b) = id.split_once('-').expect("an id of two parts");
-    (u128::from_str_radix(a, 16).unwrap(), b.parse().unwrap())
+/// its order in both. After a broadcast, Redis writes its position in the key
+/// and in the broadcast stream, `<a>-<b>.<c>-<d>`: both parts only grow, so
+/// ranked as a pair they only grow too.
+fn id_rank(id: &str) -> ((u128, u64), (u128, u64)) {
+    let part = |part: &str| {
+        let (a, b) = part.split_once('-').expect("an id of two parts");
+        (u128::from_str_radix(a, 16).unwrap(), b.parse().unwrap())
+    };
+    match id.split_once('.') {
+        Some((key, broadcast)) => (part(key), part(broadcast)),
+        None => (part(id), (0, 0)),
+    }
 }
 
 /// The next item, resume points included.
@@ -113,7 +151,7 @@ async fn ids_are_stamped_increase_per_key_and_are_shared(backend: &impl Backend)
     let mut b = registry.subscribe(&"a".to_owned());
     joined(&registry, &mut a, "a", 1).await;
     joined(&registry, &mut b, "a", 2).await;
-    let mut last = (0, 0);
+    let mut last = ((0, 0), (0, 0));
     for n in 0..5 {
         let event = MessageEvent::new(n.to_string()).with_id("app-id").unwrap();
         registry.send(&"a".to_owned(), event).await.unwrap();
@@ -181,6 +219,18 @@ async fn replay_after_an_id_is_exact_then_live(backend: &impl Backend) {
 async fn resuming_at_random_points_under_concurrent_sends_leaves_no_gap_or_duplicate(
     backend: &impl Backend,
 ) {
+    resume_at_random_points(backend, false).await;
+}
+
+/// The same with one sender broadcasting: a broadcast is part of every
+/// subscription's sequence, and resumes as exactly.
+async fn resuming_at_random_points_under_sends_and_broadcasts_leaves_no_gap_or_duplicate(
+    backend: &impl Backend,
+) {
+    resume_at_random_points(backend, true).await;
+}
+
+async fn resume_at_random_points(backend: &impl Backend, sender_0_broadcasts: bool) {
     const SENDERS: usize = 3;
     const PER_SENDER: usize = 200;
     const SUBSCRIBERS: usize = 4;
@@ -233,7 +283,12 @@ async fn resuming_at_random_points_under_concurrent_sends_leaves_no_gap_or_dupli
             let registry = registry.clone();
             tokio::spawn(async move {
                 for n in 0..PER_SENDER {
-                    send(&registry, "hot", &format!("{sender}:{n}")).await;
+                    let data = format!("{sender}:{n}");
+                    if sender == 0 && sender_0_broadcasts {
+                        registry.broadcast(MessageEvent::new(data)).await.unwrap();
+                    } else {
+                        send(&registry, "hot", &data).await;
+                    }
                 }
             })
         })
@@ -522,6 +577,83 @@ async fn shutdown_ends_every_subscription_and_refuses_sends(backend: &impl Backe
     );
 }
 
+/// Broadcast costs nothing per idle key: keys whose history expired go away
+/// while broadcasts go on, and the subscribed key receives every broadcast.
+async fn broadcast_neither_touches_nor_keeps_alive_idle_keys(backend: &impl Backend) {
+    let registry = backend
+        .registry(RegistryConfig::default().history_ttl(Duration::from_millis(400)))
+        .await;
+    let mut live = registry.subscribe(&"live".to_owned());
+    joined(&registry, &mut live, "live", 1).await;
+    for n in 0..20 {
+        send(&registry, &format!("idle-{n}"), "once").await;
+    }
+    assert!(backend.stored_keys(&registry).await >= 20);
+    // Read as a browser does, while the broadcasts go on.
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        while let Ok(Some(event)) =
+            tokio::time::timeout(Duration::from_millis(700), next(&mut live)).await
+        {
+            got.push(fields(&event).2);
+        }
+        got
+    });
+    let started = tokio::time::Instant::now();
+    let mut broadcasts = 0;
+    while started.elapsed() < Duration::from_millis(1500) {
+        registry
+            .broadcast(MessageEvent::new(broadcasts.to_string()))
+            .await
+            .unwrap();
+        broadcasts += 1;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The subscribed key and the broadcast log remain, nothing else.
+    let stored = backend.stored_keys(&registry).await;
+    assert!(stored <= 2, "{stored} keys kept while broadcasting");
+    let expected: Vec<String> = (0..broadcasts).map(|n| n.to_string()).collect();
+    assert_eq!(reader.await.unwrap(), expected);
+}
+
+/// A client away while broadcasts were made gets them when it resumes, once:
+/// a later resume from its newest id replays nothing it had, and a new
+/// stream gets no broadcast from before it started.
+async fn a_client_away_during_broadcasts_gets_them_on_resume_once(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let key = "away".to_owned();
+    let mut first = registry.subscribe(&key);
+    let point = next_item(&mut first).await.expect("open");
+    assert!(point.is_resume_point());
+    drop(first);
+    registry.broadcast(MessageEvent::new("b1")).await.unwrap();
+    send(&registry, "away", "k1").await;
+    registry.broadcast(MessageEvent::new("b2")).await.unwrap();
+    let mut back = registry.subscribe_from(&key, Some(&fields(&point).0));
+    let mut got = Vec::new();
+    let mut last_id = String::new();
+    for _ in 0..3 {
+        let (id, _, data) = next_fields(&mut back).await;
+        last_id = id;
+        got.push(data);
+    }
+    let position = |data: &str| got.iter().position(|d| d == data).unwrap();
+    assert!(
+        position("b1") < position("b2"),
+        "broadcasts in order: {got:?}"
+    );
+    assert!(got.contains(&"k1".to_owned()), "{got:?}");
+    drop(back);
+    registry.broadcast(MessageEvent::new("b3")).await.unwrap();
+    let mut again = registry.subscribe_from(&key, Some(&last_id));
+    assert_eq!(next_fields(&mut again).await.2, "b3", "only what is new");
+    let mut fresh = registry.subscribe(&key);
+    joined(&registry, &mut fresh, "away", 2).await;
+    registry.broadcast(MessageEvent::new("b4")).await.unwrap();
+    assert_eq!(next_fields(&mut fresh).await.2, "b4", "nothing from before");
+    assert_eq!(next_fields(&mut again).await.2, "b4");
+}
+
 /// Broadcast: every key with subscribers gets the event, once each.
 async fn broadcast_reaches_every_subscribed_key_once(backend: &impl Backend) {
     let registry = backend.registry(RegistryConfig::default()).await;
@@ -564,6 +696,9 @@ macro_rules! contract {
                 dropped_subscriptions_are_released,
                 shutdown_ends_every_subscription_and_refuses_sends,
                 broadcast_reaches_every_subscribed_key_once,
+                resuming_at_random_points_under_sends_and_broadcasts_leaves_no_gap_or_duplicate,
+                broadcast_neither_touches_nor_keeps_alive_idle_keys,
+                a_client_away_during_broadcasts_gets_them_on_resume_once,
             );
         }
     };
@@ -580,3 +715,4 @@ macro_rules! contract {
 
 contract!(memory, Some(Memory));
 contract!(redis, redis_server::start(false).await.map(Redis));
+contract!(cluster, redis_cluster::start().await.map(Cluster));

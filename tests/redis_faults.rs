@@ -133,6 +133,58 @@ async fn a_key_turned_into_another_type_ends_only_its_own_subscriptions() {
 }
 
 #[tokio::test]
+async fn a_broken_broadcast_key_stops_broadcasts_only_and_never_spins() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = server.registry(RegistryConfig::default()).await;
+    let mut subscription = joined(&registry, "room").await;
+    let mut redis = raw(&server).await;
+    // A foreign entry in the broadcast stream is passed over.
+    let _: String = redis::cmd("XADD")
+        .arg("sse!broadcast")
+        .arg("*")
+        .arg("x")
+        .arg("1")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    registry
+        .broadcast(MessageEvent::new("to all"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut subscription).await.unwrap().2, "to all");
+    // Then the broadcast key becomes a string.
+    let () = redis::cmd("SET")
+        .arg("sse!broadcast")
+        .arg("not a stream")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = commands_processed(&mut redis).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let per_second = commands_processed(&mut redis).await - before;
+    assert!(per_second < 50, "{per_second} commands/s: the reader spins");
+    assert!(
+        registry.broadcast(MessageEvent::new("lost")).await.is_err(),
+        "a broadcast that cannot be recorded says so"
+    );
+    registry
+        .send(&"room".to_owned(), MessageEvent::new("still"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut subscription).await.unwrap().2, "still");
+    // New subscriptions still start and receive.
+    let mut late = joined(&registry, "late").await;
+    registry
+        .send(&"late".to_owned(), MessageEvent::new("hello"))
+        .await
+        .unwrap();
+    assert_eq!(next(&mut late).await.unwrap().2, "hello");
+}
+
+#[tokio::test]
 async fn redis_paused_past_the_timeouts_loses_no_acknowledged_event_and_repeats_none() {
     let Some(server) = redis_server::start(false).await else {
         return;

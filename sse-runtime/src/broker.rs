@@ -39,6 +39,10 @@ use crate::event::{EncodedEvent, MessageEvent};
 ///   memory. Dropping a subscription releases everything it held.
 /// - **Errors.** `publish` fails with a [`BrokerError`] when it cannot
 ///   guarantee the event was recorded; it never drops an event silently.
+/// - **Broadcast.** A broadcast reaches every subscription once, live or on
+///   resume, and replays as exactly as a key's own events: a subscription's
+///   id covers its position among broadcasts too. It costs nothing per key
+///   without subscribers and keeps no key's history alive.
 /// - **Shutdown.** After `shutdown`, every subscription ends promptly and
 ///   `publish` fails with [`BrokerError::ShutDown`].
 pub trait Broker<K>: Send + Sync + 'static {
@@ -51,8 +55,10 @@ pub trait Broker<K>: Send + Sync + 'static {
         event: MessageEvent,
     ) -> BoxFuture<'a, Result<usize, BrokerError>>;
 
-    /// Publishes `event` to every key that currently exists. Returns how many
-    /// subscriptions of this instance it reached.
+    /// Publishes `event` to every subscription: it is recorded once, in a
+    /// broadcast history bounded as a key's is, and takes its place in the
+    /// sequence of every subscription, live or resuming (see "Broadcast").
+    /// Returns how many subscriptions of this instance it reached.
     fn publish_to_all(&self, event: MessageEvent) -> BoxFuture<'_, Result<usize, BrokerError>>;
 
     /// A subscription to `key`: the replay after `last_event_id` (if given),

@@ -13,18 +13,33 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use crate::event::EncodedEvent;
-use crate::redis_broker::EntryId;
+use bytes::Bytes;
 
-/// What the reader hands a key's local subscribers.
+use crate::event::EncodedEvent;
+use crate::redis_ids::Position;
+
+/// What the reader hands a key's local subscribers: an event, stamped with
+/// the fan-out's position after it, and its fields without the id, for a
+/// subscriber whose own position differs (it replayed further) to stamp its
+/// own.
 #[derive(Clone)]
-pub(crate) enum Delivery {
-    /// The entry `id`, as an event.
-    Entry(EntryId, EncodedEvent),
+pub(crate) struct Delivery {
+    pub(crate) kind: DeliveryKind,
+    pub(crate) position: Position,
+    pub(crate) event: EncodedEvent,
+    pub(crate) fields: Bytes,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) enum DeliveryKind {
+    /// An entry of the key's own stream.
+    Entry,
+    /// An entry of the broadcast stream.
+    Broadcast,
     /// The reader found that entries after the last one it delivered are
     /// gone (trimmed while it lagged, or lost in a Redis restart): the reset
-    /// signal, positioned at the stream's current end.
-    Reset(EntryId, EncodedEvent),
+    /// signal, positioned at the streams' current ends.
+    Reset,
 }
 
 /// One key's ring and its waiting subscribers.
@@ -166,19 +181,24 @@ mod tests {
     use super::*;
     use std::task::Waker;
 
+    use crate::redis_ids::EntryId;
+
     fn event(n: u64) -> Delivery {
-        Delivery::Entry(
-            EntryId::new(n, 0),
-            crate::MessageEvent::new(n.to_string()).encode(),
-        )
+        Delivery {
+            kind: DeliveryKind::Entry,
+            position: Position {
+                key: EntryId::new(n, 0),
+                broadcast: EntryId::default(),
+            },
+            event: crate::MessageEvent::new(n.to_string()).encode(),
+            fields: Bytes::new(),
+        }
     }
 
     fn ids(batch: &VecDeque<Delivery>) -> Vec<u64> {
         batch
             .iter()
-            .map(|delivery| match delivery {
-                Delivery::Entry(id, _) | Delivery::Reset(id, _) => id.millis(),
-            })
+            .map(|delivery| delivery.position.key.millis())
             .collect()
     }
 

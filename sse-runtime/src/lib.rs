@@ -77,6 +77,10 @@ mod memory;
 mod pacer;
 #[cfg(feature = "redis")]
 mod redis_broker;
+#[cfg(feature = "redis")]
+mod redis_connection;
+#[cfg(feature = "redis")]
+mod redis_ids;
 mod registry;
 mod response;
 mod serve;

@@ -8,6 +8,12 @@
 //! lock, every entry after its cursor. Because publishing and reading happen
 //! under one lock and ids increase in that order, a subscriber can neither skip
 //! nor repeat an entry (the no-gap, no-duplicate guarantee).
+//!
+//! A broadcast is stored once, in the broadcast log, and appended to the ring
+//! of each key that has subscribers; keys without subscribers are not
+//! touched, so a broadcast costs nothing per idle key and keeps none alive.
+//! Sequence numbers are shared by keys and the log, so a resume merges the
+//! key's ring with the log by sequence number, once each.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
@@ -62,6 +68,56 @@ struct Inner<K> {
     retained_bytes: AtomicUsize,
     /// Whether a thread is evicting across keys (only one at a time).
     evicting: AtomicBool,
+    /// Every broadcast, bounded as one key's history. Locked after shard
+    /// locks, never before.
+    broadcasts: Mutex<BroadcastLog>,
+}
+
+/// The broadcasts kept for replay, in sequence order.
+#[derive(Default)]
+struct BroadcastLog {
+    history: VecDeque<Entry>,
+    /// The highest sequence number evicted: a client whose id is older may
+    /// have missed a broadcast.
+    evicted_through: u64,
+    bytes: usize,
+}
+
+impl BroadcastLog {
+    fn last_sequence(&self) -> u64 {
+        self.history
+            .back()
+            .map_or(self.evicted_through, |entry| entry.sequence)
+    }
+
+    fn append(&mut self, entry: Entry, config: &RegistryConfig) {
+        self.evict_expired(entry.at, config.history_ttl);
+        let cost = entry.cost();
+        while self.history.len() >= config.history_len
+            || (self.bytes + cost > config.history_bytes_per_key && !self.history.is_empty())
+        {
+            self.evict_oldest();
+        }
+        self.bytes += cost;
+        self.history.push_back(entry);
+    }
+
+    fn evict_expired(&mut self, now: Instant, ttl: Duration) {
+        while self
+            .history
+            .front()
+            .is_some_and(|front| now.duration_since(front.at) >= ttl)
+        {
+            self.evict_oldest();
+        }
+    }
+
+    fn evict_oldest(&mut self) {
+        if let Some(oldest) = self.history.pop_front() {
+            self.evicted_through = self.evicted_through.max(oldest.sequence);
+            self.bytes -= oldest.cost();
+        }
+    }
 }
 
 struct KeyState {
@@ -181,6 +237,7 @@ where
                 sweeper_started: AtomicBool::new(false),
                 retained_bytes: AtomicUsize::new(0),
                 evicting: AtomicBool::new(false),
+                broadcasts: Mutex::new(BroadcastLog::default()),
             }),
         }
     }
@@ -264,6 +321,7 @@ where
     /// Evicts expired history everywhere and removes idle keys.
     fn sweep(&self) {
         let now = Instant::now();
+        lock(&self.broadcasts).evict_expired(now, self.config.history_ttl);
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
             let mut watermark = 0;
@@ -399,20 +457,29 @@ where
         if inner.shut_down.load(Ordering::SeqCst) {
             return Box::pin(future::ready(Err(BrokerError::ShutDown)));
         }
+        start_sweeper(inner);
         let now = Instant::now();
+        // Every shard at once, so that the broadcast takes one place in the
+        // sequence of every key, and a subscription that starts meanwhile
+        // finds it either in the log or in its key's ring.
+        let mut shards: Vec<_> = inner.shards.iter().map(lock).collect();
+        let sequence = inner.sequence.fetch_add(1, Ordering::SeqCst) + 1;
+        let encoded = event.encode_with_id(&inner.ids.format(sequence));
+        lock(&inner.broadcasts).append(
+            Entry {
+                sequence,
+                at: now,
+                event: encoded.clone(),
+            },
+            &inner.config,
+        );
         let mut reached = 0;
-        for shard in inner.shards.iter() {
-            let mut shard = lock(shard);
-            if shard.is_empty() {
-                continue;
-            }
-            // One sequence number and one encoding per shard, shared by its keys.
-            let sequence = inner.sequence.fetch_add(1, Ordering::SeqCst) + 1;
-            let encoded = event.encode_with_id(&inner.ids.format(sequence));
-            for state in shard.values_mut() {
+        for shard in &mut shards {
+            for state in shard.values_mut().filter(|state| state.subscribers > 0) {
                 reached += inner.append_encoded(state, sequence, encoded.clone(), now);
             }
         }
+        drop(shards);
         inner.enforce_total_bound();
         Box::pin(future::ready(Ok(reached)))
     }
@@ -427,12 +494,17 @@ where
             .or_insert_with(|| KeyState::new(watermark));
         state.subscribers += 1;
 
-        let head = state.head();
+        let broadcasts = lock(&inner.broadcasts);
+        // Where a client that wants only what comes next stands: past the
+        // key's events and past every broadcast so far.
+        let head = state.head().max(broadcasts.last_sequence());
         let resume = last_event_id.map(|id| match inner.ids.parse(id) {
             ParsedId::Ours(last) if last > inner.sequence.load(Ordering::SeqCst) => {
                 Err(ResetReason::UnknownId)
             }
-            ParsedId::Ours(last) if last < state.evicted_through => {
+            ParsedId::Ours(last)
+                if last < state.evicted_through || last < broadcasts.evicted_through =>
+            {
                 Err(ResetReason::HistoryExpired)
             }
             ParsedId::Ours(last) => Ok(last),
@@ -448,16 +520,45 @@ where
                 head
             }
             Some(Ok(last)) => {
-                let replay = state.history.len() - first_after(&state.history, last);
-                telemetry::replayed(replay);
-                tracing::debug!(events = replay, "SSE subscriber resumes: replaying");
-                last
+                // The key's events and the broadcasts after `last`, merged by
+                // sequence number; a broadcast that reached the key while it
+                // had subscribers is in both, and is taken once.
+                let mut own = state.history.range(first_after(&state.history, last)..);
+                let mut broadcast = broadcasts
+                    .history
+                    .range(first_after(&broadcasts.history, last)..);
+                let (mut a, mut b) = (own.next(), broadcast.next());
+                while let Some(entry) = match (a, b) {
+                    (Some(x), Some(y)) if x.sequence == y.sequence => {
+                        (a, b) = (own.next(), broadcast.next());
+                        Some(x)
+                    }
+                    (Some(x), Some(y)) if x.sequence < y.sequence => {
+                        a = own.next();
+                        Some(x)
+                    }
+                    (Some(x), None) => {
+                        a = own.next();
+                        Some(x)
+                    }
+                    (_, Some(y)) => {
+                        b = broadcast.next();
+                        Some(y)
+                    }
+                    (None, None) => None,
+                } {
+                    ready.push_back(entry.event.clone());
+                }
+                telemetry::replayed(ready.len());
+                tracing::debug!(events = ready.len(), "SSE subscriber resumes: replaying");
+                state.last_sequence.max(last)
             }
             Some(Err(reason)) => {
                 ready.push_back(inner.reset_signal(reason, head));
                 head
             }
         };
+        drop(broadcasts);
         Box::pin(MemorySubscription {
             id: inner.next_subscriber.fetch_add(1, Ordering::Relaxed),
             shard: shard_index,

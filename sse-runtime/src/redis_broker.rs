@@ -6,8 +6,12 @@
 //!   instance, so a `Last-Event-ID` from one instance resumes on any other.
 //!   In the same round trip, `XTRIM … MINID` drops entries older than
 //!   `history_ttl` and `PEXPIRE` removes the key once nothing in it is younger.
-//! - `broadcast` finds the streams with `SCAN … TYPE stream` and adds the
-//!   event to each, pipelined 256 streams to a round trip.
+//! - `broadcast` is one `XADD` to the broadcast stream (`<prefix>!broadcast`),
+//!   whatever the number of keys: it touches no key and keeps none alive.
+//!   Every instance's readers follow that stream too and hand each entry to
+//!   every key subscribed on the instance. A subscription's SSE id is its
+//!   position in both streams (`<key entry>.<broadcast entry>`, or the key
+//!   entry alone before any broadcast), so a resume replays both exactly.
 //! - Live delivery: reader tasks run `XREAD BLOCK` over the keys that have
 //!   subscribers on this instance and fan each entry out locally: one reader
 //!   (one connection) per 256 keys, never one per subscriber, so no single
@@ -40,16 +44,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
 use tokio::sync::Notify;
 
 use crate::broker::{Broker, BrokerError, RegistryConfig, ResetReason};
 use crate::event::{EncodedEvent, MessageEvent};
-use crate::fanout::{Cursor, Delivery, Fanout, Next};
-
-/// `broadcast` sends its `XADD`s in pipelines of this many streams: one round
-/// trip each, and a bounded request.
-const BROADCAST_CHUNK: usize = 256;
+use crate::fanout::{Cursor, Delivery, DeliveryKind, Fanout, Next};
+use crate::redis_connection::{Client, Connection};
+pub(crate) use crate::redis_ids::EntryId;
+use crate::redis_ids::Position;
 
 /// How long the reader's `XREAD` blocks waiting for entries.
 const READ_BLOCK: Duration = Duration::from_millis(200);
@@ -70,40 +72,13 @@ const REPLAY_PAGE: usize = 500;
 const KEYS_PER_READER: usize = 256;
 /// The most reader connections one instance opens.
 const MAX_READERS: usize = 64;
+/// On a Redis Cluster, keys are spread over this many hash tags
+/// (`<prefix>:{<n>}:<key>`): the keys of one tag share a hash slot, so one
+/// `XREAD` can name them all, and the tags spread over the cluster's nodes.
+/// An instance runs one reader (one cluster connection) per tag it follows.
+const CLUSTER_SHARDS: usize = 16;
 /// An entry the broker did not write is logged at most once per key per this.
 const FOREIGN_ENTRY_LOG_EVERY: Duration = Duration::from_secs(60);
-
-/// A Redis stream entry id, `<milliseconds>-<sequence>`, ordered numerically.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
-pub(crate) struct EntryId(u64, u64);
-
-impl EntryId {
-    #[cfg(test)]
-    pub(crate) fn new(millis: u64, sequence: u64) -> EntryId {
-        EntryId(millis, sequence)
-    }
-
-    #[cfg(test)]
-    pub(crate) fn millis(self) -> u64 {
-        self.0
-    }
-
-    fn parse(id: &str) -> Option<EntryId> {
-        let (ms, seq) = id.split_once('-')?;
-        let number = |s: &str| {
-            (!s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
-                .then(|| s.parse().ok())
-                .flatten()
-        };
-        Some(EntryId(number(ms)?, number(seq)?))
-    }
-}
-
-impl Display for EntryId {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}-{}", self.0, self.1)
-    }
-}
 
 /// A [`Broker`] on Redis Streams. Connection settings come from a URL such
 /// as `redis://127.0.0.1:6379/` (for example `REDIS_URL`).
@@ -123,13 +98,19 @@ pub struct RedisBroker<K> {
 }
 
 struct Inner {
-    client: redis::Client,
-    /// Reconnects by itself after Redis comes back.
-    commands: ConnectionManager,
+    client: Client,
+    /// Reconnects by itself after Redis comes back; on a cluster, routes each
+    /// command to the node of its key.
+    commands: Connection,
     prefix: String,
     config: RegistryConfig,
-    /// Stream key → local fan-out and the reader's position in that stream.
-    local: Mutex<HashMap<String, Local>>,
+    /// The keys subscribed on this instance, and where the readers are.
+    local: Mutex<Fanouts>,
+    /// The stream every broadcast goes to.
+    broadcast_stream: String,
+    /// Set when the broadcast key holds another type (someone wrote it):
+    /// readers stop naming it, so keys keep flowing.
+    broadcast_unreadable: AtomicBool,
     /// Wakes the readers when the set of keys changes.
     keys_changed: Notify,
     /// How many reader tasks run; reader `i` reads the keys of shard `i`.
@@ -137,10 +118,37 @@ struct Inner {
     shut_down: AtomicBool,
 }
 
+struct Fanouts {
+    /// Stream key → local fan-out and the reader's position in that stream.
+    keys: HashMap<String, Local>,
+    /// The last broadcast entry handed to the fan-outs; `None` while no key
+    /// is subscribed here (the next subscription reads it from Redis).
+    broadcast_at: Option<EntryId>,
+}
+
 struct Local {
     fanout: Arc<Fanout>,
     /// The last entry the reader delivered for this key.
     read_from: EntryId,
+}
+
+impl Local {
+    /// The fan-out's position after the last delivery.
+    fn position(&self, broadcast_at: Option<EntryId>) -> Position {
+        Position {
+            key: self.read_from,
+            broadcast: broadcast_at.unwrap_or_default(),
+        }
+    }
+
+    fn push(&self, kind: DeliveryKind, position: Position, fields: &Bytes) {
+        self.fanout.push(Delivery {
+            kind,
+            position,
+            event: MessageEvent::assemble_with_id(&position.to_string(), fields),
+            fields: fields.clone(),
+        });
+    }
 }
 
 /// The error `connect` returns.
@@ -169,14 +177,60 @@ impl<K> RedisBroker<K> {
         config: RegistryConfig,
         prefix: &str,
     ) -> Result<Self, RedisConnectError> {
-        let client = redis::Client::open(url)?;
-        let commands = client.get_connection_manager().await?;
+        Self::start(Client::Node(redis::Client::open(url)?), config, prefix).await
+    }
+
+    /// Connects to a Redis Cluster through any of its nodes (`urls`, such as
+    /// `redis://10.0.0.1:7000/`) and starts this instance's readers.
+    ///
+    /// Keys are spread over 16 hash tags (`<prefix>:{<n>}:<key>`), so the
+    /// keys an `XREAD` names share one slot, and commands follow the slots as
+    /// they move. During a failover, Redis replicates asynchronously: an event
+    /// `send` reported as recorded may be lost with the old master. A reader
+    /// that delivered it notices that its last entry is gone and gives that
+    /// key's subscribers the reset signal; a client resuming from it gets the
+    /// reset signal too. So a failover can cost events, never a silent gap.
+    pub async fn connect_cluster(
+        urls: &[&str],
+        config: RegistryConfig,
+    ) -> Result<Self, RedisConnectError> {
+        Self::connect_cluster_with_prefix(urls, config, "sse").await
+    }
+
+    /// As [`connect_cluster`](Self::connect_cluster), with stream keys named
+    /// `<prefix>:{<n>}:<key>`.
+    pub async fn connect_cluster_with_prefix(
+        urls: &[&str],
+        config: RegistryConfig,
+        prefix: &str,
+    ) -> Result<Self, RedisConnectError> {
+        let client = redis::cluster::ClusterClient::new(urls.to_vec())?;
+        Self::start(Client::Cluster(client), config, prefix).await
+    }
+
+    async fn start(
+        client: Client,
+        config: RegistryConfig,
+        prefix: &str,
+    ) -> Result<Self, RedisConnectError> {
+        let commands = client.shared_connection().await?;
+        let broadcast_stream = if client.is_cluster() {
+            // Under the hash tag 0: read by the reader of tag 0.
+            format!("{prefix}!broadcast:{{0}}")
+        } else {
+            format!("{prefix}!broadcast")
+        };
         let inner = Arc::new(Inner {
             client,
             commands,
             prefix: prefix.to_owned(),
             config,
-            local: Mutex::new(HashMap::new()),
+            local: Mutex::new(Fanouts {
+                keys: HashMap::new(),
+                broadcast_at: None,
+            }),
+            broadcast_stream,
+            broadcast_unreadable: AtomicBool::new(false),
             keys_changed: Notify::new(),
             readers: Mutex::new(0),
             shut_down: AtomicBool::new(false),
@@ -192,7 +246,7 @@ impl<K> RedisBroker<K> {
 impl Inner {
     /// Starts readers until there are enough for the keys followed here.
     fn start_readers(inner: &Arc<Inner>) {
-        let wanted = readers_for(lock(&inner.local).len());
+        let wanted = inner.readers_for(lock(&inner.local).keys.len());
         let mut running = lock(&inner.readers);
         while *running < wanted {
             tokio::spawn(read_loop(Arc::downgrade(inner), *running));
@@ -201,7 +255,37 @@ impl Inner {
     }
 
     fn stream_key(&self, key: &impl Display) -> String {
-        format!("{}:{key}", self.prefix)
+        if self.client.is_cluster() {
+            let key = key.to_string();
+            let tag = fixed_hash(&key) % CLUSTER_SHARDS as u64;
+            format!("{}:{{{tag}}}:{key}", self.prefix)
+        } else {
+            format!("{}:{key}", self.prefix)
+        }
+    }
+
+    /// How many readers `keys` followed keys need: on a cluster, one per
+    /// hash tag (a reader with no key of its tag opens no connection).
+    fn readers_for(&self, keys: usize) -> usize {
+        if self.client.is_cluster() {
+            CLUSTER_SHARDS
+        } else {
+            keys.div_ceil(KEYS_PER_READER).clamp(1, MAX_READERS)
+        }
+    }
+
+    /// The reader shard of `stream` among `shards`, the same in every
+    /// reader: on a cluster its hash tag, so one reader's keys share a slot.
+    fn shard_of(&self, stream: &str, shards: usize) -> usize {
+        let tag = self.client.is_cluster().then(|| {
+            let open = stream.find('{')?;
+            let close = open + stream[open..].find('}')?;
+            stream[open + 1..close].parse::<usize>().ok()
+        });
+        match tag.flatten() {
+            Some(tag) => tag % shards,
+            None => (fixed_hash(stream) % shards as u64) as usize,
+        }
     }
 
     /// The last entry id of `stream` (0-0 when it is empty or missing).
@@ -221,28 +305,66 @@ impl Inner {
             .unwrap_or_default())
     }
 
+    /// The broadcast stream's last id; `0-0` when the key holds another type
+    /// (marked unreadable, so subscriptions still start and keys flow).
+    async fn last_broadcast_id(&self) -> redis::RedisResult<EntryId> {
+        match self.last_id(&self.broadcast_stream).await {
+            Err(error) if is_wrong_type(&error) => {
+                self.mark_broadcast_unreadable();
+                Ok(EntryId::default())
+            }
+            other => other,
+        }
+    }
+
+    fn mark_broadcast_unreadable(&self) {
+        if !self.broadcast_unreadable.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                stream = self.broadcast_stream,
+                "SSE Redis broadcast key is not a stream: broadcasts are not delivered until it \
+                 is deleted and the instance restarted"
+            );
+        }
+    }
+
     /// Joins the local fan-out of `stream`; a key new to this instance is read
     /// from its current last entry on. Returns a cursor and the position it
-    /// starts after: every later entry reaches the cursor.
-    async fn join(&self, stream: &str) -> redis::RedisResult<(Cursor, EntryId)> {
-        if let Some(local) = lock(&self.local).get(stream) {
-            return Ok((local.fanout.subscribe(), local.read_from));
+    /// starts after: every later entry, and every later broadcast, reaches
+    /// the cursor.
+    async fn join(&self, stream: &str) -> redis::RedisResult<(Cursor, Position)> {
+        {
+            let local = lock(&self.local);
+            if let Some(key) = local.keys.get(stream) {
+                return Ok((key.fanout.subscribe(), key.position(local.broadcast_at)));
+            }
         }
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(shut_down_error());
         }
-        let start = self.last_id(stream).await?;
+        // Both asked at once: the position is where both streams were at one
+        // moment, as near as Redis allows.
+        let known = lock(&self.local).broadcast_at;
+        let (start, broadcast_start) = tokio::try_join!(self.last_id(stream), async {
+            match known {
+                Some(at) => Ok(at),
+                None => self.last_broadcast_id().await,
+            }
+        })?;
         let mut local = lock(&self.local);
         // Checked under the lock that shutdown closes the keys under, so no
         // key is added after it.
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(shut_down_error());
         }
-        let entry = local.entry(stream.to_owned()).or_insert_with(|| Local {
-            fanout: Fanout::new(self.config.buffer),
-            read_from: start,
-        });
-        let joined = (entry.fanout.subscribe(), entry.read_from);
+        let broadcast_at = *local.broadcast_at.get_or_insert(broadcast_start);
+        let key = local
+            .keys
+            .entry(stream.to_owned())
+            .or_insert_with(|| Local {
+                fanout: Fanout::new(self.config.buffer),
+                read_from: start,
+            });
+        let joined = (key.fanout.subscribe(), key.position(Some(broadcast_at)));
         drop(local);
         self.keys_changed.notify_waiters();
         Ok(joined)
@@ -256,6 +378,9 @@ impl Inner {
     /// Three commands, one round trip. The age is reckoned by this server's
     /// clock against Redis's entry ids, which are Redis's time: keep the
     /// clocks in sync (NTP) or the history's age is off by their skew.
+    ///
+    /// The broadcast stream gets no `PEXPIRE`: emptied by age, it keeps its
+    /// last id, against which clients' positions are checked.
     fn append(&self, pipeline: &mut redis::Pipeline, stream: &str, fields: &[u8]) {
         let ttl_ms = u64::try_from(self.config.history_ttl.as_millis())
             .unwrap_or(u64::MAX)
@@ -276,31 +401,48 @@ impl Inner {
             .arg(stream)
             .arg("MINID")
             .arg(now_ms.saturating_sub(ttl_ms))
-            .ignore()
-            .cmd("PEXPIRE")
-            .arg(stream)
-            .arg(ttl_ms)
             .ignore();
+        if stream != self.broadcast_stream {
+            pipeline.cmd("PEXPIRE").arg(stream).arg(ttl_ms).ignore();
+        }
     }
 
     /// How many subscriptions on this instance have joined `stream`.
     fn local_subscribers(&self, stream: &str) -> usize {
         lock(&self.local)
+            .keys
             .get(stream)
             .map_or(0, |local| local.fanout.subscriber_count())
     }
 
     /// Drops the local fan-out of keys nobody on this instance listens to.
     fn forget_idle(&self) {
-        lock(&self.local).retain(|_, local| local.fanout.subscriber_count() > 0);
+        let mut local = lock(&self.local);
+        local
+            .keys
+            .retain(|_, local| local.fanout.subscriber_count() > 0);
+        if local.keys.is_empty() {
+            // Nobody reads broadcasts here now: the next subscription
+            // starts from the broadcast stream's end, not from here.
+            local.broadcast_at = None;
+        }
     }
 
-    fn reset_signal(&self, reason: ResetReason, position: EntryId) -> EncodedEvent {
+    /// The reset signal's fields, without an id.
+    fn reset_fields(&self, reason: ResetReason) -> Bytes {
         crate::telemetry::reset(reason);
-        let event = MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
+        MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
             .with_event_type(self.config.reset_event_type.as_str())
-            .unwrap_or_else(|_| MessageEvent::new(""));
-        MessageEvent::assemble_with_id(&position.to_string(), &event.encode_without_id())
+            .unwrap_or_else(|_| MessageEvent::new(""))
+            .encode_without_id()
+    }
+
+    /// Where the key's stream and the broadcast stream end now.
+    async fn current_position(&self, stream: &str) -> redis::RedisResult<Position> {
+        Ok(Position {
+            key: self.last_id(stream).await?,
+            broadcast: self.last_broadcast_id().await?,
+        })
     }
 
     /// Whether the history of `stream` still holds everything after `last`.
@@ -382,6 +524,19 @@ impl Inner {
         })
     }
 
+    /// Whether the key's history and the broadcast history both still hold
+    /// everything after `last`.
+    async fn covers_position(
+        &self,
+        stream: &str,
+        last: Position,
+    ) -> redis::RedisResult<Result<(), ResetReason>> {
+        match self.covers(stream, last.key).await? {
+            Ok(()) => self.covers(&self.broadcast_stream, last.broadcast).await,
+            not_covered => Ok(not_covered),
+        }
+    }
+
     /// Up to [`REPLAY_PAGE`] entries of `stream` after `last`: the events
     /// among them, and the id of the last entry read (events or not), to
     /// continue from.
@@ -389,7 +544,7 @@ impl Inner {
         &self,
         stream: &str,
         last: EntryId,
-    ) -> redis::RedisResult<(Vec<(EntryId, EncodedEvent)>, Option<EntryId>)> {
+    ) -> redis::RedisResult<(Vec<(EntryId, Bytes)>, Option<EntryId>)> {
         let mut connection = self.commands.clone();
         let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(stream)
@@ -402,7 +557,7 @@ impl Inner {
         let read_to = entries.last().and_then(|(id, _)| EntryId::parse(id));
         let events = entries
             .into_iter()
-            .filter_map(|(id, fields)| decode(&id, &fields))
+            .filter_map(|(id, fields)| Some((EntryId::parse(&id)?, stored_fields(&fields)?)))
             .collect();
         Ok((events, read_to))
     }
@@ -450,11 +605,22 @@ impl Inner {
                 "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
                  restart); its subscribers get the reset signal"
             );
-            let reset = self.reset_signal(reason, position);
-            if let Some(local) = lock(&self.local).get_mut(&stream) {
-                local.read_from = position;
-                local.fanout.push(Delivery::Reset(position, reset));
+            let reset = self.reset_fields(reason);
+            let mut local = lock(&self.local);
+            if stream == self.broadcast_stream {
+                // Broadcasts were lost: every key subscribed here is told.
+                local.broadcast_at = Some(position);
+                for key in local.keys.values() {
+                    key.push(DeliveryKind::Reset, key.position(Some(position)), &reset);
+                }
+            } else {
+                let broadcast_at = local.broadcast_at;
+                if let Some(key) = local.keys.get_mut(&stream) {
+                    key.read_from = position;
+                    key.push(DeliveryKind::Reset, key.position(broadcast_at), &reset);
+                }
             }
+            drop(local);
             if let Some(entry) = positions.iter_mut().find(|(key, _)| *key == stream) {
                 entry.1 = position;
             }
@@ -468,18 +634,12 @@ fn shut_down_error() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "the SSE registry is shut down"))
 }
 
-/// How many readers `keys` followed keys need.
-fn readers_for(keys: usize) -> usize {
-    keys.div_ceil(KEYS_PER_READER).clamp(1, MAX_READERS)
-}
-
-/// The reader shard of `stream` among `shards`: a fixed hash, the same in
-/// every reader.
-fn shard_of(stream: &str, shards: usize) -> usize {
-    use std::hash::BuildHasher;
-    let fixed =
-        std::hash::BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default();
-    (fixed.hash_one(stream) % shards as u64) as usize
+/// FNV-1a: a hash fixed by its definition, the same in every process, run
+/// and version, so every instance puts a key under the same cluster hash tag.
+fn fixed_hash(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// Whether Redis refused a command because a key holds another type.
@@ -487,21 +647,20 @@ fn is_wrong_type(error: &redis::RedisError) -> bool {
     error.code() == Some("WRONGTYPE")
 }
 
-/// An entry's id and stored fields as one event.
-fn decode(id: &str, fields: &[Vec<u8>]) -> Option<(EntryId, EncodedEvent)> {
-    let entry_id = EntryId::parse(id)?;
-    let stored = fields.chunks(2).find_map(|pair| match pair {
-        [name, value] if name == b"e" => Some(value),
+/// The broker's field (`e`: the event's encoded fields) of an entry, or
+/// `None` for an entry another program wrote.
+fn stored_fields(fields: &[Vec<u8>]) -> Option<Bytes> {
+    fields.chunks(2).find_map(|pair| match pair {
+        [name, value] if name == b"e" => Some(Bytes::copy_from_slice(value)),
         _ => None,
-    })?;
-    Some((entry_id, MessageEvent::assemble_with_id(id, stored)))
+    })
 }
 
 type StreamReply = Option<Vec<(String, Vec<(String, Vec<Vec<u8>>)>)>>;
 
 /// What the reader remembers between reads.
 struct ReaderState {
-    connection: Option<MultiplexedConnection>,
+    connection: Option<Connection>,
     /// Set after an error or a reconnect: check for gaps before reading on.
     check_gaps: bool,
     last_read: Option<std::time::Instant>,
@@ -528,7 +687,7 @@ async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
         if broker.shut_down.load(Ordering::SeqCst) {
             return;
         }
-        let shards = readers_for(lock(&broker.local).len());
+        let shards = broker.readers_for(lock(&broker.local).keys.len());
         if shard >= shards {
             let mut running = lock(&broker.readers);
             if *running == shard + 1 {
@@ -554,11 +713,24 @@ async fn read_once(
     shards: usize,
 ) -> redis::RedisResult<()> {
     broker.forget_idle();
-    let mut positions: Vec<(String, EntryId)> = lock(&broker.local)
-        .iter()
-        .filter(|(key, _)| shard_of(key, shards) == shard)
-        .map(|(key, local)| (key.clone(), local.read_from))
-        .collect();
+    let mut positions: Vec<(String, EntryId)> = {
+        let local = lock(&broker.local);
+        let mut positions: Vec<(String, EntryId)> = local
+            .keys
+            .iter()
+            .filter(|(key, _)| broker.shard_of(key, shards) == shard)
+            .map(|(key, local)| (key.clone(), local.read_from))
+            .collect();
+        // The broadcast stream is followed while any key is subscribed here.
+        if let Some(at) = local.broadcast_at {
+            if broker.shard_of(&broker.broadcast_stream, shards) == shard
+                && !broker.broadcast_unreadable.load(Ordering::SeqCst)
+            {
+                positions.push((broker.broadcast_stream.clone(), at));
+            }
+        }
+        positions
+    };
     if positions.is_empty() {
         // Re-check now and then: the broker may be dropped meanwhile.
         let _ =
@@ -567,12 +739,10 @@ async fn read_once(
         return Ok(());
     }
     if state.connection.is_none() {
-        let config =
-            redis::AsyncConnectionConfig::new().set_response_timeout(Some(READER_RESPONSE_TIMEOUT));
         state.connection = Some(
             broker
                 .client
-                .get_multiplexed_async_connection_with_config(&config)
+                .reader_connection(READER_RESPONSE_TIMEOUT)
                 .await?,
         );
     }
@@ -605,27 +775,51 @@ async fn read_once(
     };
     state.last_read = Some(std::time::Instant::now());
     let mut local = lock(&broker.local);
-    for (key, entries) in reply.unwrap_or_default() {
-        let Some(local) = local.get_mut(&key) else {
-            continue;
-        };
+    for (stream, entries) in reply.unwrap_or_default() {
         let full = entries.len() >= READ_COUNT;
+        // A full read may mean the reader is behind: check before the next.
+        state.check_gaps |= full;
         for (id, fields) in entries {
             let Some(entry_id) = EntryId::parse(&id) else {
                 continue;
             };
+            let stored = stored_fields(&fields);
+            if stored.is_none() {
+                log_foreign_entry(&mut state.foreign_logged, &stream, &id);
+            }
             // The next XREAD starts after the last entry seen, whether it is
             // one of ours or not: an entry that does not decode is passed,
-            // never read again and again.
-            local.read_from = local.read_from.max(entry_id);
-            match decode(&id, &fields) {
-                // No subscriber left is fine: the key is forgotten next round.
-                Some((_, event)) => local.fanout.push(Delivery::Entry(entry_id, event)),
-                None => log_foreign_entry(&mut state.foreign_logged, &key, &id),
+            // never read again and again. An entry already handed on (by
+            // another reader, while the shards change) is not handed twice.
+            if stream == broker.broadcast_stream {
+                if local.broadcast_at.is_none_or(|at| entry_id <= at) {
+                    continue;
+                }
+                local.broadcast_at = Some(entry_id);
+                if let Some(fields) = stored {
+                    for key in local.keys.values() {
+                        key.push(
+                            DeliveryKind::Broadcast,
+                            key.position(Some(entry_id)),
+                            &fields,
+                        );
+                    }
+                }
+            } else {
+                let broadcast_at = local.broadcast_at;
+                // No key: no subscriber left, it was forgotten.
+                let Some(key) = local.keys.get_mut(&stream) else {
+                    break;
+                };
+                if entry_id <= key.read_from {
+                    continue;
+                }
+                key.read_from = entry_id;
+                if let Some(fields) = stored {
+                    key.push(DeliveryKind::Entry, key.position(broadcast_at), &fields);
+                }
             }
         }
-        // A full read may mean the reader is behind: check before the next.
-        state.check_gaps |= full;
     }
     Ok(())
 }
@@ -658,13 +852,19 @@ async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[String]) -> redis::R
     let types: Vec<String> = pipeline.query_async(&mut connection).await?;
     let mut local = lock(&broker.local);
     for (key, kind) in keys.iter().zip(types) {
+        if *key == broker.broadcast_stream {
+            if kind != "stream" && kind != "none" {
+                broker.mark_broadcast_unreadable();
+            }
+            continue;
+        }
         if kind != "stream" && kind != "none" {
             tracing::warn!(
                 stream = key,
                 kind,
                 "SSE Redis key holds a {kind}, not a stream; its subscriptions are ended"
             );
-            if let Some(removed) = local.remove(key) {
+            if let Some(removed) = local.keys.remove(key) {
                 removed.fanout.close();
             }
         }
@@ -705,53 +905,15 @@ where
             if inner.shut_down.load(Ordering::SeqCst) {
                 return Err(BrokerError::ShutDown);
             }
+            let fields: Bytes = event.encode_without_id();
             let mut connection = inner.commands.clone();
-            let mut streams: Vec<String> = Vec::new();
-            let mut cursor: u64 = 0;
-            loop {
-                let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{}:*", inner.prefix))
-                    .arg("TYPE")
-                    .arg("stream")
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(unavailable)?;
-                streams.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-            // Keys subscribed here but never written to have no stream yet.
-            let found: std::collections::HashSet<String> = streams.iter().cloned().collect();
-            let unwritten: Vec<String> = lock(&inner.local)
-                .keys()
-                .filter(|key| !found.contains(*key))
-                .cloned()
-                .collect();
-            streams.extend(unwritten);
-            let fields = event.encode_without_id();
-            let mut reached = 0;
-            // One round trip per chunk of streams, not per stream.
-            for chunk in streams.chunks(BROADCAST_CHUNK) {
-                let mut pipeline = redis::pipe();
-                for stream in chunk {
-                    inner.append(&mut pipeline, stream, &fields);
-                }
-                let _ids: Vec<String> = pipeline
-                    .query_async(&mut connection)
-                    .await
-                    .map_err(unavailable)?;
-                reached += chunk
-                    .iter()
-                    .map(|stream| inner.local_subscribers(stream))
-                    .sum::<usize>();
-            }
-            Ok(reached)
+            let mut pipeline = redis::pipe();
+            inner.append(&mut pipeline, &inner.broadcast_stream, &fields);
+            let (_id,): (String,) = pipeline
+                .query_async(&mut connection)
+                .await
+                .map_err(unavailable)?;
+            Ok(self.total_subscribers())
         })
     }
 
@@ -778,55 +940,62 @@ where
                     Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             };
-            // Live entries up to here were replayed already.
-            let mut delivered = EntryId::default();
-            if last_event_id.is_none() {
-                // A client that drops before its first event still resumes
-                // from here (see `Broker`, "Resume point").
-                delivered = joined_at;
-                yield EncodedEvent::resume_point(&joined_at.to_string());
-            }
-            if let Some(last_event_id) = last_event_id {
-                let resume = match EntryId::parse(&last_event_id) {
-                    None => Err(ResetReason::InvalidId),
-                    Some(last) => match inner.covers(&stream, last).await {
-                        Ok(Ok(())) => Ok(last),
-                        Ok(Err(reason)) => Err(reason),
-                        Err(error) => {
-                            // Cannot tell: end, and let the client retry.
-                            tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
-                            return;
-                        }
-                    },
-                };
-                match resume {
-                    Ok(last) => {
-                        // Page by page, so a long history never sits in memory at once.
-                        delivered = last;
-                        loop {
-                            let page = match inner.page_after(&stream, delivered).await {
-                                Ok(page) => page,
-                                Err(error) => {
-                                    tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
-                                    return;
+            // What this subscription has handed on: live entries up to
+            // here were replayed already.
+            let mut delivered = joined_at;
+            match last_event_id.as_deref().map(|id| Position::parse(id).ok_or(ResetReason::InvalidId)) {
+                None => {
+                    // A client that drops before its first event still
+                    // resumes from here (see `Broker`, "Resume point").
+                    yield EncodedEvent::resume_point(&joined_at.to_string());
+                }
+                Some(resume) => {
+                    let resume = match resume {
+                        Ok(last) => match inner.covers_position(&stream, last).await {
+                            Ok(covered) => covered.map(|()| last),
+                            Err(error) => {
+                                // Cannot tell: end, and let the client retry.
+                                tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                                return;
+                            }
+                        },
+                        Err(reason) => Err(reason),
+                    };
+                    match resume {
+                        Ok(last) => {
+                            // The key's entries, then the broadcasts, after
+                            // `last`, page by page, so a long history never
+                            // sits in memory at once.
+                            delivered = last;
+                            for source in [stream.clone(), inner.broadcast_stream.clone()] {
+                                let is_key = source == stream;
+                                loop {
+                                    let from = if is_key { delivered.key } else { delivered.broadcast };
+                                    let (events, read_to) = match inner.page_after(&source, from).await {
+                                        Ok(page) => page,
+                                        Err(error) => {
+                                            tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                                            return;
+                                        }
+                                    };
+                                    crate::telemetry::replayed(events.len());
+                                    for (id, fields) in events {
+                                        if is_key { delivered.key = id } else { delivered.broadcast = id }
+                                        yield MessageEvent::assemble_with_id(&delivered.to_string(), &fields);
+                                    }
+                                    match read_to {
+                                        Some(read_to) if is_key => delivered.key = delivered.key.max(read_to),
+                                        Some(read_to) => delivered.broadcast = delivered.broadcast.max(read_to),
+                                        None => break,
+                                    }
                                 }
-                            };
-                            let (events, read_to) = page;
-                            crate::telemetry::replayed(events.len());
-                            for (id, event) in events {
-                                delivered = id;
-                                yield event;
-                            }
-                            match read_to {
-                                Some(read_to) => delivered = delivered.max(read_to),
-                                None => break,
                             }
                         }
-                    }
-                    Err(reason) => {
-                        let Ok(position) = inner.last_id(&stream).await else { return };
-                        delivered = position;
-                        yield inner.reset_signal(reason, position);
+                        Err(reason) => {
+                            let Ok(position) = inner.current_position(&stream).await else { return };
+                            delivered = position;
+                            yield MessageEvent::assemble_with_id(&position.to_string(), &inner.reset_fields(reason));
+                        }
                     }
                 }
             }
@@ -838,17 +1007,23 @@ where
                     Next::Closed => return,
                     Next::Some => {
                         for delivery in batch.drain(..) {
-                            match delivery {
-                                Delivery::Entry(id, event) => {
-                                    if id > delivered {
-                                        delivered = id;
-                                        yield event;
-                                    }
-                                }
-                                Delivery::Reset(position, signal) => {
-                                    delivered = position;
-                                    yield signal;
-                                }
+                            let position = delivery.position;
+                            let new = match delivery.kind {
+                                DeliveryKind::Entry => position.key > delivered.key,
+                                DeliveryKind::Broadcast => position.broadcast > delivered.broadcast,
+                                DeliveryKind::Reset => true,
+                            };
+                            if !new {
+                                continue;
+                            }
+                            let after = delivered.max(position);
+                            delivered = after;
+                            if after == position {
+                                yield delivery.event;
+                            } else {
+                                // This subscription replayed further than the
+                                // fan-out had read: its own id, not the shared one.
+                                yield MessageEvent::assemble_with_id(&after.to_string(), &delivery.fields);
                             }
                         }
                     }
@@ -860,9 +1035,9 @@ where
                         }
                         _ => {
                             // The cursor is at the newest delivery already.
-                            let position = inner.last_id(&stream).await.unwrap_or(delivered);
-                            yield inner.reset_signal(ResetReason::Lagged, position);
+                            let position = inner.current_position(&stream).await.unwrap_or(delivered);
                             delivered = delivered.max(position);
+                            yield MessageEvent::assemble_with_id(&delivered.to_string(), &inner.reset_fields(ResetReason::Lagged));
                         }
                     },
                 }
@@ -872,7 +1047,7 @@ where
 
     fn key_count(&self) -> usize {
         self.inner.forget_idle();
-        lock(&self.inner.local).len()
+        lock(&self.inner.local).keys.len()
     }
 
     fn subscriber_count(&self, key: &K) -> usize {
@@ -881,6 +1056,7 @@ where
 
     fn total_subscribers(&self) -> usize {
         lock(&self.inner.local)
+            .keys
             .values()
             .map(|local| local.fanout.subscriber_count())
             .sum()
@@ -889,7 +1065,7 @@ where
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         // Closing every key ends every live subscription.
-        for (_, local) in lock(&self.inner.local).drain() {
+        for (_, local) in lock(&self.inner.local).keys.drain() {
             local.fanout.close();
         }
         self.inner.keys_changed.notify_waiters();

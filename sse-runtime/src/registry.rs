@@ -132,8 +132,11 @@ where
             .inspect_err(telemetry::broker_error)
     }
 
-    /// Sends `event` to every key that has subscribers or history. Returns how
-    /// many subscribers it reached.
+    /// Sends `event` to every subscriber of every key. It is kept once, in a
+    /// broadcast log with the same bounds as a key's history, so it costs
+    /// nothing per key without subscribers and keeps no key alive; a client
+    /// that was away gets it when it resumes, once. Returns how many
+    /// subscribers of this instance it reached.
     pub async fn broadcast(&self, event: MessageEvent) -> Result<usize, BrokerError> {
         self.broker
             .publish_to_all(event)

@@ -4,6 +4,7 @@
 
 pub mod conformance;
 pub mod external;
+pub mod redis_cluster;
 pub mod redis_server;
 
 use std::net::SocketAddr;
