@@ -7,11 +7,16 @@
 //!   subscriber; answers the number of subscribers reached;
 //! - `GET  /events/fast?n=N`: N small JSON events as fast as possible, then the end;
 //! - `GET  /events/sse-stream`: `ping` every second.
+//!
+//! `bench-ours` also serves, for `loadgen keys`, `GET /events/keys/<n>` and
+//! `POST /events/keys/<n>` (one key each), and `POST /events/keys-warmup`
+//! (a broadcast to them, answering how many it reached).
 
 pub mod chart;
 pub mod client;
 pub mod compare;
 pub mod h2_idle;
+pub mod keys;
 pub mod report;
 pub mod scenario;
 pub mod server_process;

@@ -28,7 +28,7 @@ pub struct Figures {
     pub published_per_second: f64,
 }
 
-fn now_nanos() -> u64 {
+pub(crate) fn now_nanos() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
@@ -293,7 +293,7 @@ pub async fn fast(server: SocketAddr, pid: u32, events: u64) -> Figures {
     }
 }
 
-async fn open_retrying(
+pub(crate) async fn open_retrying(
     server: SocketAddr,
     index: usize,
     path: &str,

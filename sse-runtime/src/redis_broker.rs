@@ -14,7 +14,7 @@
 //!   entry alone before any broadcast), so a resume replays both exactly.
 //! - Live delivery: reader tasks run `XREAD BLOCK` over the keys that have
 //!   subscribers on this instance and fan each entry out locally: one reader
-//!   (one connection) per 256 keys, never one per subscriber, so no single
+//!   (one connection) per about 256 keys, never one per subscriber, so no single
 //!   `XREAD` grows with the number of keys.
 //! - Resume: the subscription first joins the local fan-out, then reads what it
 //!   missed with `XRANGE`, and skips live entries it already replayed: no gap, no
@@ -70,13 +70,17 @@ const REPLAY_PAGE: usize = 500;
 /// are shared among more readers, each on its own connection, so no single
 /// command grows with the number of keys.
 const KEYS_PER_READER: usize = 256;
-/// The most reader connections one instance opens.
+/// The most reader connections one instance opens; also how many buckets
+/// the keys followed here are kept in (by a fixed hash), so each reader
+/// walks only its own buckets' keys.
 const MAX_READERS: usize = 64;
 /// On a Redis Cluster, keys are spread over this many hash tags
 /// (`<prefix>:{<n>}:<key>`): the keys of one tag share a hash slot, so one
 /// `XREAD` can name them all, and the tags spread over the cluster's nodes.
 /// An instance runs one reader (one cluster connection) per tag it follows.
 const CLUSTER_SHARDS: usize = 16;
+/// A reader drops the keys nobody here listens to at most this often.
+const FORGET_IDLE_EVERY: Duration = Duration::from_millis(250);
 /// An entry the broker did not write is logged at most once per key per this.
 const FOREIGN_ENTRY_LOG_EVERY: Duration = Duration::from_secs(60);
 
@@ -107,7 +111,7 @@ struct Inner {
     /// The keys subscribed on this instance, and where the readers are.
     local: Mutex<Fanouts>,
     /// The stream every broadcast goes to.
-    broadcast_stream: String,
+    broadcast_stream: Arc<str>,
     /// Set when the broadcast key holds another type (someone wrote it):
     /// readers stop naming it, so keys keep flowing.
     broadcast_unreadable: AtomicBool,
@@ -119,11 +123,71 @@ struct Inner {
 }
 
 struct Fanouts {
-    /// Stream key → local fan-out and the reader's position in that stream.
-    keys: HashMap<String, Local>,
+    /// Stream key → local fan-out and the reader's position in that stream,
+    /// in [`MAX_READERS`] buckets (on a cluster, one per hash tag).
+    buckets: Vec<HashMap<Arc<str>, Local>>,
+    cluster: bool,
     /// The last broadcast entry handed to the fan-outs; `None` while no key
     /// is subscribed here (the next subscription reads it from Redis).
     broadcast_at: Option<EntryId>,
+}
+
+impl Fanouts {
+    fn new(cluster: bool) -> Fanouts {
+        Fanouts {
+            buckets: (0..MAX_READERS).map(|_| HashMap::new()).collect(),
+            cluster,
+            broadcast_at: None,
+        }
+    }
+
+    /// The bucket of `stream`: on a cluster its hash tag, so one bucket's
+    /// keys share a slot; else a fixed hash.
+    fn bucket_of(&self, stream: &str) -> usize {
+        let tag = self.cluster.then(|| {
+            let open = stream.find('{')?;
+            let close = open + stream[open..].find('}')?;
+            stream[open + 1..close].parse::<usize>().ok()
+        });
+        match tag.flatten() {
+            Some(tag) => tag % MAX_READERS,
+            None => (fixed_hash(stream) % MAX_READERS as u64) as usize,
+        }
+    }
+
+    fn get(&self, stream: &str) -> Option<&Local> {
+        self.buckets[self.bucket_of(stream)].get(stream)
+    }
+
+    fn get_mut(&mut self, stream: &str) -> Option<&mut Local> {
+        let bucket = self.bucket_of(stream);
+        self.buckets[bucket].get_mut(stream)
+    }
+
+    fn remove(&mut self, stream: &str) -> Option<Local> {
+        let bucket = self.bucket_of(stream);
+        self.buckets[bucket].remove(stream)
+    }
+
+    fn len(&self) -> usize {
+        self.buckets.iter().map(HashMap::len).sum()
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Local> {
+        self.buckets.iter().flat_map(HashMap::values)
+    }
+
+    /// Drops the fan-outs of `buckets`' keys nobody here listens to.
+    fn forget_idle_in(&mut self, buckets: impl Iterator<Item = usize>) {
+        for bucket in buckets {
+            self.buckets[bucket].retain(|_, local| local.fanout.subscriber_count() > 0);
+        }
+        if self.buckets.iter().all(HashMap::is_empty) {
+            // Nobody reads broadcasts here now: the next subscription
+            // starts from the broadcast stream's end, not from here.
+            self.broadcast_at = None;
+        }
+    }
 }
 
 struct Local {
@@ -214,6 +278,7 @@ impl<K> RedisBroker<K> {
         prefix: &str,
     ) -> Result<Self, RedisConnectError> {
         let commands = client.shared_connection().await?;
+        let cluster = client.is_cluster();
         let broadcast_stream = if client.is_cluster() {
             // Under the hash tag 0: read by the reader of tag 0.
             format!("{prefix}!broadcast:{{0}}")
@@ -225,11 +290,8 @@ impl<K> RedisBroker<K> {
             commands,
             prefix: prefix.to_owned(),
             config,
-            local: Mutex::new(Fanouts {
-                keys: HashMap::new(),
-                broadcast_at: None,
-            }),
-            broadcast_stream,
+            local: Mutex::new(Fanouts::new(cluster)),
+            broadcast_stream: Arc::from(broadcast_stream),
             broadcast_unreadable: AtomicBool::new(false),
             keys_changed: Notify::new(),
             readers: Mutex::new(0),
@@ -246,7 +308,7 @@ impl<K> RedisBroker<K> {
 impl Inner {
     /// Starts readers until there are enough for the keys followed here.
     fn start_readers(inner: &Arc<Inner>) {
-        let wanted = inner.readers_for(lock(&inner.local).keys.len());
+        let wanted = inner.readers_for(lock(&inner.local).len());
         let mut running = lock(&inner.readers);
         while *running < wanted {
             tokio::spawn(read_loop(Arc::downgrade(inner), *running));
@@ -264,27 +326,16 @@ impl Inner {
         }
     }
 
-    /// How many readers `keys` followed keys need: on a cluster, one per
-    /// hash tag (a reader with no key of its tag opens no connection).
+    /// How many readers `keys` followed keys need: a power of two, so the
+    /// buckets split evenly among them; on a cluster, one per hash tag (a
+    /// reader with no key of its tag opens no connection).
     fn readers_for(&self, keys: usize) -> usize {
         if self.client.is_cluster() {
             CLUSTER_SHARDS
         } else {
-            keys.div_ceil(KEYS_PER_READER).clamp(1, MAX_READERS)
-        }
-    }
-
-    /// The reader shard of `stream` among `shards`, the same in every
-    /// reader: on a cluster its hash tag, so one reader's keys share a slot.
-    fn shard_of(&self, stream: &str, shards: usize) -> usize {
-        let tag = self.client.is_cluster().then(|| {
-            let open = stream.find('{')?;
-            let close = open + stream[open..].find('}')?;
-            stream[open + 1..close].parse::<usize>().ok()
-        });
-        match tag.flatten() {
-            Some(tag) => tag % shards,
-            None => (fixed_hash(stream) % shards as u64) as usize,
+            keys.div_ceil(KEYS_PER_READER)
+                .next_power_of_two()
+                .clamp(1, MAX_READERS)
         }
     }
 
@@ -320,7 +371,7 @@ impl Inner {
     fn mark_broadcast_unreadable(&self) {
         if !self.broadcast_unreadable.swap(true, Ordering::SeqCst) {
             tracing::error!(
-                stream = self.broadcast_stream,
+                stream = &*self.broadcast_stream,
                 "SSE Redis broadcast key is not a stream: broadcasts are not delivered until it \
                  is deleted and the instance restarted"
             );
@@ -334,7 +385,7 @@ impl Inner {
     async fn join(&self, stream: &str) -> redis::RedisResult<(Cursor, Position)> {
         {
             let local = lock(&self.local);
-            if let Some(key) = local.keys.get(stream) {
+            if let Some(key) = local.get(stream) {
                 return Ok((key.fanout.subscribe(), key.position(local.broadcast_at)));
             }
         }
@@ -357,9 +408,9 @@ impl Inner {
             return Err(shut_down_error());
         }
         let broadcast_at = *local.broadcast_at.get_or_insert(broadcast_start);
-        let key = local
-            .keys
-            .entry(stream.to_owned())
+        let bucket = local.bucket_of(stream);
+        let key = local.buckets[bucket]
+            .entry(Arc::from(stream))
             .or_insert_with(|| Local {
                 fanout: Fanout::new(self.config.buffer),
                 read_from: start,
@@ -402,7 +453,7 @@ impl Inner {
             .arg("MINID")
             .arg(now_ms.saturating_sub(ttl_ms))
             .ignore();
-        if stream != self.broadcast_stream {
+        if *stream != *self.broadcast_stream {
             pipeline.cmd("PEXPIRE").arg(stream).arg(ttl_ms).ignore();
         }
     }
@@ -410,22 +461,13 @@ impl Inner {
     /// How many subscriptions on this instance have joined `stream`.
     fn local_subscribers(&self, stream: &str) -> usize {
         lock(&self.local)
-            .keys
             .get(stream)
             .map_or(0, |local| local.fanout.subscriber_count())
     }
 
     /// Drops the local fan-out of keys nobody on this instance listens to.
     fn forget_idle(&self) {
-        let mut local = lock(&self.local);
-        local
-            .keys
-            .retain(|_, local| local.fanout.subscriber_count() > 0);
-        if local.keys.is_empty() {
-            // Nobody reads broadcasts here now: the next subscription
-            // starts from the broadcast stream's end, not from here.
-            local.broadcast_at = None;
-        }
+        lock(&self.local).forget_idle_in(0..MAX_READERS);
     }
 
     /// The reset signal's fields, without an id.
@@ -569,9 +611,12 @@ impl Inner {
     /// a restart without persistence), the key's subscribers get the reset
     /// signal that a reconnecting client would get, and the reader carries on
     /// from the stream's current end.
-    async fn check_for_gaps(&self, positions: &mut [(String, EntryId)]) -> redis::RedisResult<()> {
+    async fn check_for_gaps(
+        &self,
+        positions: &mut [(Arc<str>, EntryId)],
+    ) -> redis::RedisResult<()> {
         let mut connection = self.commands.clone();
-        let checked: Vec<&(String, EntryId)> = positions
+        let checked: Vec<&(Arc<str>, EntryId)> = positions
             .iter()
             .filter(|(_, read_from)| *read_from != EntryId::default())
             .collect();
@@ -582,12 +627,12 @@ impl Inner {
         for (stream, read_from) in &checked {
             pipeline
                 .cmd("XRANGE")
-                .arg(stream)
+                .arg(&**stream)
                 .arg(read_from.to_string())
                 .arg(read_from.to_string());
         }
         let found: Vec<Vec<(String, Vec<Vec<u8>>)>> = pipeline.query_async(&mut connection).await?;
-        let gone: Vec<(String, EntryId)> = checked
+        let gone: Vec<(Arc<str>, EntryId)> = checked
             .iter()
             .zip(found)
             .filter(|(_, found)| found.is_empty())
@@ -600,28 +645,28 @@ impl Inner {
             };
             let position = self.last_id(&stream).await?;
             tracing::warn!(
-                stream,
+                stream = &*stream,
                 reason = reason.as_str(),
                 "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
                  restart); its subscribers get the reset signal"
             );
             let reset = self.reset_fields(reason);
             let mut local = lock(&self.local);
-            if stream == self.broadcast_stream {
+            if *stream == *self.broadcast_stream {
                 // Broadcasts were lost: every key subscribed here is told.
                 local.broadcast_at = Some(position);
-                for key in local.keys.values() {
+                for key in local.values() {
                     key.push(DeliveryKind::Reset, key.position(Some(position)), &reset);
                 }
             } else {
                 let broadcast_at = local.broadcast_at;
-                if let Some(key) = local.keys.get_mut(&stream) {
+                if let Some(key) = local.get_mut(&stream) {
                     key.read_from = position;
                     key.push(DeliveryKind::Reset, key.position(broadcast_at), &reset);
                 }
             }
             drop(local);
-            if let Some(entry) = positions.iter_mut().find(|(key, _)| *key == stream) {
+            if let Some(entry) = positions.iter_mut().find(|(key, _)| **key == *stream) {
                 entry.1 = position;
             }
         }
@@ -666,6 +711,8 @@ struct ReaderState {
     last_read: Option<std::time::Instant>,
     /// When each key's foreign entries were last logged.
     foreign_logged: HashMap<String, std::time::Instant>,
+    /// When this reader last dropped its keys nobody listens to.
+    forgot_idle_at: Option<std::time::Instant>,
 }
 
 /// One of the instance's readers: `XREAD BLOCK` over the keys of its shard
@@ -679,6 +726,7 @@ async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
         check_gaps: false,
         last_read: None,
         foreign_logged: HashMap::new(),
+        forgot_idle_at: None,
     };
     loop {
         let Some(broker) = inner.upgrade() else {
@@ -687,7 +735,7 @@ async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
         if broker.shut_down.load(Ordering::SeqCst) {
             return;
         }
-        let shards = broker.readers_for(lock(&broker.local).keys.len());
+        let shards = broker.readers_for(lock(&broker.local).len());
         if shard >= shards {
             let mut running = lock(&broker.readers);
             if *running == shard + 1 {
@@ -712,21 +760,28 @@ async fn read_once(
     shard: usize,
     shards: usize,
 ) -> redis::RedisResult<()> {
-    broker.forget_idle();
-    let mut positions: Vec<(String, EntryId)> = {
-        let local = lock(&broker.local);
-        let mut positions: Vec<(String, EntryId)> = local
-            .keys
-            .iter()
-            .filter(|(key, _)| broker.shard_of(key, shards) == shard)
-            .map(|(key, local)| (key.clone(), local.read_from))
+    // This reader's buckets: `shards` is a power of two that divides them.
+    let mine = || (shard..MAX_READERS).step_by(shards);
+    let mut positions: Vec<(Arc<str>, EntryId)> = {
+        let mut local = lock(&broker.local);
+        // Not at every read: a busy reader reads thousands of times a second.
+        if state
+            .forgot_idle_at
+            .is_none_or(|at| at.elapsed() >= FORGET_IDLE_EVERY)
+        {
+            local.forget_idle_in(mine());
+            state.forgot_idle_at = Some(std::time::Instant::now());
+        }
+        let mut positions: Vec<(Arc<str>, EntryId)> = mine()
+            .flat_map(|bucket| local.buckets[bucket].iter())
+            .map(|(key, local)| (Arc::clone(key), local.read_from))
             .collect();
         // The broadcast stream is followed while any key is subscribed here.
         if let Some(at) = local.broadcast_at {
-            if broker.shard_of(&broker.broadcast_stream, shards) == shard
+            if local.bucket_of(&broker.broadcast_stream) % shards == shard
                 && !broker.broadcast_unreadable.load(Ordering::SeqCst)
             {
-                positions.push((broker.broadcast_stream.clone(), at));
+                positions.push((Arc::clone(&broker.broadcast_stream), at));
             }
         }
         positions
@@ -751,24 +806,29 @@ async fn read_once(
         broker.check_for_gaps(&mut positions).await?;
         state.check_gaps = false;
     }
-    let mut command = redis::cmd("XREAD");
+    let mut command = redis::Cmd::with_capacity(6 + 2 * positions.len(), 48 * positions.len());
     command
+        .arg("XREAD")
         .arg("COUNT")
         .arg(READ_COUNT)
         .arg("BLOCK")
         .arg(READ_BLOCK.as_millis() as u64)
         .arg("STREAMS");
     for (key, _) in &positions {
-        command.arg(key);
+        command.arg(&**key);
     }
+    let mut id_text = String::with_capacity(48);
     for (_, id) in &positions {
-        command.arg(id.to_string());
+        use std::fmt::Write;
+        id_text.clear();
+        let _ = write!(id_text, "{id}");
+        command.arg(id_text.as_str());
     }
     let connection = state.connection.as_mut().expect("connected above");
     let reply: StreamReply = match command.query_async(connection).await {
         Ok(reply) => reply,
         Err(error) if is_wrong_type(&error) => {
-            let keys: Vec<String> = positions.into_iter().map(|(key, _)| key).collect();
+            let keys: Vec<Arc<str>> = positions.into_iter().map(|(key, _)| key).collect();
             return end_keys_of_the_wrong_type(broker, &keys).await;
         }
         Err(error) => return Err(error),
@@ -791,13 +851,13 @@ async fn read_once(
             // one of ours or not: an entry that does not decode is passed,
             // never read again and again. An entry already handed on (by
             // another reader, while the shards change) is not handed twice.
-            if stream == broker.broadcast_stream {
+            if *stream == *broker.broadcast_stream {
                 if local.broadcast_at.is_none_or(|at| entry_id <= at) {
                     continue;
                 }
                 local.broadcast_at = Some(entry_id);
                 if let Some(fields) = stored {
-                    for key in local.keys.values() {
+                    for key in local.values() {
                         key.push(
                             DeliveryKind::Broadcast,
                             key.position(Some(entry_id)),
@@ -808,7 +868,7 @@ async fn read_once(
             } else {
                 let broadcast_at = local.broadcast_at;
                 // No key: no subscriber left, it was forgotten.
-                let Some(key) = local.keys.get_mut(&stream) else {
+                let Some(key) = local.get_mut(&stream) else {
                     break;
                 };
                 if entry_id <= key.read_from {
@@ -843,16 +903,16 @@ fn log_foreign_entry(logged: &mut HashMap<String, std::time::Instant>, key: &str
 /// `XREAD` failed because some key is not a stream (`WRONGTYPE`): finds
 /// which, and ends the local subscriptions of those keys only, so every other
 /// key keeps flowing.
-async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[String]) -> redis::RedisResult<()> {
+async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[Arc<str>]) -> redis::RedisResult<()> {
     let mut connection = broker.commands.clone();
     let mut pipeline = redis::pipe();
     for key in keys {
-        pipeline.cmd("TYPE").arg(key);
+        pipeline.cmd("TYPE").arg(&**key);
     }
     let types: Vec<String> = pipeline.query_async(&mut connection).await?;
     let mut local = lock(&broker.local);
     for (key, kind) in keys.iter().zip(types) {
-        if *key == broker.broadcast_stream {
+        if **key == *broker.broadcast_stream {
             if kind != "stream" && kind != "none" {
                 broker.mark_broadcast_unreadable();
             }
@@ -860,11 +920,11 @@ async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[String]) -> redis::R
         }
         if kind != "stream" && kind != "none" {
             tracing::warn!(
-                stream = key,
+                stream = &**key,
                 kind,
                 "SSE Redis key holds a {kind}, not a stream; its subscriptions are ended"
             );
-            if let Some(removed) = local.keys.remove(key) {
+            if let Some(removed) = local.remove(key) {
                 removed.fanout.close();
             }
         }
@@ -967,7 +1027,7 @@ where
                             // `last`, page by page, so a long history never
                             // sits in memory at once.
                             delivered = last;
-                            for source in [stream.clone(), inner.broadcast_stream.clone()] {
+                            for source in [stream.clone(), inner.broadcast_stream.to_string()] {
                                 let is_key = source == stream;
                                 loop {
                                     let from = if is_key { delivered.key } else { delivered.broadcast };
@@ -1047,7 +1107,7 @@ where
 
     fn key_count(&self) -> usize {
         self.inner.forget_idle();
-        lock(&self.inner.local).keys.len()
+        lock(&self.inner.local).len()
     }
 
     fn subscriber_count(&self, key: &K) -> usize {
@@ -1056,7 +1116,6 @@ where
 
     fn total_subscribers(&self) -> usize {
         lock(&self.inner.local)
-            .keys
             .values()
             .map(|local| local.fanout.subscriber_count())
             .sum()
@@ -1065,8 +1124,10 @@ where
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         // Closing every key ends every live subscription.
-        for (_, local) in lock(&self.inner.local).keys.drain() {
-            local.fanout.close();
+        for bucket in &mut lock(&self.inner.local).buckets {
+            for (_, local) in bucket.drain() {
+                local.fanout.close();
+            }
         }
         self.inner.keys_changed.notify_waiters();
     }

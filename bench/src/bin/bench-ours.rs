@@ -1,15 +1,16 @@
 //! Our runtime, the way a user writes it: a controller with the macros, over
 //! the registry, served by `sse_runtime::serve`.
 
-use axum::extract::Query;
-use axum::routing::post;
+use axum::extract::{Path, Query};
 use bench::{Fast, SUBSCRIBER_BUFFER, Small, TOPIC};
 use futures_util::{Stream, StreamExt, stream};
-use sse_runtime::{Registry, RegistryConfig, Subscription, sse, sse_controller};
+use sse_runtime::{Registry, RegistryConfig, Subscription, post, sse, sse_controller};
 
 #[derive(Clone)]
 struct BenchController {
     registry: Registry<&'static str>,
+    /// For `loadgen keys`: one key per subscriber.
+    keyed: Registry<u32>,
 }
 
 #[sse_controller("/events")]
@@ -17,6 +18,24 @@ impl BenchController {
     #[sse("/broadcast")]
     fn subscribe(&self) -> Subscription {
         self.registry.subscribe(&TOPIC)
+    }
+
+    #[sse("/keys/:key")]
+    fn key(&self, Path(key): Path<u32>) -> Subscription {
+        self.keyed.subscribe(&key)
+    }
+
+    #[post("/keys/:key")]
+    async fn send_to_key(&self, Path(key): Path<u32>, body: String) -> String {
+        let event = sse_runtime::MessageEvent::new(body);
+        self.keyed.send(&key, event).await.unwrap_or(0).to_string()
+    }
+
+    /// Answers how many keyed subscribers a broadcast reaches (the warm-up).
+    #[post("/keys-warmup")]
+    async fn warm_keys(&self) -> String {
+        let event = sse_runtime::MessageEvent::new("w");
+        self.keyed.broadcast(event).await.unwrap_or(0).to_string()
     }
 
     #[sse("/fast")]
@@ -37,17 +56,27 @@ async fn main() {
         .history_len(SUBSCRIBER_BUFFER)
         .buffer(SUBSCRIBER_BUFFER);
     // With REDIS_URL, the same controller over the Redis broker (several instances).
-    let registry = match std::env::var("REDIS_URL") {
-        Ok(url) => Registry::with_broker(
-            sse_runtime::RedisBroker::connect(&url, config)
-                .await
-                .expect("connect to Redis"),
+    let (registry, keyed) = match std::env::var("REDIS_URL") {
+        Ok(url) => (
+            Registry::with_broker(
+                sse_runtime::RedisBroker::connect(&url, config.clone())
+                    .await
+                    .expect("connect to Redis"),
+            ),
+            Registry::with_broker(
+                sse_runtime::RedisBroker::connect_with_prefix(&url, config, "keys")
+                    .await
+                    .expect("connect to Redis"),
+            ),
         ),
-        Err(_) => Registry::with_config(config),
+        Err(_) => (
+            Registry::with_config(config.clone()),
+            Registry::with_config(config),
+        ),
     };
     let publish = axum::Router::new()
-        .route("/events/broadcast", post(bench::publish))
+        .route("/events/broadcast", axum::routing::post(bench::publish))
         .with_state(registry.clone());
-    let app = BenchController { registry }.router().merge(publish);
+    let app = BenchController { registry, keyed }.router().merge(publish);
     bench::serve(app, bench::Server::Ours).await;
 }

@@ -20,7 +20,7 @@ use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
-    | loadgen redis <subscribers> <events> [<instances> [<publishers>]]";
+    | loadgen redis <subscribers> <events> [<instances> [<publishers>]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s>";
 
 #[tokio::main]
 async fn main() {
@@ -62,6 +62,32 @@ async fn main() {
             }
             let report = bench::sweep::render(&points, &command);
             write_section(&out, "sweep", &report);
+            println!("{report}");
+        }
+        // One run, for profiling: `loadgen keys redis|memory <keys> <events> <events/s>`.
+        ["keys", broker @ ("redis" | "memory"), keys, events, rate] => {
+            let (run, commands) = bench::keys::run(
+                *broker == "redis",
+                keys.parse().expect("keys"),
+                events.parse().expect("events"),
+                rate.parse().expect("events/s"),
+            )
+            .await;
+            eprintln!(
+                "  {broker}, {keys} keys {:?}; delivery {:.0} ns/event; idle {:.1}% CPU; {commands:.2} Redis commands per event",
+                run.figures,
+                run.delivery_ns_per_event(),
+                run.idle_cpu_per_second * 100.0
+            );
+        }
+        ["keys", ..] => {
+            let (events, rate, rounds) = if smoke {
+                (10_000, 5_000, 1)
+            } else {
+                (20_000, 4_000, 2)
+            };
+            let report = bench::keys::compare(100, 10_000, events, rate, rounds, &command).await;
+            write_section(&out, "keys", &report);
             println!("{report}");
         }
         // One run, for profiling.
