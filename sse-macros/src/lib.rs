@@ -10,6 +10,7 @@
 mod attr;
 mod entry;
 mod errors;
+mod event;
 mod expand;
 mod model;
 mod path;
@@ -103,4 +104,11 @@ pub fn patch(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn delete(args: TokenStream, item: TokenStream) -> TokenStream {
     entry::route_attribute("delete", args.into(), item.into()).into()
+}
+
+/// Derives `sse_runtime::SseEvent`: the events of an enum (one type per
+/// variant) or a struct (one type), with JSON data. See `sse_runtime::SseEvent`.
+#[proc_macro_derive(SseEvent, attributes(sse_event))]
+pub fn derive_sse_event(input: TokenStream) -> TokenStream {
+    event::derive(input.into()).into()
 }

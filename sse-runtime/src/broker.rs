@@ -88,11 +88,16 @@ pub enum BrokerError {
     /// The broker's backing service could not record the event.
     #[error("the SSE broker is unavailable: {0}")]
     Unavailable(String),
+    /// A typed event could not be made into an event (its payload's
+    /// `Serialize` failed); nothing was sent.
+    #[error("the event could not be encoded: {0}")]
+    InvalidEvent(#[from] crate::event::EventError),
 }
 
 /// A registry that cannot take an event answers `503 Service Unavailable`
 /// with the reason (the broker's service is down, or the server is shutting
-/// down), so `?` works in an axum handler:
+/// down), or `500` for a typed event whose payload would not serialise, so
+/// `?` works in an axum handler:
 ///
 /// ```
 /// use axum::{http::StatusCode, response::IntoResponse};
@@ -106,7 +111,12 @@ pub enum BrokerError {
 /// ```
 impl axum::response::IntoResponse for BrokerError {
     fn into_response(self) -> axum::response::Response {
-        (http::StatusCode::SERVICE_UNAVAILABLE, format!("{self}\n")).into_response()
+        let status = match self {
+            // The application's event, not the service, is at fault.
+            BrokerError::InvalidEvent(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+            _ => http::StatusCode::SERVICE_UNAVAILABLE,
+        };
+        (status, format!("{self}\n")).into_response()
     }
 }
 

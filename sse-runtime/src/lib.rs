@@ -90,6 +90,9 @@ mod telemetry;
 pub mod testing;
 #[cfg(feature = "tls")]
 mod tls;
+mod typed;
+#[cfg(feature = "typescript")]
+pub mod typescript;
 mod write_stall;
 
 #[doc(hidden)]
@@ -109,7 +112,8 @@ pub use response::{KeepAlive, Sse};
 pub use serve::{Serve, serve};
 pub use shutdown::shutdown_signal;
 #[doc(inline)]
-pub use sse_macros::{delete, get, patch, post, put, sse, sse_controller};
+pub use sse_macros::{SseEvent, delete, get, patch, post, put, sse, sse_controller};
 #[cfg(feature = "tls")]
 pub use tls::{TlsConfig, TlsError};
+pub use typed::{IntoEvent, SseEvent};
 pub use write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};

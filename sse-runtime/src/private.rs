@@ -197,3 +197,97 @@ where
         }
     }
 }
+
+// ---- #[derive(SseEvent)] ----
+
+pub use ::bytes::BytesMut;
+pub use ::serde;
+
+/// What the data of a typed event must be. Exists to give a precise message
+/// on the payload's type when it is not `Serialize`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be the data of an SSE event: it does not implement `Serialize`",
+    label = "not serialisable",
+    note = "derive `serde::Serialize` for it (the event's data is its JSON)"
+)]
+pub trait EventData: serde::Serialize {}
+impl<T: serde::Serialize + ?Sized> EventData for T {}
+
+/// A typed event's data: `value` as JSON.
+pub fn json_data<T: EventData + ?Sized>(
+    value: &T,
+) -> Result<crate::MessageEvent, crate::EventError> {
+    crate::MessageEvent::json(value)
+}
+
+/// `SseItem::encode_into` of a typed event.
+pub fn encode_typed<T: crate::SseEvent>(
+    value: &T,
+    buf: &mut BytesMut,
+) -> Result<(), crate::ItemError> {
+    let event = value.to_event().map_err(crate::ItemError::new)?;
+    crate::MessageEvent::encode_into(&event, buf);
+    Ok(())
+}
+
+/// The hidden struct that carries a struct variant's fields as the event's
+/// JSON object.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sse_payload_struct {
+    ($($item:tt)*) => {
+        #[derive(::sse_runtime::__private::serde::Serialize)]
+        #[serde(crate = "::sse_runtime::__private::serde")]
+        $($item)*
+    };
+}
+
+/// The same for a type with `#[sse_event(typescript)]`: also `TS`.
+#[cfg(feature = "typescript")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sse_payload_struct_ts {
+    ($($item:tt)*) => {
+        #[derive(
+            ::sse_runtime::__private::serde::Serialize,
+            ::sse_runtime::typescript::TS
+        )]
+        #[serde(crate = "::sse_runtime::__private::serde")]
+        #[ts(crate = "::sse_runtime::typescript::ts_rs")]
+        $($item)*
+    };
+}
+
+/// Without the feature, `__sse_typescript!` reports it; this only keeps
+/// the rest of the expansion free of knock-on errors.
+#[cfg(not(feature = "typescript"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sse_payload_struct_ts {
+    ($($item:tt)*) => { $crate::__sse_payload_struct! { $($item)* } };
+}
+
+/// The TypeScript description of a type with `#[sse_event(typescript)]`.
+#[cfg(feature = "typescript")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sse_typescript {
+    ($($item:tt)*) => { $($item)* };
+}
+
+/// See the `typescript` version.
+#[cfg(not(feature = "typescript"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sse_typescript {
+    ($($item:tt)*) => {
+        ::core::compile_error!(
+            "#[sse_event(typescript)] needs sse-runtime's `typescript` feature\n\n= help: \
+             sse-runtime = { version = \"...\", features = [\"typescript\"] }"
+        );
+    };
+}
+
+pub use crate::__sse_payload_struct as payload_struct;
+pub use crate::__sse_payload_struct_ts as payload_struct_ts;
+pub use crate::__sse_typescript as typescript;

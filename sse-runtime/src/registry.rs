@@ -16,6 +16,7 @@ use crate::broker::{Broker, BrokerError, RegistryConfig};
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::memory::MemoryBroker;
 use crate::telemetry;
+use crate::typed::IntoEvent;
 
 /// Streams by key (a user id, a topic, a room): subscribe, send, broadcast,
 /// replay after a reconnect. A cheap-to-clone handle for handlers, background
@@ -125,7 +126,11 @@ where
     /// Sends `event` to every subscriber of `key`, stamping it with the key's
     /// next id (any id the event had is replaced). Returns how many subscribers
     /// it reached; with none, it is still kept for replay.
-    pub async fn send(&self, key: &K, event: MessageEvent) -> Result<usize, BrokerError> {
+    pub async fn send(&self, key: &K, event: impl IntoEvent) -> Result<usize, BrokerError> {
+        let event = event
+            .into_event()
+            .map_err(BrokerError::InvalidEvent)
+            .inspect_err(telemetry::broker_error)?;
         self.broker
             .publish(key, event)
             .await
@@ -137,7 +142,11 @@ where
     /// nothing per key without subscribers and keeps no key alive; a client
     /// that was away gets it when it resumes, once. Returns how many
     /// subscribers of this instance it reached.
-    pub async fn broadcast(&self, event: MessageEvent) -> Result<usize, BrokerError> {
+    pub async fn broadcast(&self, event: impl IntoEvent) -> Result<usize, BrokerError> {
+        let event = event
+            .into_event()
+            .map_err(BrokerError::InvalidEvent)
+            .inspect_err(telemetry::broker_error)?;
         self.broker
             .publish_to_all(event)
             .await

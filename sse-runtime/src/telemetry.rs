@@ -56,6 +56,7 @@ pub(crate) fn broker_error(error: &BrokerError) {
     let kind = match error {
         BrokerError::ShutDown => "shut_down",
         BrokerError::Unavailable(_) => "unavailable",
+        BrokerError::InvalidEvent(_) => "invalid_event",
     };
     metrics::counter!("sse_broker_errors_total", "kind" => kind).increment(1);
 }
