@@ -108,7 +108,7 @@ pub fn delete(args: TokenStream, item: TokenStream) -> TokenStream {
 
 /// Derives `sse_runtime::SseEvent`: the events of an enum (one type per
 /// variant) or a struct (one type), with JSON data. See `sse_runtime::SseEvent`.
-#[proc_macro_derive(SseEvent, attributes(sse_event))]
+#[proc_macro_derive(SseEvent, attributes(sse_event, serde, ts))]
 pub fn derive_sse_event(input: TokenStream) -> TokenStream {
     event::derive(input.into()).into()
 }

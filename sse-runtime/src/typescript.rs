@@ -53,6 +53,18 @@ pub trait TypeScriptEvents: SseEvent {
     fn describe(events: &mut EventMap);
 }
 
+/// What an event's data type must be for [`module`]. Exists to give a
+/// precise message on the payload's type when it has no TypeScript
+/// description.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` has no TypeScript description, which #[sse_event(typescript)] needs",
+    label = "not `TS`",
+    note = "derive it beside `Serialize`: #[derive(Serialize, sse_runtime::typescript::TS)] \
+            #[ts(crate = \"sse_runtime::typescript::ts_rs\")]"
+)]
+pub trait Described: TS + 'static {}
+impl<T: TS + 'static + ?Sized> Described for T {}
+
 /// Events and the TypeScript declarations their data types need, as
 /// [`TypeScriptEvents::describe`] adds them.
 #[derive(Default)]
@@ -65,13 +77,13 @@ pub struct EventMap {
 impl EventMap {
     /// An event whose data is the named type `T` (declared in the module
     /// when it has a declaration of its own).
-    pub fn named<T: TS + 'static + ?Sized>(&mut self, event: &str) {
+    pub fn named<T: Described + ?Sized>(&mut self, event: &str) {
         self.events.push((event.to_owned(), T::name()));
         self.declare::<T>();
     }
 
     /// An event whose data type is written out in place.
-    pub fn inline<T: TS + 'static + ?Sized>(&mut self, event: &str) {
+    pub fn inline<T: Described + ?Sized>(&mut self, event: &str) {
         self.events.push((event.to_owned(), T::inline()));
         T::visit_dependencies(&mut Declare(self));
     }

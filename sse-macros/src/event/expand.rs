@@ -180,11 +180,11 @@ fn describe_variant(variant: &Variant) -> TokenStream {
         }
         syn::Fields::Unnamed(fields) if fields.unnamed.len() == 1 => {
             let ty = &fields.unnamed[0].ty;
-            quote! { events.named::<#ty>(#name); }
+            quote_spanned! {ty.span()=> events.named::<#ty>(#name); }
         }
         syn::Fields::Unnamed(fields) => {
             let types = fields.unnamed.iter().map(|field| &field.ty);
-            quote! { events.inline::<(#(#types),*)>(#name); }
+            quote! { events.named::<(#(#types),*)>(#name); }
         }
     }
 }

@@ -1,0 +1,18 @@
+use sse_runtime::SseEvent;
+
+#[derive(SseEvent)]
+#[sse_event(rename_all = "Snake_Case")]
+enum Notice {
+    #[sse_event(rename_all = "snake_case")]
+    Posted(String),
+    #[sse_event(colour = "blue")]
+    Deleted(String),
+}
+
+#[derive(SseEvent, serde::Serialize)]
+#[sse_event(rename_all = "snake_case")]
+struct Tick {
+    n: u64,
+}
+
+fn main() {}

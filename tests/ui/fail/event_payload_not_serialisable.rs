@@ -1,0 +1,10 @@
+use sse_runtime::SseEvent;
+
+struct Secret;
+
+#[derive(SseEvent)]
+enum Notice {
+    Revealed(Secret),
+}
+
+fn main() {}
