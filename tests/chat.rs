@@ -169,3 +169,39 @@ async fn the_admin_endpoint_needs_the_admin_token_and_is_refused_without_one() {
         "the stream was ended"
     );
 }
+
+#[tokio::test]
+async fn messages_and_announcements_are_typed_events_and_announcing_needs_the_admin_token() {
+    let announce = |server: &TestServer, bearer: Option<&str>, text: &str| {
+        let mut request = reqwest::Client::new()
+            .post(server.url("/admin/announce"))
+            .json(&serde_json::json!({ "text": text }));
+        if let Some(bearer) = bearer {
+            request = request.bearer_auth(bearer);
+        }
+        async move { within(request.send()).await.unwrap().status().as_u16() }
+    };
+    let (unguarded, _) = chat().await;
+    assert_eq!(announce(&unguarded, Some("x"), "hi").await, 403);
+
+    let chat = ChatController::new(["general", "random"]).with_admin_token("s3cret");
+    let server = TestServer::start(chat.app()).await;
+    let mut general = events(open(&server.url("/rooms/general/events")).await);
+    let mut random = events(open(&server.url("/rooms/random/events")).await);
+    assert_eq!(say(&server, "general", "ann", "hello").await, 202);
+    let said = next_event(&mut general).await;
+    assert_eq!(
+        (said.event.as_str(), said.data.as_str()),
+        ("said", r#"{"user":"ann","text":"hello"}"#)
+    );
+    assert_eq!(announce(&server, None, "maintenance").await, 401);
+    assert_eq!(announce(&server, Some("s3cret"), "maintenance").await, 200);
+    for stream in [&mut general, &mut random] {
+        let announced = next_event(stream).await;
+        assert_eq!(
+            (announced.event.as_str(), announced.data.as_str()),
+            ("announcement", r#"{"text":"maintenance"}"#),
+            "a broadcast reaches every room"
+        );
+    }
+}

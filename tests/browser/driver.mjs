@@ -76,6 +76,13 @@ const modes = {
     }
     await page.waitForFunction((total) => document.querySelectorAll('#messages li:not(.notice)').length >= total,
       total, { timeout: 20000 });
+    // A typed `announcement` event, broadcast to every room, through the page's typed handler.
+    await page.evaluate((token) => fetch('/admin/announce', {
+      method: 'POST', headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+      body: JSON.stringify({ text: 'hello all' }),
+    }).then((res) => { if (!res.ok) throw new Error(`announce: ${res.status}`); }), adminToken);
+    await page.waitForFunction(() => [...document.querySelectorAll('#messages li.notice')]
+      .some((li) => li.textContent === 'announcement: hello all'), null, { timeout: 10000 });
     await page.waitForTimeout(300); // anything extra (a duplicate) would arrive now
     const shown = await page.$$eval('#messages li', (items) => items.map((li) => ({ notice: li.className === 'notice', text: li.textContent })));
     return { shown };

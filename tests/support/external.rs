@@ -51,6 +51,11 @@ pub fn has_playwright() -> bool {
         .exists()
 }
 
+/// TypeScript's compiler, installed by `npm ci --prefix tests/browser`.
+pub fn tsc_path() -> PathBuf {
+    tests_dir().join("browser/node_modules/typescript/bin/tsc")
+}
+
 /// Runs `program args` in a blocking thread, bounded by `limit`; returns stdout.
 pub async fn run(
     program: &str,

@@ -4,6 +4,14 @@
 //!   resuming from `Last-Event-ID`; `204 No Content` for a room that does not
 //!   exist, which tells `EventSource` to stop reconnecting.
 //! - `POST /rooms/{room}/messages` with `{"user": "...", "text": "..."}`.
+//!
+//! Streams carry typed events ([`ChatEvent`]): `said` with a
+//! [`ChatMessage`], and `announcement`. The page reads them through
+//! `static/chat-events.ts`, generated from these types
+//! ([`typescript_module`]), so a renamed event or field breaks the page's
+//! build, not the page.
+//! - `POST /admin/announce` with `{"text": "..."}` and the admin token: an
+//!   announcement to every room (a registry broadcast).
 //! - `POST /admin/drop-streams` with `Authorization: Bearer <admin token>`:
 //!   ends every open stream, as a restart or a load balancer would; browsers
 //!   reconnect and replay what they missed. Without an admin token configured
@@ -19,9 +27,8 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
-use sse_runtime::{
-    EncodedEvent, LastEventId, MessageEvent, Registry, get, post, sse, sse_controller,
-};
+use sse_runtime::typescript::TS;
+use sse_runtime::{EncodedEvent, LastEventId, Registry, SseEvent, get, post, sse, sse_controller};
 
 /// The longest user name and message text accepted.
 pub const MAX_USER_LEN: usize = 32;
@@ -41,13 +48,35 @@ pub struct ChatController {
 }
 
 /// A message as posted and as sent to the room.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, TS)]
+#[ts(crate = "sse_runtime::typescript::ts_rs")]
 pub struct ChatMessage {
     /// Who says it.
     pub user: String,
     /// What they say.
     pub text: String,
 }
+
+/// Everything a room's stream carries.
+#[derive(Debug, SseEvent)]
+#[sse_event(rename_all = "snake_case", typescript)]
+pub enum ChatEvent {
+    /// `said`: a message posted to the room.
+    Said(ChatMessage),
+    /// `announcement`: the operator's word, to every room.
+    Announcement { text: String },
+}
+
+/// The browser side of [`ChatEvent`], as committed in
+/// `static/chat-events.ts` (a test keeps the two equal).
+pub fn typescript_module() -> String {
+    sse_runtime::typescript::module::<ChatEvent>("ChatEvents")
+}
+
+/// The page's script and the generated module, compiled by `tsc` from
+/// `static/chat.ts` and `static/chat-events.ts` (a test keeps them current).
+const PAGE_SCRIPT: &str = include_str!("../static/js/chat.js");
+const EVENTS_SCRIPT: &str = include_str!("../static/js/chat-events.js");
 
 #[sse_controller("/rooms")]
 impl ChatController {
@@ -130,19 +159,68 @@ impl ChatController {
     pub fn app(self) -> Router {
         let admin = Router::new()
             .route("/admin/drop-streams", axum::routing::post(drop_streams))
+            .route("/admin/announce", axum::routing::post(announce))
             .with_state(self.clone());
-        self.router().merge(admin).route(
-            "/",
-            axum::routing::get(|| async { Html(include_str!("../static/index.html")) }),
-        )
+        let script = |source: &'static str| {
+            axum::routing::get(move || async move {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    source,
+                )
+            })
+        };
+        self.router()
+            .merge(admin)
+            .route(
+                "/",
+                axum::routing::get(|| async { Html(include_str!("../static/index.html")) }),
+            )
+            .route("/js/chat.js", script(PAGE_SCRIPT))
+            .route("/js/chat-events.js", script(EVENTS_SCRIPT))
     }
 }
 
 /// `POST /admin/drop-streams`: 401 without the admin token, 403 when none is
 /// configured.
 async fn drop_streams(State(chat): State<ChatController>, headers: HeaderMap) -> StatusCode {
+    if let Err(refused) = check_admin(&chat, &headers) {
+        return refused;
+    }
+    chat.drop_streams();
+    StatusCode::NO_CONTENT
+}
+
+/// What `POST /admin/announce` takes.
+#[derive(Deserialize)]
+struct Announcement {
+    text: String,
+}
+
+/// `POST /admin/announce`: an announcement to every room's streams.
+async fn announce(
+    State(chat): State<ChatController>,
+    headers: HeaderMap,
+    Json(announcement): Json<Announcement>,
+) -> Response {
+    if let Err(refused) = check_admin(&chat, &headers) {
+        return refused.into_response();
+    }
+    if announcement.text.chars().count() > MAX_TEXT_LEN {
+        return (StatusCode::UNPROCESSABLE_ENTITY, "text too long\n").into_response();
+    }
+    let event = ChatEvent::Announcement {
+        text: announcement.text,
+    };
+    match chat.rooms.broadcast(event).await {
+        Ok(delivered) => Json(serde_json::json!({ "delivered": delivered })).into_response(),
+        Err(error) => error.into_response(),
+    }
+}
+
+/// 403 when no admin token is configured, 401 without the right one.
+fn check_admin(chat: &ChatController, headers: &HeaderMap) -> Result<(), StatusCode> {
     let Some(admin_token) = chat.admin_token.as_deref() else {
-        return StatusCode::FORBIDDEN;
+        return Err(StatusCode::FORBIDDEN);
     };
     let given = headers
         .get(header::AUTHORIZATION)
@@ -157,11 +235,11 @@ async fn drop_streams(State(chat): State<ChatController>, headers: HeaderMap) ->
                 .fold(0, |diff, (a, b)| diff | (a ^ b))
                 == 0
     });
-    if !matches {
-        return StatusCode::UNAUTHORIZED;
+    if matches {
+        Ok(())
+    } else {
+        Err(StatusCode::UNAUTHORIZED)
     }
-    chat.drop_streams();
-    StatusCode::NO_CONTENT
 }
 
 /// Checks and sends one message to a room; answers how many streams got it.
@@ -186,18 +264,12 @@ async fn post_to_room(chat: &ChatController, room: &String, message: ChatMessage
         user: user.to_owned(),
         text: message.text,
     };
-    let event = match MessageEvent::json(&message) {
-        Ok(event) => event,
-        Err(error) => {
-            return (StatusCode::INTERNAL_SERVER_ERROR, format!("{error}\n")).into_response();
-        }
-    };
-    match chat.rooms.send(room, event).await {
+    match chat.rooms.send(room, ChatEvent::Said(message)).await {
         Ok(delivered) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "delivered": delivered })),
         )
             .into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
+        Err(error) => error.into_response(),
     }
 }

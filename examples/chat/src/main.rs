@@ -1,7 +1,8 @@
 //! `cargo run -p chat`, then open the printed URL in two windows.
 //!
 //! Settings from the environment: `PORT` (3001), `ADMIN_TOKEN` (the
-//! credential for `POST /admin/drop-streams`: none, which refuses it).
+//! credential for `POST /admin/drop-streams` and `POST /admin/announce`:
+//! none, which refuses them).
 
 use std::net::{Ipv4Addr, SocketAddr};
 

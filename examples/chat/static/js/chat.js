@@ -1,0 +1,82 @@
+// The chat page. Its events are typed by chat-events.ts, generated from the
+// Rust types: `on('said', ...)` gets a ChatMessage, and a wrong event name or
+// field is a compile error here. Compiled to js/chat.js by tsc (tsconfig.json).
+import { TypedEventSource } from "./chat-events.js";
+const $ = (id) => document.getElementById(id);
+const seen = new Set(); // event ids shown, to prove each arrives once
+let source = null;
+let opens = 0;
+function show(text, user, notice) {
+    const item = document.createElement("li");
+    if (notice)
+        item.className = "notice";
+    if (user) {
+        const name = document.createElement("span");
+        name.className = "user";
+        name.textContent = user;
+        item.appendChild(name);
+    }
+    item.appendChild(document.createTextNode(text));
+    const messages = $("messages");
+    messages.appendChild(item);
+    messages.scrollTop = messages.scrollHeight;
+}
+/** Shows an event once, by its id (the server replays exactly what was missed). */
+function once(event, shown) {
+    if (seen.has(event.lastEventId)) {
+        show(`duplicate ${event.lastEventId}!`, null, true);
+        return;
+    }
+    seen.add(event.lastEventId);
+    shown();
+}
+function join(room) {
+    source?.close();
+    $("messages").textContent = "";
+    seen.clear();
+    opens = 0;
+    // The browser reconnects by itself after a drop, sending Last-Event-ID;
+    // the server replays exactly what this page missed.
+    const events = new TypedEventSource(`/rooms/${encodeURIComponent(room)}/events`);
+    events
+        .on("said", (message, event) => once(event, () => show(message.text, message.user, false)))
+        .on("announcement", (announcement, event) => once(event, () => show(`announcement: ${announcement.text}`, null, true)))
+        .onReset(() => show("some history expired while you were away", null, true));
+    events.source.onopen = () => {
+        opens += 1;
+        $("status").textContent = "live";
+        $("status").className = "status open";
+        $("reconnects").textContent = opens > 1 ? `(resumed ${opens - 1}×)` : "";
+    };
+    events.source.onerror = () => {
+        $("status").textContent =
+            events.source.readyState === EventSource.CLOSED ? "closed" : "reconnecting…";
+        $("status").className = "status error";
+    };
+    source = events;
+}
+$("say").onsubmit = async (e) => {
+    e.preventDefault();
+    const input = $("text");
+    const text = input.value;
+    if (!text)
+        return;
+    input.value = "";
+    const room = $("room").value;
+    const res = await fetch(`/rooms/${encodeURIComponent(room)}/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ user: $("user").value, text }),
+    });
+    if (!res.ok)
+        show(`not sent: ${await res.text()}`, null, true);
+};
+fetch("/rooms")
+    .then((r) => r.json())
+    .then((rooms) => {
+    const select = $("room");
+    for (const room of rooms)
+        select.add(new Option(room, room));
+    select.onchange = () => join(select.value);
+    join(select.value);
+});
