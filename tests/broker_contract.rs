@@ -675,6 +675,223 @@ async fn broadcast_reaches_every_subscribed_key_once(backend: &impl Backend) {
     }
 }
 
+// ---- one stream for many keys ----
+
+/// Waits until each of `keys` counts at least one subscriber (the stream
+/// `subscription` has joined them all), reading nothing but resume points.
+async fn joined_many(registry: &Registry<String>, subscription: &mut Subscription, keys: &[&str]) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(item) = subscription.next().now_or_never() {
+            assert!(item.is_some_and(|event| event.is_resume_point()));
+        }
+        if keys
+            .iter()
+            .all(|key| registry.subscriber_count(&(*key).to_owned()) >= 1)
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never joined");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+/// One stream for three keys, while each key gets its own sender and a
+/// broadcaster runs too: subscribers that drop and resume at pseudo-random
+/// points, each with the one combined id, see every key's events once and
+/// in order, and every broadcast once.
+async fn a_stream_for_many_keys_resumes_every_key_exactly_under_concurrent_sends(
+    backend: &impl Backend,
+) {
+    const PER_SENDER: usize = 120;
+    const SUBSCRIBERS: usize = 3;
+    let sources = ["a", "b", "c", "broadcast"];
+    let keys: Vec<String> = ["a", "b", "c"].iter().map(|k| (*k).to_owned()).collect();
+    let total = sources.len() * PER_SENDER;
+    let registry = backend
+        .registry(RegistryConfig::default().history_len(total * 2).buffer(64))
+        .await;
+    let mut checkers = Vec::new();
+    for s in 0..SUBSCRIBERS {
+        let registry = registry.clone();
+        let keys = keys.clone();
+        let mut subscription = registry.subscribe_many(&keys, None);
+        let point = next_item(&mut subscription).await.expect("open");
+        assert!(point.is_resume_point());
+        let mut resume_from = fields(&point).0;
+        checkers.push(tokio::spawn(async move {
+            let mut rng = 0x2545_f491_u64.wrapping_mul(s as u64 + 7);
+            let mut seen: Vec<String> = Vec::with_capacity(total);
+            let mut reconnects = 0;
+            while seen.len() < total {
+                rng ^= rng << 13;
+                rng ^= rng >> 7;
+                rng ^= rng << 17;
+                for _ in 0..1 + (rng % 29) as usize {
+                    match next_item(&mut subscription).await {
+                        Some(event) => {
+                            let (id, event_type, data) = fields(&event);
+                            resume_from = id;
+                            assert_ne!(event_type, "reset", "no reset: the history covers it");
+                            if !event.is_resume_point() {
+                                seen.push(data);
+                            }
+                        }
+                        None => break,
+                    }
+                    if seen.len() == total {
+                        break;
+                    }
+                }
+                subscription = registry.subscribe_many(&keys, Some(&resume_from));
+                reconnects += 1;
+            }
+            (seen, reconnects)
+        }));
+    }
+    let senders: Vec<_> = sources
+        .iter()
+        .map(|source| {
+            let registry = registry.clone();
+            let source = (*source).to_owned();
+            tokio::spawn(async move {
+                for n in 0..PER_SENDER {
+                    let data = format!("{source}:{n}");
+                    if source == "broadcast" {
+                        registry.broadcast(MessageEvent::new(data)).await.unwrap();
+                    } else {
+                        send(&registry, &source, &data).await;
+                    }
+                    send(&registry, "elsewhere", "not for this stream").await;
+                }
+            })
+        })
+        .collect();
+    for sender in senders {
+        sender.await.unwrap();
+    }
+    for checker in checkers {
+        let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(60), checker)
+            .await
+            .expect("a subscriber did not see every event in time")
+            .unwrap();
+        assert!(
+            reconnects > 5,
+            "the test must exercise resuming ({reconnects})"
+        );
+        for source in sources {
+            let mine: Vec<&str> = seen
+                .iter()
+                .map(String::as_str)
+                .filter(|d| d.starts_with(&format!("{source}:")))
+                .collect();
+            let expected: Vec<String> = (0..PER_SENDER).map(|n| format!("{source}:{n}")).collect();
+            assert_eq!(mine, expected, "{source}: once each, in order");
+        }
+        assert_eq!(seen.len(), total, "nothing else");
+    }
+}
+
+/// A key whose history no longer covers the combined id gets the reset
+/// signal for itself alone, naming it; the other keys resume exactly.
+async fn in_a_stream_for_many_keys_a_key_past_its_history_resets_alone(backend: &impl Backend) {
+    let registry = backend
+        .registry(RegistryConfig::default().history_len(5))
+        .await;
+    let keys = ["a".to_owned(), "b".to_owned()];
+    let mut first = registry.subscribe_many(&keys, None);
+    joined_many(&registry, &mut first, &["a", "b"]).await;
+    send(&registry, "b", "b0").await;
+    let (id, _, _) = next_fields(&mut first).await;
+    drop(first);
+    // Well past the history (Redis trims `MAXLEN ~` a node of entries at a time).
+    for n in 0..400 {
+        send(&registry, "a", &format!("a{n}")).await;
+    }
+    send(&registry, "b", "b1").await;
+    let mut resumed = registry.subscribe_many(&keys, Some(&id));
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let (_, event_type, data) = next_fields(&mut resumed).await;
+        got.push((event_type, data));
+    }
+    assert!(
+        got.contains(&(
+            "reset".to_owned(),
+            "{\"reason\":\"history_expired\",\"key\":\"a\"}".to_owned()
+        )),
+        "a reset for `a`, naming it: {got:?}"
+    );
+    assert!(
+        got.contains(&(String::new(), "b1".to_owned())),
+        "b resumes exactly: {got:?}"
+    );
+    // And both go on live.
+    send(&registry, "a", "a-live").await;
+    assert_eq!(next_fields(&mut resumed).await.2, "a-live");
+}
+
+/// An id of another set of keys (or another order) resets them all; so does
+/// a malformed one. A dropped stream releases every key.
+async fn a_combined_id_of_other_keys_resets_them_all_and_drops_release_every_key(
+    backend: &impl Backend,
+) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let keys = ["x".to_owned(), "y".to_owned()];
+    let mut stream = registry.subscribe_many(&keys, None);
+    let point = next_item(&mut stream).await.unwrap();
+    let id = fields(&point).0;
+    for (other, given, reason) in [
+        (vec!["y", "x"], id.as_str(), "unknown_id"),
+        (vec!["x", "y", "z"], id.as_str(), "unknown_id"),
+        (vec!["x", "y"], "not-an-id", "invalid_id"),
+    ] {
+        let other: Vec<String> = other.into_iter().map(str::to_owned).collect();
+        let mut resumed = registry.subscribe_many(&other, Some(given));
+        let (_, event_type, data) = fields(&next_item(&mut resumed).await.unwrap());
+        assert_eq!(
+            (event_type.as_str(), data),
+            ("reset", format!("{{\"reason\":\"{reason}\"}}")),
+            "{other:?} from {given}"
+        );
+    }
+    joined_many(&registry, &mut stream, &["x", "y"]).await;
+    drop(stream);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while ["x", "y"]
+        .iter()
+        .any(|key| registry.subscriber_count(&(*key).to_owned()) > 0)
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "a key kept a subscriber"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// The lag policy holds per key: one key overrunning the buffer ends the
+/// whole stream (`Disconnect`), and the client resumes every key.
+async fn a_stream_for_many_keys_ends_when_one_key_falls_too_far_behind(backend: &impl Backend) {
+    let registry = backend
+        .registry(
+            RegistryConfig::default()
+                .buffer(16)
+                .lag_policy(LagPolicy::Disconnect),
+        )
+        .await;
+    let keys = ["p".to_owned(), "q".to_owned()];
+    let mut slow = registry.subscribe_many(&keys, None);
+    joined_many(&registry, &mut slow, &["p", "q"]).await;
+    overrun_a_slow_subscriber(&registry, "p", 100).await;
+    let mut read = 0;
+    while next_item(&mut slow).await.is_some() {
+        read += 1;
+        assert!(read <= 100, "the stream was never ended");
+    }
+}
+
 // ---- the suite, once per broker ----
 
 macro_rules! contract {
@@ -699,6 +916,10 @@ macro_rules! contract {
                 resuming_at_random_points_under_sends_and_broadcasts_leaves_no_gap_or_duplicate,
                 broadcast_neither_touches_nor_keeps_alive_idle_keys,
                 a_client_away_during_broadcasts_gets_them_on_resume_once,
+                a_stream_for_many_keys_resumes_every_key_exactly_under_concurrent_sends,
+                in_a_stream_for_many_keys_a_key_past_its_history_resets_alone,
+                a_combined_id_of_other_keys_resets_them_all_and_drops_release_every_key,
+                a_stream_for_many_keys_ends_when_one_key_falls_too_far_behind,
             );
         }
     };

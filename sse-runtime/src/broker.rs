@@ -65,6 +65,25 @@ pub trait Broker<K>: Send + Sync + 'static {
     /// then live events.
     fn subscribe(&self, key: &K, last_event_id: Option<&str>) -> BoxStream<'static, EncodedEvent>;
 
+    /// As [`subscribe`](Broker::subscribe), but without broadcasts: the
+    /// events of `key` alone, with ids that resume the same. A subscription
+    /// over several keys ([`Registry::subscribe_many`](crate::Registry::subscribe_many))
+    /// takes broadcasts from one of its keys only, so each arrives once. The
+    /// default (for a broker that cannot tell broadcasts apart) includes them.
+    fn subscribe_key_only(
+        &self,
+        key: &K,
+        last_event_id: Option<&str>,
+    ) -> BoxStream<'static, EncodedEvent> {
+        self.subscribe(key, last_event_id)
+    }
+
+    /// The event type of this broker's reset signal (see
+    /// [`RegistryConfig::reset_event_type`]).
+    fn reset_event_type(&self) -> &str {
+        "reset"
+    }
+
     /// How many keys hold state (subscribers or history).
     fn key_count(&self) -> usize;
 

@@ -7,7 +7,9 @@ use http::request::Parts;
 
 /// The longest `Last-Event-ID` (header or `lastEventId` query parameter) read;
 /// anything longer is treated as an id this server never issued.
-pub const MAX_LAST_EVENT_ID_LEN: usize = 256;
+/// Long enough for the combined id of a subscription over tens of keys
+/// ([`Registry::subscribe_many`](crate::Registry::subscribe_many)).
+pub const MAX_LAST_EVENT_ID_LEN: usize = 1024;
 
 /// The id a client says it saw last: the `Last-Event-ID` header a browser sends
 /// when it reconnects, or a `lastEventId` query parameter (for polyfills and

@@ -74,6 +74,7 @@ mod item;
 mod lean_http1;
 mod limits;
 mod memory;
+mod multi;
 mod pacer;
 #[cfg(feature = "redis")]
 mod redis_broker;

@@ -159,6 +159,9 @@ struct Entry {
     sequence: u64,
     at: Instant,
     event: EncodedEvent,
+    /// A broadcast appended to this key's ring (a key-only subscription
+    /// passes it).
+    broadcast: bool,
 }
 
 impl Entry {
@@ -264,6 +267,7 @@ where
             sequence,
             event.encode_with_id(&self.ids.format(sequence)),
             now,
+            false,
         )
     }
 
@@ -273,6 +277,7 @@ where
         sequence: u64,
         event: EncodedEvent,
         now: Instant,
+        broadcast: bool,
     ) -> usize {
         let config = &self.config;
         state.evict_expired(now, config.history_ttl, &self.retained_bytes);
@@ -280,6 +285,7 @@ where
             sequence,
             at: now,
             event,
+            broadcast,
         };
         let cost = entry.cost();
         // The new entry is kept whatever its size: it is what live
@@ -470,13 +476,14 @@ where
                 sequence,
                 at: now,
                 event: encoded.clone(),
+                broadcast: true,
             },
             &inner.config,
         );
         let mut reached = 0;
         for shard in &mut shards {
             for state in shard.values_mut().filter(|state| state.subscribers > 0) {
-                reached += inner.append_encoded(state, sequence, encoded.clone(), now);
+                reached += inner.append_encoded(state, sequence, encoded.clone(), now, true);
             }
         }
         drop(shards);
@@ -485,90 +492,19 @@ where
     }
 
     fn subscribe(&self, key: &K, last_event_id: Option<&str>) -> BoxStream<'static, EncodedEvent> {
-        let inner = &self.inner;
-        let shard_index = inner.shard_index(key);
-        let mut shard = lock(&inner.shards[shard_index]);
-        let watermark = inner.removed_watermark.load(Ordering::SeqCst);
-        let state = shard
-            .entry(key.clone())
-            .or_insert_with(|| KeyState::new(watermark));
-        state.subscribers += 1;
+        self.subscribe_with(key, last_event_id, true)
+    }
 
-        let broadcasts = lock(&inner.broadcasts);
-        // Where a client that wants only what comes next stands: past the
-        // key's events and past every broadcast so far.
-        let head = state.head().max(broadcasts.last_sequence());
-        let resume = last_event_id.map(|id| match inner.ids.parse(id) {
-            ParsedId::Ours(last) if last > inner.sequence.load(Ordering::SeqCst) => {
-                Err(ResetReason::UnknownId)
-            }
-            ParsedId::Ours(last)
-                if last < state.evicted_through || last < broadcasts.evicted_through =>
-            {
-                Err(ResetReason::HistoryExpired)
-            }
-            ParsedId::Ours(last) => Ok(last),
-            ParsedId::OtherEpoch => Err(ResetReason::UnknownId),
-            ParsedId::Invalid => Err(ResetReason::InvalidId),
-        });
-        let mut ready = VecDeque::new();
-        let cursor = match resume {
-            None => {
-                // A client that drops before its first event still resumes
-                // from here (see `Broker`, "Resume point").
-                ready.push_back(EncodedEvent::resume_point(&inner.ids.format(head)));
-                head
-            }
-            Some(Ok(last)) => {
-                // The key's events and the broadcasts after `last`, merged by
-                // sequence number; a broadcast that reached the key while it
-                // had subscribers is in both, and is taken once.
-                let mut own = state.history.range(first_after(&state.history, last)..);
-                let mut broadcast = broadcasts
-                    .history
-                    .range(first_after(&broadcasts.history, last)..);
-                let (mut a, mut b) = (own.next(), broadcast.next());
-                while let Some(entry) = match (a, b) {
-                    (Some(x), Some(y)) if x.sequence == y.sequence => {
-                        (a, b) = (own.next(), broadcast.next());
-                        Some(x)
-                    }
-                    (Some(x), Some(y)) if x.sequence < y.sequence => {
-                        a = own.next();
-                        Some(x)
-                    }
-                    (Some(x), None) => {
-                        a = own.next();
-                        Some(x)
-                    }
-                    (_, Some(y)) => {
-                        b = broadcast.next();
-                        Some(y)
-                    }
-                    (None, None) => None,
-                } {
-                    ready.push_back(entry.event.clone());
-                }
-                telemetry::replayed(ready.len());
-                tracing::debug!(events = ready.len(), "SSE subscriber resumes: replaying");
-                state.last_sequence.max(last)
-            }
-            Some(Err(reason)) => {
-                ready.push_back(inner.reset_signal(reason, head));
-                head
-            }
-        };
-        drop(broadcasts);
-        Box::pin(MemorySubscription {
-            id: inner.next_subscriber.fetch_add(1, Ordering::Relaxed),
-            shard: shard_index,
-            key: key.clone(),
-            cursor,
-            replay_until: state.last_sequence,
-            ready,
-            ended: false,
-            inner: Arc::clone(inner),
-        })
+    fn subscribe_key_only(
+        &self,
+        key: &K,
+        last_event_id: Option<&str>,
+    ) -> BoxStream<'static, EncodedEvent> {
+        self.subscribe_with(key, last_event_id, false)
+    }
+
+    fn reset_event_type(&self) -> &str {
+        &self.inner.config.reset_event_type
     }
 
     fn key_count(&self) -> usize {
@@ -610,6 +546,110 @@ where
     }
 }
 
+impl<K> MemoryBroker<K>
+where
+    K: Hash + Eq + Clone + Send + Sync + 'static,
+{
+    /// A subscription to `key`, with or without broadcasts.
+    fn subscribe_with(
+        &self,
+        key: &K,
+        last_event_id: Option<&str>,
+        with_broadcasts: bool,
+    ) -> BoxStream<'static, EncodedEvent> {
+        let inner = &self.inner;
+        let shard_index = inner.shard_index(key);
+        let mut shard = lock(&inner.shards[shard_index]);
+        let watermark = inner.removed_watermark.load(Ordering::SeqCst);
+        let state = shard
+            .entry(key.clone())
+            .or_insert_with(|| KeyState::new(watermark));
+        state.subscribers += 1;
+
+        let log = lock(&inner.broadcasts);
+        // Where a client that wants only what comes next stands: past the
+        // key's events and past every broadcast so far.
+        let head = state.head().max(log.last_sequence());
+        let resume = last_event_id.map(|id| match inner.ids.parse(id) {
+            ParsedId::Ours(last) if last > inner.sequence.load(Ordering::SeqCst) => {
+                Err(ResetReason::UnknownId)
+            }
+            ParsedId::Ours(last)
+                if last < state.evicted_through
+                    || (with_broadcasts && last < log.evicted_through) =>
+            {
+                Err(ResetReason::HistoryExpired)
+            }
+            ParsedId::Ours(last) => Ok(last),
+            ParsedId::OtherEpoch => Err(ResetReason::UnknownId),
+            ParsedId::Invalid => Err(ResetReason::InvalidId),
+        });
+        let mut ready = VecDeque::new();
+        let cursor = match resume {
+            None => {
+                // A client that drops before its first event still resumes
+                // from here (see `Broker`, "Resume point").
+                ready.push_back(EncodedEvent::resume_point(&inner.ids.format(head)));
+                head
+            }
+            Some(Ok(last)) => {
+                // The key's events and the broadcasts after `last`, merged by
+                // sequence number; a broadcast that reached the key while it
+                // had subscribers is in both, and is taken once.
+                let mut own = state
+                    .history
+                    .range(first_after(&state.history, last)..)
+                    .filter(|entry| with_broadcasts || !entry.broadcast);
+                let mut broadcast = log
+                    .history
+                    .range(first_after(&log.history, last)..)
+                    .filter(|_| with_broadcasts);
+                let (mut a, mut b) = (own.next(), broadcast.next());
+                while let Some(entry) = match (a, b) {
+                    (Some(x), Some(y)) if x.sequence == y.sequence => {
+                        (a, b) = (own.next(), broadcast.next());
+                        Some(x)
+                    }
+                    (Some(x), Some(y)) if x.sequence < y.sequence => {
+                        a = own.next();
+                        Some(x)
+                    }
+                    (Some(x), None) => {
+                        a = own.next();
+                        Some(x)
+                    }
+                    (_, Some(y)) => {
+                        b = broadcast.next();
+                        Some(y)
+                    }
+                    (None, None) => None,
+                } {
+                    ready.push_back(entry.event.clone());
+                }
+                telemetry::replayed(ready.len());
+                tracing::debug!(events = ready.len(), "SSE subscriber resumes: replaying");
+                state.last_sequence.max(last)
+            }
+            Some(Err(reason)) => {
+                ready.push_back(inner.reset_signal(reason, head));
+                head
+            }
+        };
+        drop(log);
+        Box::pin(MemorySubscription {
+            id: inner.next_subscriber.fetch_add(1, Ordering::Relaxed),
+            shard: shard_index,
+            key: key.clone(),
+            cursor,
+            replay_until: state.last_sequence,
+            ready,
+            ended: false,
+            with_broadcasts,
+            inner: Arc::clone(inner),
+        })
+    }
+}
+
 /// The index of the first entry of `history` after sequence number `cursor`.
 /// A subscriber that keeps up is a few entries from the end, so look there
 /// first; one far behind gets a binary search.
@@ -641,6 +681,8 @@ struct MemorySubscription<K: Hash + Eq + Clone + Send + Sync + 'static> {
     replay_until: u64,
     ready: VecDeque<EncodedEvent>,
     ended: bool,
+    /// Whether broadcasts appended to the key's ring are yielded.
+    with_broadcasts: bool,
     inner: Arc<Inner<K>>,
 }
 
@@ -697,10 +739,12 @@ where
         }
         if let Some(last) = state.history.back().filter(|_| start < state.history.len()) {
             this.cursor = last.sequence;
+            let with_broadcasts = this.with_broadcasts;
             this.ready.extend(
                 state
                     .history
                     .range(start..)
+                    .filter(|entry| with_broadcasts || !entry.broadcast)
                     .map(|entry| entry.event.clone()),
             );
         }

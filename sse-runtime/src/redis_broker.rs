@@ -932,6 +932,157 @@ async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[Arc<str>]) -> redis:
     Ok(())
 }
 
+impl<K: Display> RedisBroker<K> {
+    /// A subscription to `key`, with or without broadcasts.
+    fn subscribe_with(
+        &self,
+        key: &K,
+        last_event_id: Option<&str>,
+        with_broadcasts: bool,
+    ) -> BoxStream<'static, EncodedEvent> {
+        let inner = Arc::clone(&self.inner);
+        let stream = inner.stream_key(key);
+        let last_event_id = last_event_id.map(str::to_owned);
+        Box::pin(async_stream::stream! {
+            // Join the local fan-out first, so nothing published during the replay is missed.
+            let (mut cursor, joined_at) = loop {
+                if inner.shut_down.load(Ordering::SeqCst) {
+                    return;
+                }
+                match inner.join(&stream).await {
+                    Ok(joined) => {
+                        Inner::start_readers(&inner);
+                        break joined;
+                    }
+                    Err(error) if is_wrong_type(&error) => {
+                        tracing::warn!(stream, "SSE Redis key is not a stream; ending the subscription");
+                        return;
+                    }
+                    // Redis unreachable: keep waiting, as open subscriptions do.
+                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+                }
+            };
+            // What this subscription has handed on: live entries up to
+            // here were replayed already.
+            let mut delivered = joined_at;
+            let parsed = last_event_id.as_deref().map(|id| {
+                Position::parse(id)
+                    .ok_or(ResetReason::InvalidId)
+                    // Without broadcasts, only the key's part counts.
+                    .map(|last| if with_broadcasts { last } else { Position { key: last.key, broadcast: EntryId::default() } })
+            });
+            match parsed {
+                None => {
+                    // A client that drops before its first event still
+                    // resumes from here (see `Broker`, "Resume point").
+                    yield EncodedEvent::resume_point(&joined_at.to_string());
+                }
+                Some(resume) => {
+                    let resume = match resume {
+                        Ok(last) => match if with_broadcasts {
+                            inner.covers_position(&stream, last).await
+                        } else {
+                            inner.covers(&stream, last.key).await
+                        } {
+                            Ok(covered) => covered.map(|()| last),
+                            Err(error) => {
+                                // Cannot tell: end, and let the client retry.
+                                tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                                return;
+                            }
+                        },
+                        Err(reason) => Err(reason),
+                    };
+                    match resume {
+                        Ok(last) => {
+                            // The key's entries, then the broadcasts, after
+                            // `last`, page by page, so a long history never
+                            // sits in memory at once.
+                            delivered = last;
+                            let sources = if with_broadcasts {
+                                vec![stream.clone(), inner.broadcast_stream.to_string()]
+                            } else {
+                                vec![stream.clone()]
+                            };
+                            for source in sources {
+                                let is_key = source == stream;
+                                loop {
+                                    let from = if is_key { delivered.key } else { delivered.broadcast };
+                                    let (events, read_to) = match inner.page_after(&source, from).await {
+                                        Ok(page) => page,
+                                        Err(error) => {
+                                            tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                                            return;
+                                        }
+                                    };
+                                    crate::telemetry::replayed(events.len());
+                                    for (id, fields) in events {
+                                        if is_key { delivered.key = id } else { delivered.broadcast = id }
+                                        yield MessageEvent::assemble_with_id(&delivered.to_string(), &fields);
+                                    }
+                                    match read_to {
+                                        Some(read_to) if is_key => delivered.key = delivered.key.max(read_to),
+                                        Some(read_to) => delivered.broadcast = delivered.broadcast.max(read_to),
+                                        None => break,
+                                    }
+                                }
+                            }
+                        }
+                        Err(reason) => {
+                            let Ok(position) = inner.current_position(&stream).await else { return };
+                            delivered = position;
+                            yield MessageEvent::assemble_with_id(&position.to_string(), &inner.reset_fields(reason));
+                        }
+                    }
+                }
+            }
+            // Live: everything the reader delivered after the cursor, in one
+            // look per wake-up.
+            let mut batch = std::collections::VecDeque::new();
+            loop {
+                match std::future::poll_fn(|cx| cursor.poll_next(cx, &mut batch)).await {
+                    Next::Closed => return,
+                    Next::Some => {
+                        for delivery in batch.drain(..) {
+                            let position = delivery.position;
+                            let new = match delivery.kind {
+                                DeliveryKind::Entry => position.key > delivered.key,
+                                DeliveryKind::Broadcast => with_broadcasts && position.broadcast > delivered.broadcast,
+                                DeliveryKind::Reset => true,
+                            };
+                            if !new {
+                                continue;
+                            }
+                            let after = delivered.max(position);
+                            delivered = after;
+                            if after == position {
+                                yield delivery.event;
+                            } else {
+                                // This subscription replayed further than the
+                                // fan-out had read: its own id, not the shared one.
+                                yield MessageEvent::assemble_with_id(&after.to_string(), &delivery.fields);
+                            }
+                        }
+                    }
+                    Next::Lagged => match inner.config.lag_policy {
+                        crate::broker::LagPolicy::Disconnect => {
+                            tracing::debug!(stream, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
+                            crate::telemetry::lag_disconnect();
+                            return;
+                        }
+                        _ => {
+                            // The cursor is at the newest delivery already.
+                            let position = inner.current_position(&stream).await.unwrap_or(delivered);
+                            delivered = delivered.max(position);
+                            yield MessageEvent::assemble_with_id(&delivered.to_string(), &inner.reset_fields(ResetReason::Lagged));
+                        }
+                    },
+                }
+            }
+        })
+    }
+}
+
 impl<K> Broker<K> for RedisBroker<K>
 where
     K: Display + Hash + Eq + Clone + Send + Sync + 'static,
@@ -978,131 +1129,19 @@ where
     }
 
     fn subscribe(&self, key: &K, last_event_id: Option<&str>) -> BoxStream<'static, EncodedEvent> {
-        let inner = Arc::clone(&self.inner);
-        let stream = inner.stream_key(key);
-        let last_event_id = last_event_id.map(str::to_owned);
-        Box::pin(async_stream::stream! {
-            // Join the local fan-out first, so nothing published during the replay is missed.
-            let (mut cursor, joined_at) = loop {
-                if inner.shut_down.load(Ordering::SeqCst) {
-                    return;
-                }
-                match inner.join(&stream).await {
-                    Ok(joined) => {
-                        Inner::start_readers(&inner);
-                        break joined;
-                    }
-                    Err(error) if is_wrong_type(&error) => {
-                        tracing::warn!(stream, "SSE Redis key is not a stream; ending the subscription");
-                        return;
-                    }
-                    // Redis unreachable: keep waiting, as open subscriptions do.
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            };
-            // What this subscription has handed on: live entries up to
-            // here were replayed already.
-            let mut delivered = joined_at;
-            match last_event_id.as_deref().map(|id| Position::parse(id).ok_or(ResetReason::InvalidId)) {
-                None => {
-                    // A client that drops before its first event still
-                    // resumes from here (see `Broker`, "Resume point").
-                    yield EncodedEvent::resume_point(&joined_at.to_string());
-                }
-                Some(resume) => {
-                    let resume = match resume {
-                        Ok(last) => match inner.covers_position(&stream, last).await {
-                            Ok(covered) => covered.map(|()| last),
-                            Err(error) => {
-                                // Cannot tell: end, and let the client retry.
-                                tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
-                                return;
-                            }
-                        },
-                        Err(reason) => Err(reason),
-                    };
-                    match resume {
-                        Ok(last) => {
-                            // The key's entries, then the broadcasts, after
-                            // `last`, page by page, so a long history never
-                            // sits in memory at once.
-                            delivered = last;
-                            for source in [stream.clone(), inner.broadcast_stream.to_string()] {
-                                let is_key = source == stream;
-                                loop {
-                                    let from = if is_key { delivered.key } else { delivered.broadcast };
-                                    let (events, read_to) = match inner.page_after(&source, from).await {
-                                        Ok(page) => page,
-                                        Err(error) => {
-                                            tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
-                                            return;
-                                        }
-                                    };
-                                    crate::telemetry::replayed(events.len());
-                                    for (id, fields) in events {
-                                        if is_key { delivered.key = id } else { delivered.broadcast = id }
-                                        yield MessageEvent::assemble_with_id(&delivered.to_string(), &fields);
-                                    }
-                                    match read_to {
-                                        Some(read_to) if is_key => delivered.key = delivered.key.max(read_to),
-                                        Some(read_to) => delivered.broadcast = delivered.broadcast.max(read_to),
-                                        None => break,
-                                    }
-                                }
-                            }
-                        }
-                        Err(reason) => {
-                            let Ok(position) = inner.current_position(&stream).await else { return };
-                            delivered = position;
-                            yield MessageEvent::assemble_with_id(&position.to_string(), &inner.reset_fields(reason));
-                        }
-                    }
-                }
-            }
-            // Live: everything the reader delivered after the cursor, in one
-            // look per wake-up.
-            let mut batch = std::collections::VecDeque::new();
-            loop {
-                match std::future::poll_fn(|cx| cursor.poll_next(cx, &mut batch)).await {
-                    Next::Closed => return,
-                    Next::Some => {
-                        for delivery in batch.drain(..) {
-                            let position = delivery.position;
-                            let new = match delivery.kind {
-                                DeliveryKind::Entry => position.key > delivered.key,
-                                DeliveryKind::Broadcast => position.broadcast > delivered.broadcast,
-                                DeliveryKind::Reset => true,
-                            };
-                            if !new {
-                                continue;
-                            }
-                            let after = delivered.max(position);
-                            delivered = after;
-                            if after == position {
-                                yield delivery.event;
-                            } else {
-                                // This subscription replayed further than the
-                                // fan-out had read: its own id, not the shared one.
-                                yield MessageEvent::assemble_with_id(&after.to_string(), &delivery.fields);
-                            }
-                        }
-                    }
-                    Next::Lagged => match inner.config.lag_policy {
-                        crate::broker::LagPolicy::Disconnect => {
-                            tracing::debug!(stream, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
-                            crate::telemetry::lag_disconnect();
-                            return;
-                        }
-                        _ => {
-                            // The cursor is at the newest delivery already.
-                            let position = inner.current_position(&stream).await.unwrap_or(delivered);
-                            delivered = delivered.max(position);
-                            yield MessageEvent::assemble_with_id(&delivered.to_string(), &inner.reset_fields(ResetReason::Lagged));
-                        }
-                    },
-                }
-            }
-        })
+        self.subscribe_with(key, last_event_id, true)
+    }
+
+    fn subscribe_key_only(
+        &self,
+        key: &K,
+        last_event_id: Option<&str>,
+    ) -> BoxStream<'static, EncodedEvent> {
+        self.subscribe_with(key, last_event_id, false)
+    }
+
+    fn reset_event_type(&self) -> &str {
+        &self.inner.config.reset_event_type
     }
 
     fn key_count(&self) -> usize {

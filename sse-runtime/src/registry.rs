@@ -123,6 +123,65 @@ where
         Subscription(self.broker.subscribe(key, last_event_id))
     }
 
+    /// One stream for several keys (a user's notifications, two rooms, a
+    /// dashboard topic): the events of all of them, in order per key, and
+    /// broadcasts once. Its SSE id holds every key's position, so one
+    /// `Last-Event-ID` resumes each key exactly, with no gap and no
+    /// duplicate, on any broker (over Redis, on any instance).
+    ///
+    /// - A key whose history no longer covers the id gets the reset signal
+    ///   for itself alone, naming it: `data: {"reason":"...","key":"<key>"}`.
+    ///   The others carry on.
+    /// - An id given for another set of keys (or another order) resets them
+    ///   all (`unknown_id`); a malformed one too (`invalid_id`).
+    /// - The id grows with the keys, about 15 bytes each in memory and 15 to
+    ///   32 over Redis; past [`MAX_LAST_EVENT_ID_LEN`](crate::MAX_LAST_EVENT_ID_LEN)
+    ///   (1,024 bytes: some 60 keys in memory, 30 over Redis) a reconnecting
+    ///   client's id is not read, and it gets the reset signal for all keys,
+    ///   never a silent gap.
+    /// - When one key's subscription ends (the lag policy, shutdown), the
+    ///   stream ends, and the client resumes every key from its id.
+    ///
+    /// Repeated keys count once. With no key, the stream stays open and
+    /// empty.
+    ///
+    /// ```
+    /// use futures_util::StreamExt;
+    /// use sse_runtime::{MessageEvent, Registry};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), sse_runtime::BrokerError> {
+    /// let registry: Registry<String> = Registry::new();
+    /// let rooms = ["general".to_owned(), "random".to_owned()];
+    /// let mut both = registry.subscribe_many(&rooms, None);
+    /// assert!(both.next().await.unwrap().is_resume_point());
+    /// registry.send(&rooms[1], MessageEvent::new("hi")).await?;
+    /// let event = both.next().await.unwrap();
+    /// assert!(std::str::from_utf8(event.as_bytes()).unwrap().starts_with("data: hi\nid: "));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn subscribe_many(&self, keys: &[K], last_event_id: Option<&str>) -> Subscription
+    where
+        K: std::fmt::Display,
+    {
+        let mut seen = std::collections::HashSet::new();
+        let keys: Vec<K> = keys
+            .iter()
+            .filter(|key| seen.insert(*key))
+            .cloned()
+            .collect();
+        if keys.is_empty() {
+            return Subscription(Box::pin(futures_util::stream::pending()));
+        }
+        let last_event_id = last_event_id.filter(|id| !id.is_empty());
+        Subscription(crate::multi::subscribe_many(
+            Arc::clone(&self.broker),
+            keys,
+            last_event_id,
+        ))
+    }
+
     /// Sends `event` to every subscriber of `key`, stamping it with the key's
     /// next id (any id the event had is replaced). Returns how many subscribers
     /// it reached; with none, it is still kept for replay.
