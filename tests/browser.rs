@@ -142,6 +142,56 @@ async fn chromium_reconnects_with_last_event_id_and_shows_every_message_once() {
 }
 
 #[tokio::test]
+async fn one_event_source_for_three_rooms_resumes_every_room_exactly_in_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let chat =
+        chat::ChatController::new(["general", "random", "dev"]).with_admin_token(ADMIN_TOKEN);
+    let (app, requests) = recording_stream_requests(chat.app());
+    let server = TestServer::start(app).await;
+    let result = drive("chat-many-rooms", &server.url(""), None).await;
+    let seen: Vec<&str> = result["seen"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
+    let rooms = ["general", "random", "dev"];
+    let expected: Vec<String> = (1..=60).map(|n| format!("{}:m{n}", rooms[n % 3])).collect();
+    let mut sorted = seen.clone();
+    sorted.sort_unstable();
+    let mut expected_sorted: Vec<&str> = expected.iter().map(String::as_str).collect();
+    expected_sorted.sort_unstable();
+    assert_eq!(
+        sorted, expected_sorted,
+        "every message of every room exactly once, no reset"
+    );
+    for room in rooms {
+        let mine: Vec<&str> = seen
+            .iter()
+            .copied()
+            .filter(|s| s.starts_with(room))
+            .collect();
+        let in_order: Vec<&str> = expected
+            .iter()
+            .map(String::as_str)
+            .filter(|s| s.starts_with(room))
+            .collect();
+        assert_eq!(mine, in_order, "{room} in order");
+    }
+    // Cut 5 times (the last after the last message): the browser reconnected
+    // by itself each time with the one combined Last-Event-ID.
+    let requests = requests.lock().unwrap().clone();
+    assert!(result["opens"].as_u64().unwrap() >= 5, "{result}");
+    assert_eq!(requests[0], None, "the first connection has no id");
+    assert!(
+        requests.len() >= 5 && requests[1..].iter().all(Option::is_some),
+        "Last-Event-ID of each request: {requests:?}"
+    );
+}
+
+#[tokio::test]
 async fn a_204_stops_chromium_from_reconnecting() {
     if !browser_available() {
         return;

@@ -160,7 +160,7 @@ async fn the_admin_endpoint_needs_the_admin_token_and_is_refused_without_one() {
     assert_eq!(say(&server, "general", "ann", "still open").await, 202);
     assert_eq!(
         next_event(&mut stream).await.data,
-        r#"{"user":"ann","text":"still open"}"#
+        r#"{"room":"general","user":"ann","text":"still open"}"#
     );
     assert_eq!(drop_streams(&server, Some("s3cret")).await, 204);
     use futures_util::StreamExt;
@@ -192,7 +192,7 @@ async fn messages_and_announcements_are_typed_events_and_announcing_needs_the_ad
     let said = next_event(&mut general).await;
     assert_eq!(
         (said.event.as_str(), said.data.as_str()),
-        ("said", r#"{"user":"ann","text":"hello"}"#)
+        ("said", r#"{"room":"general","user":"ann","text":"hello"}"#)
     );
     assert_eq!(announce(&server, None, "maintenance").await, 401);
     assert_eq!(announce(&server, Some("s3cret"), "maintenance").await, 200);
@@ -204,4 +204,35 @@ async fn messages_and_announcements_are_typed_events_and_announcing_needs_the_ad
             "a broadcast reaches every room"
         );
     }
+}
+
+#[tokio::test]
+async fn several_rooms_share_one_stream_and_unknown_rooms_get_204() {
+    let (server, _) = chat().await;
+    for refused in [
+        "/rooms/events?rooms=general,nowhere",
+        "/rooms/events?rooms=",
+    ] {
+        let response = within(reqwest::get(server.url(refused))).await.unwrap();
+        assert_eq!(response.status(), 204, "{refused}");
+    }
+    let mut both = events(open(&server.url("/rooms/events?rooms=general,random")).await);
+    assert_eq!(say(&server, "random", "ann", "in random").await, 202);
+    assert_eq!(say(&server, "general", "bo", "in general").await, 202);
+    let mut got = vec![next_event(&mut both).await, next_event(&mut both).await];
+    got.sort_by(|a, b| a.data.cmp(&b.data));
+    assert_eq!(
+        got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
+        [
+            r#"{"room":"general","user":"bo","text":"in general"}"#,
+            r#"{"room":"random","user":"ann","text":"in random"}"#,
+        ]
+    );
+    // The second event's id resumes both rooms.
+    let id = got
+        .iter()
+        .map(|e| e.id.clone())
+        .max_by_key(String::len)
+        .unwrap();
+    assert!(id.contains(':') && id.contains('_'), "a combined id: {id}");
 }

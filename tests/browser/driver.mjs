@@ -88,6 +88,42 @@ const modes = {
     return { shown };
   },
 
+  // One EventSource for three rooms, cut by the server several times while
+  // messages flow to every room: each message must arrive exactly once.
+  async 'chat-many-rooms'(page) {
+    await page.goto(`${base}/rooms`);
+    await page.evaluate(() => {
+      window.__seen = [];
+      window.__opens = 0;
+      const source = new EventSource('/rooms/events?rooms=general,random,dev');
+      source.onopen = () => { window.__opens += 1; window.__live = true; };
+      source.onerror = () => { window.__live = false; };
+      source.addEventListener('said', (event) => {
+        const said = JSON.parse(event.data);
+        window.__seen.push(`${said.room}:${said.text}`);
+      });
+      source.addEventListener('reset', (event) => window.__seen.push(`reset:${event.data}`));
+    });
+    await page.waitForFunction(() => window.__live === true, null, { timeout: 10000 });
+    const rooms = ['general', 'random', 'dev'];
+    const total = 60;
+    for (let n = 1; n <= total; n++) {
+      const room = rooms[n % 3];
+      await page.evaluate(([room, n]) => fetch(`/rooms/${room}/messages`, {
+        method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user: 'bot', text: `m${n}` }),
+      }), [room, n]);
+      if (n % 12 === 0) {
+        await page.waitForFunction((n) => window.__live === true && window.__seen.length >= n, n, { timeout: 10000 });
+        await page.evaluate((token) => fetch('/admin/drop-streams', {
+          method: 'POST', headers: { authorization: `Bearer ${token}` },
+        }).then((res) => { if (res.status !== 204) throw new Error(`drop-streams: ${res.status}`); }), adminToken);
+      }
+    }
+    await page.waitForFunction((total) => window.__seen.length >= total, total, { timeout: 20000 });
+    await page.waitForTimeout(300); // anything extra (a duplicate) would arrive now
+    return { seen: await page.evaluate(() => window.__seen), opens: await page.evaluate(() => window.__opens) };
+  },
+
   // 204 tells EventSource to stop: no reconnection follows (the server counts).
   async 'stop-on-204'(page) {
     await page.goto(`${base}/rooms`);

@@ -3,6 +3,9 @@
 //! - `GET  /rooms/{room}/events`: the room's messages (a registry topic),
 //!   resuming from `Last-Event-ID`; `204 No Content` for a room that does not
 //!   exist, which tells `EventSource` to stop reconnecting.
+//! - `GET  /rooms/events?rooms=general,random`: several rooms on one
+//!   stream (one connection of the browser's six), resumed exactly by one
+//!   `Last-Event-ID`; each `said` names its room.
 //! - `POST /rooms/{room}/messages` with `{"user": "...", "text": "..."}`.
 //!
 //! Streams carry typed events ([`ChatEvent`]): `said` with a
@@ -21,7 +24,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use axum::extract::{Path, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::{Json, Router};
@@ -47,9 +50,11 @@ pub struct ChatController {
     admin_token: Option<Arc<str>>,
 }
 
-/// A message as posted and as sent to the room.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, TS)]
-#[ts(crate = "sse_runtime::typescript::ts_rs")]
+/// The most rooms one stream follows.
+pub const MAX_ROOMS_PER_STREAM: usize = 16;
+
+/// A message as posted.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChatMessage {
     /// Who says it.
     pub user: String,
@@ -61,10 +66,28 @@ pub struct ChatMessage {
 #[derive(Debug, SseEvent)]
 #[sse_event(rename_all = "snake_case", typescript)]
 pub enum ChatEvent {
-    /// `said`: a message posted to the room.
-    Said(ChatMessage),
+    /// `said`: a message posted to a room.
+    Said(Said),
     /// `announcement`: the operator's word, to every room.
     Announcement { text: String },
+}
+
+/// A message as sent to a room's streams: what was posted, and where.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, TS)]
+#[ts(crate = "sse_runtime::typescript::ts_rs")]
+pub struct Said {
+    /// The room it was posted to.
+    pub room: String,
+    /// Who says it.
+    pub user: String,
+    /// What they say.
+    pub text: String,
+}
+
+/// `?rooms=general,random`: the rooms of a multi-room stream.
+#[derive(Deserialize)]
+pub struct RoomsQuery {
+    rooms: String,
 }
 
 /// The browser side of [`ChatEvent`], as committed in
@@ -97,6 +120,31 @@ impl ChatController {
         Ok(self
             .rooms
             .subscribe_from(&room, last_event_id.as_deref())
+            .take_until(dropped))
+    }
+
+    /// Several rooms on one stream, resumed exactly by one `Last-Event-ID`.
+    /// `204 No Content` when a room does not exist or there are more than
+    /// [`MAX_ROOMS_PER_STREAM`].
+    #[sse("/events", retry = "1s")]
+    fn rooms_events(
+        &self,
+        Query(query): Query<RoomsQuery>,
+        last_event_id: LastEventId,
+    ) -> Result<impl Stream<Item = EncodedEvent>, StatusCode> {
+        let rooms: Vec<String> = query.rooms.split(',').map(str::to_owned).collect();
+        if rooms.len() > MAX_ROOMS_PER_STREAM
+            || !rooms.iter().all(|room| self.known_rooms.contains(room))
+        {
+            return Err(StatusCode::NO_CONTENT);
+        }
+        let mut generation = self.stream_generation.subscribe();
+        let dropped = async move {
+            let _ = generation.changed().await;
+        };
+        Ok(self
+            .rooms
+            .subscribe_many(&rooms, last_event_id.as_deref())
             .take_until(dropped))
     }
 
@@ -264,7 +312,12 @@ async fn post_to_room(chat: &ChatController, room: &String, message: ChatMessage
         user: user.to_owned(),
         text: message.text,
     };
-    match chat.rooms.send(room, ChatEvent::Said(message)).await {
+    let said = Said {
+        room: room.clone(),
+        user: message.user,
+        text: message.text,
+    };
+    match chat.rooms.send(room, ChatEvent::Said(said)).await {
         Ok(delivered) => (
             StatusCode::ACCEPTED,
             Json(serde_json::json!({ "delivered": delivered })),

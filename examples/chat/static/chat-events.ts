@@ -2,7 +2,11 @@
 // Every event name and payload here comes from the Rust side, so a
 // renamed event or field is a TypeScript error in the page.
 
-export type ChatMessage = { 
+export type Said = { 
+/**
+ * The room it was posted to.
+ */
+room: string, 
 /**
  * Who says it.
  */
@@ -14,7 +18,7 @@ text: string, };
 
 /** Every event of `ChatEvent`: its name, and the type of its data. */
 export type ChatEvents = {
-  "said": ChatMessage,
+  "said": Said,
   "announcement": { text: string, },
 };
 

@@ -11,7 +11,7 @@ events.on("sayd", () => {});
 
 events.on("said", (message) => {
   const text: string = message.text;
-  // @ts-expect-error: a ChatMessage has no `body`.
+  // @ts-expect-error: a Said has no `body`.
   const body: string = message.body;
   // @ts-expect-error: `user` is a string.
   const user: number = message.user;

@@ -1,5 +1,5 @@
 // The chat page. Its events are typed by chat-events.ts, generated from the
-// Rust types: `on('said', ...)` gets a ChatMessage, and a wrong event name or
+// Rust types: `on("said", ...)` gets a Said, and a wrong event name or
 // field is a compile error here. Compiled to js/chat.js by tsc (tsconfig.json).
 import { TypedEventSource } from "./chat-events.js";
 const $ = (id) => document.getElementById(id);
