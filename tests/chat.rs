@@ -219,7 +219,7 @@ async fn several_rooms_share_one_stream_and_unknown_rooms_get_204() {
     let mut both = events(open(&server.url("/rooms/events?rooms=general,random")).await);
     assert_eq!(say(&server, "random", "ann", "in random").await, 202);
     assert_eq!(say(&server, "general", "bo", "in general").await, 202);
-    let mut got = vec![next_event(&mut both).await, next_event(&mut both).await];
+    let mut got = [next_event(&mut both).await, next_event(&mut both).await];
     got.sort_by(|a, b| a.data.cmp(&b.data));
     assert_eq!(
         got.iter().map(|e| e.data.as_str()).collect::<Vec<_>>(),
