@@ -520,3 +520,85 @@ async fn an_enormous_keep_alive_interval_is_served_without_panicking() {
     let mut events = events(open(&server.url("/")).await);
     assert_eq!(next_event(&mut events).await.data, "x");
 }
+
+/// A stream over many keys, `?n=` of them, from a controller.
+#[derive(Clone)]
+struct ManyKeys {
+    registry: sse_runtime::Registry<String>,
+}
+
+#[derive(Deserialize)]
+struct KeyCount {
+    n: usize,
+}
+
+#[sse_controller("/many")]
+impl ManyKeys {
+    #[sse("/", keep_alive = false)]
+    fn keys(
+        &self,
+        Query(count): Query<KeyCount>,
+        last: sse_runtime::LastEventId,
+    ) -> sse_runtime::Subscription {
+        let keys: Vec<String> = (0..count.n).map(|n| format!("key-{n}")).collect();
+        self.registry.subscribe_many(&keys, last.as_deref())
+    }
+}
+
+#[tokio::test]
+async fn a_combined_id_past_the_last_event_id_bound_resets_every_key_never_a_silent_gap() {
+    let registry = sse_runtime::Registry::new();
+    let client = TestClient::new(
+        ManyKeys {
+            registry: registry.clone(),
+        }
+        .router(),
+    );
+    let first_event = |n: usize| {
+        let (client, registry) = (&client, &registry);
+        async move {
+            let mut stream = client.get(&format!("/many?n={n}")).send().await;
+            registry
+                .send(&"key-0".to_owned(), MessageEvent::new("first"))
+                .await
+                .unwrap();
+            assert_eq!(stream.next_event().await.unwrap().data, "first");
+            stream.last_event_id().to_owned()
+        }
+    };
+    // 30 keys fit: the id resumes them.
+    let id = first_event(30).await;
+    assert!(
+        id.len() <= sse_runtime::MAX_LAST_EVENT_ID_LEN,
+        "{}",
+        id.len()
+    );
+    registry
+        .send(&"key-7".to_owned(), MessageEvent::new("while away"))
+        .await
+        .unwrap();
+    let mut resumed = client.get("/many?n=30").last_event_id(&id).send().await;
+    let event = resumed.next_event().await.unwrap();
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("message", "while away")
+    );
+    // 120 keys do not: the reconnecting client's id is not read, and every
+    // key starts over with the reset signal.
+    let long_id = first_event(120).await;
+    assert!(
+        long_id.len() > sse_runtime::MAX_LAST_EVENT_ID_LEN,
+        "{}",
+        long_id.len()
+    );
+    let mut refused = client
+        .get("/many?n=120")
+        .last_event_id(&long_id)
+        .send()
+        .await;
+    let event = refused.next_event().await.unwrap();
+    assert_eq!(
+        (event.event.as_str(), event.data.as_str()),
+        ("reset", "{\"reason\":\"invalid_id\"}")
+    );
+}
