@@ -241,41 +241,10 @@ async fn resume_at_random_points(backend: &impl Backend, sender_0_broadcasts: bo
     let mut checkers = Vec::new();
     for s in 0..SUBSCRIBERS {
         let registry = registry.clone();
-        let mut subscription = registry.subscribe(&"hot".to_owned());
-        // Its first item, once it has joined: where it starts.
-        let point = next_item(&mut subscription).await.expect("open");
-        assert!(point.is_resume_point());
-        let mut resume_from = Some(fields(&point).0);
+        let start = started(registry.subscribe(&"hot".to_owned())).await;
         checkers.push(tokio::spawn(async move {
-            let mut rng = 0x9e37_79b9_u64.wrapping_mul(s as u64 + 1);
-            let mut seen: Vec<(String, String)> = Vec::with_capacity(total);
-            let mut reconnects = 0;
-            while seen.len() < total {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                let take = 1 + (rng % 37) as usize;
-                for _ in 0..take {
-                    match next_item(&mut subscription).await {
-                        // Where to resume from if nothing else comes first.
-                        Some(event) if event.is_resume_point() => {
-                            resume_from = Some(fields(&event).0);
-                        }
-                        Some(event) => {
-                            let (id, _, data) = fields(&event);
-                            resume_from = Some(id.clone());
-                            seen.push((id, data));
-                        }
-                        None => break, // The lag policy ended it: resume.
-                    }
-                    if seen.len() == total {
-                        break;
-                    }
-                }
-                subscription = registry.subscribe_from(&"hot".to_owned(), resume_from.as_deref());
-                reconnects += 1;
-            }
-            (seen, reconnects)
+            let resume = |id: &str| registry.subscribe_from(&"hot".to_owned(), Some(id));
+            read_with_random_resumes(start, s as u64 + 1, total, resume).await
         }));
     }
     let senders: Vec<_> = (0..SENDERS)
@@ -305,6 +274,13 @@ async fn resume_at_random_points(backend: &impl Backend, sender_0_broadcasts: bo
             reconnects > 5,
             "the test must exercise resuming ({reconnects})"
         );
+        let seen: Vec<(String, String)> = seen
+            .into_iter()
+            .map(|(id, event_type, data)| {
+                assert_ne!(event_type, "reset", "no reset: the history covers it");
+                (id, data)
+            })
+            .collect();
         assert!(
             seen.windows(2).all(|w| id_rank(&w[0].0) < id_rank(&w[1].0)),
             "ids out of order or repeated"
@@ -319,6 +295,54 @@ async fn resume_at_random_points(backend: &impl Backend, sender_0_broadcasts: bo
             assert_eq!(mine, expected, "sender {sender}");
         }
     }
+}
+
+/// A new subscription's first item, once it has joined: its resume point.
+async fn started(mut subscription: Subscription) -> (Subscription, String) {
+    let point = next_item(&mut subscription).await.expect("open");
+    assert!(point.is_resume_point());
+    (subscription, fields(&point).0)
+}
+
+/// A client that reads a pseudo-random number of items (from `seed`), drops
+/// its stream and resumes from the last id it saw (as a browser's
+/// `Last-Event-ID`), until it has `total` events. `started` is its stream
+/// and where it started. Returns the `(id, event type, data)` of each event,
+/// in the order received, and how often it resumed.
+async fn read_with_random_resumes(
+    started: (Subscription, String),
+    seed: u64,
+    total: usize,
+    resume: impl Fn(&str) -> Subscription,
+) -> (Vec<(String, String, String)>, usize) {
+    let (mut subscription, mut resume_from) = started;
+    let mut rng = 0x9e37_79b9_u64.wrapping_mul(seed);
+    let mut seen = Vec::with_capacity(total);
+    let mut reconnects = 0;
+    while seen.len() < total {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        for _ in 0..1 + (rng % 37) as usize {
+            match next_item(&mut subscription).await {
+                Some(event) => {
+                    let (id, event_type, data) = fields(&event);
+                    resume_from = id.clone();
+                    // A resume point only moves where to resume from.
+                    if !event.is_resume_point() {
+                        seen.push((id, event_type, data));
+                    }
+                }
+                None => break, // The lag policy ended it: resume.
+            }
+            if seen.len() == total {
+                break;
+            }
+        }
+        subscription = resume(&resume_from);
+        reconnects += 1;
+    }
+    (seen, reconnects)
 }
 
 /// Resume point: a new stream starts with an id-only event, so a client that
@@ -716,37 +740,18 @@ async fn a_stream_for_many_keys_resumes_every_key_exactly_under_concurrent_sends
     for s in 0..SUBSCRIBERS {
         let registry = registry.clone();
         let keys = keys.clone();
-        let mut subscription = registry.subscribe_many(&keys, None);
-        let point = next_item(&mut subscription).await.expect("open");
-        assert!(point.is_resume_point());
-        let mut resume_from = fields(&point).0;
+        let start = started(registry.subscribe_many(&keys, None)).await;
         checkers.push(tokio::spawn(async move {
-            let mut rng = 0x2545_f491_u64.wrapping_mul(s as u64 + 7);
-            let mut seen: Vec<String> = Vec::with_capacity(total);
-            let mut reconnects = 0;
-            while seen.len() < total {
-                rng ^= rng << 13;
-                rng ^= rng >> 7;
-                rng ^= rng << 17;
-                for _ in 0..1 + (rng % 29) as usize {
-                    match next_item(&mut subscription).await {
-                        Some(event) => {
-                            let (id, event_type, data) = fields(&event);
-                            resume_from = id;
-                            assert_ne!(event_type, "reset", "no reset: the history covers it");
-                            if !event.is_resume_point() {
-                                seen.push(data);
-                            }
-                        }
-                        None => break,
-                    }
-                    if seen.len() == total {
-                        break;
-                    }
-                }
-                subscription = registry.subscribe_many(&keys, Some(&resume_from));
-                reconnects += 1;
-            }
+            let resume = |id: &str| registry.subscribe_many(&keys, Some(id));
+            let (seen, reconnects) =
+                read_with_random_resumes(start, s as u64 + 7, total, resume).await;
+            let seen: Vec<String> = seen
+                .into_iter()
+                .map(|(_, event_type, data)| {
+                    assert_ne!(event_type, "reset", "no reset: the history covers it");
+                    data
+                })
+                .collect();
             (seen, reconnects)
         }));
     }

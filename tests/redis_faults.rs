@@ -63,6 +63,30 @@ async fn commands_processed(connection: &mut redis::aio::MultiplexedConnection) 
         .unwrap()
 }
 
+/// Appends to `stream` an entry without the broker's field, as another
+/// program (or an older version, or someone debugging) would.
+async fn add_foreign_entry(redis: &mut redis::aio::MultiplexedConnection, stream: &str) {
+    let _: String = redis::cmd("XADD")
+        .arg(stream)
+        .arg("*")
+        .arg("x")
+        .arg("1")
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
+/// Redis commands in one idle second, after half a second for the readers
+/// to meet whatever was just done. A reader that re-reads an entry, or
+/// retries a failing read, runs thousands a second; one that waits blocks
+/// 200 ms per read.
+async fn idle_commands_per_second(redis: &mut redis::aio::MultiplexedConnection) -> u64 {
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = commands_processed(redis).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    commands_processed(redis).await - before
+}
+
 #[tokio::test]
 async fn an_entry_another_program_wrote_is_skipped_without_spinning_and_delivery_goes_on() {
     let Some(server) = redis_server::start(false).await else {
@@ -71,19 +95,8 @@ async fn an_entry_another_program_wrote_is_skipped_without_spinning_and_delivery
     let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = joined(&registry, "general").await;
     let mut redis = raw(&server).await;
-    let _: String = redis::cmd("XADD")
-        .arg("sse:general")
-        .arg("*")
-        .arg("x")
-        .arg("1")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    // Let the reader meet it, then count what an idle second costs.
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = commands_processed(&mut redis).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let per_second = commands_processed(&mut redis).await - before;
+    add_foreign_entry(&mut redis, "sse:general").await;
+    let per_second = idle_commands_per_second(&mut redis).await;
     eprintln!("Redis commands in an idle second after a foreign entry: {per_second}");
     // A reader that re-reads the entry runs thousands a second; one that
     // passed it blocks 200 ms per read.
@@ -141,14 +154,7 @@ async fn a_broken_broadcast_key_stops_broadcasts_only_and_never_spins() {
     let mut subscription = joined(&registry, "room").await;
     let mut redis = raw(&server).await;
     // A foreign entry in the broadcast stream is passed over.
-    let _: String = redis::cmd("XADD")
-        .arg("sse!broadcast")
-        .arg("*")
-        .arg("x")
-        .arg("1")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    add_foreign_entry(&mut redis, "sse!broadcast").await;
     registry
         .broadcast(MessageEvent::new("to all"))
         .await
@@ -161,10 +167,7 @@ async fn a_broken_broadcast_key_stops_broadcasts_only_and_never_spins() {
         .query_async(&mut redis)
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let before = commands_processed(&mut redis).await;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let per_second = commands_processed(&mut redis).await - before;
+    let per_second = idle_commands_per_second(&mut redis).await;
     assert!(per_second < 50, "{per_second} commands/s: the reader spins");
     assert!(
         registry.broadcast(MessageEvent::new("lost")).await.is_err(),

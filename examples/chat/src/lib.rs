@@ -113,14 +113,10 @@ impl ChatController {
         if !self.known_rooms.contains(&room) {
             return Err(StatusCode::NO_CONTENT);
         }
-        let mut generation = self.stream_generation.subscribe();
-        let dropped = async move {
-            let _ = generation.changed().await;
-        };
         Ok(self
             .rooms
             .subscribe_from(&room, last_event_id.as_deref())
-            .take_until(dropped))
+            .take_until(self.streams_dropped()))
     }
 
     /// Several rooms on one stream, resumed exactly by one `Last-Event-ID`.
@@ -138,14 +134,10 @@ impl ChatController {
         {
             return Err(StatusCode::NO_CONTENT);
         }
-        let mut generation = self.stream_generation.subscribe();
-        let dropped = async move {
-            let _ = generation.changed().await;
-        };
         Ok(self
             .rooms
             .subscribe_many(&rooms, last_event_id.as_deref())
-            .take_until(dropped))
+            .take_until(self.streams_dropped()))
     }
 
     /// `GET /rooms`: the rooms there are.
@@ -195,6 +187,15 @@ impl ChatController {
     /// The rooms' registry.
     pub fn registry(&self) -> &Registry<String> {
         &self.rooms
+    }
+
+    /// Resolves when [`drop_streams`](Self::drop_streams) is next called:
+    /// what a stream is taken until.
+    fn streams_dropped(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut generation = self.stream_generation.subscribe();
+        async move {
+            let _ = generation.changed().await;
+        }
     }
 
     /// Ends every open stream (clients reconnect and resume).
