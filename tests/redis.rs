@@ -426,3 +426,47 @@ async fn a_thousand_keys_are_shared_among_readers_and_every_event_arrives() {
         "{readers} reader connections"
     );
 }
+
+/// One stream for three keys, resumed on the other instance with its one
+/// combined id: what each key got meanwhile, once, then live; broadcasts once.
+#[tokio::test]
+async fn a_stream_for_many_keys_resumes_exactly_on_the_other_instance() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let (a, b) = (
+        server.registry(RegistryConfig::default()).await,
+        server.registry(RegistryConfig::default()).await,
+    );
+    let rooms: Vec<String> = ["r1", "r2", "r3"].iter().map(|r| key(r)).collect();
+    let mut on_a = a.subscribe_many(&rooms, None);
+    let first = tokio::time::timeout(Duration::from_secs(5), on_a.next())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(first.is_resume_point());
+    settle().await;
+    b.send(&rooms[1], MessageEvent::new("r2-seen"))
+        .await
+        .unwrap();
+    let (id, _, data) = next(&mut on_a).await;
+    assert_eq!(data, "r2-seen");
+    drop(on_a);
+    // While away: each room, and a broadcast, from the other instance.
+    for room in &rooms {
+        b.send(room, MessageEvent::new(format!("{room}-missed")))
+            .await
+            .unwrap();
+    }
+    b.broadcast(MessageEvent::new("to all")).await.unwrap();
+    let mut on_b = b.subscribe_many(&rooms, Some(&id));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        got.push(next(&mut on_b).await.2);
+    }
+    got.sort();
+    assert_eq!(got, ["r1-missed", "r2-missed", "r3-missed", "to all"]);
+    settle().await;
+    a.send(&rooms[2], MessageEvent::new("live")).await.unwrap();
+    assert_eq!(next(&mut on_b).await.2, "live", "then live, nothing twice");
+}
