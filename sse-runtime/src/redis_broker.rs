@@ -825,6 +825,7 @@ async fn read_once(
         command.arg(id_text.as_str());
     }
     let connection = state.connection.as_mut().expect("connected above");
+    let asked = std::time::Instant::now();
     let reply: StreamReply = match command.query_async(connection).await {
         Ok(reply) => reply,
         Err(error) if is_wrong_type(&error) => {
@@ -834,11 +835,32 @@ async fn read_once(
         Err(error) => return Err(error),
     };
     state.last_read = Some(std::time::Instant::now());
+    let reply = reply.unwrap_or_default();
+    // A reply that took far longer than the block (this process or Redis
+    // was paused meanwhile), or one as long as the history (only then can
+    // trimming have passed the reader: what `MAXLEN ~` keeps would all be
+    // after it), may start after entries trimmed before the read: check
+    // each replying key's last delivered entry before handing any of the
+    // reply on. A key found short gets the reset signal and its position
+    // moves to the stream's end, so the reply's entries for it are passed
+    // over below.
+    let slow = asked.elapsed() > READ_BLOCK + PAUSE;
+    let as_long_as_history = READ_COUNT.min(broker.config.history_len);
+    let full = reply
+        .iter()
+        .any(|(_, entries)| entries.len() >= as_long_as_history);
+    if slow || full {
+        let mut replied: Vec<(Arc<str>, EntryId)> = positions
+            .iter()
+            .filter(|(key, _)| reply.iter().any(|(stream, _)| **stream == **key))
+            .cloned()
+            .collect();
+        broker.check_for_gaps(&mut replied).await?;
+    }
     let mut local = lock(&broker.local);
-    for (stream, entries) in reply.unwrap_or_default() {
-        let full = entries.len() >= READ_COUNT;
-        // A full read may mean the reader is behind: check before the next.
-        state.check_gaps |= full;
+    for (stream, entries) in reply {
+        // A full read means the reader is behind: check before the next.
+        state.check_gaps |= entries.len() >= READ_COUNT;
         for (id, fields) in entries {
             let Some(entry_id) = EntryId::parse(&id) else {
                 continue;

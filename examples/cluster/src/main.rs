@@ -9,6 +9,9 @@
 //! redis-server --port 6379 --save "" --appendonly yes --appendfsync always &
 //! cargo run -p cluster
 //! ```
+//!
+//! `INSTANCES=1` runs one instance per process (as behind a real load
+//! balancer; the freeze test does).
 
 use std::net::{Ipv4Addr, SocketAddr};
 
@@ -27,8 +30,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         Err(_) => 3002,
     };
 
+    let instances: u16 = match std::env::var("INSTANCES") {
+        Ok(count) => count.parse()?,
+        Err(_) => 2,
+    };
+
     let mut servers = Vec::new();
-    for port in [first_port, first_port + 1] {
+    for port in (0..instances).map(|n| first_port + n) {
         // Only the registry's construction differs from the single-process chat.
         let broker = RedisBroker::connect(&redis_url, RegistryConfig::default())
             .await
