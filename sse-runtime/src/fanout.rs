@@ -13,21 +13,31 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
-use bytes::Bytes;
-
 use crate::event::EncodedEvent;
 use crate::redis_ids::Position;
 
 /// What the reader hands a key's local subscribers: an event, stamped with
-/// the fan-out's position after it, and its fields without the id, for a
-/// subscriber whose own position differs (it replayed further) to stamp its
-/// own.
+/// the fan-out's position after it (`id: <position>` first, as
+/// `MessageEvent::assemble_with_id` writes it; a subscriber whose own
+/// position differs restamps it with [`Delivery::fields`]).
 #[derive(Clone)]
 pub(crate) struct Delivery {
     pub(crate) kind: DeliveryKind,
     pub(crate) position: Position,
     pub(crate) event: EncodedEvent,
-    pub(crate) fields: Bytes,
+}
+
+impl Delivery {
+    /// The event's fields without its `id:` line and final blank line: what
+    /// `MessageEvent::assemble_with_id` takes to stamp another id. Derived
+    /// when needed (rarely) rather than carried by every copy.
+    pub(crate) fn fields(&self) -> &[u8] {
+        let bytes = self.event.as_bytes();
+        let after_id = memchr::memchr(b'\n', bytes).map_or(bytes.len(), |at| at + 1);
+        bytes
+            .get(after_id..bytes.len().saturating_sub(1))
+            .unwrap_or_default()
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -191,7 +201,6 @@ mod tests {
                 broadcast: EntryId::default(),
             },
             event: crate::MessageEvent::new(n.to_string()).encode(),
-            fields: Bytes::new(),
         }
     }
 
@@ -200,6 +209,23 @@ mod tests {
             .iter()
             .map(|delivery| delivery.position.key.millis())
             .collect()
+    }
+
+    #[test]
+    fn a_deliverys_fields_are_its_event_without_the_id_so_it_restamps_exactly() {
+        // As `encode_without_id` stores them: each field ends its line.
+        let fields = b"event: said\ndata: a\ndata: b\n";
+        let delivery = Delivery {
+            kind: DeliveryKind::Entry,
+            position: Position::default(),
+            event: crate::MessageEvent::assemble_with_id("5-1.7-0", fields),
+        };
+        assert_eq!(delivery.fields(), fields);
+        let restamped = crate::MessageEvent::assemble_with_id("5-1.9-0", delivery.fields());
+        assert_eq!(
+            restamped.as_bytes(),
+            b"id: 5-1.9-0\nevent: said\ndata: a\ndata: b\n\n"
+        );
     }
 
     #[test]

@@ -210,7 +210,6 @@ impl Local {
             kind,
             position,
             event: MessageEvent::assemble_with_id(&position.to_string(), fields),
-            fields: fields.clone(),
         });
     }
 }
@@ -1082,7 +1081,7 @@ impl<K: Display> RedisBroker<K> {
                             } else {
                                 // This subscription replayed further than the
                                 // fan-out had read: its own id, not the shared one.
-                                yield MessageEvent::assemble_with_id(&after.to_string(), &delivery.fields);
+                                yield MessageEvent::assemble_with_id(&after.to_string(), delivery.fields());
                             }
                         }
                     }
