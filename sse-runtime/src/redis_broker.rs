@@ -66,19 +66,16 @@ const PAUSE: Duration = Duration::from_secs(1);
 /// A resuming subscription reads its history in pages of this many entries,
 /// so its memory is bounded whatever the history length.
 const REPLAY_PAGE: usize = 500;
-/// One reader's `XREAD` names at most about this many keys: past it the keys
-/// are shared among more readers, each on its own connection, so no single
-/// command grows with the number of keys.
-const KEYS_PER_READER: usize = 256;
-/// The most reader connections one instance opens; also how many buckets
-/// the keys followed here are kept in (by a fixed hash), so each reader
-/// walks only its own buckets' keys.
-const MAX_READERS: usize = 64;
-/// On a Redis Cluster, keys are spread over this many hash tags
-/// (`<prefix>:{<n>}:<key>`): the keys of one tag share a hash slot, so one
-/// `XREAD` can name them all, and the tags spread over the cluster's nodes.
-/// An instance runs one reader (one cluster connection) per tag it follows.
-const CLUSTER_SHARDS: usize = 16;
+/// Keys fall in this many buckets (by a fixed hash; on a Redis Cluster, by
+/// hash tag, `<prefix>:{<n>}:<key>`, so a bucket's keys share a slot and the
+/// buckets spread over the nodes). Each bucket has a bell stream that every
+/// `send` to one of its keys also appends the event to, with the key and its
+/// entry id: readers follow the bells, never the keys, so a read costs the
+/// same whatever the number of keys.
+const BUCKETS: usize = 16;
+/// The entries a bell keeps (`MAXLEN ~`): how far a reader may fall behind
+/// before it catches up from the keys' own streams.
+const BELL_LEN: usize = 10_000;
 /// A reader drops the keys nobody here listens to at most this often.
 const FORGET_IDLE_EVERY: Duration = Duration::from_millis(250);
 /// An entry the broker did not write is logged at most once per key per this.
@@ -115,17 +112,25 @@ struct Inner {
     /// Set when the broadcast key holds another type (someone wrote it):
     /// readers stop naming it, so keys keep flowing.
     broadcast_unreadable: AtomicBool,
+    /// Each bucket's bell stream, and whether it holds another type.
+    bells: Vec<Arc<str>>,
+    bells_unreadable: Vec<AtomicBool>,
+    /// `send`: the entry, its bounds, and its copy on the bell, atomically.
+    send_script: redis::Script,
     /// Wakes the readers when the set of keys changes.
     keys_changed: Notify,
-    /// How many reader tasks run; reader `i` reads the keys of shard `i`.
+    /// How many reader tasks run: one, or on a cluster one per bucket.
     readers: Mutex<usize>,
     shut_down: AtomicBool,
 }
 
 struct Fanouts {
-    /// Stream key → local fan-out and the reader's position in that stream,
-    /// in [`MAX_READERS`] buckets (on a cluster, one per hash tag).
+    /// Stream key → local fan-out and the position delivered in that
+    /// stream, in [`BUCKETS`] buckets.
     buckets: Vec<HashMap<Arc<str>, Local>>,
+    /// The last entry of each bucket's bell the reader took; `None` while
+    /// the bucket has no key here.
+    bells_at: Vec<Option<EntryId>>,
     cluster: bool,
     /// The last broadcast entry handed to the fan-outs; `None` while no key
     /// is subscribed here (the next subscription reads it from Redis).
@@ -135,7 +140,8 @@ struct Fanouts {
 impl Fanouts {
     fn new(cluster: bool) -> Fanouts {
         Fanouts {
-            buckets: (0..MAX_READERS).map(|_| HashMap::new()).collect(),
+            buckets: (0..BUCKETS).map(|_| HashMap::new()).collect(),
+            bells_at: vec![None; BUCKETS],
             cluster,
             broadcast_at: None,
         }
@@ -150,8 +156,8 @@ impl Fanouts {
             stream[open + 1..close].parse::<usize>().ok()
         });
         match tag.flatten() {
-            Some(tag) => tag % MAX_READERS,
-            None => (fixed_hash(stream) % MAX_READERS as u64) as usize,
+            Some(tag) => tag % BUCKETS,
+            None => (fixed_hash(stream) % BUCKETS as u64) as usize,
         }
     }
 
@@ -181,6 +187,10 @@ impl Fanouts {
     fn forget_idle_in(&mut self, buckets: impl Iterator<Item = usize>) {
         for bucket in buckets {
             self.buckets[bucket].retain(|_, local| local.fanout.subscriber_count() > 0);
+            if self.buckets[bucket].is_empty() {
+                // Its bell is not followed now: the next key starts afresh.
+                self.bells_at[bucket] = None;
+            }
         }
         if self.buckets.iter().all(HashMap::is_empty) {
             // Nobody reads broadcasts here now: the next subscription
@@ -192,8 +202,11 @@ impl Fanouts {
 
 struct Local {
     fanout: Arc<Fanout>,
-    /// The last entry the reader delivered for this key.
+    /// The last entry delivered for this key.
     read_from: EntryId,
+    /// While the key's first subscription catches up from its stream, what
+    /// the reader took for it from the bell, handed on after the catch-up.
+    catching_up: Option<Vec<(EntryId, Bytes)>>,
 }
 
 impl Local {
@@ -212,7 +225,29 @@ impl Local {
             event: MessageEvent::assemble_with_id(&position.to_string(), fields),
         });
     }
+
+    /// Hands on the key's entry `id` unless it was delivered already.
+    fn deliver(&mut self, id: EntryId, fields: &Bytes, broadcast_at: Option<EntryId>) {
+        if id > self.read_from {
+            self.read_from = id;
+            self.push(DeliveryKind::Entry, self.position(broadcast_at), fields);
+        }
+    }
 }
+
+/// `send`, atomically (so a bell's order is its keys' order): the entry, its
+/// bounds by count, age and key expiry, and its copy on the bucket's bell
+/// (which expires as its keys do, so nothing stays that nobody writes to).
+/// KEYS: the key's stream, its bell. ARGV: history length, the fields, the
+/// oldest id kept, the key's expiry in ms, the bell's length.
+const SEND_SCRIPT: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', KEYS[1], 'i', id, 'e', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return id
+";
 
 /// The error `connect` returns.
 #[derive(Debug, thiserror::Error)]
@@ -292,6 +327,18 @@ impl<K> RedisBroker<K> {
             local: Mutex::new(Fanouts::new(cluster)),
             broadcast_stream: Arc::from(broadcast_stream),
             broadcast_unreadable: AtomicBool::new(false),
+            bells: (0..BUCKETS)
+                .map(|bucket| {
+                    // The bucket's hash tag on a cluster: the slot of its keys.
+                    Arc::from(if cluster {
+                        format!("{prefix}!bell:{{{bucket}}}")
+                    } else {
+                        format!("{prefix}!bell:{bucket}")
+                    })
+                })
+                .collect(),
+            bells_unreadable: (0..BUCKETS).map(|_| AtomicBool::new(false)).collect(),
+            send_script: redis::Script::new(SEND_SCRIPT),
             keys_changed: Notify::new(),
             readers: Mutex::new(0),
             shut_down: AtomicBool::new(false),
@@ -307,7 +354,7 @@ impl<K> RedisBroker<K> {
 impl Inner {
     /// Starts readers until there are enough for the keys followed here.
     fn start_readers(inner: &Arc<Inner>) {
-        let wanted = inner.readers_for(lock(&inner.local).len());
+        let wanted = inner.readers_for();
         let mut running = lock(&inner.readers);
         while *running < wanted {
             tokio::spawn(read_loop(Arc::downgrade(inner), *running));
@@ -318,23 +365,26 @@ impl Inner {
     fn stream_key(&self, key: &impl Display) -> String {
         if self.client.is_cluster() {
             let key = key.to_string();
-            let tag = fixed_hash(&key) % CLUSTER_SHARDS as u64;
+            let tag = fixed_hash(&key) % BUCKETS as u64;
             format!("{}:{{{tag}}}:{key}", self.prefix)
         } else {
             format!("{}:{key}", self.prefix)
         }
     }
 
-    /// How many readers `keys` followed keys need: a power of two, so the
-    /// buckets split evenly among them; on a cluster, one per hash tag (a
-    /// reader with no key of its tag opens no connection).
-    fn readers_for(&self, keys: usize) -> usize {
+    /// How many readers there are: one, which follows every bell in one
+    /// `XREAD`; on a cluster one per bucket (a bell per slot), each opening
+    /// its connection once its bucket has a key here.
+    fn readers_for(&self) -> usize {
+        if self.client.is_cluster() { BUCKETS } else { 1 }
+    }
+
+    /// The buckets reader `shard` follows.
+    fn buckets_of_reader(&self, shard: usize) -> std::ops::Range<usize> {
         if self.client.is_cluster() {
-            CLUSTER_SHARDS
+            shard..shard + 1
         } else {
-            keys.div_ceil(KEYS_PER_READER)
-                .next_power_of_two()
-                .clamp(1, MAX_READERS)
+            0..BUCKETS
         }
     }
 
@@ -377,10 +427,15 @@ impl Inner {
         }
     }
 
-    /// Joins the local fan-out of `stream`; a key new to this instance is read
-    /// from its current last entry on. Returns a cursor and the position it
-    /// starts after: every later entry, and every later broadcast, reaches
-    /// the cursor.
+    /// Joins the local fan-out of `stream`. Returns a cursor and the
+    /// position it starts after: every later entry of the key, and every
+    /// later broadcast, reaches the cursor.
+    ///
+    /// A key new to this instance starts at its stream's last entry, taken
+    /// in one atomic step with its bell's last entry. When the reader
+    /// follows that bell from further on already, it may have passed entries
+    /// of the key: the key then catches up from its own stream before the
+    /// reader's entries for it are handed on.
     async fn join(&self, stream: &str) -> redis::RedisResult<(Cursor, Position)> {
         {
             let local = lock(&self.local);
@@ -391,56 +446,124 @@ impl Inner {
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(shut_down_error());
         }
-        // Both asked at once: the position is where both streams were at one
-        // moment, as near as Redis allows.
-        let known = lock(&self.local).broadcast_at;
-        let (start, broadcast_start) = tokio::try_join!(self.last_id(stream), async {
+        let (bucket, known) = {
+            let local = lock(&self.local);
+            (local.bucket_of(stream), local.broadcast_at)
+        };
+        let bell = &self.bells[bucket];
+        let snapshot = async {
+            let mut connection = self.commands.clone();
+            let mut both = redis::pipe();
+            both.atomic();
+            for stream in [stream, &**bell] {
+                both.cmd("XREVRANGE")
+                    .arg(stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+            }
+            type Last = Vec<(String, Vec<Vec<u8>>)>;
+            let (key_last, bell_last): (Last, Last) = both.query_async(&mut connection).await?;
+            let last = |entries: Last| {
+                entries
+                    .first()
+                    .and_then(|(id, _)| EntryId::parse(id))
+                    .unwrap_or_default()
+            };
+            redis::RedisResult::Ok((last(key_last), last(bell_last)))
+        };
+        let ((start, bell_start), broadcast_start) = tokio::try_join!(snapshot, async {
             match known {
                 Some(at) => Ok(at),
                 None => self.last_broadcast_id().await,
             }
         })?;
-        let mut local = lock(&self.local);
-        // Checked under the lock that shutdown closes the keys under, so no
-        // key is added after it.
-        if self.shut_down.load(Ordering::SeqCst) {
-            return Err(shut_down_error());
-        }
-        let broadcast_at = *local.broadcast_at.get_or_insert(broadcast_start);
-        let bucket = local.bucket_of(stream);
-        let key = local.buckets[bucket]
-            .entry(Arc::from(stream))
-            .or_insert_with(|| Local {
-                fanout: Fanout::new(self.config.buffer),
-                read_from: start,
-            });
-        let joined = (key.fanout.subscribe(), key.position(Some(broadcast_at)));
-        drop(local);
+        let (joined, catch_up) = {
+            let mut local = lock(&self.local);
+            // Checked under the lock that shutdown closes the keys under, so no
+            // key is added after it.
+            if self.shut_down.load(Ordering::SeqCst) {
+                return Err(shut_down_error());
+            }
+            let broadcast_at = *local.broadcast_at.get_or_insert(broadcast_start);
+            let bell_at = *local.bells_at[bucket].get_or_insert(bell_start);
+            let mut created = false;
+            let key = local.buckets[bucket]
+                .entry(Arc::from(stream))
+                .or_insert_with(|| {
+                    created = true;
+                    Local {
+                        fanout: Fanout::new(self.config.buffer),
+                        read_from: start,
+                        catching_up: (bell_at > bell_start).then(Vec::new),
+                    }
+                });
+            let joined = (key.fanout.subscribe(), key.position(Some(broadcast_at)));
+            (joined, created && key.catching_up.is_some())
+        };
         self.keys_changed.notify_waiters();
+        if catch_up {
+            self.catch_up(stream, start).await?;
+        }
         Ok(joined)
     }
 
-    /// Appends one event to `pipeline`, with the history's bounds: `XADD
-    /// <stream> MAXLEN ~ <history_len> * e <fields>` trims the oldest past the
-    /// history length, `XTRIM <stream> MINID <now - history_ttl>` the entries
-    /// older than the history's age, and `PEXPIRE <stream> <history_ttl>`
-    /// removes a key nobody writes to once its newest entry has expired.
-    /// Three commands, one round trip. The age is reckoned by this server's
+    /// Hands on `stream`'s entries after `from`, read from the stream
+    /// itself, then what the reader took for it meanwhile; the reader hands
+    /// the key's entries on directly again from then on.
+    async fn catch_up(&self, stream: &str, from: EntryId) -> redis::RedisResult<()> {
+        let result = self.deliver_from_stream(stream, from).await;
+        if result.is_err() {
+            // Not caught up: let no stream of the key carry on with a gap.
+            if let Some(key) = lock(&self.local).remove(stream) {
+                key.fanout.close();
+            }
+        }
+        result
+    }
+
+    /// The history's age bound now: the oldest entry id kept, and the
+    /// expiry of a key nobody writes to, in ms. Reckoned by this server's
     /// clock against Redis's entry ids, which are Redis's time: keep the
     /// clocks in sync (NTP) or the history's age is off by their skew.
-    ///
-    /// The broadcast stream gets no `PEXPIRE`: emptied by age, it keeps its
-    /// last id, against which clients' positions are checked.
-    fn append(&self, pipeline: &mut redis::Pipeline, stream: &str, fields: &[u8]) {
+    fn age_bounds(&self) -> (u64, u64) {
         let ttl_ms = u64::try_from(self.config.history_ttl.as_millis())
             .unwrap_or(u64::MAX)
             .max(1);
         let now_ms = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |now| now.as_millis() as u64);
+        (now_ms.saturating_sub(ttl_ms), ttl_ms)
+    }
+
+    /// Sends one event to `stream` ([`SEND_SCRIPT`]): `XADD … MAXLEN ~
+    /// <history_len>`, `XTRIM … MINID <now - history_ttl>`, `PEXPIRE`, and
+    /// the copy on the bell, in one round trip.
+    async fn send(&self, stream: &str, fields: &[u8]) -> redis::RedisResult<String> {
+        let bucket = lock(&self.local).bucket_of(stream);
+        let (min_id, ttl_ms) = self.age_bounds();
+        let mut connection = self.commands.clone();
+        self.send_script
+            .key(stream)
+            .key(&*self.bells[bucket])
+            .arg(self.config.history_len)
+            .arg(fields)
+            .arg(min_id)
+            .arg(ttl_ms)
+            .arg(BELL_LEN)
+            .invoke_async(&mut connection)
+            .await
+    }
+
+    /// Appends one broadcast to `pipeline`, with the history's bounds by
+    /// count and age. No `PEXPIRE`: emptied by age, the broadcast stream
+    /// keeps its last id, against which clients' positions are checked.
+    fn append_broadcast(&self, pipeline: &mut redis::Pipeline, fields: &[u8]) {
+        let (min_id, _) = self.age_bounds();
         pipeline
             .cmd("XADD")
-            .arg(stream)
+            .arg(&*self.broadcast_stream)
             .arg("MAXLEN")
             .arg("~")
             .arg(self.config.history_len)
@@ -448,13 +571,10 @@ impl Inner {
             .arg("e")
             .arg(fields)
             .cmd("XTRIM")
-            .arg(stream)
+            .arg(&*self.broadcast_stream)
             .arg("MINID")
-            .arg(now_ms.saturating_sub(ttl_ms))
+            .arg(min_id)
             .ignore();
-        if *stream != *self.broadcast_stream {
-            pipeline.cmd("PEXPIRE").arg(stream).arg(ttl_ms).ignore();
-        }
     }
 
     /// How many subscriptions on this instance have joined `stream`.
@@ -466,7 +586,7 @@ impl Inner {
 
     /// Drops the local fan-out of keys nobody on this instance listens to.
     fn forget_idle(&self) {
-        lock(&self.local).forget_idle_in(0..MAX_READERS);
+        lock(&self.local).forget_idle_in(0..BUCKETS);
     }
 
     /// The reset signal's fields, without an id.
@@ -603,6 +723,73 @@ impl Inner {
         Ok((events, read_to))
     }
 
+    /// Hands on `stream`'s entries after `from`, read page by page from the
+    /// stream itself, then what the reader took for it while it caught up.
+    async fn deliver_from_stream(&self, stream: &str, mut from: EntryId) -> redis::RedisResult<()> {
+        loop {
+            let (entries, read_to) = self.page_after(stream, from).await?;
+            let mut local = lock(&self.local);
+            let broadcast_at = local.broadcast_at;
+            let Some(key) = local.get_mut(stream) else {
+                return Ok(());
+            };
+            for (id, fields) in &entries {
+                key.deliver(*id, fields, broadcast_at);
+            }
+            match read_to {
+                Some(read_to) => from = read_to,
+                None => {
+                    for (id, fields) in key.catching_up.take().unwrap_or_default() {
+                        key.deliver(id, &fields, broadcast_at);
+                    }
+                    return Ok(());
+                }
+            }
+        }
+    }
+
+    /// The reader lost its place in a bucket's bell (trimmed while it
+    /// lagged, or lost in a restart): it goes on from the bell's end, and
+    /// each of the bucket's keys here catches up from its own stream, or,
+    /// where that no longer holds what the key missed, gets the reset
+    /// signal.
+    async fn catch_up_bucket(&self, bucket: usize) -> redis::RedisResult<()> {
+        let end = self.last_id(&self.bells[bucket]).await?;
+        let keys: Vec<(Arc<str>, EntryId)> = {
+            let mut local = lock(&self.local);
+            if local.bells_at[bucket].is_some() {
+                local.bells_at[bucket] = Some(end);
+            }
+            local.buckets[bucket]
+                .iter()
+                .map(|(stream, key)| (Arc::clone(stream), key.read_from))
+                .collect()
+        };
+        for (stream, read_from) in keys {
+            match self.covers(&stream, read_from).await? {
+                Ok(()) => self.deliver_from_stream(&stream, read_from).await?,
+                Err(reason) => {
+                    let position = self.last_id(&stream).await?;
+                    tracing::warn!(
+                        stream = &*stream,
+                        reason = reason.as_str(),
+                        "SSE Redis reader missed entries of a key (trimmed while it lagged, or \
+                         lost in a restart); its subscribers get the reset signal"
+                    );
+                    let reset = self.reset_fields(reason);
+                    let mut local = lock(&self.local);
+                    let broadcast_at = local.broadcast_at;
+                    if let Some(key) = local.get_mut(&stream) {
+                        key.read_from = position;
+                        key.catching_up = None;
+                        key.push(DeliveryKind::Reset, key.position(broadcast_at), &reset);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// After a reader error, a reconnect or a pause: for each key, whether
     /// the last entry the reader delivered is still in its stream. Trimming
     /// removes the oldest entries first, so while it is there nothing after it
@@ -638,6 +825,14 @@ impl Inner {
             .map(|((stream, read_from), _)| (stream.clone(), *read_from))
             .collect();
         for (stream, read_from) in gone {
+            if let Some(bucket) = self.bells.iter().position(|bell| **bell == *stream) {
+                self.catch_up_bucket(bucket).await?;
+                let at = lock(&self.local).bells_at[bucket].unwrap_or_default();
+                if let Some(entry) = positions.iter_mut().find(|(key, _)| **key == *stream) {
+                    entry.1 = at;
+                }
+                continue;
+            }
             let reason = match self.covers(&stream, read_from).await? {
                 Ok(()) => continue,
                 Err(reason) => reason,
@@ -656,12 +851,6 @@ impl Inner {
                 local.broadcast_at = Some(position);
                 for key in local.values() {
                     key.push(DeliveryKind::Reset, key.position(Some(position)), &reset);
-                }
-            } else {
-                let broadcast_at = local.broadcast_at;
-                if let Some(key) = local.get_mut(&stream) {
-                    key.read_from = position;
-                    key.push(DeliveryKind::Reset, key.position(broadcast_at), &reset);
                 }
             }
             drop(local);
@@ -686,9 +875,10 @@ fn fixed_hash(text: &str) -> u64 {
     })
 }
 
-/// Whether Redis refused a command because a key holds another type.
+/// Whether Redis refused a command because a key holds another type (also
+/// from inside a script, where the error comes wrapped).
 fn is_wrong_type(error: &redis::RedisError) -> bool {
-    error.code() == Some("WRONGTYPE")
+    error.code() == Some("WRONGTYPE") || error.to_string().contains("WRONGTYPE")
 }
 
 /// The broker's field (`e`: the event's encoded fields) of an entry, or
@@ -734,7 +924,7 @@ async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
         if broker.shut_down.load(Ordering::SeqCst) {
             return;
         }
-        let shards = broker.readers_for(lock(&broker.local).len());
+        let shards = broker.readers_for();
         if shard >= shards {
             let mut running = lock(&broker.readers);
             if *running == shard + 1 {
@@ -759,8 +949,8 @@ async fn read_once(
     shard: usize,
     shards: usize,
 ) -> redis::RedisResult<()> {
-    // This reader's buckets: `shards` is a power of two that divides them.
-    let mine = || (shard..MAX_READERS).step_by(shards);
+    let _ = shards;
+    let mine = broker.buckets_of_reader(shard);
     let mut positions: Vec<(Arc<str>, EntryId)> = {
         let mut local = lock(&broker.local);
         // Not at every read: a busy reader reads thousands of times a second.
@@ -768,16 +958,19 @@ async fn read_once(
             .forgot_idle_at
             .is_none_or(|at| at.elapsed() >= FORGET_IDLE_EVERY)
         {
-            local.forget_idle_in(mine());
+            local.forget_idle_in(mine.clone());
             state.forgot_idle_at = Some(std::time::Instant::now());
         }
-        let mut positions: Vec<(Arc<str>, EntryId)> = mine()
-            .flat_map(|bucket| local.buckets[bucket].iter())
-            .map(|(key, local)| (Arc::clone(key), local.read_from))
+        // The bells of this reader's buckets that have keys here.
+        let mut positions: Vec<(Arc<str>, EntryId)> = mine
+            .clone()
+            .filter(|bucket| !broker.bells_unreadable[*bucket].load(Ordering::SeqCst))
+            .filter_map(|bucket| Some((Arc::clone(&broker.bells[bucket]), local.bells_at[bucket]?)))
             .collect();
-        // The broadcast stream is followed while any key is subscribed here.
+        // The broadcast stream is followed while any key is subscribed here,
+        // by the reader of its bucket.
         if let Some(at) = local.broadcast_at {
-            if local.bucket_of(&broker.broadcast_stream) % shards == shard
+            if mine.contains(&local.bucket_of(&broker.broadcast_stream))
                 && !broker.broadcast_unreadable.load(Ordering::SeqCst)
             {
                 positions.push((Arc::clone(&broker.broadcast_stream), at));
@@ -829,7 +1022,7 @@ async fn read_once(
         Ok(reply) => reply,
         Err(error) if is_wrong_type(&error) => {
             let keys: Vec<Arc<str>> = positions.into_iter().map(|(key, _)| key).collect();
-            return end_keys_of_the_wrong_type(broker, &keys).await;
+            return stop_reading_the_wrong_type(broker, &keys).await;
         }
         Err(error) => return Err(error),
     };
@@ -844,10 +1037,14 @@ async fn read_once(
     // moves to the stream's end, so the reply's entries for it are passed
     // over below.
     let slow = asked.elapsed() > READ_BLOCK + PAUSE;
-    let as_long_as_history = READ_COUNT.min(broker.config.history_len);
-    let full = reply
-        .iter()
-        .any(|(_, entries)| entries.len() >= as_long_as_history);
+    let full = reply.iter().any(|(stream, entries)| {
+        let kept = if **stream == *broker.broadcast_stream {
+            broker.config.history_len
+        } else {
+            BELL_LEN
+        };
+        entries.len() >= READ_COUNT.min(kept)
+    });
     if slow || full {
         let mut replied: Vec<(Arc<str>, EntryId)> = positions
             .iter()
@@ -860,24 +1057,42 @@ async fn read_once(
     for (stream, entries) in reply {
         // A full read means the reader is behind: check before the next.
         state.check_gaps |= entries.len() >= READ_COUNT;
+        let bell = broker.bells.iter().position(|bell| **bell == *stream);
         for (id, fields) in entries {
             let Some(entry_id) = EntryId::parse(&id) else {
                 continue;
             };
-            let stored = stored_fields(&fields);
-            if stored.is_none() {
-                log_foreign_entry(&mut state.foreign_logged, &stream, &id);
-            }
             // The next XREAD starts after the last entry seen, whether it is
             // one of ours or not: an entry that does not decode is passed,
-            // never read again and again. An entry already handed on (by
-            // another reader, while the shards change) is not handed twice.
-            if *stream == *broker.broadcast_stream {
-                if local.broadcast_at.is_none_or(|at| entry_id <= at) {
-                    continue;
+            // never read again and again.
+            match bell {
+                Some(bucket) => {
+                    if local.bells_at[bucket].is_none_or(|at| entry_id <= at) {
+                        continue;
+                    }
+                    local.bells_at[bucket] = Some(entry_id);
+                    let Some((key, key_entry, fields)) = rung(&fields) else {
+                        log_foreign_entry(&mut state.foreign_logged, &stream, &id);
+                        continue;
+                    };
+                    let broadcast_at = local.broadcast_at;
+                    // A key nobody follows here is passed over.
+                    if let Some(key) = local.get_mut(&key) {
+                        match &mut key.catching_up {
+                            Some(pending) => pending.push((key_entry, fields)),
+                            None => key.deliver(key_entry, &fields, broadcast_at),
+                        }
+                    }
                 }
-                local.broadcast_at = Some(entry_id);
-                if let Some(fields) = stored {
+                None => {
+                    if local.broadcast_at.is_none_or(|at| entry_id <= at) {
+                        continue;
+                    }
+                    local.broadcast_at = Some(entry_id);
+                    let Some(fields) = stored_fields(&fields) else {
+                        log_foreign_entry(&mut state.foreign_logged, &stream, &id);
+                        continue;
+                    };
                     for key in local.values() {
                         key.push(
                             DeliveryKind::Broadcast,
@@ -886,23 +1101,24 @@ async fn read_once(
                         );
                     }
                 }
-            } else {
-                let broadcast_at = local.broadcast_at;
-                // No key: no subscriber left, it was forgotten.
-                let Some(key) = local.get_mut(&stream) else {
-                    break;
-                };
-                if entry_id <= key.read_from {
-                    continue;
-                }
-                key.read_from = entry_id;
-                if let Some(fields) = stored {
-                    key.push(DeliveryKind::Entry, key.position(broadcast_at), &fields);
-                }
             }
         }
     }
     Ok(())
+}
+
+/// A bell entry: the key's stream, its entry id, the event's fields; `None`
+/// for an entry another program wrote.
+fn rung(fields: &[Vec<u8>]) -> Option<(String, EntryId, Bytes)> {
+    let field = |name: &[u8]| {
+        fields.chunks(2).find_map(|pair| match pair {
+            [field, value] if field == name => Some(value),
+            _ => None,
+        })
+    };
+    let key = String::from_utf8(field(b"k")?.clone()).ok()?;
+    let id = EntryId::parse(std::str::from_utf8(field(b"i")?).ok()?)?;
+    Some((key, id, Bytes::copy_from_slice(field(b"e")?)))
 }
 
 fn log_foreign_entry(logged: &mut HashMap<String, std::time::Instant>, key: &str, id: &str) {
@@ -921,32 +1137,34 @@ fn log_foreign_entry(logged: &mut HashMap<String, std::time::Instant>, key: &str
     }
 }
 
-/// `XREAD` failed because some key is not a stream (`WRONGTYPE`): finds
-/// which, and ends the local subscriptions of those keys only, so every other
-/// key keeps flowing.
-async fn end_keys_of_the_wrong_type(broker: &Inner, keys: &[Arc<str>]) -> redis::RedisResult<()> {
+/// `XREAD` failed because a stream it names is not a stream (`WRONGTYPE`):
+/// finds which bell or broadcast key, and stops reading it (logged once), so
+/// every other bucket keeps flowing.
+async fn stop_reading_the_wrong_type(
+    broker: &Inner,
+    streams: &[Arc<str>],
+) -> redis::RedisResult<()> {
     let mut connection = broker.commands.clone();
     let mut pipeline = redis::pipe();
-    for key in keys {
-        pipeline.cmd("TYPE").arg(&**key);
+    for stream in streams {
+        pipeline.cmd("TYPE").arg(&**stream);
     }
     let types: Vec<String> = pipeline.query_async(&mut connection).await?;
-    let mut local = lock(&broker.local);
-    for (key, kind) in keys.iter().zip(types) {
-        if **key == *broker.broadcast_stream {
-            if kind != "stream" && kind != "none" {
-                broker.mark_broadcast_unreadable();
-            }
+    for (stream, kind) in streams.iter().zip(types) {
+        if kind == "stream" || kind == "none" {
             continue;
         }
-        if kind != "stream" && kind != "none" {
-            tracing::warn!(
-                stream = &**key,
-                kind,
-                "SSE Redis key holds a {kind}, not a stream; its subscriptions are ended"
-            );
-            if let Some(removed) = local.remove(key) {
-                removed.fanout.close();
+        if **stream == *broker.broadcast_stream {
+            broker.mark_broadcast_unreadable();
+        } else if let Some(bucket) = broker.bells.iter().position(|bell| bell == stream) {
+            if !broker.bells_unreadable[bucket].swap(true, Ordering::SeqCst) {
+                tracing::error!(
+                    stream = &**stream,
+                    kind,
+                    "SSE Redis bell key holds a {kind}, not a stream: live events of its \
+                     bucket's keys are not delivered until it is deleted and the instance \
+                     restarted"
+                );
             }
         }
     }
@@ -1120,14 +1338,23 @@ where
             }
             let stream = inner.stream_key(key);
             let fields: Bytes = event.encode_without_id();
-            let mut connection = inner.commands.clone();
-            let mut pipeline = redis::pipe();
-            inner.append(&mut pipeline, &stream, &fields);
-            let (_id,): (String,) = pipeline
-                .query_async(&mut connection)
-                .await
-                .map_err(unavailable)?;
-            Ok(inner.local_subscribers(&stream))
+            match inner.send(&stream, &fields).await {
+                Ok(_id) => Ok(inner.local_subscribers(&stream)),
+                Err(error) => {
+                    if is_wrong_type(&error) {
+                        // The key holds another type: its streams here end
+                        // (another instance's end when it sends to it).
+                        tracing::warn!(
+                            stream,
+                            "SSE Redis key is not a stream; its subscriptions are ended"
+                        );
+                        if let Some(key) = lock(&inner.local).remove(&stream) {
+                            key.fanout.close();
+                        }
+                    }
+                    Err(unavailable(error))
+                }
+            }
         })
     }
 
@@ -1140,7 +1367,7 @@ where
             let fields: Bytes = event.encode_without_id();
             let mut connection = inner.commands.clone();
             let mut pipeline = redis::pipe();
-            inner.append(&mut pipeline, &inner.broadcast_stream, &fields);
+            inner.append_broadcast(&mut pipeline, &fields);
             let (_id,): (String,) = pipeline
                 .query_async(&mut connection)
                 .await
