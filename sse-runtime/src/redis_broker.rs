@@ -4,18 +4,26 @@
 //! - `send` is `XADD <prefix>:<key> MAXLEN ~ <history_len> * e <fields>`: the
 //!   entry id Redis assigns (`<ms>-<n>`) is the SSE id, the same on every
 //!   instance, so a `Last-Event-ID` from one instance resumes on any other.
-//!   In the same round trip, `XTRIM … MINID` drops entries older than
-//!   `history_ttl` and `PEXPIRE` removes the key once nothing in it is younger.
+//!   In the same script (one round trip, atomic), `XTRIM … MINID` drops
+//!   entries older than `history_ttl`, `PEXPIRE` removes the key once nothing
+//!   in it is younger, and the event is appended, with its key and entry id,
+//!   to its bucket's bell (`<prefix>!bell:<n>`, one of 16).
 //! - `broadcast` is one `XADD` to the broadcast stream (`<prefix>!broadcast`),
 //!   whatever the number of keys: it touches no key and keeps none alive.
 //!   Every instance's readers follow that stream too and hand each entry to
 //!   every key subscribed on the instance. A subscription's SSE id is its
 //!   position in both streams (`<key entry>.<broadcast entry>`, or the key
 //!   entry alone before any broadcast), so a resume replays both exactly.
-//! - Live delivery: reader tasks run `XREAD BLOCK` over the keys that have
-//!   subscribers on this instance and fan each entry out locally: one reader
-//!   (one connection) per about 256 keys, never one per subscriber, so no single
-//!   `XREAD` grows with the number of keys.
+//! - Live delivery: one reader task (one connection; on a cluster one per
+//!   bucket) runs `XREAD BLOCK` over the bells of the buckets that have keys
+//!   on this instance and fans each entry of those keys out locally. A read
+//!   names at most 16 bells, whatever the number of keys, and a reply carries
+//!   the entries of every key, so a busy instance reads in large batches.
+//!   Bells keep 10,000 entries: a reader held back further catches each key
+//!   up from its own stream, or gives it the reset signal where that no
+//!   longer holds what it missed. Every instance that follows a bucket reads
+//!   all of its bell, keys it does not follow included: the price of a read
+//!   that does not grow with the keys (see `SCALING.md`).
 //! - Resume: the subscription first joins the local fan-out, then reads what it
 //!   missed with `XRANGE`, and skips live entries it already replayed: no gap, no
 //!   duplicate. The history covers the client's id while the client's own last
