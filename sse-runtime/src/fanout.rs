@@ -100,13 +100,23 @@ impl Fanout {
     }
 
     /// Appends `delivery` and wakes every waiting subscriber.
+    #[cfg(test)]
     pub(crate) fn push(&self, delivery: Delivery) {
+        self.push_all(std::iter::once(delivery));
+    }
+
+    /// Appends `deliveries` in order and wakes the waiting subscribers once,
+    /// so a reader's whole reply reaches each subscriber as one batch (one
+    /// wake-up, one write) rather than one by one.
+    pub(crate) fn push_all(&self, deliveries: impl IntoIterator<Item = Delivery>) {
         let mut state = self.lock();
-        if state.ring.len() == state.capacity {
-            state.ring.pop_front();
-            state.first += 1;
+        for delivery in deliveries {
+            if state.ring.len() == state.capacity {
+                state.ring.pop_front();
+                state.first += 1;
+            }
+            state.ring.push_back(delivery);
         }
-        state.ring.push_back(delivery);
         for (_, waker) in state.waiting.drain() {
             waker.wake();
         }

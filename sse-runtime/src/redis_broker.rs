@@ -191,6 +191,10 @@ impl Fanouts {
         self.buckets.iter().flat_map(HashMap::values)
     }
 
+    fn values_mut(&mut self) -> impl Iterator<Item = &mut Local> {
+        self.buckets.iter_mut().flat_map(HashMap::values_mut)
+    }
+
     /// Drops the fan-outs of `buckets`' keys nobody here listens to.
     fn forget_idle_in(&mut self, buckets: impl Iterator<Item = usize>) {
         for bucket in buckets {
@@ -215,6 +219,9 @@ struct Local {
     /// While the key's first subscription catches up from its stream, what
     /// the reader took for it from the bell, handed on after the catch-up.
     catching_up: Option<Vec<(EntryId, Bytes)>>,
+    /// Deliveries made but not yet handed to the fan-out: a reader's reply
+    /// goes to the subscribers as one batch ([`Local::flush`]).
+    staged: Vec<Delivery>,
 }
 
 impl Local {
@@ -226,12 +233,20 @@ impl Local {
         }
     }
 
-    fn push(&self, kind: DeliveryKind, position: Position, fields: &Bytes) {
-        self.fanout.push(Delivery {
+    /// Stages a delivery; [`flush`](Self::flush) hands the staged ones on.
+    fn push(&mut self, kind: DeliveryKind, position: Position, fields: &Bytes) {
+        self.staged.push(Delivery {
             kind,
             position,
             event: MessageEvent::assemble_with_id(&position.to_string(), fields),
         });
+    }
+
+    /// Hands the staged deliveries to the subscribers, in order, as one batch.
+    fn flush(&mut self) {
+        if !self.staged.is_empty() {
+            self.fanout.push_all(self.staged.drain(..));
+        }
     }
 
     /// Hands on the key's entry `id` unless it was delivered already.
@@ -505,6 +520,7 @@ impl Inner {
                         fanout: Fanout::new(self.config.buffer),
                         read_from: start,
                         catching_up: (bell_at > bell_start).then(Vec::new),
+                        staged: Vec::new(),
                     }
                 });
             let joined = (key.fanout.subscribe(), key.position(Some(broadcast_at)));
@@ -745,11 +761,15 @@ impl Inner {
                 key.deliver(*id, fields, broadcast_at);
             }
             match read_to {
-                Some(read_to) => from = read_to,
+                Some(read_to) => {
+                    key.flush();
+                    from = read_to;
+                }
                 None => {
                     for (id, fields) in key.catching_up.take().unwrap_or_default() {
                         key.deliver(id, &fields, broadcast_at);
                     }
+                    key.flush();
                     return Ok(());
                 }
             }
@@ -791,6 +811,7 @@ impl Inner {
                         key.read_from = position;
                         key.catching_up = None;
                         key.push(DeliveryKind::Reset, key.position(broadcast_at), &reset);
+                        key.flush();
                     }
                 }
             }
@@ -857,8 +878,9 @@ impl Inner {
             if *stream == *self.broadcast_stream {
                 // Broadcasts were lost: every key subscribed here is told.
                 local.broadcast_at = Some(position);
-                for key in local.values() {
+                for key in local.values_mut() {
                     key.push(DeliveryKind::Reset, key.position(Some(position)), &reset);
+                    key.flush();
                 }
             }
             drop(local);
@@ -1062,6 +1084,9 @@ async fn read_once(
         broker.check_for_gaps(&mut replied).await?;
     }
     let mut local = lock(&broker.local);
+    // Keys given deliveries by this reply: each gets them as one batch.
+    let mut touched: Vec<String> = Vec::new();
+    let mut flush_all = false;
     for (stream, entries) in reply {
         // A full read means the reader is behind: check before the next.
         state.check_gaps |= entries.len() >= READ_COUNT;
@@ -1085,10 +1110,13 @@ async fn read_once(
                     };
                     let broadcast_at = local.broadcast_at;
                     // A key nobody follows here is passed over.
-                    if let Some(key) = local.get_mut(&key) {
-                        match &mut key.catching_up {
+                    if let Some(local_key) = local.get_mut(&key) {
+                        match &mut local_key.catching_up {
                             Some(pending) => pending.push((key_entry, fields)),
-                            None => key.deliver(key_entry, &fields, broadcast_at),
+                            None => {
+                                local_key.deliver(key_entry, &fields, broadcast_at);
+                                touched.push(key);
+                            }
                         }
                     }
                 }
@@ -1101,14 +1129,24 @@ async fn read_once(
                         log_foreign_entry(&mut state.foreign_logged, &stream, &id);
                         continue;
                     };
-                    for key in local.values() {
+                    for key in local.values_mut() {
                         key.push(
                             DeliveryKind::Broadcast,
                             key.position(Some(entry_id)),
                             &fields,
                         );
                     }
+                    flush_all = true;
                 }
+            }
+        }
+    }
+    if flush_all {
+        local.values_mut().for_each(Local::flush);
+    } else {
+        for key in touched {
+            if let Some(key) = local.get_mut(&key) {
+                key.flush();
             }
         }
     }
