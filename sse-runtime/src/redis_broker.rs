@@ -127,8 +127,6 @@ struct Inner {
     send_script: redis::Script,
     /// Wakes the readers when the set of keys changes.
     keys_changed: Notify,
-    /// How many reader tasks run: one, or on a cluster one per bucket.
-    readers: Mutex<usize>,
     shut_down: AtomicBool,
 }
 
@@ -363,10 +361,11 @@ impl<K> RedisBroker<K> {
             bells_unreadable: (0..BUCKETS).map(|_| AtomicBool::new(false)).collect(),
             send_script: redis::Script::new(SEND_SCRIPT),
             keys_changed: Notify::new(),
-            readers: Mutex::new(0),
             shut_down: AtomicBool::new(false),
         });
-        Inner::start_readers(&inner);
+        for reader in 0..inner.readers() {
+            tokio::spawn(read_loop(Arc::downgrade(&inner), reader));
+        }
         Ok(RedisBroker {
             inner,
             _keys: PhantomData,
@@ -375,16 +374,6 @@ impl<K> RedisBroker<K> {
 }
 
 impl Inner {
-    /// Starts readers until there are enough for the keys followed here.
-    fn start_readers(inner: &Arc<Inner>) {
-        let wanted = inner.readers_for();
-        let mut running = lock(&inner.readers);
-        while *running < wanted {
-            tokio::spawn(read_loop(Arc::downgrade(inner), *running));
-            *running += 1;
-        }
-    }
-
     fn stream_key(&self, key: &impl Display) -> String {
         if self.client.is_cluster() {
             let key = key.to_string();
@@ -398,7 +387,7 @@ impl Inner {
     /// How many readers there are: one, which follows every bell in one
     /// `XREAD`; on a cluster one per bucket (a bell per slot), each opening
     /// its connection once its bucket has a key here.
-    fn readers_for(&self) -> usize {
+    fn readers(&self) -> usize {
         if self.client.is_cluster() { BUCKETS } else { 1 }
     }
 
@@ -934,11 +923,9 @@ struct ReaderState {
     forgot_idle_at: Option<std::time::Instant>,
 }
 
-/// One of the instance's readers: `XREAD BLOCK` over the keys of its shard
-/// that have local subscribers, fanning entries out. Reconnects by itself;
-/// stops with the broker, or when fewer readers are needed and it is the
-/// last one. While the number of shards changes, a key may be read by two
-/// readers for a moment: subscribers drop entries they already have.
+/// One of the instance's readers, started with the broker: `XREAD BLOCK`
+/// over the bells of its buckets that have keys here (and the broadcast
+/// stream), fanning entries out. Reconnects by itself; stops with the broker.
 async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
     let mut state = ReaderState {
         connection: None,
@@ -954,16 +941,7 @@ async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
         if broker.shut_down.load(Ordering::SeqCst) {
             return;
         }
-        let shards = broker.readers_for();
-        if shard >= shards {
-            let mut running = lock(&broker.readers);
-            if *running == shard + 1 {
-                // The last reader, and not needed: stop.
-                *running -= 1;
-                return;
-            }
-        }
-        if let Err(error) = read_once(&broker, &mut state, shard, shards).await {
+        if let Err(error) = read_once(&broker, &mut state, shard).await {
             tracing::warn!(%error, "SSE Redis reader failed; reconnecting");
             state.connection = None;
             state.check_gaps = true;
@@ -977,9 +955,7 @@ async fn read_once(
     broker: &Inner,
     state: &mut ReaderState,
     shard: usize,
-    shards: usize,
 ) -> redis::RedisResult<()> {
-    let _ = shards;
     let mine = broker.buckets_of_reader(shard);
     let mut positions: Vec<(Arc<str>, EntryId)> = {
         let mut local = lock(&broker.local);
@@ -1235,10 +1211,7 @@ impl<K: Display> RedisBroker<K> {
                     return;
                 }
                 match inner.join(&stream).await {
-                    Ok(joined) => {
-                        Inner::start_readers(&inner);
-                        break joined;
-                    }
+                    Ok(joined) => break joined,
                     Err(error) if is_wrong_type(&error) => {
                         tracing::warn!(stream, "SSE Redis key is not a stream; ending the subscription");
                         return;
