@@ -266,36 +266,57 @@ async fn resume_at_random_points(backend: &impl Backend, sender_0_broadcasts: bo
         sender.await.unwrap();
     }
     for checker in checkers {
-        let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(30), checker)
-            .await
-            .expect("a subscriber did not see every event in time")
-            .unwrap();
-        assert!(
-            reconnects > 5,
-            "the test must exercise resuming ({reconnects})"
-        );
-        let seen: Vec<(String, String)> = seen
-            .into_iter()
-            .map(|(id, event_type, data)| {
-                assert_ne!(event_type, "reset", "no reset: the history covers it");
-                (id, data)
-            })
-            .collect();
+        let seen = finished(checker, Duration::from_secs(30)).await;
         assert!(
             seen.windows(2).all(|w| id_rank(&w[0].0) < id_rank(&w[1].0)),
             "ids out of order or repeated"
         );
-        for sender in 0..SENDERS {
-            let mine: Vec<&str> = seen
-                .iter()
-                .map(|(_, d)| d.as_str())
-                .filter(|d| d.starts_with(&format!("{sender}:")))
-                .collect();
-            let expected: Vec<String> = (0..PER_SENDER).map(|n| format!("{sender}:{n}")).collect();
-            assert_eq!(mine, expected, "sender {sender}");
-        }
+        let sources: Vec<String> = (0..SENDERS).map(|sender| sender.to_string()).collect();
+        each_source_once_in_order(&seen, &sources, PER_SENDER);
     }
 }
+
+/// What a [`read_with_random_resumes`] task saw, once it has seen it all
+/// (within `limit`): it resumed more than 5 times, and never needed the
+/// reset signal. The `(id, data)` of each event.
+async fn finished(
+    checker: tokio::task::JoinHandle<ResumedReads>,
+    limit: Duration,
+) -> Vec<(String, String)> {
+    let (seen, reconnects) = tokio::time::timeout(limit, checker)
+        .await
+        .expect("a subscriber did not see every event in time")
+        .unwrap();
+    assert!(
+        reconnects > 5,
+        "the test must exercise resuming ({reconnects})"
+    );
+    seen.into_iter()
+        .map(|(id, event_type, data)| {
+            assert_ne!(event_type, "reset", "no reset: the history covers it");
+            (id, data)
+        })
+        .collect()
+}
+
+/// Each source's events (data `<source>:<n>`) appear once each, `0..per`
+/// in order, and nothing else does.
+fn each_source_once_in_order(seen: &[(String, String)], sources: &[String], per: usize) {
+    for source in sources {
+        let mine: Vec<&str> = seen
+            .iter()
+            .map(|(_, data)| data.as_str())
+            .filter(|data| data.starts_with(&format!("{source}:")))
+            .collect();
+        let expected: Vec<String> = (0..per).map(|n| format!("{source}:{n}")).collect();
+        assert_eq!(mine, expected, "{source}: once each, in order");
+    }
+    assert_eq!(seen.len(), sources.len() * per, "nothing else");
+}
+
+/// What a client of [`read_with_random_resumes`] saw: the `(id, event type,
+/// data)` of each event, and how often it resumed.
+type ResumedReads = (Vec<(String, String, String)>, usize);
 
 /// A new subscription's first item, once it has joined: its resume point.
 async fn started(mut subscription: Subscription) -> (Subscription, String) {
@@ -314,7 +335,7 @@ async fn read_with_random_resumes(
     seed: u64,
     total: usize,
     resume: impl Fn(&str) -> Subscription,
-) -> (Vec<(String, String, String)>, usize) {
+) -> ResumedReads {
     let (mut subscription, mut resume_from) = started;
     let mut rng = 0x9e37_79b9_u64.wrapping_mul(seed);
     let mut seen = Vec::with_capacity(total);
@@ -743,16 +764,7 @@ async fn a_stream_for_many_keys_resumes_every_key_exactly_under_concurrent_sends
         let start = started(registry.subscribe_many(&keys, None)).await;
         checkers.push(tokio::spawn(async move {
             let resume = |id: &str| registry.subscribe_many(&keys, Some(id));
-            let (seen, reconnects) =
-                read_with_random_resumes(start, s as u64 + 7, total, resume).await;
-            let seen: Vec<String> = seen
-                .into_iter()
-                .map(|(_, event_type, data)| {
-                    assert_ne!(event_type, "reset", "no reset: the history covers it");
-                    data
-                })
-                .collect();
-            (seen, reconnects)
+            read_with_random_resumes(start, s as u64 + 7, total, resume).await
         }));
     }
     let senders: Vec<_> = sources
@@ -776,25 +788,10 @@ async fn a_stream_for_many_keys_resumes_every_key_exactly_under_concurrent_sends
     for sender in senders {
         sender.await.unwrap();
     }
+    let sources: Vec<String> = sources.iter().map(|source| (*source).to_owned()).collect();
     for checker in checkers {
-        let (seen, reconnects) = tokio::time::timeout(Duration::from_secs(60), checker)
-            .await
-            .expect("a subscriber did not see every event in time")
-            .unwrap();
-        assert!(
-            reconnects > 5,
-            "the test must exercise resuming ({reconnects})"
-        );
-        for source in sources {
-            let mine: Vec<&str> = seen
-                .iter()
-                .map(String::as_str)
-                .filter(|d| d.starts_with(&format!("{source}:")))
-                .collect();
-            let expected: Vec<String> = (0..PER_SENDER).map(|n| format!("{source}:{n}")).collect();
-            assert_eq!(mine, expected, "{source}: once each, in order");
-        }
-        assert_eq!(seen.len(), total, "nothing else");
+        let seen = finished(checker, Duration::from_secs(60)).await;
+        each_source_once_in_order(&seen, &sources, PER_SENDER);
     }
 }
 
