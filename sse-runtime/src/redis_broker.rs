@@ -68,6 +68,12 @@ const READ_COUNT: usize = 1000;
 /// The reader's response timeout: well above its `BLOCK`, so a large reply
 /// is never cut off and asked for again (the client's default is 500 ms).
 const READER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// On a Redis Cluster, how long one command waits for its node's answer (as
+/// the single-node connection does), and how long a command may take in all,
+/// retries through a failover included: a node that stops answering fails
+/// the command in bounded time instead of holding it.
+const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+const CLUSTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 /// A gap this long between two reads means the instance was paused (a VM
 /// pause, a stalled host): the reader checks that it missed nothing.
 const PAUSE: Duration = Duration::from_secs(1);
@@ -304,11 +310,15 @@ impl<K> RedisBroker<K> {
     ///
     /// Keys are spread over 16 hash tags (`<prefix>:{<n>}:<key>`), so the
     /// keys an `XREAD` names share one slot, and commands follow the slots as
-    /// they move. During a failover, Redis replicates asynchronously: an event
-    /// `send` reported as recorded may be lost with the old master. A reader
-    /// that delivered it notices that its last entry is gone and gives that
-    /// key's subscribers the reset signal; a client resuming from it gets the
-    /// reset signal too. So a failover can cost events, never a silent gap.
+    /// they move. When a master fails, `send` to its slots waits for the
+    /// replica that takes over, up to 5 s, then fails with
+    /// [`BrokerError::Unavailable`]; a master that stops answering is
+    /// noticed by a 500 ms timeout per command, after which the broker
+    /// reconnects with a fresh slot map. Redis replicates asynchronously: an
+    /// event `send` reported as recorded may be lost with the old master.
+    /// Subscribers then get every event Redis kept, in order, or the reset
+    /// signal where the reader cannot tell; a failover can cost events, never
+    /// a silent gap.
     pub async fn connect_cluster(
         urls: &[&str],
         config: RegistryConfig,
@@ -323,7 +333,10 @@ impl<K> RedisBroker<K> {
         config: RegistryConfig,
         prefix: &str,
     ) -> Result<Self, RedisConnectError> {
-        let client = redis::cluster::ClusterClient::new(urls.to_vec())?;
+        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
+            .response_timeout(CLUSTER_ATTEMPT_TIMEOUT)
+            .overall_response_timeout(Some(CLUSTER_COMMAND_TIMEOUT))
+            .build()?;
         Self::start(Client::Cluster(client), config, prefix).await
     }
 
