@@ -1,14 +1,16 @@
 //! The Redis broker on Redis's bad days, against a real `redis-server` started
 //! per test on a free loopback port: entries it did not write, a key of
 //! another type, Redis paused, a reader that lagged past the history, and a
-//! restart without persistence while subscribers stay connected. Never a
-//! silent gap, and no spinning.
+//! restart without persistence while subscribers stay connected; and a
+//! Redis Cluster master killed, its replica taking over. Never a silent gap,
+//! and no spinning.
 
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
 use sse_runtime::{EncodedEvent, MessageEvent, Registry, RegistryConfig, Subscription};
 use sse_tests::fields;
+use sse_tests::redis_cluster;
 use sse_tests::redis_server::{self, RedisServer};
 
 async fn next(
@@ -36,16 +38,7 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
 
 /// Subscribes to `key` and waits until the instance's reader follows it.
 async fn joined(registry: &Registry<String>, key: &str) -> Subscription {
-    let mut subscription = registry.subscribe(&key.to_owned());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    // Each poll drives the join; the first item is the resume point.
-    while registry.subscriber_count(&key.to_owned()) == 0 {
-        if let Some(item) = subscription.next().now_or_never() {
-            assert!(item.is_some_and(|event| event.is_resume_point()));
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never joined");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    let subscription = joined_quietly(registry, key).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     subscription
 }
@@ -380,4 +373,251 @@ async fn a_key_nobody_writes_to_expires_with_its_history_and_old_entries_are_tri
         busy_len, 1,
         "only the entry younger than the history's age stays"
     );
+}
+
+/// What one subscriber saw: each event's data, and each reset signal.
+#[derive(Debug, PartialEq)]
+enum Seen {
+    Event(u32),
+    Reset,
+}
+
+/// Reads `subscription` until the event "end", the stream's end, or `limit`.
+async fn read_until_end(mut subscription: Subscription, limit: Duration) -> Vec<Seen> {
+    let mut seen = Vec::new();
+    let _ = tokio::time::timeout(limit, async {
+        while let Some(event) = subscription.next().await {
+            if event.is_resume_point() {
+                continue;
+            }
+            let (_, event_type, data) = fields(&event);
+            match (event_type.as_str(), data.as_str()) {
+                ("reset", _) => seen.push(Seen::Reset),
+                (_, "end") => return,
+                (_, number) => seen.push(Seen::Event(number.parse().expect("a number"))),
+            }
+        }
+    })
+    .await;
+    seen
+}
+
+/// A master of a three-master Redis Cluster killed while two instances
+/// publish and subscribe, and its replica promoted without the last events
+/// the master acknowledged (asynchronous replication). Keys on the other
+/// masters lose nothing. On the failed master's keys, every subscriber stays
+/// open and gets, between any two events with no reset between, every event
+/// Redis kept: never a silent gap. Once a replica serves the slots, every
+/// acknowledged event arrives.
+#[tokio::test]
+async fn a_cluster_master_crashing_loses_nothing_elsewhere_and_never_leaves_a_silent_gap() {
+    failover(Failure::Crash).await;
+}
+
+/// As above, with the master frozen (SIGSTOP) instead: its connections stay
+/// open and nothing answers, so sends to it must time out rather than hang.
+#[tokio::test]
+async fn a_cluster_master_stalling_loses_nothing_elsewhere_and_never_leaves_a_silent_gap() {
+    failover(Failure::Stall).await;
+}
+
+/// How the master goes.
+enum Failure {
+    Crash,
+    Stall,
+}
+
+async fn failover(failure: Failure) {
+    let Some(mut cluster) = redis_cluster::start_with_replicas(1).await else {
+        return;
+    };
+    let config = RegistryConfig::default().history_len(10_000);
+    let (a, b) = (
+        cluster.registry(config.clone()).await,
+        cluster.registry(config.clone()).await,
+    );
+    let keys: Vec<String> = (0..16).map(|n| format!("k{n}")).collect();
+    let mut subscriptions = Vec::new();
+    for key in &keys {
+        subscriptions.push(joined_quietly(&a, key).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let readers: Vec<_> = subscriptions
+        .into_iter()
+        .map(|subscription| tokio::spawn(read_until_end(subscription, Duration::from_secs(60))))
+        .collect();
+
+    let mut acknowledged: Vec<Vec<u32>> = vec![Vec::new(); keys.len()];
+    let (mut failed_sends, mut longest_send) = (0, Duration::ZERO);
+    let mut publish_round = async |round: u32, acknowledged: &mut Vec<Vec<u32>>| {
+        for (index, key) in keys.iter().enumerate() {
+            let started = tokio::time::Instant::now();
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                b.send(key, MessageEvent::new(round.to_string())),
+            )
+            .await
+            .expect("a send answers within 10 s, even during a failover");
+            longest_send = longest_send.max(started.elapsed());
+            match sent {
+                Ok(_) => acknowledged[index].push(round),
+                Err(_) => failed_sends += 1,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let mut round = 0;
+    while round < 30 {
+        publish_round(round, &mut acknowledged).await;
+        round += 1;
+    }
+    // The master holding most of the keys goes, at once.
+    let mut victim = (0, Vec::new());
+    for port in cluster.masters().await {
+        let stored = cluster.cli(port, &["KEYS", "sse:{*}:*"]).await;
+        let here: Vec<String> = stored
+            .lines()
+            .filter_map(|name| Some(name.split_once("}:")?.1.to_owned()))
+            .collect();
+        if here.len() > victim.1.len() {
+            victim = (port, here);
+        }
+    }
+    let (victim, keys_lost_with_it) = victim;
+    assert!(!keys_lost_with_it.is_empty(), "no master holds a key");
+    // As a crash between a write and its replication: the victim's link to
+    // its replica is cut and may not come back (ACL), a round goes out,
+    // subscribers get it, and the victim dies without its replica having it.
+    cluster
+        .cli(victim, &["ACL", "SETUSER", "default", "-psync", "-sync"])
+        .await;
+    let cut = cluster
+        .cli(victim, &["CLIENT", "KILL", "TYPE", "replica"])
+        .await;
+    assert_eq!(cut.trim(), "1", "the victim's replica link");
+    publish_round(round, &mut acknowledged).await;
+    round += 1;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    match failure {
+        Failure::Crash => cluster.kill(victim).await,
+        Failure::Stall => cluster.freeze(victim).await,
+    }
+    let killed_at = round;
+    // Publish on through the failover: until the others have marked the
+    // victim failed and a replica serves its slots.
+    let killed = tokio::time::Instant::now();
+    let deadline = killed + Duration::from_secs(40);
+    loop {
+        let masters = cluster.masters().await;
+        if masters.len() == 3 && !masters.contains(&victim) && cluster.is_ok().await {
+            break;
+        }
+        publish_round(round, &mut acknowledged).await;
+        round += 1;
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no replica took over"
+        );
+    }
+    let healthy_from = round;
+    let failover = killed.elapsed();
+    for _ in 0..30 {
+        publish_round(round, &mut acknowledged).await;
+        round += 1;
+    }
+    for key in &keys {
+        b.send(key, MessageEvent::new("end")).await.unwrap();
+    }
+
+    // What Redis kept of each key, read back from the start by a third instance.
+    let c = cluster.registry(config).await;
+    let mut lost = 0;
+    for ((key, reader), acknowledged) in keys.iter().zip(readers).zip(&acknowledged) {
+        let seen = reader.await.unwrap();
+        let kept =
+            read_until_end(c.subscribe_from(key, Some("0-0")), Duration::from_secs(10)).await;
+        let kept: Vec<u32> = kept
+            .into_iter()
+            .map(|seen| match seen {
+                Seen::Event(n) => n,
+                Seen::Reset => panic!("{key}: the history from the start resets"),
+            })
+            .collect();
+        let lost_with_the_master = keys_lost_with_it.contains(key);
+        if !lost_with_the_master {
+            let expected: Vec<Seen> = acknowledged.iter().map(|n| Seen::Event(*n)).collect();
+            assert_eq!(seen, expected, "{key}, on a master that stayed up");
+            continue;
+        }
+        assert_no_silent_gap(key, &seen, &kept);
+        for n in acknowledged.iter().filter(|n| **n >= healthy_from) {
+            assert!(
+                seen.contains(&Seen::Event(*n)),
+                "{key}: event {n}, acknowledged after the failover, never arrived"
+            );
+        }
+        lost += acknowledged.len() - kept.len();
+        eprintln!(
+            "{key} (on the failed master): {} acknowledged, {} kept, {} seen, {} resets",
+            acknowledged.len(),
+            kept.len(),
+            seen.len(),
+            seen.iter().filter(|s| **s == Seen::Reset).count()
+        );
+    }
+    assert!(lost > 0, "the victim's replica never got the last round");
+    // A send to the failed master's slots waits for the replica (the Redis
+    // client retries), so few or none fail.
+    eprintln!(
+        "failover took {failover:?} (rounds {killed_at}..{healthy_from}); {failed_sends} sends \
+         failed, the longest took {longest_send:?}"
+    );
+}
+
+/// Between any two events `seen` with no reset between them (and before the
+/// first), no event of `kept` is missing, and the events come in order.
+fn assert_no_silent_gap(key: &str, seen: &[Seen], kept: &[u32]) {
+    let mut previous: Option<u32> = None;
+    let mut first_run = true;
+    for item in seen {
+        match item {
+            Seen::Reset => {
+                previous = None;
+                first_run = false;
+            }
+            Seen::Event(n) => {
+                let from = previous.map_or(if first_run { 0 } else { *n }, |p| p + 1);
+                let skipped: Vec<u32> = kept
+                    .iter()
+                    .copied()
+                    .filter(|k| (from..*n).contains(k))
+                    .collect();
+                assert!(
+                    skipped.is_empty(),
+                    "{key}: a silent gap, {skipped:?} kept by Redis but never delivered before \
+                     {n}; seen {seen:?}"
+                );
+                assert!(
+                    previous.is_none_or(|p| p < *n),
+                    "{key}: out of order: {seen:?}"
+                );
+                previous = Some(*n);
+            }
+        }
+    }
+}
+
+/// Subscribes to `key` and drives the join until the instance counts it (its
+/// reader picks the key up at its next read).
+async fn joined_quietly(registry: &Registry<String>, key: &str) -> Subscription {
+    let mut subscription = registry.subscribe(&key.to_owned());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while registry.subscriber_count(&key.to_owned()) == 0 {
+        if let Some(item) = subscription.next().now_or_never() {
+            assert!(item.is_some_and(|event| event.is_resume_point()));
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never joined");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    subscription
 }

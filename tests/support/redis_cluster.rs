@@ -1,6 +1,7 @@
-//! A Redis Cluster of the test's own: three masters on free loopback ports,
-//! joined with `redis-cli --cluster create`, stopped when dropped. Under
-//! `CI=true` a missing `redis-server` or `redis-cli` fails the test.
+//! A Redis Cluster of the test's own: three masters on free loopback ports
+//! (with replicas if asked), joined with `redis-cli --cluster create`,
+//! stopped when dropped. Under `CI=true` a missing `redis-server` or
+//! `redis-cli` fails the test.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -13,7 +14,10 @@ const MASTERS: usize = 3;
 
 pub struct RedisCluster {
     nodes: Vec<tokio::process::Child>,
+    /// The ports of the nodes that run (not killed or frozen).
     pub ports: Vec<u16>,
+    /// Frozen nodes, killed when the cluster is dropped.
+    frozen: Vec<tokio::process::Child>,
     dir: PathBuf,
 }
 
@@ -25,16 +29,26 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// How long a node may be unreachable before the others count it as failed
+/// (Redis's default is 15 s; short here so a failover takes a few seconds).
+const NODE_TIMEOUT_MS: u32 = 1_000;
+
 /// `Some(cluster)` once every slot is served, or `None` (after printing why)
 /// when redis-server or redis-cli is missing outside CI.
 pub async fn start() -> Option<RedisCluster> {
+    start_with_replicas(0).await
+}
+
+/// As [`start`], with `replicas` replicas of each master, ready to take over
+/// when it fails.
+pub async fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
     require(&[
         ("redis-server", runs("redis-server")),
         ("redis-cli", runs("redis-cli")),
     ])
     .ok()?;
     // A node also listens on its port + 10000 for the cluster bus: both free.
-    let ports: Vec<u16> = (0..MASTERS)
+    let ports: Vec<u16> = (0..MASTERS * (1 + replicas))
         .map(|_| {
             loop {
                 let port = free_port();
@@ -54,12 +68,15 @@ pub async fn start() -> Option<RedisCluster> {
     let mut cluster = RedisCluster {
         nodes: Vec::new(),
         ports: ports.clone(),
+        frozen: Vec::new(),
         dir,
     };
     for port in &ports {
         let child = tokio::process::Command::new("redis-server")
             .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes", "--cluster-config-file"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            .arg("--cluster-config-file")
             .arg(cluster.dir.join(format!("nodes-{port}.conf")))
             .args(["--save", "", "--appendonly", "no", "--dir"])
             .arg(&cluster.dir)
@@ -74,7 +91,7 @@ pub async fn start() -> Option<RedisCluster> {
     let created = tokio::process::Command::new("redis-cli")
         .args(["--cluster", "create"])
         .args(&addresses)
-        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
         .output()
         .await
         .expect("run redis-cli --cluster create");
@@ -84,6 +101,9 @@ pub async fn start() -> Option<RedisCluster> {
         String::from_utf8_lossy(&created.stdout)
     );
     cluster.wait_until_ok().await;
+    if replicas > 0 {
+        cluster.wait_for_replicas(MASTERS * replicas).await;
+    }
     Some(cluster)
 }
 
@@ -130,6 +150,107 @@ impl RedisCluster {
         counts
     }
 
+    /// The ports of the nodes that are masters now.
+    pub async fn masters(&self) -> Vec<u16> {
+        let nodes = self.cli(self.ports[0], &["CLUSTER", "NODES"]).await;
+        // `<id> <ip>:<port>@<bus port> <flags> ...`, one line per node.
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let address = words.nth(1)?;
+                let flags = words.next()?;
+                let port = address.split('@').next()?.rsplit(':').next()?;
+                (flags.split(',').any(|flag| flag == "master") && !flags.contains("fail"))
+                    .then(|| port.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    /// Kills the node on `port` at once (SIGKILL: no goodbye to the others),
+    /// as a crashed host would go.
+    pub async fn kill(&mut self, port: u16) {
+        let mut node = self.take(port);
+        node.kill().await.expect("kill the redis-server");
+    }
+
+    /// Freezes the node on `port` (SIGSTOP) for the rest of the test: its
+    /// connections stay open and nothing answers, as on a stalled host.
+    pub async fn freeze(&mut self, port: u16) {
+        let node = self.take(port);
+        let pid = node.id().expect("a running redis-server");
+        let stopped = tokio::process::Command::new("kill")
+            .args(["-STOP", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(stopped.success(), "kill -STOP {pid}");
+        self.frozen.push(node);
+    }
+
+    fn take(&mut self, port: u16) -> tokio::process::Child {
+        let index = self
+            .ports
+            .iter()
+            .position(|p| *p == port)
+            .expect("a running node of this cluster");
+        self.ports.remove(index);
+        self.nodes.remove(index)
+    }
+
+    /// Waits until every remaining node reports the cluster healthy again
+    /// (after a kill: a replica took over its master's slots).
+    pub async fn wait_until_ok(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if self.is_ok().await {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the redis cluster did not reach cluster_state:ok"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Whether every remaining node reports the cluster healthy.
+    pub async fn is_ok(&self) -> bool {
+        for port in &self.ports {
+            if !self
+                .cli(*port, &["CLUSTER", "INFO"])
+                .await
+                .contains("cluster_state:ok")
+            {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until `count` replicas are in sync with their masters.
+    async fn wait_for_replicas(&self, count: usize) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut synced = 0;
+            for port in &self.ports {
+                let info = self.cli(*port, &["INFO", "replication"]).await;
+                synced += usize::from(
+                    info.contains("role:slave") && info.contains("master_link_status:up"),
+                );
+            }
+            if synced >= count {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the replicas did not sync"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Runs `redis-cli` against the node on `port` and returns what it printed.
     pub async fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = tokio::process::Command::new("redis-cli")
@@ -140,32 +261,11 @@ impl RedisCluster {
             .expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
-
-    async fn wait_until_ok(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-        loop {
-            let mut ok = true;
-            for port in &self.ports {
-                ok &= self
-                    .cli(*port, &["CLUSTER", "INFO"])
-                    .await
-                    .contains("cluster_state:ok");
-            }
-            if ok {
-                return;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the redis cluster did not reach cluster_state:ok"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
 }
 
 impl Drop for RedisCluster {
     fn drop(&mut self) {
-        for node in &mut self.nodes {
+        for node in self.nodes.iter_mut().chain(&mut self.frozen) {
             let _ = node.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
