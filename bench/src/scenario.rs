@@ -53,17 +53,19 @@ pub async fn fan_out(
 }
 
 /// Fan-out with subscribers spread over several instances (round robin) and
-/// the events published as fast as possible by `publishers` concurrent
-/// connections to the first server (CPU is the sum over `pids`); `published_per_second` is the
-/// rate at which their POSTs were accepted.
+/// the events published by `publishers` concurrent connections to the first
+/// server, together at `rate` per second or as fast as they can (CPU is the
+/// sum over `pids`); `published_per_second` is the rate at which their POSTs
+/// were accepted.
 pub async fn concurrent_publish(
     servers: &[SocketAddr],
     pids: &[u32],
     subscribers: usize,
     events: u64,
     publishers: usize,
+    rate: Option<u64>,
 ) -> Figures {
-    fan_out_impl(servers, pids, subscribers, events, None, publishers).await
+    fan_out_impl(servers, pids, subscribers, events, rate, publishers).await
 }
 
 async fn fan_out_impl(
@@ -149,7 +151,7 @@ async fn fan_out_impl(
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let first = servers[0];
-    let mut publisher = publishers.swap_remove(0);
+    let publisher = publishers.swap_remove(0);
     // CPU seconds and write system calls, summed over the servers.
     let cpu_and_writes = || -> (f64, u64) {
         pids.iter()
@@ -161,38 +163,41 @@ async fn fan_out_impl(
     let (before_cpu, before_writes) = cpu_and_writes();
     let started_ns = now_nanos();
     let publishing = Instant::now();
-    if concurrent_publishers > 1 {
-        // Each publisher sends every `concurrent_publishers`-th sequence number.
-        let mut senders = Vec::new();
-        for lane in 0..concurrent_publishers as u64 {
-            senders.push(tokio::spawn(async move {
-                let Ok(mut publisher) = Publisher::connect(first).await else {
-                    return;
-                };
-                for seq in (lane..events).step_by(concurrent_publishers) {
-                    let body = format!("{seq} {}", now_nanos());
-                    if publisher.post("/events/broadcast", &body).await.is_err() {
-                        return;
-                    }
-                }
-            }));
-        }
-        for sender in senders {
-            let _ = sender.await;
-        }
-    } else {
-        let period = rate.map(|r| Duration::from_nanos(1_000_000_000 / r.max(1)));
-        let mut next_send = Instant::now();
-        for seq in 0..events {
+    // Each publisher sends every `concurrent_publishers`-th sequence number,
+    // at its share of `rate` when one is given.
+    let period =
+        rate.map(|r| Duration::from_nanos(1_000_000_000 * concurrent_publishers as u64 / r.max(1)));
+    let lanes = concurrent_publishers as u64;
+    let mut senders = Vec::new();
+    let mut first_publisher = Some(publisher);
+    for lane in 0..lanes {
+        let reused = first_publisher.take();
+        senders.push(tokio::spawn(async move {
+            let mut publisher = match reused {
+                Some(publisher) => publisher,
+                None => match Publisher::connect(first).await {
+                    Ok(publisher) => publisher,
+                    Err(_) => return,
+                },
+            };
+            let mut next_send = Instant::now();
             if let Some(period) = period {
-                tokio::time::sleep_until(next_send.into()).await;
-                next_send += period;
+                next_send += period * lane as u32 / lanes as u32;
             }
-            let body = format!("{seq} {}", now_nanos());
-            if publisher.post("/events/broadcast", &body).await.is_err() {
-                break;
+            for seq in (lane..events).step_by(lanes as usize) {
+                if let Some(period) = period {
+                    tokio::time::sleep_until(next_send.into()).await;
+                    next_send += period;
+                }
+                let body = format!("{seq} {}", now_nanos());
+                if publisher.post("/events/broadcast", &body).await.is_err() {
+                    return;
+                }
             }
-        }
+        }));
+    }
+    for sender in senders {
+        let _ = sender.await;
     }
     let published_per_second = events as f64 / publishing.elapsed().as_secs_f64();
     // Wait for delivery, bounded.

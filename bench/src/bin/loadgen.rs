@@ -20,7 +20,7 @@ use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
-    | loadgen redis <subscribers> <events> [<instances> [<publishers>]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s>";
+    | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s>";
 
 #[tokio::main]
 async fn main() {
@@ -120,14 +120,16 @@ async fn main() {
             sizes.idle_connections = connections.parse().expect("connections");
             run(Scenario::Idle, server, sizes).await;
         }
-        ["redis", subscribers, events, rest @ ..] if rest.len() <= 2 => {
+        ["redis", subscribers, events, rest @ ..] if rest.len() <= 3 => {
             let instances = rest.first().map_or(2, |n| n.parse().expect("instances"));
             let publishers = rest.get(1).map_or(1, |n| n.parse().expect("publishers"));
+            let rate = rest.get(2).map(|n| n.parse().expect("events/s"));
             let (figures, commands) = redis_fan_out(
                 subscribers.parse().expect("subscribers"),
                 events.parse().expect("events"),
                 instances,
                 publishers,
+                rate,
             )
             .await;
             eprintln!(
