@@ -27,6 +27,26 @@ async fn next(
     }
 }
 
+/// This test binary's metrics recorder, installed by the first test that asks.
+fn metrics() -> &'static metrics_exporter_prometheus::PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<metrics_exporter_prometheus::PrometheusHandle> =
+        std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder of this test binary")
+    })
+}
+
+/// The value of a counter `series` (name and labels), 0 before it is counted.
+fn counter(series: &str) -> f64 {
+    metrics()
+        .render()
+        .lines()
+        .find_map(|line| line.strip_prefix(series)?.strip_prefix(' '))
+        .map_or(0.0, |value| value.trim().parse().unwrap())
+}
+
 /// A plain connection to the test's Redis, for what another program would do.
 async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
     redis::Client::open(server.url())
@@ -106,6 +126,9 @@ async fn a_key_turned_into_another_type_ends_only_its_own_subscriptions() {
     let Some(server) = redis_server::start(false).await else {
         return;
     };
+    metrics();
+    let ended = r#"sse_broker_ended_streams_total{reason="not_a_stream"}"#;
+    let ended_before = counter(ended);
     let registry = server.registry(RegistryConfig::default()).await;
     let mut good = joined(&registry, "good").await;
     let mut bad = joined(&registry, "bad").await;
@@ -143,6 +166,8 @@ async fn a_key_turned_into_another_type_ends_only_its_own_subscriptions() {
     }
     // A new subscription to the bad key ends at once instead of hanging.
     assert_eq!(next(&mut registry.subscribe(&"bad".to_owned())).await, None);
+    // Both ends are counted (no other test here ends a stream this way).
+    assert_eq!(counter(ended) - ended_before, 2.0);
 }
 
 #[tokio::test]
@@ -303,6 +328,8 @@ async fn a_restart_without_persistence_gives_connected_subscribers_the_reset_sig
     let Some(mut server) = redis_server::start(false).await else {
         return;
     };
+    metrics();
+    let reader_errors_before = counter("sse_redis_reader_errors_total");
     let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = joined(&registry, "room").await;
     for n in 0..3 {
@@ -330,6 +357,10 @@ async fn a_restart_without_persistence_gives_connected_subscribers_the_reset_sig
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(next(&mut subscription).await.unwrap().2, "after");
+    assert!(
+        counter("sse_redis_reader_errors_total") > reader_errors_before,
+        "the reader's failure is counted"
+    );
 }
 
 #[tokio::test]

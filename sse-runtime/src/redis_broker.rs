@@ -956,6 +956,7 @@ async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
         }
         if let Err(error) = read_once(&broker, &mut state, shard).await {
             tracing::warn!(%error, "SSE Redis reader failed; reconnecting");
+            crate::telemetry::redis_reader_error();
             state.connection = None;
             state.check_gaps = true;
             drop(broker);
@@ -1227,6 +1228,7 @@ impl<K: Display> RedisBroker<K> {
                     Ok(joined) => break joined,
                     Err(error) if is_wrong_type(&error) => {
                         tracing::warn!(stream, "SSE Redis key is not a stream; ending the subscription");
+                        crate::telemetry::broker_ended_streams("not_a_stream", 1);
                         return;
                     }
                     // Redis unreachable: keep waiting, as open subscriptions do.
@@ -1259,6 +1261,7 @@ impl<K: Display> RedisBroker<K> {
                             Err(error) => {
                                 // Cannot tell: end, and let the client retry.
                                 tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                                crate::telemetry::broker_ended_streams("replay_failed", 1);
                                 return;
                             }
                         },
@@ -1283,6 +1286,7 @@ impl<K: Display> RedisBroker<K> {
                                         Ok(page) => page,
                                         Err(error) => {
                                             tracing::warn!(%error, stream, "SSE Redis replay failed; ending the stream");
+                                crate::telemetry::broker_ended_streams("replay_failed", 1);
                                             return;
                                         }
                                     };
@@ -1380,8 +1384,10 @@ where
                             stream,
                             "SSE Redis key is not a stream; its subscriptions are ended"
                         );
+                        let ended = inner.local_subscribers(&stream);
                         if let Some(key) = lock(&inner.local).remove(&stream) {
                             key.fanout.close();
+                            crate::telemetry::broker_ended_streams("not_a_stream", ended);
                         }
                     }
                     Err(unavailable(error))

@@ -60,3 +60,15 @@ pub(crate) fn broker_error(error: &BrokerError) {
     };
     metrics::counter!("sse_broker_errors_total", "kind" => kind).increment(1);
 }
+
+/// `count` subscriptions the broker ended because of an error (their
+/// clients reconnect and resume): `not_a_stream` (the key holds another
+/// type) or `replay_failed` (the history could not be read).
+pub(crate) fn broker_ended_streams(reason: &'static str, count: usize) {
+    metrics::counter!("sse_broker_ended_streams_total", "reason" => reason).increment(count as u64);
+}
+
+/// A Redis reader's read failed; it reconnects and checks for gaps.
+pub(crate) fn redis_reader_error() {
+    metrics::counter!("sse_redis_reader_errors_total").increment(1);
+}
