@@ -30,12 +30,19 @@ pub(crate) enum Connection {
     SharedCluster(Arc<SharedCluster>),
 }
 
+/// On a Redis Cluster, how long one attempt at a command waits for its
+/// node's answer (as the single-node connection does), and how long a command
+/// may take in all, retries through a failover included: a node that stops
+/// answering fails the command in bounded time instead of holding it.
+const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+const CLUSTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The cluster connection that commands share, rebuilt (with a fresh slot
-/// map from the seed nodes) when a command times out. The Redis client
-/// refreshes its slot map on `MOVED` and on connection errors, but a node that
-/// stops answering (a stalled host) keeps its connection open: without this,
-/// every command for its slots would go on timing out after a replica took
-/// them over.
+/// map from the seed nodes) when a command is slow or times out. The Redis
+/// client refreshes its slot map on `MOVED` and on connection errors, but a
+/// node that stops answering (a stalled host) keeps its connection open:
+/// without this, every command for its slots would go on timing out after a
+/// replica took them over.
 pub(crate) struct SharedCluster {
     client: ClusterClient,
     current: std::sync::Mutex<ClusterConnection>,
@@ -43,7 +50,7 @@ pub(crate) struct SharedCluster {
     rebuilt_at: tokio::sync::Mutex<Instant>,
 }
 
-/// At most one rebuild per this long, however many commands time out.
+/// At most one rebuild per this long, however many commands are slow.
 const REBUILD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 impl SharedCluster {
@@ -54,17 +61,35 @@ impl SharedCluster {
             .clone()
     }
 
-    /// After `error`: if it was a timeout, rebuilds the connection in the
-    /// background, unless that happened in the last
-    /// [`REBUILD_AT_MOST_EVERY`].
-    fn after_error(self: &Arc<Self>, error: &redis::RedisError) {
-        if !error.is_timeout() {
-            return;
+    /// Runs one command (or pipeline) on the current connection. While it
+    /// has no answer, a rebuild starts in the background after each attempt's
+    /// timeout (it still waits for its own answer, on the old connection), so
+    /// that commands after it go where the slots are now.
+    async fn run<T>(
+        self: &Arc<Self>,
+        command: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> redis::RedisResult<T> {
+        let mut command = std::pin::pin!(command);
+        loop {
+            match tokio::time::timeout(CLUSTER_ATTEMPT_TIMEOUT, &mut command).await {
+                Ok(result) => {
+                    if result.as_ref().is_err_and(redis::RedisError::is_timeout) {
+                        self.rebuild_in_background();
+                    }
+                    return result;
+                }
+                Err(_still_waiting) => self.rebuild_in_background(),
+            }
         }
+    }
+
+    /// Rebuilds the connection, unless that happened in the last
+    /// [`REBUILD_AT_MOST_EVERY`] or is happening now.
+    fn rebuild_in_background(self: &Arc<Self>) {
         let shared = Arc::clone(self);
         tokio::spawn(async move {
             let Ok(mut rebuilt_at) = shared.rebuilt_at.try_lock() else {
-                return; // another caller is rebuilding
+                return;
             };
             if rebuilt_at.elapsed() < REBUILD_AT_MOST_EVERY {
                 return;
@@ -77,12 +102,13 @@ impl SharedCluster {
                         .lock()
                         .unwrap_or_else(std::sync::PoisonError::into_inner) = connection;
                     tracing::warn!(
-                        "SSE Redis Cluster command timed out; reconnected with a fresh slot map"
+                        "SSE Redis Cluster command slow or timed out; reconnected with a fresh \
+                         slot map"
                     );
                 }
                 Err(error) => tracing::warn!(
                     %error,
-                    "SSE Redis Cluster command timed out, and reconnecting failed"
+                    "SSE Redis Cluster command slow or timed out, and reconnecting failed"
                 ),
             }
         });
@@ -90,6 +116,21 @@ impl SharedCluster {
 }
 
 impl Client {
+    /// A Redis Cluster reached through any of `urls`, with bounded commands.
+    pub(crate) fn cluster(urls: &[&str]) -> redis::RedisResult<Client> {
+        Ok(Client::Cluster(
+            ClusterClient::builder(urls.to_vec())
+                .response_timeout(CLUSTER_ATTEMPT_TIMEOUT)
+                .overall_response_timeout(Some(CLUSTER_COMMAND_TIMEOUT))
+                // Retry every 0.1 to 1 s (the client's default waits at
+                // least 1.28 s), so a command waiting for a failover goes
+                // through soon after it.
+                .min_retry_wait(100)
+                .max_retry_wait(1_000)
+                .build()?,
+        ))
+    }
+
     pub(crate) fn is_cluster(&self) -> bool {
         matches!(self, Client::Cluster(_))
     }
@@ -140,11 +181,8 @@ impl ConnectionLike for Connection {
             Connection::Node(connection) => connection.req_packed_command(cmd),
             Connection::Cluster(connection) => connection.req_packed_command(cmd),
             Connection::SharedCluster(shared) => Box::pin(async move {
-                let result = shared.connection().req_packed_command(cmd).await;
-                if let Err(error) = &result {
-                    shared.after_error(error);
-                }
-                result
+                let mut connection = shared.connection();
+                shared.run(connection.req_packed_command(cmd)).await
             }),
         }
     }
@@ -164,14 +202,10 @@ impl ConnectionLike for Connection {
                 connection.req_packed_commands(pipeline, offset, count)
             }
             Connection::SharedCluster(shared) => Box::pin(async move {
-                let result = shared
-                    .connection()
-                    .req_packed_commands(pipeline, offset, count)
-                    .await;
-                if let Err(error) = &result {
-                    shared.after_error(error);
-                }
-                result
+                let mut connection = shared.connection();
+                shared
+                    .run(connection.req_packed_commands(pipeline, offset, count))
+                    .await
             }),
         }
     }
