@@ -68,12 +68,10 @@ const READ_COUNT: usize = 1000;
 /// The reader's response timeout: well above its `BLOCK`, so a large reply
 /// is never cut off and asked for again (the client's default is 500 ms).
 const READER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// On a Redis Cluster, how long one command waits for its node's answer (as
-/// the single-node connection does), and how long a command may take in all,
-/// retries through a failover included: a node that stops answering fails
-/// the command in bounded time instead of holding it.
-const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
-const CLUSTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long `send` goes on retrying an answer that says Redis did not run
+/// it, and how long it waits between tries.
+const SEND_RETRY_FOR: Duration = Duration::from_secs(5);
+const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// A gap this long between two reads means the instance was paused (a VM
 /// pause, a stalled host): the reader checks that it missed nothing.
 const PAUSE: Duration = Duration::from_secs(1);
@@ -312,9 +310,10 @@ impl<K> RedisBroker<K> {
     /// keys an `XREAD` names share one slot, and commands follow the slots as
     /// they move. When a master fails, `send` to its slots waits for the
     /// replica that takes over, up to 5 s, then fails with
-    /// [`BrokerError::Unavailable`]; a master that stops answering is
-    /// noticed by a 500 ms timeout per command, after which the broker
-    /// reconnects with a fresh slot map. Redis replicates asynchronously: an
+    /// [`BrokerError::Unavailable`] (only answers that say Redis did not run
+    /// the command are retried, so an event is never written twice). A
+    /// master that stops answering is noticed after 500 ms, and the broker
+    /// reconnects with a fresh slot map for the commands after. Redis replicates asynchronously: an
     /// event `send` reported as recorded may be lost with the old master.
     /// Subscribers then get every event Redis kept, in order, or the reset
     /// signal where the reader cannot tell; a failover can cost events, never
@@ -333,11 +332,7 @@ impl<K> RedisBroker<K> {
         config: RegistryConfig,
         prefix: &str,
     ) -> Result<Self, RedisConnectError> {
-        let client = redis::cluster::ClusterClient::builder(urls.to_vec())
-            .response_timeout(CLUSTER_ATTEMPT_TIMEOUT)
-            .overall_response_timeout(Some(CLUSTER_COMMAND_TIMEOUT))
-            .build()?;
-        Self::start(Client::Cluster(client), config, prefix).await
+        Self::start(Client::cluster(urls)?, config, prefix).await
     }
 
     async fn start(
@@ -565,21 +560,45 @@ impl Inner {
 
     /// Sends one event to `stream` ([`SEND_SCRIPT`]): `XADD … MAXLEN ~
     /// <history_len>`, `XTRIM … MINID <now - history_ttl>`, `PEXPIRE`, and
-    /// the copy on the bell, in one round trip.
+    /// the copy on the bell, in one round trip (retried as [`until_run`]
+    /// says).
     async fn send(&self, stream: &str, fields: &[u8]) -> redis::RedisResult<String> {
+        until_run(|| self.send_once(stream, fields)).await
+    }
+
+    /// One try of [`send`](Self::send): `EVALSHA`, or, where the node does
+    /// not have the script (a replica promoted by a failover, while loading
+    /// it on every master fails because one is down), `EVAL` with its source,
+    /// which the node then keeps.
+    async fn send_once(&self, stream: &str, fields: &[u8]) -> redis::RedisResult<String> {
         let bucket = lock(&self.local).bucket_of(stream);
         let (min_id, ttl_ms) = self.age_bounds();
         let mut connection = self.commands.clone();
-        self.send_script
-            .key(stream)
-            .key(&*self.bells[bucket])
-            .arg(self.config.history_len)
-            .arg(fields)
-            .arg(min_id)
-            .arg(ttl_ms)
-            .arg(BELL_LEN)
-            .invoke_async(&mut connection)
-            .await
+        let command = |verb: &str, script: &str| {
+            let mut command = redis::cmd(verb);
+            command
+                .arg(script)
+                .arg(2)
+                .arg(stream)
+                .arg(&*self.bells[bucket])
+                .arg(self.config.history_len)
+                .arg(fields)
+                .arg(min_id)
+                .arg(ttl_ms)
+                .arg(BELL_LEN);
+            command
+        };
+        let by_hash = command("EVALSHA", self.send_script.get_hash())
+            .query_async(&mut connection)
+            .await;
+        match by_hash {
+            Err(error) if error.code() == Some("NOSCRIPT") => {
+                command("EVAL", SEND_SCRIPT)
+                    .query_async(&mut connection)
+                    .await
+            }
+            answer => answer,
+        }
     }
 
     /// Appends one broadcast to `pipeline`, with the history's bounds by
@@ -909,6 +928,44 @@ fn fixed_hash(text: &str) -> u64 {
 
 /// Whether Redis refused a command because a key holds another type (also
 /// from inside a script, where the error comes wrapped).
+/// Runs `attempt` until Redis runs it: an answer that says it did not
+/// ([`not_run`]) is retried every [`SEND_RETRY_WAIT`] for up to
+/// [`SEND_RETRY_FOR`] in all; nothing else is, so an event is never written
+/// twice.
+async fn until_run<T, F: Future<Output = redis::RedisResult<T>>>(
+    mut attempt: impl FnMut() -> F,
+) -> redis::RedisResult<T> {
+    let started = std::time::Instant::now();
+    loop {
+        let remaining = SEND_RETRY_FOR.saturating_sub(started.elapsed());
+        let error = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Err(error)) if not_run(&error) => error,
+            Ok(answer) => return answer,
+            Err(_elapsed) => {
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from Redis in time",
+                )));
+            }
+        };
+        if started.elapsed() + SEND_RETRY_WAIT >= SEND_RETRY_FOR {
+            return Err(error);
+        }
+        tokio::time::sleep(SEND_RETRY_WAIT).await;
+    }
+}
+
+/// Whether Redis answered `error` without running the command: a write to a
+/// replica (one not yet promoted in a failover), a cluster that is down or
+/// mid-resharding, a master without its replicas, a node loading its data.
+/// Retrying such a command cannot write it twice.
+fn not_run(error: &redis::RedisError) -> bool {
+    matches!(
+        error.code(),
+        Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING")
+    )
+}
+
 fn is_wrong_type(error: &redis::RedisError) -> bool {
     error.code() == Some("WRONGTYPE") || error.to_string().contains("WRONGTYPE")
 }
@@ -1403,13 +1460,15 @@ where
                 return Err(BrokerError::ShutDown);
             }
             let fields: Bytes = event.encode_without_id();
-            let mut connection = inner.commands.clone();
             let mut pipeline = redis::pipe();
             inner.append_broadcast(&mut pipeline, &fields);
-            let (_id,): (String,) = pipeline
-                .query_async(&mut connection)
-                .await
-                .map_err(unavailable)?;
+            let (_id,): (String,) = until_run(|| {
+                let mut connection = inner.commands.clone();
+                let pipeline = &pipeline;
+                async move { pipeline.query_async(&mut connection).await }
+            })
+            .await
+            .map_err(unavailable)?;
             Ok(self.total_subscribers())
         })
     }
