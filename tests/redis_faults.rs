@@ -647,7 +647,7 @@ async fn failover(failure: Failure) {
                 "{key}: event {n}, acknowledged after the failover, never arrived"
             );
         }
-        lost += acknowledged.len() - kept.len();
+        lost += acknowledged.iter().filter(|n| !kept.contains(n)).count();
         eprintln!(
             "{key} (on the failed master): {} acknowledged, {} kept, {} seen, {} resets",
             acknowledged.len(),

@@ -313,11 +313,12 @@ impl<K> RedisBroker<K> {
     /// [`BrokerError::Unavailable`] (only answers that say Redis did not run
     /// the command are retried, so an event is never written twice). A
     /// master that stops answering is noticed after 500 ms, and the broker
-    /// reconnects with a fresh slot map for the commands after. Redis replicates asynchronously: an
-    /// event `send` reported as recorded may be lost with the old master.
-    /// Subscribers then get every event Redis kept, in order, or the reset
-    /// signal where the reader cannot tell; a failover can cost events, never
-    /// a silent gap.
+    /// reconnects with a fresh slot map for the commands after.
+    ///
+    /// Redis replicates asynchronously: an event `send` reported as recorded
+    /// may be lost with the old master. Subscribers then get every event
+    /// Redis kept, in order, or the reset signal where the reader cannot
+    /// tell; a failover can cost events, never a silent gap.
     pub async fn connect_cluster(
         urls: &[&str],
         config: RegistryConfig,
@@ -926,8 +927,6 @@ fn fixed_hash(text: &str) -> u64 {
     })
 }
 
-/// Whether Redis refused a command because a key holds another type (also
-/// from inside a script, where the error comes wrapped).
 /// Runs `attempt` until Redis runs it: an answer that says it did not
 /// ([`not_run`]) is retried every [`SEND_RETRY_WAIT`] for up to
 /// [`SEND_RETRY_FOR`] in all; nothing else is, so an event is never written
@@ -966,6 +965,8 @@ fn not_run(error: &redis::RedisError) -> bool {
     )
 }
 
+/// Whether Redis refused a command because a key holds another type (also
+/// from inside a script, where the error comes wrapped).
 fn is_wrong_type(error: &redis::RedisError) -> bool {
     error.code() == Some("WRONGTYPE") || error.to_string().contains("WRONGTYPE")
 }

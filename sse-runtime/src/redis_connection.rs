@@ -26,7 +26,7 @@ pub(crate) enum Connection {
     Node(MultiplexedConnection),
     /// A reader's own: the reader reconnects after any error.
     Cluster(ClusterConnection),
-    /// The commands' shared one: rebuilt after a timeout.
+    /// The commands' shared one: rebuilt when a command waits too long.
     SharedCluster(Arc<SharedCluster>),
 }
 
