@@ -224,11 +224,7 @@ async fn a_send_to_a_replica_waits_for_its_promotion_and_is_written_once() {
     let mut subscription = joined(&registry, "room").await;
     let mut redis = raw(&server).await;
     // A replica of a master that is not there: it keeps its data, read-only.
-    let nowhere = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let nowhere = redis_server::free_port();
     let () = redis::cmd("REPLICAOF")
         .arg("127.0.0.1")
         .arg(nowhere)

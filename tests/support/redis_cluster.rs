@@ -9,6 +9,7 @@ use std::time::Duration;
 use sse_runtime::{RedisBroker, Registry, RegistryConfig};
 
 use crate::external::{require, runs};
+use crate::redis_server::{free_port, wait_for_port};
 
 const MASTERS: usize = 3;
 
@@ -19,14 +20,6 @@ pub struct RedisCluster {
     /// Frozen nodes, killed when the cluster is dropped.
     frozen: Vec<tokio::process::Child>,
     dir: PathBuf,
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// How long a node may be unreachable before the others count it as failed
@@ -105,20 +98,6 @@ pub async fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
         cluster.wait_for_replicas(MASTERS * replicas).await;
     }
     Some(cluster)
-}
-
-async fn wait_for_port(port: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 impl RedisCluster {

@@ -15,14 +15,34 @@ pub struct RedisServer {
     persistent: bool,
 }
 
-/// `Some(server)`, or `None` (after printing why) when redis-server is missing outside CI.
-pub async fn start(persistent: bool) -> Option<RedisServer> {
-    require(&[("redis-server", runs("redis-server"))]).ok()?;
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
-        .port();
+        .port()
+}
+
+/// Waits until a just-started `redis-server` accepts connections on `port`.
+pub(crate) async fn wait_for_port(port: u16) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .is_err()
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "redis-server did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// `Some(server)`, or `None` (after printing why) when redis-server is missing outside CI.
+pub async fn start(persistent: bool) -> Option<RedisServer> {
+    require(&[("redis-server", runs("redis-server"))]).ok()?;
+    let port = free_port();
     let dir = std::env::temp_dir().join(format!("sse-redis-{}-{port}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let mut server = RedisServer {
@@ -75,17 +95,7 @@ impl RedisServer {
             .spawn()
             .expect("start redis-server");
         self.child = Some(child);
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
-            .await
-            .is_err()
-        {
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "redis-server did not start"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        wait_for_port(self.port).await;
     }
 
     /// Kills the server (as a crash would), so nothing is saved at exit.
