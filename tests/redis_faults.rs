@@ -263,6 +263,49 @@ async fn a_send_to_a_replica_waits_for_its_promotion_and_is_written_once() {
     assert_eq!(length, 1, "written once");
 }
 
+/// With a short `send_timeout`, a send to a replica fails once it is spent,
+/// having written nothing.
+#[tokio::test]
+async fn a_send_to_a_replica_fails_at_its_timeout_and_writes_nothing() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let config = RegistryConfig::default().send_timeout(Duration::from_millis(300));
+    let registry = server.registry(config).await;
+    let mut redis = raw(&server).await;
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(redis_server::free_port())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let started = tokio::time::Instant::now();
+    let sent = registry
+        .send(&"room".to_owned(), MessageEvent::new("refused"))
+        .await;
+    let took = started.elapsed();
+    assert!(
+        matches!(sent, Err(sse_runtime::BrokerError::Unavailable(_))),
+        "{sent:?}"
+    );
+    assert!(
+        took >= Duration::from_millis(250) && took < Duration::from_secs(2),
+        "it retried until its timeout, and no longer: {took:?}"
+    );
+    let () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    let length: usize = redis::cmd("XLEN")
+        .arg("sse:room")
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    assert_eq!(length, 0, "nothing written");
+}
+
 #[tokio::test]
 async fn redis_paused_past_the_timeouts_loses_no_acknowledged_event_and_repeats_none() {
     let Some(server) = redis_server::start(false).await else {

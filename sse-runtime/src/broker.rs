@@ -227,6 +227,7 @@ pub struct RegistryConfig {
     pub(crate) buffer: usize,
     pub(crate) lag_policy: LagPolicy,
     pub(crate) reset_event_type: String,
+    pub(crate) send_timeout: Duration,
 }
 
 impl Default for RegistryConfig {
@@ -239,6 +240,7 @@ impl Default for RegistryConfig {
             buffer: 256,
             lag_policy: LagPolicy::Disconnect,
             reset_event_type: "reset".to_owned(),
+            send_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -300,6 +302,25 @@ impl RegistryConfig {
     /// What happens to a subscriber that falls behind (default: disconnect).
     pub fn lag_policy(mut self, policy: LagPolicy) -> Self {
         self.lag_policy = policy;
+        self
+    }
+
+    /// How long a `send` or `broadcast` may wait for an external broker
+    /// before it fails with [`BrokerError::Unavailable`] (default 5 s; at
+    /// least 1 ms). On Redis this covers the retries through a failover:
+    /// answers that say Redis did not run the command (a replica not yet
+    /// promoted, a cluster that is down) are retried within it, nothing else.
+    /// Raise it above the failover time (about `cluster-node-timeout` plus a
+    /// second) for sends that wait a failover out; lower it for sends that
+    /// fail fast. The in-memory broker never waits.
+    ///
+    /// ```
+    /// use sse_runtime::RegistryConfig;
+    /// use std::time::Duration;
+    /// let config = RegistryConfig::default().send_timeout(Duration::from_secs(20));
+    /// ```
+    pub fn send_timeout(mut self, timeout: Duration) -> Self {
+        self.send_timeout = timeout.max(Duration::from_millis(1));
         self
     }
 

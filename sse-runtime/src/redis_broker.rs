@@ -68,9 +68,7 @@ const READ_COUNT: usize = 1000;
 /// The reader's response timeout: well above its `BLOCK`, so a large reply
 /// is never cut off and asked for again (the client's default is 500 ms).
 const READER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long `send` goes on retrying an answer that says Redis did not run
-/// it, and how long it waits between tries.
-const SEND_RETRY_FOR: Duration = Duration::from_secs(5);
+/// How long `send` waits between tries of a command Redis did not run.
 const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// A gap this long between two reads means the instance was paused (a VM
 /// pause, a stalled host): the reader checks that it missed nothing.
@@ -309,8 +307,8 @@ impl<K> RedisBroker<K> {
     /// Keys are spread over 16 hash tags (`<prefix>:{<n>}:<key>`), so the
     /// keys an `XREAD` names share one slot, and commands follow the slots as
     /// they move. When a master fails, `send` to its slots waits for the
-    /// replica that takes over, up to 5 s, then fails with
-    /// [`BrokerError::Unavailable`] (only answers that say Redis did not run
+    /// replica that takes over, up to [`RegistryConfig::send_timeout`]
+    /// (default 5 s), then fails with [`BrokerError::Unavailable`] (only answers that say Redis did not run
     /// the command are retried, so an event is never written twice). A
     /// master that stops answering is noticed after 500 ms, and the broker
     /// reconnects with a fresh slot map for the commands after.
@@ -333,7 +331,8 @@ impl<K> RedisBroker<K> {
         config: RegistryConfig,
         prefix: &str,
     ) -> Result<Self, RedisConnectError> {
-        Self::start(Client::cluster(urls)?, config, prefix).await
+        let client = Client::cluster(urls, config.send_timeout)?;
+        Self::start(client, config, prefix).await
     }
 
     async fn start(
@@ -564,7 +563,7 @@ impl Inner {
     /// the copy on the bell, in one round trip (retried as [`until_run`]
     /// says).
     async fn send(&self, stream: &str, fields: &[u8]) -> redis::RedisResult<String> {
-        until_run(|| self.send_once(stream, fields)).await
+        until_run(self.config.send_timeout, || self.send_once(stream, fields)).await
     }
 
     /// One try of [`send`](Self::send): `EVALSHA`, or, where the node does
@@ -927,16 +926,17 @@ fn fixed_hash(text: &str) -> u64 {
     })
 }
 
-/// Runs `attempt` until Redis runs it: an answer that says it did not
-/// ([`not_run`]) is retried every [`SEND_RETRY_WAIT`] for up to
-/// [`SEND_RETRY_FOR`] in all; nothing else is, so an event is never written
-/// twice.
+/// Runs `attempt` until Redis runs it, for up to `limit` in all
+/// ([`RegistryConfig::send_timeout`]): an answer that says it did not
+/// ([`not_run`]) is retried every [`SEND_RETRY_WAIT`]; nothing else is, so an
+/// event is never written twice.
 async fn until_run<T, F: Future<Output = redis::RedisResult<T>>>(
+    limit: Duration,
     mut attempt: impl FnMut() -> F,
 ) -> redis::RedisResult<T> {
     let started = std::time::Instant::now();
     loop {
-        let remaining = SEND_RETRY_FOR.saturating_sub(started.elapsed());
+        let remaining = limit.saturating_sub(started.elapsed());
         let error = match tokio::time::timeout(remaining, attempt()).await {
             Ok(Err(error)) if not_run(&error) => error,
             Ok(answer) => return answer,
@@ -947,10 +947,12 @@ async fn until_run<T, F: Future<Output = redis::RedisResult<T>>>(
                 )));
             }
         };
-        if started.elapsed() + SEND_RETRY_WAIT >= SEND_RETRY_FOR {
+        // The last try goes out just before the limit.
+        let remaining = limit.saturating_sub(started.elapsed());
+        if remaining < SEND_RETRY_WAIT / 10 {
             return Err(error);
         }
-        tokio::time::sleep(SEND_RETRY_WAIT).await;
+        tokio::time::sleep(SEND_RETRY_WAIT.min(remaining - SEND_RETRY_WAIT / 10)).await;
     }
 }
 
@@ -1463,7 +1465,7 @@ where
             let fields: Bytes = event.encode_without_id();
             let mut pipeline = redis::pipe();
             inner.append_broadcast(&mut pipeline, &fields);
-            let (_id,): (String,) = until_run(|| {
+            let (_id,): (String,) = until_run(inner.config.send_timeout, || {
                 let mut connection = inner.commands.clone();
                 let pipeline = &pipeline;
                 async move { pipeline.query_async(&mut connection).await }

@@ -31,11 +31,11 @@ pub(crate) enum Connection {
 }
 
 /// On a Redis Cluster, how long one attempt at a command waits for its
-/// node's answer (as the single-node connection does), and how long a command
-/// may take in all, retries through a failover included: a node that stops
-/// answering fails the command in bounded time instead of holding it.
+/// node's answer (as the single-node connection does); a command's whole
+/// time, retries through a failover included, is bounded by
+/// [`Client::cluster`]'s `timeout`, so a node that stops answering fails the
+/// command in bounded time instead of holding it.
 const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
-const CLUSTER_COMMAND_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The cluster connection that commands share, rebuilt (with a fresh slot
 /// map from the seed nodes) when a command is slow or times out. The Redis
@@ -116,12 +116,13 @@ impl SharedCluster {
 }
 
 impl Client {
-    /// A Redis Cluster reached through any of `urls`, with bounded commands.
-    pub(crate) fn cluster(urls: &[&str]) -> redis::RedisResult<Client> {
+    /// A Redis Cluster reached through any of `urls`, each command bounded
+    /// by `timeout` in all.
+    pub(crate) fn cluster(urls: &[&str], timeout: Duration) -> redis::RedisResult<Client> {
         Ok(Client::Cluster(
             ClusterClient::builder(urls.to_vec())
                 .response_timeout(CLUSTER_ATTEMPT_TIMEOUT)
-                .overall_response_timeout(Some(CLUSTER_COMMAND_TIMEOUT))
+                .overall_response_timeout(Some(timeout))
                 // Retry every 0.1 to 1 s (the client's default waits at
                 // least 1.28 s), so a command waiting for a failover goes
                 // through soon after it.
