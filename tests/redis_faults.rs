@@ -212,6 +212,37 @@ async fn a_broken_broadcast_key_stops_broadcasts_only_and_never_spins() {
     assert_eq!(next(&mut late).await.unwrap().2, "hello");
 }
 
+/// Makes the test's Redis a replica of a master that is not there (it keeps
+/// its data, read-only, answering writes with `READONLY`), as a replica is
+/// until a failover promotes it.
+async fn demote(redis: &mut redis::aio::MultiplexedConnection) {
+    let () = redis::cmd("REPLICAOF")
+        .arg("127.0.0.1")
+        .arg(redis_server::free_port())
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
+/// Makes it a master again.
+async fn promote(redis: &mut redis::aio::MultiplexedConnection) {
+    let () = redis::cmd("REPLICAOF")
+        .arg("NO")
+        .arg("ONE")
+        .query_async(redis)
+        .await
+        .unwrap();
+}
+
+/// How many entries `stream` holds.
+async fn stream_length(redis: &mut redis::aio::MultiplexedConnection, stream: &str) -> usize {
+    redis::cmd("XLEN")
+        .arg(stream)
+        .query_async(redis)
+        .await
+        .unwrap()
+}
+
 /// Redis answers writes with `READONLY` while it is a replica (as a replica
 /// does until a failover promotes it): `send` retries until it is promoted,
 /// and the event is written once.
@@ -223,22 +254,10 @@ async fn a_send_to_a_replica_waits_for_its_promotion_and_is_written_once() {
     let registry = server.registry(RegistryConfig::default()).await;
     let mut subscription = joined(&registry, "room").await;
     let mut redis = raw(&server).await;
-    // A replica of a master that is not there: it keeps its data, read-only.
-    let nowhere = redis_server::free_port();
-    let () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(nowhere)
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    demote(&mut redis).await;
     let promotion = tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let () = redis::cmd("REPLICAOF")
-            .arg("NO")
-            .arg("ONE")
-            .query_async(&mut redis)
-            .await
-            .unwrap();
+        promote(&mut redis).await;
         redis
     });
     let started = tokio::time::Instant::now();
@@ -255,12 +274,11 @@ async fn a_send_to_a_replica_waits_for_its_promotion_and_is_written_once() {
         "after the promotion"
     );
     let mut redis = promotion.await.unwrap();
-    let length: usize = redis::cmd("XLEN")
-        .arg("sse:room")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(length, 1, "written once");
+    assert_eq!(
+        stream_length(&mut redis, "sse:room").await,
+        1,
+        "written once"
+    );
 }
 
 /// With a short `send_timeout`, a send to a replica fails once it is spent,
@@ -273,12 +291,7 @@ async fn a_send_to_a_replica_fails_at_its_timeout_and_writes_nothing() {
     let config = RegistryConfig::default().send_timeout(Duration::from_millis(300));
     let registry = server.registry(config).await;
     let mut redis = raw(&server).await;
-    let () = redis::cmd("REPLICAOF")
-        .arg("127.0.0.1")
-        .arg(redis_server::free_port())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    demote(&mut redis).await;
     let started = tokio::time::Instant::now();
     let sent = registry
         .send(&"room".to_owned(), MessageEvent::new("refused"))
@@ -292,18 +305,12 @@ async fn a_send_to_a_replica_fails_at_its_timeout_and_writes_nothing() {
         took >= Duration::from_millis(250) && took < Duration::from_secs(2),
         "it retried until its timeout, and no longer: {took:?}"
     );
-    let () = redis::cmd("REPLICAOF")
-        .arg("NO")
-        .arg("ONE")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let length: usize = redis::cmd("XLEN")
-        .arg("sse:room")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    assert_eq!(length, 0, "nothing written");
+    promote(&mut redis).await;
+    assert_eq!(
+        stream_length(&mut redis, "sse:room").await,
+        0,
+        "nothing written"
+    );
 }
 
 #[tokio::test]
@@ -489,13 +496,9 @@ async fn a_key_nobody_writes_to_expires_with_its_history_and_old_entries_are_tri
         !idle_exists,
         "a key nobody wrote to for its history's age is gone"
     );
-    let busy_len: u64 = redis::cmd("XLEN")
-        .arg("sse:busy")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
     assert_eq!(
-        busy_len, 1,
+        stream_length(&mut redis, "sse:busy").await,
+        1,
         "only the entry younger than the history's age stays"
     );
 }
