@@ -14,15 +14,39 @@ pub(crate) const KEEP_ALIVE: &[u8] = b": keep-alive\n\n";
 
 /// Writes `name: value\n`.
 ///
-/// The caller guarantees that `value` holds no CR or LF: the event builders
-/// refuse such values, which is what makes field injection impossible.
+/// The event builders refuse a type or id with CR or LF (and an id with
+/// NUL), which is what makes field injection impossible. This check stays in
+/// release builds as the last guard, because some values never pass through
+/// a builder: the ids a broker stamps and the combined id of a multi-key
+/// stream, which is built from a client's resume id. Any such byte that got
+/// this far is written as U+FFFD, never as itself.
 pub(crate) fn write_field(buf: &mut BytesMut, name: &[u8], value: &str) {
-    debug_assert!(memchr::memchr2(b'\r', b'\n', value.as_bytes()).is_none());
     buf.reserve(name.len() + value.len() + 3);
     buf.extend_from_slice(name);
     buf.extend_from_slice(b": ");
-    buf.extend_from_slice(value.as_bytes());
+    if memchr::memchr3(b'\r', b'\n', b'\0', value.as_bytes()).is_none() {
+        buf.extend_from_slice(value.as_bytes());
+    } else {
+        write_replacing_breaks(buf, name, value);
+    }
     buf.extend_from_slice(b"\n");
+}
+
+/// `value` with CR, LF and NUL as U+FFFD (NUL only in an id: an event type
+/// may hold it). Reaching this is a bug upstream, so it is logged.
+#[cold]
+fn write_replacing_breaks(buf: &mut BytesMut, name: &[u8], value: &str) {
+    tracing::error!(
+        field = %String::from_utf8_lossy(name),
+        "a field value with a line break reached the encoder; it was neutralised"
+    );
+    for ch in value.chars() {
+        match ch {
+            '\r' | '\n' => buf.extend_from_slice("\u{fffd}".as_bytes()),
+            '\0' if name == b"id" => buf.extend_from_slice("\u{fffd}".as_bytes()),
+            ch => buf.extend_from_slice(ch.encode_utf8(&mut [0; 4]).as_bytes()),
+        }
+    }
 }
 
 /// Writes `data` as one `data:` line per line of text, splitting on `\r\n`,
@@ -124,6 +148,17 @@ mod tests {
         for (input, expected) in cases {
             assert_eq!(data(input), expected, "input {input:?}");
         }
+    }
+
+    #[test]
+    fn a_line_break_in_a_field_value_never_reaches_the_wire_in_any_build() {
+        let mut buf = BytesMut::new();
+        write_field(&mut buf, b"id", "a\nb\rc\0d");
+        write_field(&mut buf, b"event", "x\r\ny\0");
+        assert_eq!(
+            std::str::from_utf8(&buf).unwrap(),
+            "id: a\u{fffd}b\u{fffd}c\u{fffd}d\nevent: x\u{fffd}\u{fffd}y\0\n"
+        );
     }
 
     #[test]

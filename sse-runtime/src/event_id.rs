@@ -53,8 +53,11 @@ impl LastEventId {
     }
 }
 
+/// `id`, or [`UNREADABLE`] when it is too long or holds a CR, LF or NUL: no
+/// `id:` field can carry those (a browser never sends them back), so such a
+/// value is a forged one and is never passed on, let alone echoed.
 fn bounded(id: &str) -> String {
-    if id.len() > MAX_LAST_EVENT_ID_LEN {
+    if id.len() > MAX_LAST_EVENT_ID_LEN || id.contains(['\r', '\n', '\0']) {
         UNREADABLE.to_owned()
     } else {
         id.to_owned()
@@ -223,6 +226,16 @@ mod tests {
         );
         let long = "x".repeat(MAX_LAST_EVENT_ID_LEN + 1);
         assert_eq!(extract("/", Some(&long)).await.as_deref(), Some(UNREADABLE));
+        for forged in ["x%0Adata%0A%0A", "x%0D", "x%00", "s:x%0Adata"] {
+            assert_eq!(
+                extract(&format!("/?lastEventId={forged}"), None)
+                    .await
+                    .as_deref(),
+                Some(UNREADABLE),
+                "{forged}"
+            );
+        }
+        assert_eq!(LastEventId::new(Some("a\nb")).as_deref(), Some(UNREADABLE));
         assert_eq!(
             extract(&format!("/?lastEventId={long}"), None)
                 .await

@@ -14,6 +14,7 @@ use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 
 use crate::broker::{Broker, ResetReason};
+use crate::encode;
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::telemetry;
 
@@ -121,7 +122,9 @@ fn fingerprint<K: Display>(keys: &[K]) -> String {
     format!("{hash:08x}")
 }
 
-/// `<set>:<id>_<id>...`, each id escaped.
+/// `<set>:<id>_<id>...`, each id escaped: `%`, `_`, `:` and every byte
+/// outside printable ASCII as `%XX`, so the combined id is printable ASCII
+/// whatever the keys' ids hold.
 fn format(set: &str, positions: &[String]) -> String {
     let mut out =
         String::with_capacity(set.len() + 1 + positions.iter().map(|p| p.len() + 1).sum::<usize>());
@@ -131,21 +134,38 @@ fn format(set: &str, positions: &[String]) -> String {
         if index > 0 {
             out.push('_');
         }
-        for ch in position.chars() {
-            match ch {
-                '%' => out.push_str("%25"),
-                '_' => out.push_str("%5F"),
-                ':' => out.push_str("%3A"),
-                ch => out.push(ch),
+        for &byte in position.as_bytes() {
+            if is_plain(byte) {
+                out.push(char::from(byte));
+            } else {
+                out.push_str(&format!("%{byte:02X}"));
             }
         }
     }
     out
 }
 
+/// Bytes a combined id carries as themselves: printable ASCII but the escape
+/// and the two separators.
+fn is_plain(byte: u8) -> bool {
+    matches!(byte, 0x21..=0x7e) && !matches!(byte, b'%' | b'_' | b':')
+}
+
 /// The keys' ids in a combined id, or why it cannot resume this set.
+///
+/// The id comes from a client and its parts are written back in the stream's
+/// first `id:` line, so anything [`format`] would not have written is
+/// refused: a raw byte outside printable ASCII, a bad escape, or a part that
+/// decodes to CR, LF or NUL (no broker issues such an id, and the `id:`
+/// field cannot carry one).
 fn parse(id: &str, set: &str, keys: usize) -> Result<Vec<String>, ResetReason> {
     let (given_set, rest) = id.split_once(':').ok_or(ResetReason::InvalidId)?;
+    if !rest
+        .bytes()
+        .all(|byte| matches!(byte, 0x21..=0x7e) && byte != b':')
+    {
+        return Err(ResetReason::InvalidId);
+    }
     if given_set != set {
         // Another set of keys, or another order: no position of this one.
         return Err(ResetReason::UnknownId);
@@ -160,22 +180,22 @@ fn parse(id: &str, set: &str, keys: usize) -> Result<Vec<String>, ResetReason> {
         .collect()
 }
 
+/// A part with its `%XX` escapes decoded; `None` for a bad escape, bytes that
+/// are not UTF-8, or a CR, LF or NUL.
 fn unescape(part: &str) -> Option<String> {
-    let mut out = String::with_capacity(part.len());
-    let mut rest = part;
-    while let Some(at) = rest.find('%') {
-        out.push_str(&rest[..at]);
-        let code = rest.get(at + 1..at + 3)?;
-        out.push(match code {
-            "25" => '%',
-            "5F" => '_',
-            "3A" => ':',
-            _ => return None,
-        });
-        rest = &rest[at + 3..];
+    let mut out = Vec::with_capacity(part.len());
+    let mut bytes = part.bytes();
+    while let Some(byte) = bytes.next() {
+        if byte == b'%' {
+            let digit = |d: Option<u8>| char::from(d?).to_digit(16);
+            let (hi, lo) = (digit(bytes.next())?, digit(bytes.next())?);
+            out.push((hi * 16 + lo) as u8);
+        } else {
+            out.push(byte);
+        }
     }
-    out.push_str(rest);
-    Some(out)
+    let text = String::from_utf8(out).ok()?;
+    (!text.contains(['\r', '\n', '\0'])).then_some(text)
 }
 
 /// The `id:` of an encoded event: the line this crate writes for it.
@@ -213,9 +233,8 @@ fn restamp(event: &EncodedEvent, combined: &str, reset_type: &str, key_json: &st
         }
         out.extend_from_slice(b"\n");
     }
-    out.extend_from_slice(b"id: ");
-    out.extend_from_slice(combined.as_bytes());
-    out.extend_from_slice(b"\n\n");
+    encode::write_field(&mut out, b"id", combined);
+    out.extend_from_slice(b"\n");
     EncodedEvent::from_trusted(out.freeze())
 }
 
@@ -238,6 +257,36 @@ mod tests {
         for bad in ["", "0badcafe", "0badcafe:%zz_1_2", "0badcafe:%5"] {
             assert!(parse(bad, "0badcafe", 3).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn a_resume_part_that_could_break_the_id_line_is_refused() {
+        for bad in [
+            "0badcafe:x\ndata\ndata\n\n",
+            "0badcafe:x\r",
+            "0badcafe:x\0",
+            "0badcafe:%0A",
+            "0badcafe:%0d",
+            "0badcafe:%00",
+            "0badcafe:a b",
+            "0badcafe:%FF",
+            "0badcafe:é",
+            "0badcafe:a:b",
+        ] {
+            assert_eq!(
+                parse(bad, "0badcafe", 1),
+                Err(ResetReason::InvalidId),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn any_key_id_round_trips_through_printable_ascii() {
+        let positions = vec!["a b\té😀".to_owned(), "%_:".to_owned(), String::new()];
+        let id = format("0badcafe", &positions);
+        assert!(id.bytes().all(|b| matches!(b, 0x21..=0x7e)), "{id}");
+        assert_eq!(parse(&id, "0badcafe", 3).unwrap(), positions);
     }
 
     #[test]

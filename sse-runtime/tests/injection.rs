@@ -169,3 +169,66 @@ fn the_2026_injection_payloads_are_refused() {
         assert_eq!(events[0].event, "message");
     }
 }
+
+/// A combined resume id as a client might forge it: a real set fingerprint
+/// (or not), then parts rich in escapes, separators and line breaks.
+fn forged_combined_id(fingerprint: String) -> impl Strategy<Value = String> {
+    let part = prop_oneof![
+        Just("%0A".to_owned()),
+        Just("%0D".to_owned()),
+        Just("%00".to_owned()),
+        Just("%25".to_owned()),
+        Just("%5F".to_owned()),
+        Just("%3A".to_owned()),
+        Just("%zz".to_owned()),
+        Just("_".to_owned()),
+        Just(":".to_owned()),
+        nasty_string(),
+        "[0-9a-f]{8}-[0-9]{1,3}",
+    ];
+    (
+        prop_oneof![Just(fingerprint), "[0-9a-f]{8}"],
+        proptest::collection::vec(part, 0..6),
+    )
+        .prop_map(|(set, parts)| format!("{set}:{}", parts.concat()))
+}
+
+/// The fingerprint of `keys` as the registry writes it.
+fn fingerprint_of(keys: &[String]) -> String {
+    let registry: sse_runtime::Registry<String> = sse_runtime::Registry::new();
+    let mut stream = registry.subscribe_many(keys, None);
+    let first = futures_executor(stream.next()).unwrap();
+    let text = std::str::from_utf8(first.as_bytes()).unwrap().to_owned();
+    let id = text.strip_prefix("id: ").unwrap();
+    id.split_once(':').unwrap().0.to_owned()
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    #[test]
+    fn any_combined_resume_id_starts_one_clean_stream(id in forged_combined_id(fingerprint_of(&["a".to_owned(), "b".to_owned()]))) {
+        let keys = ["a".to_owned(), "b".to_owned()];
+        let registry: sse_runtime::Registry<String> = sse_runtime::Registry::new();
+        futures_executor(async {
+            registry.send(&keys[0], MessageEvent::new("one")).await.unwrap();
+            registry.send(&keys[1], MessageEvent::new("two")).await.unwrap();
+        });
+        let mut stream = registry.subscribe_many(&keys, Some(&id));
+        let first = futures_executor(stream.next()).unwrap();
+        let wire = first.as_bytes();
+        // Our own fields only, and only printable ASCII in the id.
+        prop_assert!(wire.ends_with(b"\n\n") && !wire[..wire.len() - 2].windows(2).any(|w| w == b"\n\n"), "{:?}", first);
+        prop_assert!(!wire.contains(&b'\r') && !wire.contains(&0), "{:?}", first);
+        let text = std::str::from_utf8(wire).unwrap();
+        for line in text.trim_end_matches('\n').split('\n') {
+            prop_assert!(line.starts_with("id: ") || line == "event: reset" || line.starts_with("data: {\"reason\":") || line == "data: one" || line == "data: two", "{:?}", text);
+        }
+        let id_line = text.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
+        prop_assert!(id_line.bytes().all(|b| (0x21..=0x7e).contains(&b)), "{:?}", text);
+        // At most one event dispatched: the reset, or nothing (a resume point
+        // or a replayed event of ours).
+        let events = parse(wire, 3);
+        prop_assert!(events.len() <= 1);
+    }
+}

@@ -1,0 +1,93 @@
+//! What a hostile client tries, each as a test that failed before its fix:
+//! the server answers with a clean error or a reset, never with bytes the
+//! client chose.
+
+use chat::ChatController;
+use sse_tests::{RawResponse, TestServer};
+
+/// The multi-room stream's resume point: `<fingerprint>:<positions>`.
+async fn resume_point(server: &TestServer, rooms: &str) -> String {
+    let mut raw = RawResponse::get(server.addr, &format!("/rooms/events?rooms={rooms}")).await;
+    let mut text = String::new();
+    while !text.ends_with("\n\n") || !text.contains("id: ") {
+        text.push_str(&String::from_utf8(raw.next_chunk().await.unwrap()).unwrap());
+    }
+    let line = text.lines().find_map(|l| l.strip_prefix("id: ")).unwrap();
+    line.to_owned()
+}
+
+/// The first event after the retry hint, as raw text.
+async fn first_event(server: &TestServer, path: &str) -> String {
+    let mut raw = RawResponse::get(server.addr, path).await;
+    let mut text = String::new();
+    // The retry hint is one block; the first event is the second.
+    while text.matches("\n\n").count() < 2 {
+        let chunk = raw.next_chunk().await.expect("the stream ended early");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    text
+}
+
+#[tokio::test]
+async fn a_line_break_in_a_multi_key_resume_id_yields_a_clean_invalid_id_reset() {
+    let server = TestServer::start(ChatController::new(["general", "random"]).app()).await;
+    for rooms in ["general", "general,random"] {
+        forged_multi_key_ids_are_refused(&server, rooms).await;
+    }
+}
+
+async fn forged_multi_key_ids_are_refused(server: &TestServer, rooms: &str) {
+    let genuine = resume_point(server, rooms).await;
+    let (fingerprint, _) = genuine.split_once(':').unwrap();
+    for forged in [
+        "x%0Adata%0Adata%0A%0A",
+        "x%0Ddata%0D%0D",
+        "x%00",
+        "x%250A_y",
+        "x%250D_y",
+        "x%2500_y",
+        "x_y%0Aevent:%20admin",
+        "x%0Aevent:%20admin",
+    ] {
+        let path = format!("/rooms/events?rooms={rooms}&lastEventId={fingerprint}:{forged}");
+        let text = first_event(server, &path).await;
+        let body = text.strip_prefix("retry: 1000\n\n").unwrap_or(&text);
+        let lines: Vec<&str> = body.trim_end_matches('\n').split('\n').collect();
+        assert_eq!(lines.len(), 3, "{forged}: {text:?}");
+        assert_eq!(lines[0], "event: reset", "{forged}: {text:?}");
+        assert_eq!(
+            lines[2], "data: {\"reason\":\"invalid_id\"}",
+            "{forged}: {text:?}"
+        );
+        let id = lines[1].strip_prefix("id: ").unwrap();
+        assert!(
+            id.starts_with(&format!("{fingerprint}:")) && !id.contains('x'),
+            "{forged}: the client's parts were echoed: {id:?}"
+        );
+        assert!(
+            !text.contains('\r') && !text.contains('\0'),
+            "{forged}: {text:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_line_break_in_a_single_key_resume_id_yields_a_clean_reset() {
+    let server = TestServer::start(ChatController::new(["general"]).app()).await;
+    for forged in ["x%0Adata%0A%0A", "x%0D", "x%00"] {
+        let text = first_event(
+            &server,
+            &format!("/rooms/general/events?lastEventId={forged}"),
+        )
+        .await;
+        assert!(
+            text.starts_with("retry: 1000\n\nevent: reset\nid: ")
+                && text.ends_with("\ndata: {\"reason\":\"invalid_id\"}\n\n"),
+            "{forged}: {text:?}"
+        );
+        assert!(
+            text.matches('\n').count() == 6 && !text.contains('\r') && !text.contains('\0'),
+            "{forged}: {text:?}"
+        );
+    }
+}
