@@ -64,59 +64,38 @@
 //! | `sse_redis_reader_errors_total` | counter | | Redis reader reads that failed (it reconnects and checks for gaps) |
 #![deny(missing_docs)]
 
-mod body;
-mod body_deadline;
-mod broker;
-mod encode;
 mod event;
-mod event_id;
 #[cfg(feature = "redis")]
-mod fanout;
-mod item;
-mod lean_http1;
-mod limits;
-mod memory;
-mod multi;
-mod pacer;
-#[cfg(feature = "redis")]
-mod redis_broker;
-#[cfg(feature = "redis")]
-mod redis_connection;
-#[cfg(feature = "redis")]
-mod redis_ids;
+mod redis;
 mod registry;
 mod response;
-mod serve;
-mod shutdown;
+mod server;
+mod sync;
 mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
-#[cfg(feature = "tls")]
-mod tls;
-mod typed;
 #[cfg(feature = "typescript")]
 pub mod typescript;
-mod write_stall;
 
 #[doc(hidden)]
 #[path = "private.rs"]
 pub mod __private;
 
-pub use broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
+pub use event::id::{LastEventId, MAX_LAST_EVENT_ID_LEN};
+pub use event::item::{ItemError, SseItem};
+pub use event::typed::{IntoEvent, SseEvent};
 pub use event::{EncodedEvent, EventError, EventField, EventType, MessageEvent};
-pub use event_id::{LastEventId, MAX_LAST_EVENT_ID_LEN};
-pub use item::{ItemError, SseItem};
-pub use limits::default_max_connections;
-pub use memory::MemoryBroker;
 #[cfg(feature = "redis")]
-pub use redis_broker::{RedisBroker, RedisConnectError};
+pub use redis::{RedisBroker, RedisConnectError};
+pub use registry::broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
+pub use registry::memory::MemoryBroker;
 pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};
-pub use serve::{Serve, serve};
-pub use shutdown::shutdown_signal;
+pub use server::limits::default_max_connections;
+pub use server::shutdown::shutdown_signal;
+#[cfg(feature = "tls")]
+pub use server::tls::{TlsConfig, TlsError};
+pub use server::write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};
+pub use server::{Serve, serve};
 #[doc(inline)]
 pub use sse_macros::{SseEvent, delete, get, patch, post, put, sse, sse_controller};
-#[cfg(feature = "tls")]
-pub use tls::{TlsConfig, TlsError};
-pub use typed::{IntoEvent, SseEvent};
-pub use write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};

@@ -11,7 +11,7 @@ use axum::response::{IntoResponse, Response};
 use futures_core::Stream;
 use futures_util::StreamExt;
 
-use crate::item::SseItem;
+use crate::event::item::SseItem;
 use crate::response::{KeepAlive, Sse};
 
 pub use ::async_stream;

@@ -9,7 +9,7 @@
 //! controller macros, the name given to [`Sse::route_name`](crate::Sse::route_name),
 //! or `unnamed`.
 
-use crate::broker::{BrokerError, ResetReason};
+use crate::registry::broker::{BrokerError, ResetReason};
 
 /// The `route` label of a stream that was given none.
 pub(crate) const UNNAMED: &str = "unnamed";

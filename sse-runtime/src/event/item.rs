@@ -3,7 +3,7 @@
 use bytes::{BufMut, BytesMut};
 use serde::Serialize;
 
-use crate::encode;
+use crate::event::encode;
 use crate::event::{EncodedEvent, MessageEvent};
 
 /// A value a server-sent event stream may yield.

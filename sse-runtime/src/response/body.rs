@@ -13,8 +13,10 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use crate::item::SseItem;
-use crate::{encode, pacer, telemetry};
+use super::pacer;
+use crate::event::encode;
+use crate::event::item::SseItem;
+use crate::telemetry;
 
 /// Past this many buffered bytes a frame is sent even if more events are ready,
 /// so one fast producer cannot grow the buffer without bound.

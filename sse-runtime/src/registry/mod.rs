@@ -1,22 +1,28 @@
 //! The registry: per-user and per-topic streams that fan out, survive
 //! reconnects and never leak.
 
+pub(crate) mod broker;
+pub(crate) mod memory;
+pub(crate) mod multi;
+
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::task::{Context, Poll};
 
 use futures_core::Stream;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
 
-use crate::broker::{Broker, BrokerError, RegistryConfig};
+use crate::event::typed::IntoEvent;
 use crate::event::{EncodedEvent, MessageEvent};
-use crate::memory::MemoryBroker;
+use crate::registry::broker::{Broker, BrokerError, RegistryConfig};
+use crate::registry::memory::MemoryBroker;
 use crate::telemetry;
-use crate::typed::IntoEvent;
 
 /// Streams by key (a user id, a topic, a room): subscribe, send, broadcast,
 /// replay after a reconnect. A cheap-to-clone handle for handlers, background
@@ -175,7 +181,7 @@ where
             return Subscription(Box::pin(futures_util::stream::pending()));
         }
         let last_event_id = last_event_id.filter(|id| !id.is_empty());
-        Subscription(crate::multi::subscribe_many(
+        Subscription(crate::registry::multi::subscribe_many(
             Arc::clone(&self.broker),
             keys,
             last_event_id,
@@ -228,11 +234,7 @@ where
         let task_key = key.clone();
         // Held until the task is in the map, so that it cannot finish and remove
         // itself before it was added.
-        let mut running = self
-            .producers
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut running = lock(&self.producers.running);
         let task = tokio::spawn(async move {
             let mut producer = std::pin::pin!(producer);
             while let Some(event) = producer.next().await {
@@ -241,10 +243,7 @@ where
                     break;
                 }
             }
-            let mut running = producers
-                .running
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
+            let mut running = lock(&producers.running);
             if running
                 .get(&task_key)
                 .is_some_and(|(current, _)| *current == id)
@@ -298,11 +297,7 @@ where
 
     /// How many producers registered with [`register`](Registry::register) are running.
     pub fn producer_count(&self) -> usize {
-        self.producers
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .len()
+        lock(&self.producers.running).len()
     }
 
     /// How many open subscriptions `key` has.
@@ -334,13 +329,7 @@ where
     pub fn shutdown(&self) {
         self.closed.send_replace(true);
         self.broker.shutdown();
-        for (_, (_, task)) in self
-            .producers
-            .running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .drain()
-        {
+        for (_, (_, task)) in lock(&self.producers.running).drain() {
             task.abort();
         }
     }

@@ -10,11 +10,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use crate::event::EncodedEvent;
-use crate::redis_ids::Position;
+use crate::redis::ids::Position;
 
 /// What the reader hands a key's local subscribers: an event, stamped with
 /// the fan-out's position after it (`id: <position>` first, as
@@ -95,8 +95,7 @@ impl Fanout {
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
-        // Every update completes before the guard drops: recover the data.
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Appends `delivery` and wakes every waiting subscriber.
@@ -201,7 +200,7 @@ mod tests {
     use super::*;
     use std::task::Waker;
 
-    use crate::redis_ids::EntryId;
+    use crate::redis::ids::EntryId;
 
     fn event(n: u64) -> Delivery {
         Delivery {

@@ -1,4 +1,4 @@
-//! One shared clock for the batches that [`SseBody`](crate::body::SseBody)
+//! One shared clock for the batches that [`SseBody`](crate::response::body::SseBody)
 //! holds back.
 //!
 //! A connection that wrote a moment ago and has a small batch ready parks its
@@ -73,7 +73,7 @@ fn pacer() -> &'static Pacer {
 
 fn lock(pacer: &Pacer) -> MutexGuard<'_, State> {
     // The lock guards plain lists that every step leaves consistent.
-    pacer.state.lock().unwrap_or_else(PoisonError::into_inner)
+    crate::sync::lock(&pacer.state)
 }
 
 /// Parks `waker` for `wait` (rounded up to whole ticks, at least one, at most

@@ -1,12 +1,15 @@
 //! The event a stream yields: NestJS's `MessageEvent`, with validation that makes
 //! field injection impossible.
 
+pub(crate) mod encode;
+pub(crate) mod id;
+pub(crate) mod item;
+pub(crate) mod typed;
+
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use serde::Serialize;
-
-use crate::encode;
 
 /// One server-sent event: data, and optionally an event type, an id, a reconnection
 /// hint and a comment.

@@ -1,6 +1,14 @@
 //! A server loop for many long-lived event streams: HTTP/1.1 only, with the
 //! limits and timeouts that keep misbehaving clients from taking it down.
 
+pub(crate) mod body_deadline;
+pub(crate) mod lean_http1;
+pub(crate) mod limits;
+pub(crate) mod shutdown;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+pub(crate) mod write_stall;
+
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::net::SocketAddr;
@@ -23,13 +31,13 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
-use crate::body_deadline::DeadlineBody;
-use crate::lean_http1::{self, Next, Rewind};
-use crate::limits::{PeerSlot, PerPeer, default_max_connections};
-use crate::shutdown::{EndOnDrain, Phase};
-use crate::write_stall::{
+use crate::server::body_deadline::DeadlineBody;
+use crate::server::limits::{PeerSlot, PerPeer, default_max_connections};
+use crate::server::shutdown::{EndOnDrain, Phase};
+use crate::server::write_stall::{
     DEFAULT_WRITE_STALL_TIMEOUT, RouteWriteStall, StallTimeout, WriteStallIo,
 };
+use lean_http1::{Next, Rewind};
 
 /// Serves `app` on `listener` over HTTP/1.1, the way `axum::serve` does, with
 /// a smaller footprint per connection and defences against clients that
@@ -104,7 +112,7 @@ pub struct Serve {
     shutdown: Option<BoxFuture<'static, ()>>,
     limits: Limits,
     #[cfg(feature = "tls")]
-    tls: Option<crate::tls::TlsConfig>,
+    tls: Option<crate::server::tls::TlsConfig>,
 }
 
 #[derive(Clone)]
@@ -211,7 +219,7 @@ impl Serve {
     /// handshake must complete within the header read timeout. Behind a
     /// TLS-terminating proxy that speaks HTTP/2 to browsers, leave this off.
     #[cfg(feature = "tls")]
-    pub fn tls(mut self, tls: crate::tls::TlsConfig) -> Self {
+    pub fn tls(mut self, tls: crate::server::tls::TlsConfig) -> Self {
         self.tls = Some(tls);
         self
     }
@@ -241,7 +249,7 @@ struct Shared {
     phase: watch::Receiver<Phase>,
     http: hyper::server::conn::http1::Builder,
     #[cfg(feature = "tls")]
-    tls: Option<crate::tls::TlsConfig>,
+    tls: Option<crate::server::tls::TlsConfig>,
 }
 
 async fn run(serve: Serve) -> io::Result<()> {
@@ -442,7 +450,7 @@ async fn serve_with_hyper(
 async fn serve_tls(
     shared: Arc<Shared>,
     io: WriteStallIo<TcpStream>,
-    tls: crate::tls::TlsConfig,
+    tls: crate::server::tls::TlsConfig,
     stall: StallTimeout,
     peer: SocketAddr,
 ) {

@@ -2,7 +2,9 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 
 /// Descriptors left for everything that is not an accepted connection
 /// (the listener, outgoing connections to a database or Redis, files, the
@@ -63,7 +65,7 @@ impl PerPeer {
 
     /// A place for one more connection of `peer`, or `None` at its limit.
     pub(crate) fn admit(&self, peer: IpAddr) -> Option<PeerSlot> {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = lock(&self.open);
         let count = open.entry(peer).or_insert(0);
         if *count >= self.limit {
             return None;
@@ -83,7 +85,7 @@ impl PerPeer {
 
 impl Drop for PeerSlot {
     fn drop(&mut self) {
-        let mut open = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut open = lock(&self.open);
         if let Some(count) = open.get_mut(&self.peer) {
             *count -= 1;
             if *count == 0 {

@@ -41,12 +41,18 @@
 //! client that resumes with an id from before gets the reset signal, never a
 //! silent gap.
 
+mod connection;
+mod fanout;
+mod ids;
+
 use std::collections::HashMap;
 use std::fmt::Display;
 use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
+
+use crate::sync::lock;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,12 +60,12 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 use tokio::sync::Notify;
 
-use crate::broker::{Broker, BrokerError, RegistryConfig, ResetReason};
 use crate::event::{EncodedEvent, MessageEvent};
-use crate::fanout::{Cursor, Delivery, DeliveryKind, Fanout, Next};
-use crate::redis_connection::{Client, Connection};
-pub(crate) use crate::redis_ids::EntryId;
-use crate::redis_ids::Position;
+use crate::redis::connection::{Client, Connection};
+use crate::redis::fanout::{Cursor, Delivery, DeliveryKind, Fanout, Next};
+pub(crate) use crate::redis::ids::EntryId;
+use crate::redis::ids::Position;
+use crate::registry::broker::{Broker, BrokerError, RegistryConfig, ResetReason};
 
 /// How long the reader's `XREAD` blocks waiting for entries.
 const READ_BLOCK: Duration = Duration::from_millis(200);
@@ -279,10 +285,6 @@ pub struct RedisConnectError(#[from] redis::RedisError);
 
 fn unavailable(error: redis::RedisError) -> BrokerError {
     BrokerError::Unavailable(error.to_string())
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<K> RedisBroker<K> {
@@ -1400,7 +1402,7 @@ impl<K: Display> RedisBroker<K> {
                         }
                     }
                     Next::Lagged => match inner.config.lag_policy {
-                        crate::broker::LagPolicy::Disconnect => {
+                        crate::registry::broker::LagPolicy::Disconnect => {
                             tracing::debug!(stream, "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)");
                             crate::telemetry::lag_disconnect();
                             return;

@@ -20,7 +20,9 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
+
+use crate::sync::lock;
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
@@ -28,9 +30,9 @@ use futures_core::Stream;
 use futures_util::future::{self, BoxFuture};
 use futures_util::stream::BoxStream;
 
-use crate::broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
+use crate::event::id::{IdSpace, ParsedId};
 use crate::event::{EncodedEvent, MessageEvent};
-use crate::event_id::{IdSpace, ParsedId};
+use crate::registry::broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
 use crate::telemetry;
 
 const SHARDS: usize = 32;
@@ -213,12 +215,6 @@ impl KeyState {
     fn is_idle(&self) -> bool {
         self.subscribers == 0 && self.history.is_empty()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // Every update of a key state completes before its guard drops, so a panic
-    // elsewhere cannot leave one half-written: recover the data.
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl<K> MemoryBroker<K>

@@ -13,7 +13,7 @@ use futures_util::future::BoxFuture;
 use http_body::Frame;
 use pin_project_lite::pin_project;
 
-use crate::encode;
+use crate::event::encode;
 
 /// Resolves when the process is asked to stop: Ctrl-C (SIGINT) or, on Unix,
 /// SIGTERM, which is what `docker stop`, Kubernetes and systemd send.

@@ -1,14 +1,17 @@
 //! The SSE response: headers, keep-alive and the reconnection hint.
 
+pub(crate) mod body;
+pub(crate) mod pacer;
+
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use futures_core::Stream;
 use http::{HeaderValue, header};
 
-use crate::body::{Batching, OpenStream, SseBody};
-use crate::item::SseItem;
-use crate::write_stall::RouteWriteStall;
+use crate::event::item::SseItem;
+use crate::response::body::{Batching, OpenStream, SseBody};
+use crate::server::write_stall::RouteWriteStall;
 
 /// A `text/event-stream` response that sends each item of `stream` as it is
 /// produced.
@@ -118,7 +121,7 @@ where
     /// ticker may want a short one; a stream to clients on poor mobile
     /// networks a longer one.
     ///
-    /// Applied by [`serve`](crate::serve), to the connection the response
+    /// Applied by [`serve`](crate::server), to the connection the response
     /// goes out on; other servers ignore it (see
     /// [`WriteStallListener`](crate::WriteStallListener) for `axum::serve`).
     ///

@@ -21,7 +21,7 @@ use pin_project_lite::pin_project;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 
-use crate::write_stall::WriteStallIo;
+use crate::server::write_stall::WriteStallIo;
 
 /// The longest request head read: past it the request is answered `431`.
 pub(crate) const MAX_HEAD_BYTES: usize = 16 * 1024;

@@ -13,9 +13,9 @@ use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 
-use crate::broker::{Broker, ResetReason};
-use crate::encode;
+use crate::event::encode;
 use crate::event::{EncodedEvent, MessageEvent};
+use crate::registry::broker::{Broker, ResetReason};
 use crate::telemetry;
 
 /// The subscription `Registry::subscribe_many` returns.

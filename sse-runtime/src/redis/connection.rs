@@ -9,6 +9,8 @@ use redis::cluster::{ClusterClient, ClusterConfig};
 use redis::cluster_async::ClusterConnection;
 use redis::{Cmd, Pipeline, RedisFuture, Value};
 
+use crate::sync::lock;
+
 /// Where the broker's data lives.
 #[derive(Clone)]
 pub(crate) enum Client {
@@ -55,10 +57,7 @@ const REBUILD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
 
 impl SharedCluster {
     fn connection(&self) -> ClusterConnection {
-        self.current
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        lock(&self.current).clone()
     }
 
     /// Runs one command (or pipeline) on the current connection. While it
@@ -97,10 +96,7 @@ impl SharedCluster {
             *rebuilt_at = Instant::now();
             match shared.client.get_async_connection().await {
                 Ok(connection) => {
-                    *shared
-                        .current
-                        .lock()
-                        .unwrap_or_else(std::sync::PoisonError::into_inner) = connection;
+                    *lock(&shared.current) = connection;
                     tracing::warn!(
                         "SSE Redis Cluster command slow or timed out; reconnected with a fresh \
                          slot map"
