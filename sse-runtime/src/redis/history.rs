@@ -1,0 +1,245 @@
+//! What a key's stream and the broadcast stream hold: their ends, whether
+//! they still cover a client's position, and pages of entries to replay or
+//! catch up from.
+
+use std::sync::atomic::Ordering;
+
+use bytes::Bytes;
+
+use super::Inner;
+use super::ids::{EntryId, Position};
+use crate::event::{EncodedEvent, MessageEvent};
+use crate::registry::broker::ResetReason;
+use crate::sync::lock;
+
+/// A resuming subscription reads its history in pages of this many entries,
+/// so its memory is bounded whatever the history length.
+const REPLAY_PAGE: usize = 500;
+
+impl Inner {
+    /// The last entry id of `stream` (0-0 when it is empty or missing).
+    pub(super) async fn last_id(&self, stream: &str) -> redis::RedisResult<EntryId> {
+        let mut connection = self.commands.clone();
+        let last: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XREVRANGE")
+            .arg(stream)
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut connection)
+            .await?;
+        Ok(last
+            .first()
+            .and_then(|(id, _)| EntryId::parse(id))
+            .unwrap_or_default())
+    }
+
+    /// The broadcast stream's last id; `0-0` when the key holds another type
+    /// (marked unreadable, so subscriptions still start and keys flow).
+    pub(super) async fn last_broadcast_id(&self) -> redis::RedisResult<EntryId> {
+        match self.last_id(&self.broadcast_stream).await {
+            Err(error) if is_wrong_type(&error) => {
+                self.mark_broadcast_unreadable();
+                Ok(EntryId::default())
+            }
+            other => other,
+        }
+    }
+
+    pub(super) fn mark_broadcast_unreadable(&self) {
+        if !self.broadcast_unreadable.swap(true, Ordering::SeqCst) {
+            tracing::error!(
+                stream = &*self.broadcast_stream,
+                "SSE Redis broadcast key is not a stream: broadcasts are not delivered until it \
+                 is deleted and the instance restarted"
+            );
+        }
+    }
+
+    /// The reset signal's fields, without an id.
+    pub(super) fn reset_fields(&self, reason: ResetReason) -> Bytes {
+        crate::telemetry::reset(reason);
+        MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
+            .with_event_type(self.config.reset_event_type.as_str())
+            .unwrap_or_else(|_| MessageEvent::new(""))
+            .encode_without_id()
+    }
+
+    /// The reset signal with `position` as its id.
+    pub(super) fn reset_event(&self, reason: ResetReason, position: Position) -> EncodedEvent {
+        MessageEvent::assemble_with_id(&position.to_string(), &self.reset_fields(reason))
+    }
+
+    /// Where the key's stream and the broadcast stream end now.
+    pub(super) async fn current_position(&self, stream: &str) -> redis::RedisResult<Position> {
+        Ok(Position {
+            key: self.last_id(stream).await?,
+            broadcast: self.last_broadcast_id().await?,
+        })
+    }
+
+    /// Whether the history of `stream` still holds everything after `last`.
+    pub(super) async fn covers(
+        &self,
+        stream: &str,
+        last: EntryId,
+    ) -> redis::RedisResult<Result<(), ResetReason>> {
+        let mut connection = self.commands.clone();
+        let exists: bool = redis::cmd("EXISTS")
+            .arg(stream)
+            .query_async(&mut connection)
+            .await?;
+        let before_everything = last == EntryId::default();
+        if !exists {
+            // No such stream: its history is gone, unless the client's
+            // position is before anything was ever written (a resume point
+            // given while the key was empty), where nothing can be missing.
+            return Ok(if before_everything {
+                Ok(())
+            } else {
+                Err(ResetReason::HistoryExpired)
+            });
+        }
+        let info: redis::Value = redis::cmd("XINFO")
+            .arg("STREAM")
+            .arg(stream)
+            .query_async(&mut connection)
+            .await?;
+        let field = |name: &str| -> Option<EntryId> {
+            let redis::Value::Array(items) = &info else {
+                return None;
+            };
+            items.chunks(2).find_map(|pair| match pair {
+                [redis::Value::BulkString(k), value] if k == name.as_bytes() => match value {
+                    redis::Value::BulkString(v) => EntryId::parse(std::str::from_utf8(v).ok()?),
+                    redis::Value::SimpleString(v) => EntryId::parse(v),
+                    _ => None,
+                },
+                _ => None,
+            })
+        };
+        let count_field = |name: &str| -> Option<i64> {
+            let redis::Value::Array(items) = &info else {
+                return None;
+            };
+            items.chunks(2).find_map(|pair| match pair {
+                [redis::Value::BulkString(k), redis::Value::Int(v)] if k == name.as_bytes() => {
+                    Some(*v)
+                }
+                _ => None,
+            })
+        };
+        let generated = field("last-generated-id").unwrap_or_default();
+        if last > generated {
+            return Ok(Err(ResetReason::UnknownId));
+        }
+        // Trimming removes the oldest entries first, so while the client's own
+        // last entry is still there, nothing after it was removed. Once it is
+        // gone, entries after it may be too: reset (conservative, never a gap).
+        let first: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg("-")
+            .arg("+")
+            .arg("COUNT")
+            .arg(1)
+            .query_async(&mut connection)
+            .await?;
+        let covered = match first.first().and_then(|(id, _)| EntryId::parse(id)) {
+            // From before everything: covered while nothing was ever trimmed.
+            Some(_) if before_everything => count_field("entries-added") == count_field("length"),
+            Some(first) => last >= first,
+            None => last == generated,
+        };
+        Ok(if covered {
+            Ok(())
+        } else {
+            Err(ResetReason::HistoryExpired)
+        })
+    }
+
+    /// Whether the key's history and the broadcast history both still hold
+    /// everything after `last`.
+    pub(super) async fn covers_position(
+        &self,
+        stream: &str,
+        last: Position,
+    ) -> redis::RedisResult<Result<(), ResetReason>> {
+        match self.covers(stream, last.key).await? {
+            Ok(()) => self.covers(&self.broadcast_stream, last.broadcast).await,
+            not_covered => Ok(not_covered),
+        }
+    }
+
+    /// Up to [`REPLAY_PAGE`] entries of `stream` after `last`: the events
+    /// among them, and the id of the last entry read (events or not), to
+    /// continue from.
+    pub(super) async fn page_after(
+        &self,
+        stream: &str,
+        last: EntryId,
+    ) -> redis::RedisResult<(Vec<(EntryId, Bytes)>, Option<EntryId>)> {
+        let mut connection = self.commands.clone();
+        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(format!("({last}"))
+            .arg("+")
+            .arg("COUNT")
+            .arg(REPLAY_PAGE)
+            .query_async(&mut connection)
+            .await?;
+        let read_to = entries.last().and_then(|(id, _)| EntryId::parse(id));
+        let events = entries
+            .into_iter()
+            .filter_map(|(id, fields)| Some((EntryId::parse(&id)?, stored_fields(&fields)?)))
+            .collect();
+        Ok((events, read_to))
+    }
+
+    /// Hands on `stream`'s entries after `from`, read page by page from the
+    /// stream itself, then what the reader took for it while it caught up.
+    pub(super) async fn deliver_from_stream(
+        &self,
+        stream: &str,
+        mut from: EntryId,
+    ) -> redis::RedisResult<()> {
+        loop {
+            let (entries, read_to) = self.page_after(stream, from).await?;
+            let mut local = lock(&self.local);
+            let broadcast_at = local.broadcast_at;
+            let Some(key) = local.get_mut(stream) else {
+                return Ok(());
+            };
+            for (id, fields) in &entries {
+                key.deliver(*id, fields, broadcast_at);
+            }
+            match read_to {
+                Some(read_to) => {
+                    key.flush();
+                    from = read_to;
+                }
+                None => {
+                    for (id, fields) in key.catching_up.take().unwrap_or_default() {
+                        key.deliver(id, &fields, broadcast_at);
+                    }
+                    key.flush();
+                    return Ok(());
+                }
+            }
+        }
+    }
+}
+
+/// Whether Redis refused a command because a key holds another type (also
+/// from inside a script, where the error comes wrapped).
+pub(super) fn is_wrong_type(error: &redis::RedisError) -> bool {
+    error.code() == Some("WRONGTYPE") || error.to_string().contains("WRONGTYPE")
+}
+
+/// The broker's field (`e`: the event's encoded fields) of an entry, or
+/// `None` for an entry another program wrote.
+pub(super) fn stored_fields(fields: &[Vec<u8>]) -> Option<Bytes> {
+    fields.chunks(2).find_map(|pair| match pair {
+        [name, value] if name == b"e" => Some(Bytes::copy_from_slice(value)),
+        _ => None,
+    })
+}

@@ -1,0 +1,149 @@
+//! `send` and `broadcast`: one script per event, retried only on answers
+//! that say Redis did not run it, so an event is never written twice.
+
+use std::time::Duration;
+
+use super::{BELL_LEN, Inner};
+use crate::sync::lock;
+
+/// How long `send` waits between tries of a command Redis did not run.
+const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
+
+/// `send`, atomically (so a bell's order is its keys' order): the entry, its
+/// bounds by count, age and key expiry, and its copy on the bucket's bell
+/// (which expires as its keys do, so nothing stays that nobody writes to).
+/// KEYS: the key's stream, its bell. ARGV: history length, the fields, the
+/// oldest id kept, the key's expiry in ms, the bell's length.
+pub(super) const SEND_SCRIPT: &str = r"
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
+redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', KEYS[1], 'i', id, 'e', ARGV[2])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+return id
+";
+
+impl Inner {
+    /// The history's age bound now: the oldest entry id kept, and the
+    /// expiry of a key nobody writes to, in ms. Reckoned by this server's
+    /// clock against Redis's entry ids, which are Redis's time: keep the
+    /// clocks in sync (NTP) or the history's age is off by their skew.
+    pub(super) fn age_bounds(&self) -> (u64, u64) {
+        let ttl_ms = u64::try_from(self.config.history_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |now| now.as_millis() as u64);
+        (now_ms.saturating_sub(ttl_ms), ttl_ms)
+    }
+
+    /// Sends one event to `stream` ([`SEND_SCRIPT`]): `XADD … MAXLEN ~
+    /// <history_len>`, `XTRIM … MINID <now - history_ttl>`, `PEXPIRE`, and
+    /// the copy on the bell, in one round trip (retried as [`until_run`]
+    /// says).
+    pub(super) async fn send(&self, stream: &str, fields: &[u8]) -> redis::RedisResult<String> {
+        until_run(self.config.send_timeout, || self.send_once(stream, fields)).await
+    }
+
+    /// One try of [`send`](Self::send): `EVALSHA`, or, where the node does
+    /// not have the script (a replica promoted by a failover, while loading
+    /// it on every master fails because one is down), `EVAL` with its source,
+    /// which the node then keeps.
+    pub(super) async fn send_once(
+        &self,
+        stream: &str,
+        fields: &[u8],
+    ) -> redis::RedisResult<String> {
+        let bucket = lock(&self.local).bucket_of(stream);
+        let (min_id, ttl_ms) = self.age_bounds();
+        let mut connection = self.commands.clone();
+        let command = |verb: &str, script: &str| {
+            let mut command = redis::cmd(verb);
+            command
+                .arg(script)
+                .arg(2)
+                .arg(stream)
+                .arg(&*self.bells[bucket])
+                .arg(self.config.history_len)
+                .arg(fields)
+                .arg(min_id)
+                .arg(ttl_ms)
+                .arg(BELL_LEN);
+            command
+        };
+        let by_hash = command("EVALSHA", self.send_script.get_hash())
+            .query_async(&mut connection)
+            .await;
+        match by_hash {
+            Err(error) if error.code() == Some("NOSCRIPT") => {
+                command("EVAL", SEND_SCRIPT)
+                    .query_async(&mut connection)
+                    .await
+            }
+            answer => answer,
+        }
+    }
+
+    /// Appends one broadcast to `pipeline`, with the history's bounds by
+    /// count and age. No `PEXPIRE`: emptied by age, the broadcast stream
+    /// keeps its last id, against which clients' positions are checked.
+    pub(super) fn append_broadcast(&self, pipeline: &mut redis::Pipeline, fields: &[u8]) {
+        let (min_id, _) = self.age_bounds();
+        pipeline
+            .cmd("XADD")
+            .arg(&*self.broadcast_stream)
+            .arg("MAXLEN")
+            .arg("~")
+            .arg(self.config.history_len)
+            .arg("*")
+            .arg("e")
+            .arg(fields)
+            .cmd("XTRIM")
+            .arg(&*self.broadcast_stream)
+            .arg("MINID")
+            .arg(min_id)
+            .ignore();
+    }
+}
+
+/// Runs `attempt` until Redis runs it, for up to `limit` in all
+/// ([`RegistryConfig::send_timeout`]): an answer that says it did not
+/// ([`not_run`]) is retried every [`SEND_RETRY_WAIT`]; nothing else is, so an
+/// event is never written twice.
+pub(super) async fn until_run<T, F: Future<Output = redis::RedisResult<T>>>(
+    limit: Duration,
+    mut attempt: impl FnMut() -> F,
+) -> redis::RedisResult<T> {
+    let started = std::time::Instant::now();
+    loop {
+        let remaining = limit.saturating_sub(started.elapsed());
+        let error = match tokio::time::timeout(remaining, attempt()).await {
+            Ok(Err(error)) if not_run(&error) => error,
+            Ok(answer) => return answer,
+            Err(_elapsed) => {
+                return Err(redis::RedisError::from(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "no answer from Redis in time",
+                )));
+            }
+        };
+        // The last try goes out just before the limit.
+        let remaining = limit.saturating_sub(started.elapsed());
+        if remaining < SEND_RETRY_WAIT / 10 {
+            return Err(error);
+        }
+        tokio::time::sleep(SEND_RETRY_WAIT.min(remaining - SEND_RETRY_WAIT / 10)).await;
+    }
+}
+
+/// Whether Redis answered `error` without running the command: a write to a
+/// replica (one not yet promoted in a failover), a cluster that is down or
+/// mid-resharding, a master without its replicas, a node loading its data.
+/// Retrying such a command cannot write it twice.
+fn not_run(error: &redis::RedisError) -> bool {
+    matches!(
+        error.code(),
+        Some("READONLY" | "CLUSTERDOWN" | "TRYAGAIN" | "MASTERDOWN" | "LOADING")
+    )
+}

@@ -1,0 +1,413 @@
+//! One subscription: join the key's local fan-out, replay what the client
+//! missed (or start with its resume point or the reset signal), then hand on
+//! live entries. Each step is a named function; the stream only strings them
+//! together.
+
+use std::collections::VecDeque;
+use std::fmt::Display;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use futures_util::stream::BoxStream;
+
+use super::fanout::{Cursor, Delivery, DeliveryKind, Fanout, Next};
+use super::history::is_wrong_type;
+use super::ids::{EntryId, Position};
+use super::local::Local;
+use super::{Inner, RedisBroker, shut_down_error};
+use crate::event::{EncodedEvent, MessageEvent};
+use crate::registry::broker::{LagPolicy, ResetReason};
+use crate::sync::lock;
+use crate::telemetry;
+
+impl Inner {
+    /// Joins the local fan-out of `stream`. Returns a cursor and the
+    /// position it starts after: every later entry of the key, and every
+    /// later broadcast, reaches the cursor.
+    ///
+    /// A key new to this instance starts at its stream's last entry, taken
+    /// in one atomic step with its bell's last entry. When the reader
+    /// follows that bell from further on already, it may have passed entries
+    /// of the key: the key then catches up from its own stream before the
+    /// reader's entries for it are handed on.
+    pub(super) async fn join(&self, stream: &str) -> redis::RedisResult<(Cursor, Position)> {
+        {
+            let local = lock(&self.local);
+            if let Some(key) = local.get(stream) {
+                return Ok((key.fanout.subscribe(), key.position(local.broadcast_at)));
+            }
+        }
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(shut_down_error());
+        }
+        let (bucket, known) = {
+            let local = lock(&self.local);
+            (local.bucket_of(stream), local.broadcast_at)
+        };
+        let bell = &self.bells[bucket];
+        let snapshot = async {
+            let mut connection = self.commands.clone();
+            let mut both = redis::pipe();
+            both.atomic();
+            for stream in [stream, &**bell] {
+                both.cmd("XREVRANGE")
+                    .arg(stream)
+                    .arg("+")
+                    .arg("-")
+                    .arg("COUNT")
+                    .arg(1);
+            }
+            type Last = Vec<(String, Vec<Vec<u8>>)>;
+            let (key_last, bell_last): (Last, Last) = both.query_async(&mut connection).await?;
+            let last = |entries: Last| {
+                entries
+                    .first()
+                    .and_then(|(id, _)| EntryId::parse(id))
+                    .unwrap_or_default()
+            };
+            redis::RedisResult::Ok((last(key_last), last(bell_last)))
+        };
+        let ((start, bell_start), broadcast_start) = tokio::try_join!(snapshot, async {
+            match known {
+                Some(at) => Ok(at),
+                None => self.last_broadcast_id().await,
+            }
+        })?;
+        let (joined, catch_up) = {
+            let mut local = lock(&self.local);
+            // Checked under the lock that shutdown closes the keys under, so no
+            // key is added after it.
+            if self.shut_down.load(Ordering::SeqCst) {
+                return Err(shut_down_error());
+            }
+            let broadcast_at = *local.broadcast_at.get_or_insert(broadcast_start);
+            let bell_at = *local.bells_at[bucket].get_or_insert(bell_start);
+            let mut created = false;
+            let key = local.buckets[bucket]
+                .entry(Arc::from(stream))
+                .or_insert_with(|| {
+                    created = true;
+                    Local {
+                        fanout: Fanout::new(self.config.buffer),
+                        read_from: start,
+                        catching_up: (bell_at > bell_start).then(Vec::new),
+                        staged: Vec::new(),
+                    }
+                });
+            let joined = (key.fanout.subscribe(), key.position(Some(broadcast_at)));
+            (joined, created && key.catching_up.is_some())
+        };
+        self.keys_changed.notify_waiters();
+        if catch_up {
+            self.catch_up(stream, start).await?;
+        }
+        Ok(joined)
+    }
+
+    /// Hands on `stream`'s entries after `from`, read from the stream
+    /// itself, then what the reader took for it meanwhile; the reader hands
+    /// the key's entries on directly again from then on.
+    async fn catch_up(&self, stream: &str, from: EntryId) -> redis::RedisResult<()> {
+        let result = self.deliver_from_stream(stream, from).await;
+        if result.is_err() {
+            // Not caught up: let no stream of the key carry on with a gap.
+            if let Some(key) = lock(&self.local).remove(stream) {
+                key.fanout.close();
+            }
+        }
+        result
+    }
+}
+
+impl<K: Display> RedisBroker<K> {
+    /// A subscription to `key`, with or without broadcasts.
+    pub(super) fn subscribe_with(
+        &self,
+        key: &K,
+        last_event_id: Option<&str>,
+        with_broadcasts: bool,
+    ) -> BoxStream<'static, EncodedEvent> {
+        let inner = Arc::clone(&self.inner);
+        let stream = inner.stream_key(key);
+        let last_event_id = last_event_id.map(str::to_owned);
+        Box::pin(async_stream::stream! {
+            let Some(mut subscription) = Subscription::join(inner, stream, with_broadcasts).await else {
+                return;
+            };
+            match subscription.start(last_event_id.as_deref()).await {
+                Start::With(first) => yield first,
+                Start::Replay => {
+                    while let Some(page) = subscription.next_replay_page().await {
+                        for event in page {
+                            yield event;
+                        }
+                    }
+                }
+                Start::Ended => return,
+            }
+            while let Some(events) = subscription.next_live().await {
+                for event in events {
+                    yield event;
+                }
+            }
+        })
+    }
+}
+
+/// How a subscription starts.
+enum Start {
+    /// With this event: the resume point of a new client, or the reset
+    /// signal where the client's position cannot be resumed.
+    With(EncodedEvent),
+    /// With the replay of what the client missed ([`Subscription::next_replay_page`]).
+    Replay,
+    /// It ended before it started (Redis failed while checking the history).
+    Ended,
+}
+
+/// A subscription's state between its steps.
+struct Subscription {
+    inner: Arc<Inner>,
+    stream: String,
+    with_broadcasts: bool,
+    cursor: Cursor,
+    /// What this subscription has handed on: live entries up to here were
+    /// replayed already.
+    delivered: Position,
+    /// While replaying: the sources still to read, key first.
+    replay_sources: VecDeque<Source>,
+    batch: VecDeque<Delivery>,
+}
+
+/// One of the two streams a subscription replays from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    Key,
+    Broadcasts,
+}
+
+impl Source {
+    /// This source's part of a position.
+    fn part_of(self, position: &mut Position) -> &mut EntryId {
+        match self {
+            Source::Key => &mut position.key,
+            Source::Broadcasts => &mut position.broadcast,
+        }
+    }
+}
+
+impl Subscription {
+    /// Joins the local fan-out first, so nothing published during the
+    /// replay is missed. Waits while Redis is unreachable, as open
+    /// subscriptions do; `None` after shutdown or for a key of another type.
+    async fn join(
+        inner: Arc<Inner>,
+        stream: String,
+        with_broadcasts: bool,
+    ) -> Option<Subscription> {
+        let (cursor, joined_at) = loop {
+            if inner.shut_down.load(Ordering::SeqCst) {
+                return None;
+            }
+            match inner.join(&stream).await {
+                Ok(joined) => break joined,
+                Err(error) if is_wrong_type(&error) => {
+                    tracing::warn!(
+                        stream,
+                        "SSE Redis key is not a stream; ending the subscription"
+                    );
+                    telemetry::broker_ended_streams("not_a_stream", 1);
+                    return None;
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        };
+        Some(Subscription {
+            inner,
+            stream,
+            with_broadcasts,
+            cursor,
+            delivered: joined_at,
+            replay_sources: VecDeque::new(),
+            batch: VecDeque::new(),
+        })
+    }
+
+    /// The first step after joining, from the client's `Last-Event-ID`.
+    async fn start(&mut self, last_event_id: Option<&str>) -> Start {
+        let Some(last_event_id) = last_event_id else {
+            // A client that drops before its first event still resumes from
+            // here (see `Broker`, "Resume point").
+            return Start::With(EncodedEvent::resume_point(&self.delivered.to_string()));
+        };
+        let resume = match Position::parse(last_event_id) {
+            // Without broadcasts, only the key's part counts.
+            Some(last) if !self.with_broadcasts => Ok(Position {
+                key: last.key,
+                broadcast: EntryId::default(),
+            }),
+            Some(last) => Ok(last),
+            None => Err(ResetReason::InvalidId),
+        };
+        let covered = match resume {
+            Ok(last) => match self.covers(last).await {
+                Ok(covered) => covered.map(|()| last),
+                Err(error) => {
+                    // Cannot tell: end, and let the client retry.
+                    self.replay_failed(&error);
+                    return Start::Ended;
+                }
+            },
+            Err(reason) => Err(reason),
+        };
+        match covered {
+            Ok(last) => {
+                self.delivered = last;
+                self.replay_sources.push_back(Source::Key);
+                if self.with_broadcasts {
+                    self.replay_sources.push_back(Source::Broadcasts);
+                }
+                Start::Replay
+            }
+            Err(reason) => match self.inner.current_position(&self.stream).await {
+                Ok(position) => {
+                    self.delivered = position;
+                    Start::With(self.inner.reset_event(reason, position))
+                }
+                Err(_) => Start::Ended,
+            },
+        }
+    }
+
+    /// Whether the history still holds everything after `last`.
+    async fn covers(&self, last: Position) -> redis::RedisResult<Result<(), ResetReason>> {
+        if self.with_broadcasts {
+            self.inner.covers_position(&self.stream, last).await
+        } else {
+            self.inner.covers(&self.stream, last.key).await
+        }
+    }
+
+    /// The next page of the replay (the key's entries, then the
+    /// broadcasts, after the client's position), so a long history never
+    /// sits in memory at once; `None` once it is done, or failed (the
+    /// stream then ends, and the client resumes from what it got).
+    async fn next_replay_page(&mut self) -> Option<Vec<EncodedEvent>> {
+        loop {
+            let source = *self.replay_sources.front()?;
+            let (name, from) = match source {
+                Source::Key => (self.stream.as_str(), self.delivered.key),
+                Source::Broadcasts => (&*self.inner.broadcast_stream, self.delivered.broadcast),
+            };
+            let (entries, read_to) = match self.inner.page_after(name, from).await {
+                Ok(page) => page,
+                Err(error) => {
+                    self.replay_failed(&error);
+                    self.replay_sources.clear();
+                    return None;
+                }
+            };
+            telemetry::replayed(entries.len());
+            let mut page = Vec::with_capacity(entries.len());
+            for (id, fields) in entries {
+                *source.part_of(&mut self.delivered) = id;
+                page.push(MessageEvent::assemble_with_id(
+                    &self.delivered.to_string(),
+                    &fields,
+                ));
+            }
+            match read_to {
+                Some(read_to) => {
+                    let part = source.part_of(&mut self.delivered);
+                    *part = (*part).max(read_to);
+                }
+                None => {
+                    self.replay_sources.pop_front();
+                }
+            }
+            if !page.is_empty() {
+                return Some(page);
+            }
+        }
+    }
+
+    fn replay_failed(&self, error: &redis::RedisError) {
+        tracing::warn!(%error, stream = self.stream, "SSE Redis replay failed; ending the stream");
+        telemetry::broker_ended_streams("replay_failed", 1);
+    }
+
+    /// Everything the reader delivered after the cursor, in one look per
+    /// wake-up, less what the replay handed on already; `None` when the
+    /// subscription ends (closed, or behind under [`LagPolicy::Disconnect`]).
+    async fn next_live(&mut self) -> Option<Vec<EncodedEvent>> {
+        loop {
+            let next = std::future::poll_fn(|cx| self.cursor.poll_next(cx, &mut self.batch)).await;
+            match next {
+                Next::Closed => return None,
+                Next::Some => {
+                    let events = self.take_new();
+                    if !events.is_empty() {
+                        return Some(events);
+                    }
+                }
+                Next::Lagged => return self.lagged().await.map(|reset| vec![reset]),
+            }
+        }
+    }
+
+    /// The batch's deliveries this subscription has not handed on yet.
+    fn take_new(&mut self) -> Vec<EncodedEvent> {
+        let mut events = Vec::with_capacity(self.batch.len());
+        for delivery in self.batch.drain(..) {
+            let position = delivery.position;
+            let new = match delivery.kind {
+                DeliveryKind::Entry => position.key > self.delivered.key,
+                DeliveryKind::Broadcast => {
+                    self.with_broadcasts && position.broadcast > self.delivered.broadcast
+                }
+                DeliveryKind::Reset => true,
+            };
+            if !new {
+                continue;
+            }
+            let after = self.delivered.max(position);
+            self.delivered = after;
+            if after == position {
+                events.push(delivery.event);
+            } else {
+                // This subscription replayed further than the fan-out had
+                // read: its own id, not the shared one.
+                events.push(MessageEvent::assemble_with_id(
+                    &after.to_string(),
+                    delivery.fields(),
+                ));
+            }
+        }
+        events
+    }
+
+    /// The subscriber fell behind its buffer: the lag policy decides.
+    async fn lagged(&mut self) -> Option<EncodedEvent> {
+        match self.inner.config.lag_policy {
+            LagPolicy::Disconnect => {
+                tracing::debug!(
+                    stream = self.stream,
+                    "SSE subscriber fell behind its buffer; disconnecting it (it resumes from history)"
+                );
+                telemetry::lag_disconnect();
+                None
+            }
+            _ => {
+                // The cursor is at the newest delivery already.
+                let position = self
+                    .inner
+                    .current_position(&self.stream)
+                    .await
+                    .unwrap_or(self.delivered);
+                self.delivered = self.delivered.max(position);
+                Some(self.inner.reset_event(ResetReason::Lagged, self.delivered))
+            }
+        }
+    }
+}
