@@ -87,7 +87,7 @@ pub use event::typed::{IntoEvent, SseEvent};
 pub use event::{EncodedEvent, EventError, EventField, EventType, MessageEvent};
 #[cfg(feature = "redis")]
 pub use redis::{RedisBroker, RedisConnectError};
-pub use registry::broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
+pub use registry::broker::{Broker, BrokerError, Key, LagPolicy, RegistryConfig, ResetReason};
 pub use registry::memory::MemoryBroker;
 pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};

@@ -47,6 +47,9 @@ pub struct MessageEvent {
     id: Option<String>,
     retry: Option<Duration>,
     comment: Option<String>,
+    /// Set on the reset signal a broker builds (its reason), so layers above
+    /// know it for one without reading the bytes.
+    reset: Option<&'static str>,
 }
 
 /// An event type known when the program is compiled. [`EventType::new`] is a
@@ -310,16 +313,20 @@ impl MessageEvent {
         self.encode_fields(buf, self.id.as_deref());
     }
 
-    fn encode_fields(&self, buf: &mut BytesMut, id: Option<&str>) {
+    /// Writes the fields and the blank line; returns where the `id:` line
+    /// went, if any.
+    fn encode_fields(&self, buf: &mut BytesMut, id: Option<&str>) -> Option<IdLine> {
         if let Some(comment) = &self.comment {
             encode::write_comment(buf, comment);
         }
         if let Some(event_type) = &self.event_type {
             encode::write_field(buf, b"event", event_type);
         }
-        if let Some(id) = id {
+        let id_line = id.map(|id| {
+            let start = buf.len();
             encode::write_field(buf, b"id", id);
-        }
+            IdLine::new(start, buf.len())
+        });
         if let Some(retry) = self.retry {
             encode::write_retry(buf, retry);
         }
@@ -335,6 +342,14 @@ impl MessageEvent {
         {
             buf.extend_from_slice(b"\n");
         }
+        id_line
+    }
+
+    /// This event marked as the reset signal for `reason` (see
+    /// `registry::reset`).
+    pub(crate) fn marked_as_reset(mut self, reason: &'static str) -> Self {
+        self.reset = Some(reason);
+        self
     }
 
     /// This event encoded once, ready to be sent to many clients without
@@ -346,7 +361,19 @@ impl MessageEvent {
     /// assert_eq!(shared.as_bytes(), b"data: for everyone\n\n");
     /// ```
     pub fn encode(&self) -> EncodedEvent {
-        EncodedEvent(self.to_bytes())
+        let mut buf = BytesMut::new();
+        let id_line = self.encode_fields(&mut buf, self.id.as_deref());
+        self.encoded(buf, id_line)
+    }
+
+    fn encoded(&self, buf: BytesMut, id_line: Option<IdLine>) -> EncodedEvent {
+        EncodedEvent {
+            bytes: buf.freeze(),
+            stamp: Stamp {
+                id_line,
+                reset: self.reset,
+            },
+        }
     }
 
     /// This event encoded with `id` in place of its own id: an id a broker
@@ -354,8 +381,8 @@ impl MessageEvent {
     /// any build (see `encode::write_field`).
     pub(crate) fn encode_with_id(&self, id: &str) -> EncodedEvent {
         let mut buf = BytesMut::new();
-        self.encode_fields(&mut buf, Some(id));
-        EncodedEvent(buf.freeze())
+        let id_line = self.encode_fields(&mut buf, Some(id));
+        self.encoded(buf, id_line)
     }
 
     /// This event's fields except the id, without the blank line that ends an
@@ -374,9 +401,16 @@ impl MessageEvent {
     pub(crate) fn assemble_with_id(id: &str, fields: &[u8]) -> EncodedEvent {
         let mut buf = BytesMut::with_capacity(id.len() + fields.len() + 6);
         encode::write_field(&mut buf, b"id", id);
+        let id_line = IdLine::new(0, buf.len());
         buf.extend_from_slice(fields);
         buf.extend_from_slice(b"\n");
-        EncodedEvent(buf.freeze())
+        EncodedEvent {
+            bytes: buf.freeze(),
+            stamp: Stamp {
+                id_line: Some(id_line),
+                reset: None,
+            },
+        }
     }
 
     /// This event in the `text/event-stream` format.
@@ -392,19 +426,45 @@ impl MessageEvent {
 ///
 /// Only [`MessageEvent::encode`] makes one, so its bytes are always well formed.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EncodedEvent(Bytes);
+pub struct EncodedEvent {
+    bytes: Bytes,
+    /// What the encoder knew: where the id is, and whether this is the reset
+    /// signal. Handed along so no layer parses these bytes back.
+    stamp: Stamp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Stamp {
+    id_line: Option<IdLine>,
+    reset: Option<&'static str>,
+}
+
+/// Where an `id: <id>\n` line sits in an event's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct IdLine {
+    start: u32,
+    end: u32,
+}
+
+impl IdLine {
+    fn new(start: usize, end: usize) -> IdLine {
+        // An event's bytes are far below 4 GiB: an HTTP body and every bound
+        // of this crate say so; `u32` keeps the stamp small.
+        IdLine {
+            start: u32::try_from(start).unwrap_or(u32::MAX),
+            end: u32::try_from(end).unwrap_or(u32::MAX),
+        }
+    }
+
+    fn range(self) -> std::ops::Range<usize> {
+        self.start as usize..self.end as usize
+    }
+}
 
 impl EncodedEvent {
     /// `id: <id>` alone: an event a client dispatches to no handler, but
     /// whose id it keeps as its `lastEventId` (WHATWG HTML, 9.2.6: the last
     /// event ID is set before an event with empty data is dropped).
-    /// Bytes this crate formatted as one event (ids it wrote, fields it
-    /// encoded), taken as they are.
-    pub(crate) fn from_trusted(bytes: Bytes) -> EncodedEvent {
-        debug_assert!(bytes.ends_with(b"\n\n") && !bytes.contains(&b'\r'));
-        EncodedEvent(bytes)
-    }
-
     pub(crate) fn resume_point(id: &str) -> EncodedEvent {
         MessageEvent::assemble_with_id(id, b"")
     }
@@ -429,9 +489,9 @@ impl EncodedEvent {
     /// # }
     /// ```
     pub fn is_resume_point(&self) -> bool {
-        self.0.starts_with(b"id: ")
-            && self.0.ends_with(b"\n\n")
-            && memchr::memchr(b'\n', &self.0) == Some(self.0.len() - 2)
+        self.stamp
+            .id_line
+            .is_some_and(|line| line.start == 0 && line.end as usize + 1 == self.bytes.len())
     }
 
     /// The encoded bytes.
@@ -441,12 +501,49 @@ impl EncodedEvent {
     /// assert_eq!(MessageEvent::new("x").encode().as_bytes(), b"data: x\n\n");
     /// ```
     pub fn as_bytes(&self) -> &[u8] {
-        &self.0
+        &self.bytes
     }
 
     /// The encoded bytes, shared.
     pub fn into_bytes(self) -> Bytes {
-        self.0
+        self.bytes
+    }
+
+    /// The id this event carries, as the encoder wrote it.
+    pub(crate) fn id(&self) -> Option<&str> {
+        let line = self.stamp.id_line?.range();
+        // `id: ` before, the line break after; the encoder wrote UTF-8.
+        std::str::from_utf8(self.bytes.get(line.start + 4..line.end - 1)?).ok()
+    }
+
+    /// The reason, when this is a broker's reset signal.
+    pub(crate) fn reset_reason(&self) -> Option<&'static str> {
+        self.stamp.reset
+    }
+
+    /// This event with `id` in place of its id (or with one, first, if it
+    /// had none); every other field, and the reset mark, as they were.
+    pub(crate) fn with_id(&self, id: &str) -> EncodedEvent {
+        let (before, after) = match self.stamp.id_line {
+            Some(line) => (
+                &self.bytes[..line.start as usize],
+                &self.bytes[line.end as usize..],
+            ),
+            None => (&self.bytes[..0], &self.bytes[..]),
+        };
+        let mut buf = BytesMut::with_capacity(self.bytes.len() + id.len() + 5);
+        buf.extend_from_slice(before);
+        let start = buf.len();
+        encode::write_field(&mut buf, b"id", id);
+        let id_line = IdLine::new(start, buf.len());
+        buf.extend_from_slice(after);
+        EncodedEvent {
+            bytes: buf.freeze(),
+            stamp: Stamp {
+                id_line: Some(id_line),
+                reset: self.stamp.reset,
+            },
+        }
     }
 }
 

@@ -8,36 +8,23 @@
 //! counting. (The in-memory broker works the same way; there the ring is also
 //! the history.)
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 
 use crate::event::EncodedEvent;
 use crate::redis::ids::Position;
+use crate::registry::waiters::Waiters;
 
 /// What the reader hands a key's local subscribers: an event, stamped with
-/// the fan-out's position after it (`id: <position>` first, as
-/// `MessageEvent::assemble_with_id` writes it; a subscriber whose own
-/// position differs restamps it with [`Delivery::fields`]).
+/// the fan-out's position after it (a subscriber whose own position differs
+/// restamps it with `EncodedEvent::with_id`).
 #[derive(Clone)]
 pub(crate) struct Delivery {
     pub(crate) kind: DeliveryKind,
     pub(crate) position: Position,
     pub(crate) event: EncodedEvent,
-}
-
-impl Delivery {
-    /// The event's fields without its `id:` line and final blank line: what
-    /// `MessageEvent::assemble_with_id` takes to stamp another id. Derived
-    /// when needed (rarely) rather than carried by every copy.
-    pub(crate) fn fields(&self) -> &[u8] {
-        let bytes = self.event.as_bytes();
-        let after_id = memchr::memchr(b'\n', bytes).map_or(bytes.len(), |at| at + 1);
-        bytes
-            .get(after_id..bytes.len().saturating_sub(1))
-            .unwrap_or_default()
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -63,7 +50,7 @@ struct State {
     /// The position of `ring[0]`; positions count every delivery ever pushed.
     first: u64,
     capacity: usize,
-    waiting: HashMap<u64, Waker>,
+    waiting: Waiters,
     subscribers: usize,
     closed: bool,
 }
@@ -86,7 +73,7 @@ impl Fanout {
                 ring: VecDeque::new(),
                 first: 0,
                 capacity: capacity.max(1),
-                waiting: HashMap::new(),
+                waiting: Waiters::default(),
                 subscribers: 0,
                 closed: false,
             }),
@@ -116,18 +103,14 @@ impl Fanout {
             }
             state.ring.push_back(delivery);
         }
-        for (_, waker) in state.waiting.drain() {
-            waker.wake();
-        }
+        state.waiting.wake_all();
     }
 
     /// Ends every subscription of this key.
     pub(crate) fn close(&self) {
         let mut state = self.lock();
         state.closed = true;
-        for (_, waker) in state.waiting.drain() {
-            waker.wake();
-        }
+        state.waiting.wake_all();
     }
 
     /// A cursor after everything pushed so far.
@@ -176,13 +159,7 @@ impl Cursor {
         if state.closed {
             return Poll::Ready(Next::Closed);
         }
-        match state.waiting.get_mut(&self.id) {
-            Some(waker) if waker.will_wake(cx.waker()) => {}
-            Some(waker) => waker.clone_from(cx.waker()),
-            None => {
-                state.waiting.insert(self.id, cx.waker().clone());
-            }
-        }
+        state.waiting.register(self.id, cx);
         Poll::Pending
     }
 }
@@ -191,7 +168,7 @@ impl Drop for Cursor {
     fn drop(&mut self) {
         let mut state = self.fanout.lock();
         state.subscribers -= 1;
-        state.waiting.remove(&self.id);
+        state.waiting.remove(self.id);
     }
 }
 
@@ -218,23 +195,6 @@ mod tests {
             .iter()
             .map(|delivery| delivery.position.key.millis())
             .collect()
-    }
-
-    #[test]
-    fn a_deliverys_fields_are_its_event_without_the_id_so_it_restamps_exactly() {
-        // As `encode_without_id` stores them: each field ends its line.
-        let fields = b"event: said\ndata: a\ndata: b\n";
-        let delivery = Delivery {
-            kind: DeliveryKind::Entry,
-            position: Position::default(),
-            event: crate::MessageEvent::assemble_with_id("5-1.7-0", fields),
-        };
-        assert_eq!(delivery.fields(), fields);
-        let restamped = crate::MessageEvent::assemble_with_id("5-1.9-0", delivery.fields());
-        assert_eq!(
-            restamped.as_bytes(),
-            b"id: 5-1.9-0\nevent: said\ndata: a\ndata: b\n\n"
-        );
     }
 
     #[test]

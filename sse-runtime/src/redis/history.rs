@@ -10,6 +10,7 @@ use super::Inner;
 use super::ids::{EntryId, Position};
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::registry::broker::ResetReason;
+use crate::registry::reset;
 use crate::sync::lock;
 
 /// A resuming subscription reads its history in pages of this many entries,
@@ -56,18 +57,15 @@ impl Inner {
         }
     }
 
-    /// The reset signal's fields, without an id.
-    pub(super) fn reset_fields(&self, reason: ResetReason) -> Bytes {
-        crate::telemetry::reset(reason);
-        MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
-            .with_event_type(self.config.reset_event_type.as_str())
-            .unwrap_or_else(|_| MessageEvent::new(""))
-            .encode_without_id()
+    /// The reset signal for `reason` (counted in the metrics), without an id.
+    pub(super) fn reset_signal(&self, reason: ResetReason) -> MessageEvent {
+        reset::reset_signal(&self.config.reset_event_type, reason, None)
     }
 
     /// The reset signal with `position` as its id.
     pub(super) fn reset_event(&self, reason: ResetReason, position: Position) -> EncodedEvent {
-        MessageEvent::assemble_with_id(&position.to_string(), &self.reset_fields(reason))
+        self.reset_signal(reason)
+            .encode_with_id(&position.to_string())
     }
 
     /// Where the key's stream and the broadcast stream end now.

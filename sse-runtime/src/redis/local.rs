@@ -121,6 +121,15 @@ impl Local {
         });
     }
 
+    /// Stages the reset signal, stamped with `position`.
+    pub(super) fn push_reset(&mut self, position: Position, reset: &MessageEvent) {
+        self.staged.push(Delivery {
+            kind: DeliveryKind::Reset,
+            position,
+            event: reset.encode_with_id(&position.to_string()),
+        });
+    }
+
     /// Hands the staged deliveries to the subscribers, in order, as one batch.
     pub(super) fn flush(&mut self) {
         if !self.staged.is_empty() {

@@ -51,7 +51,6 @@ mod send;
 mod subscription;
 
 use std::fmt::Display;
-use std::hash::Hash;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -62,7 +61,7 @@ use futures_util::stream::BoxStream;
 use tokio::sync::Notify;
 
 use crate::event::{EncodedEvent, MessageEvent};
-use crate::registry::broker::{Broker, BrokerError, RegistryConfig};
+use crate::registry::broker::{Broker, BrokerError, Key, RegistryConfig};
 use crate::sync::lock;
 use connection::{Client, Connection};
 use history::is_wrong_type;
@@ -282,7 +281,7 @@ fn fixed_hash(text: &str) -> u64 {
 
 impl<K> Broker<K> for RedisBroker<K>
 where
-    K: Display + Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key + Display,
 {
     fn publish<'a>(
         &'a self,

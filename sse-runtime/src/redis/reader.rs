@@ -61,13 +61,13 @@ impl Inner {
                         "SSE Redis reader missed entries of a key (trimmed while it lagged, or \
                          lost in a restart); its subscribers get the reset signal"
                     );
-                    let reset = self.reset_fields(reason);
+                    let reset = self.reset_signal(reason);
                     let mut local = lock(&self.local);
                     let broadcast_at = local.broadcast_at;
                     if let Some(key) = local.get_mut(&stream) {
                         key.read_from = position;
                         key.catching_up = None;
-                        key.push(DeliveryKind::Reset, key.position(broadcast_at), &reset);
+                        key.push_reset(key.position(broadcast_at), &reset);
                         key.flush();
                     }
                 }
@@ -130,13 +130,13 @@ impl Inner {
                 "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
                  restart); its subscribers get the reset signal"
             );
-            let reset = self.reset_fields(reason);
+            let reset = self.reset_signal(reason);
             let mut local = lock(&self.local);
             if *stream == *self.broadcast_stream {
                 // Broadcasts were lost: every key subscribed here is told.
                 local.broadcast_at = Some(position);
                 for key in local.values_mut() {
-                    key.push(DeliveryKind::Reset, key.position(Some(position)), &reset);
+                    key.push_reset(key.position(Some(position)), &reset);
                     key.flush();
                 }
             }

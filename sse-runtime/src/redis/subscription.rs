@@ -378,10 +378,7 @@ impl Subscription {
             } else {
                 // This subscription replayed further than the fan-out had
                 // read: its own id, not the shared one.
-                events.push(MessageEvent::assemble_with_id(
-                    &after.to_string(),
-                    delivery.fields(),
-                ));
+                events.push(delivery.event.with_id(&after.to_string()));
             }
         }
         events

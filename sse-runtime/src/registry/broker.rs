@@ -2,12 +2,31 @@
 //! kept for replay and fanned out. In memory by default; the trait is what a
 //! broker shared by several server instances implements.
 
+use std::hash::Hash;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 use crate::event::{EncodedEvent, MessageEvent};
+
+/// What a registry key can be: any type that hashes, compares, clones and
+/// crosses threads (`String`, `u64`, a tuple, an id type of your own). It is
+/// implemented for every such type; there is nothing to implement by hand.
+///
+/// ```
+/// use sse_runtime::{Key, Registry};
+///
+/// #[derive(Clone, PartialEq, Eq, Hash)]
+/// struct UserId(u64);
+///
+/// fn is_key<K: Key>() {}
+/// is_key::<UserId>();
+/// let _registry: Registry<UserId> = Registry::new();
+/// ```
+pub trait Key: Hash + Eq + Clone + Send + Sync + 'static {}
+
+impl<T: Hash + Eq + Clone + Send + Sync + 'static> Key for T {}
 
 /// Where a registry's events live.
 ///
@@ -192,7 +211,7 @@ impl ResetReason {
 /// history ≤ min(history_bytes_total, keys × history_bytes_per_key) + largest event
 /// ```
 ///
-/// where each retained event counts its encoded size plus 64 bytes of
+/// where each retained event counts its encoded size plus 96 bytes of
 /// bookkeeping (the encoder may reserve up to a quarter more than it writes,
 /// and that spare capacity stays with the event), and `keys` are the keys with
 /// history. A key always keeps its newest event, so one event larger than the

@@ -17,13 +17,13 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
-use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
+use std::hash::{BuildHasher, RandomState};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use crate::sync::lock;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures_core::Stream;
@@ -32,14 +32,13 @@ use futures_util::stream::BoxStream;
 
 use crate::event::id::{IdSpace, ParsedId};
 use crate::event::{EncodedEvent, MessageEvent};
-use crate::registry::broker::{Broker, BrokerError, LagPolicy, RegistryConfig, ResetReason};
+use crate::registry::broker::{Broker, BrokerError, Key, LagPolicy, RegistryConfig, ResetReason};
+use crate::registry::history::{Entry, HistoryRing};
+use crate::registry::reset;
+use crate::registry::waiters::Waiters;
 use crate::telemetry;
 
 const SHARDS: usize = 32;
-
-/// What a retained event costs beyond its encoded bytes: its entry in the
-/// ring and the shared buffer's header. Counted against the byte bounds.
-const ENTRY_OVERHEAD: usize = 64;
 
 /// The default [`Broker`]: everything in this process's memory.
 ///
@@ -72,144 +71,47 @@ struct Inner<K> {
     evicting: AtomicBool,
     /// Every broadcast, bounded as one key's history. Locked after shard
     /// locks, never before.
-    broadcasts: Mutex<BroadcastLog>,
-}
-
-/// The broadcasts kept for replay, in sequence order.
-#[derive(Default)]
-struct BroadcastLog {
-    history: VecDeque<Entry>,
-    /// The highest sequence number evicted: a client whose id is older may
-    /// have missed a broadcast.
-    evicted_through: u64,
-    bytes: usize,
-}
-
-impl BroadcastLog {
-    fn last_sequence(&self) -> u64 {
-        self.history
-            .back()
-            .map_or(self.evicted_through, |entry| entry.sequence)
-    }
-
-    fn append(&mut self, entry: Entry, config: &RegistryConfig) {
-        self.evict_expired(entry.at, config.history_ttl);
-        let cost = entry.cost();
-        while self.history.len() >= config.history_len
-            || (self.bytes + cost > config.history_bytes_per_key && !self.history.is_empty())
-        {
-            self.evict_oldest();
-        }
-        self.bytes += cost;
-        self.history.push_back(entry);
-    }
-
-    fn evict_expired(&mut self, now: Instant, ttl: Duration) {
-        while self
-            .history
-            .front()
-            .is_some_and(|front| now.duration_since(front.at) >= ttl)
-        {
-            self.evict_oldest();
-        }
-    }
-
-    fn evict_oldest(&mut self) {
-        if let Some(oldest) = self.history.pop_front() {
-            self.evicted_through = self.evicted_through.max(oldest.sequence);
-            self.bytes -= oldest.cost();
-        }
-    }
+    broadcasts: Mutex<HistoryRing>,
 }
 
 struct KeyState {
-    history: VecDeque<Entry>,
+    /// The key's events (and the broadcasts that reached it while it had
+    /// subscribers); a cursor below its `evicted_through` missed something.
+    history: HistoryRing,
     /// The sequence number of the last entry appended (0: none yet).
     last_sequence: u64,
-    /// The highest sequence number evicted from `history` (or the watermark
-    /// this state started from). A cursor below it has missed something.
-    evicted_through: u64,
-    /// What `history` costs in bytes (see [`Entry::cost`]).
-    bytes: usize,
     subscribers: usize,
     /// Subscribers waiting for an entry, by subscriber id.
-    waiting: HashMap<u64, Waker, BuildHasherDefault<SubscriberIdHasher>>,
-}
-
-/// Subscriber ids come from a counter, never from a client, so they need no
-/// DoS-resistant hash: one multiplication spreads them over the table.
-#[derive(Default)]
-struct SubscriberIdHasher(u64);
-
-impl Hasher for SubscriberIdHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &byte in bytes {
-            self.0 = (self.0.rotate_left(8) ^ u64::from(byte)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-        }
-    }
-
-    fn write_u64(&mut self, id: u64) {
-        self.0 = id.wrapping_mul(0x9E37_79B9_7F4A_7C15);
-    }
-}
-
-struct Entry {
-    sequence: u64,
-    at: Instant,
-    event: EncodedEvent,
-    /// A broadcast appended to this key's ring (a key-only subscription
-    /// passes it).
-    broadcast: bool,
-}
-
-impl Entry {
-    /// What this entry counts against the byte bounds.
-    fn cost(&self) -> usize {
-        self.event.as_bytes().len() + ENTRY_OVERHEAD
-    }
+    waiting: Waiters,
 }
 
 impl KeyState {
     fn new(watermark: u64) -> Self {
         KeyState {
-            history: VecDeque::new(),
+            history: HistoryRing::new(watermark),
             last_sequence: 0,
-            evicted_through: watermark,
-            bytes: 0,
             subscribers: 0,
-            waiting: HashMap::default(),
+            waiting: Waiters::default(),
         }
     }
 
     /// Where a subscriber that wants only what comes next starts.
     fn head(&self) -> u64 {
-        self.last_sequence.max(self.evicted_through)
+        self.last_sequence.max(self.history.evicted_through())
     }
 
-    /// Evicts the oldest entry, keeping the byte counts (this key's and the
-    /// registry's) in step.
+    /// Evicts the oldest entry, keeping the registry's byte count in step.
     fn evict_oldest(&mut self, retained_bytes: &AtomicUsize) -> bool {
-        let Some(oldest) = self.history.pop_front() else {
+        let Some(freed) = self.history.evict_oldest() else {
             return false;
         };
-        self.evicted_through = self.evicted_through.max(oldest.sequence);
-        self.bytes -= oldest.cost();
-        retained_bytes.fetch_sub(oldest.cost(), Ordering::Relaxed);
+        retained_bytes.fetch_sub(freed, Ordering::Relaxed);
         true
     }
 
     fn evict_expired(&mut self, now: Instant, ttl: Duration, retained_bytes: &AtomicUsize) {
-        while self
-            .history
-            .front()
-            .is_some_and(|front| now.duration_since(front.at) >= ttl)
-        {
-            self.evict_oldest(retained_bytes);
-        }
+        let freed = self.history.evict_expired(now, ttl);
+        retained_bytes.fetch_sub(freed, Ordering::Relaxed);
     }
 
     fn is_idle(&self) -> bool {
@@ -219,7 +121,7 @@ impl KeyState {
 
 impl<K> MemoryBroker<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     /// A broker keeping history and treating slow subscribers as `config` says.
     pub fn new(config: RegistryConfig) -> Self {
@@ -236,7 +138,7 @@ where
                 sweeper_started: AtomicBool::new(false),
                 retained_bytes: AtomicUsize::new(0),
                 evicting: AtomicBool::new(false),
-                broadcasts: Mutex::new(BroadcastLog::default()),
+                broadcasts: Mutex::new(HistoryRing::new(0)),
             }),
         }
     }
@@ -244,7 +146,7 @@ where
 
 impl<K> Inner<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     fn shard(&self, key: &K) -> &Mutex<HashMap<K, KeyState>> {
         &self.shards[self.shard_index(key)]
@@ -284,30 +186,18 @@ where
             broadcast,
         };
         let cost = entry.cost();
-        // The new entry is kept whatever its size: it is what live
-        // subscribers are waiting for.
-        while state.history.len() >= config.history_len
-            || state.bytes + cost > config.history_bytes_per_key
-        {
-            if !state.evict_oldest(&self.retained_bytes) {
-                break;
-            }
-        }
-        state.history.push_back(entry);
-        state.bytes += cost;
         self.retained_bytes.fetch_add(cost, Ordering::Relaxed);
+        let freed = state
+            .history
+            .push(entry, config.history_len, config.history_bytes_per_key);
+        self.retained_bytes.fetch_sub(freed, Ordering::Relaxed);
         state.last_sequence = sequence;
-        for (_, waker) in state.waiting.drain() {
-            waker.wake();
-        }
+        state.waiting.wake_all();
         state.subscribers
     }
 
     fn reset_signal(&self, reason: ResetReason, position: u64) -> EncodedEvent {
-        telemetry::reset(reason);
-        MessageEvent::new(format!("{{\"reason\":\"{}\"}}", reason.as_str()))
-            .with_event_type(self.config.reset_event_type.as_str())
-            .unwrap_or_else(|_| MessageEvent::new(""))
+        reset::reset_signal(&self.config.reset_event_type, reason, None)
             .encode_with_id(&self.ids.format(position))
     }
 
@@ -315,7 +205,7 @@ where
         if shard.get(key).is_some_and(KeyState::is_idle) {
             if let Some(state) = shard.remove(key) {
                 self.removed_watermark
-                    .fetch_max(state.evicted_through, Ordering::SeqCst);
+                    .fetch_max(state.history.evicted_through(), Ordering::SeqCst);
             }
         }
     }
@@ -331,7 +221,7 @@ where
                 state.evict_expired(now, self.config.history_ttl, &self.retained_bytes);
                 let idle = state.is_idle();
                 if idle {
-                    watermark = watermark.max(state.evicted_through);
+                    watermark = watermark.max(state.history.evicted_through());
                 }
                 !idle
             });
@@ -343,7 +233,7 @@ where
 
 impl<K> Inner<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     /// Past the registry's byte bound, evicts the oldest entries of all keys
     /// until it is at 90% of it, so that the walk over every key runs once
@@ -403,7 +293,7 @@ where
 /// only a weak reference and stops when the broker is dropped or shut down.
 fn start_sweeper<K>(inner: &Arc<Inner<K>>)
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     let Ok(runtime) = tokio::runtime::Handle::try_current() else {
         return; // Not in a runtime: expiry then happens on each publish of a key.
@@ -429,7 +319,7 @@ where
 
 impl<K> Broker<K> for MemoryBroker<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     fn publish<'a>(
         &'a self,
@@ -467,15 +357,19 @@ where
         let mut shards: Vec<_> = inner.shards.iter().map(lock).collect();
         let sequence = inner.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         let encoded = event.encode_with_id(&inner.ids.format(sequence));
-        lock(&inner.broadcasts).append(
+        let mut log = lock(&inner.broadcasts);
+        log.evict_expired(now, inner.config.history_ttl);
+        log.push(
             Entry {
                 sequence,
                 at: now,
                 event: encoded.clone(),
                 broadcast: true,
             },
-            &inner.config,
+            inner.config.history_len,
+            inner.config.history_bytes_per_key,
         );
+        drop(log);
         let mut reached = 0;
         for shard in &mut shards {
             for state in shard.values_mut().filter(|state| state.subscribers > 0) {
@@ -534,9 +428,7 @@ where
         self.inner.shut_down.store(true, Ordering::SeqCst);
         for shard in self.inner.shards.iter() {
             for state in lock(shard).values_mut() {
-                for (_, waker) in state.waiting.drain() {
-                    waker.wake();
-                }
+                state.waiting.wake_all();
             }
         }
     }
@@ -544,7 +436,7 @@ where
 
 impl<K> MemoryBroker<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     /// A subscription to `key`, with or without broadcasts.
     fn subscribe_with(
@@ -571,8 +463,8 @@ where
                 Err(ResetReason::UnknownId)
             }
             ParsedId::Ours(last)
-                if last < state.evicted_through
-                    || (with_broadcasts && last < log.evicted_through) =>
+                if last < state.history.evicted_through()
+                    || (with_broadcasts && last < log.evicted_through()) =>
             {
                 Err(ResetReason::HistoryExpired)
             }
@@ -594,12 +486,9 @@ where
                 // had subscribers is in both, and is taken once.
                 let mut own = state
                     .history
-                    .range(first_after(&state.history, last)..)
+                    .after(last)
                     .filter(|entry| with_broadcasts || !entry.broadcast);
-                let mut broadcast = log
-                    .history
-                    .range(first_after(&log.history, last)..)
-                    .filter(|_| with_broadcasts);
+                let mut broadcast = log.after(last).filter(|_| with_broadcasts);
                 let (mut a, mut b) = (own.next(), broadcast.next());
                 while let Some(entry) = match (a, b) {
                     (Some(x), Some(y)) if x.sequence == y.sequence => {
@@ -646,27 +535,9 @@ where
     }
 }
 
-/// The index of the first entry of `history` after sequence number `cursor`.
-/// A subscriber that keeps up is a few entries from the end, so look there
-/// first; one far behind gets a binary search.
-fn first_after(history: &VecDeque<Entry>, cursor: u64) -> usize {
-    const SCAN: usize = 8;
-    let mut index = history.len();
-    while index > 0 && history.len() - index < SCAN {
-        if history[index - 1].sequence <= cursor {
-            return index;
-        }
-        index -= 1;
-    }
-    if index == 0 {
-        return 0;
-    }
-    history.partition_point(|entry| entry.sequence <= cursor)
-}
-
 /// One subscriber: a cursor into its key's ring, and the entries copied out
 /// but not yet yielded.
-struct MemorySubscription<K: Hash + Eq + Clone + Send + Sync + 'static> {
+struct MemorySubscription<K: Key> {
     id: u64,
     /// The index of the key's shard, hashed once.
     shard: usize,
@@ -683,11 +554,11 @@ struct MemorySubscription<K: Hash + Eq + Clone + Send + Sync + 'static> {
 }
 
 // Nothing in a subscription points into itself.
-impl<K: Hash + Eq + Clone + Send + Sync + 'static> Unpin for MemorySubscription<K> {}
+impl<K: Key> Unpin for MemorySubscription<K> {}
 
 impl<K> Stream for MemorySubscription<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     type Item = EncodedEvent;
 
@@ -708,13 +579,13 @@ where
             this.ended = true;
             return Poll::Ready(None);
         };
-        let start = first_after(&state.history, this.cursor);
+        let start = state.history.first_after(this.cursor);
         let live_from = if this.replay_until > this.cursor {
-            first_after(&state.history, this.replay_until)
+            state.history.first_after(this.replay_until)
         } else {
             start
         };
-        let missed_evicted = state.evicted_through > this.cursor;
+        let missed_evicted = state.history.evicted_through() > this.cursor;
         let too_far_behind = state.history.len() - live_from > inner.config.buffer;
         if missed_evicted || too_far_behind {
             match inner.config.lag_policy {
@@ -739,7 +610,7 @@ where
             this.ready.extend(
                 state
                     .history
-                    .range(start..)
+                    .from_index(start)
                     .filter(|entry| with_broadcasts || !entry.broadcast)
                     .map(|entry| entry.event.clone()),
             );
@@ -747,13 +618,7 @@ where
         match this.ready.pop_front() {
             Some(event) => Poll::Ready(Some(event)),
             None => {
-                match state.waiting.get_mut(&this.id) {
-                    Some(waker) if waker.will_wake(cx.waker()) => {}
-                    Some(waker) => waker.clone_from(cx.waker()),
-                    None => {
-                        state.waiting.insert(this.id, cx.waker().clone());
-                    }
-                }
+                state.waiting.register(this.id, cx);
                 Poll::Pending
             }
         }
@@ -762,13 +627,13 @@ where
 
 impl<K> Drop for MemorySubscription<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     fn drop(&mut self) {
         let mut shard = lock(&self.inner.shards[self.shard]);
         if let Some(state) = shard.get_mut(&self.key) {
             state.subscribers -= 1;
-            state.waiting.remove(&self.id);
+            state.waiting.remove(self.id);
         }
         self.inner.remove_if_idle(&mut shard, &self.key);
     }

@@ -2,11 +2,13 @@
 //! reconnects and never leak.
 
 pub(crate) mod broker;
+pub(crate) mod history;
 pub(crate) mod memory;
 pub(crate) mod multi;
+pub(crate) mod reset;
+pub(crate) mod waiters;
 
 use std::collections::HashMap;
-use std::hash::Hash;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -20,7 +22,7 @@ use futures_util::stream::BoxStream;
 
 use crate::event::typed::IntoEvent;
 use crate::event::{EncodedEvent, MessageEvent};
-use crate::registry::broker::{Broker, BrokerError, RegistryConfig};
+use crate::registry::broker::{Broker, BrokerError, Key, RegistryConfig};
 use crate::registry::memory::MemoryBroker;
 use crate::telemetry;
 
@@ -75,7 +77,7 @@ impl<K> Clone for Registry<K> {
 
 impl<K> Default for Registry<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     fn default() -> Self {
         Registry::new()
@@ -84,7 +86,7 @@ where
 
 impl<K> Registry<K>
 where
-    K: Hash + Eq + Clone + Send + Sync + 'static,
+    K: Key,
 {
     /// An in-memory registry with the default [`RegistryConfig`].
     pub fn new() -> Self {
@@ -163,7 +165,9 @@ where
     /// assert!(both.next().await.unwrap().is_resume_point());
     /// registry.send(&rooms[1], MessageEvent::new("hi")).await?;
     /// let event = both.next().await.unwrap();
-    /// assert!(std::str::from_utf8(event.as_bytes()).unwrap().starts_with("data: hi\nid: "));
+    /// let text = std::str::from_utf8(event.as_bytes()).unwrap();
+    /// // One id for both rooms' positions: `<set>:<general>_<random>`.
+    /// assert!(text.starts_with("id: ") && text.contains('_') && text.ends_with("\ndata: hi\n\n"));
     /// # Ok(())
     /// # }
     /// ```

@@ -9,14 +9,12 @@
 use std::fmt::Display;
 use std::sync::Arc;
 
-use bytes::BytesMut;
 use futures_util::StreamExt;
 use futures_util::stream::{self, BoxStream};
 
-use crate::event::encode;
-use crate::event::{EncodedEvent, MessageEvent};
+use crate::event::EncodedEvent;
 use crate::registry::broker::{Broker, ResetReason};
-use crate::telemetry;
+use crate::registry::reset;
 
 /// The subscription `Registry::subscribe_many` returns.
 pub(crate) fn subscribe_many<K>(
@@ -34,80 +32,121 @@ where
         Some(Ok(ids)) => (ids.into_iter().map(Some).collect(), None),
         Some(Err(reason)) => (vec![None; keys.len()], Some(reason)),
     };
-    let streams: Vec<BoxStream<'static, EncodedEvent>> = keys
+    // Each key's events tagged with its index, and `None` when its stream
+    // ends. The first key's subscription carries the broadcasts.
+    let tagged: Vec<Tagged> = keys
         .iter()
         .zip(&starts)
         .enumerate()
         .map(|(index, (key, start))| {
-            if index == 0 {
+            let events = if index == 0 {
                 broker.subscribe(key, start.as_deref())
             } else {
                 broker.subscribe_key_only(key, start.as_deref())
-            }
+            };
+            events
+                .map(Some)
+                .chain(stream::once(async { None }))
+                .map(move |item| (index, item))
+                .boxed()
         })
         .collect();
-    let names: Vec<String> = keys
-        .iter()
-        .map(|key| serde_json::to_string(&key.to_string()).unwrap_or_default())
-        .collect();
-    let reset_type = broker.reset_event_type().to_owned();
+    let mut combined = Combined {
+        positions: starts
+            .iter()
+            .map(|s| s.clone().unwrap_or_default())
+            .collect(),
+        set,
+        keys: keys.iter().map(ToString::to_string).collect(),
+        reset_type: broker.reset_event_type().to_owned(),
+    };
     Box::pin(async_stream::stream! {
-        let mut positions: Vec<String> = starts.iter().map(|s| s.clone().unwrap_or_default()).collect();
-        // Each item tagged with its key, and `None` when a key's stream ends.
-        let mut tagged: Vec<_> = streams
-            .into_iter()
-            .enumerate()
-            .map(|(index, s)| s.map(Some).chain(stream::once(async { None })).map(move |item| (index, item)).boxed())
-            .collect();
-        // Every new key's resume point first: until each key has a position,
-        // the combined id could not resume it.
+        let mut tagged = tagged;
+        let Some(early) = combined.take_resume_points(&mut tagged, &starts).await else {
+            return;
+        };
+        yield combined.opening(reset_all);
+        for (index, event) in early {
+            if let Some(event) = combined.stamp(index, &event) {
+                yield event;
+            }
+        }
+        let mut merged = stream::select_all(tagged);
+        // One key's stream ended (the lag policy, shutdown): end, and let the
+        // client resume every key from the combined id.
+        while let Some((index, Some(event))) = merged.next().await {
+            if let Some(event) = combined.stamp(index, &event) {
+                yield event;
+            }
+        }
+    })
+}
+
+/// One key's events, tagged with its index; `None` once its stream ended.
+type Tagged = BoxStream<'static, (usize, Option<EncodedEvent>)>;
+
+/// The combined position of a multi-key stream.
+struct Combined {
+    /// Each key's id, as its broker stamped it.
+    positions: Vec<String>,
+    set: String,
+    keys: Vec<String>,
+    reset_type: String,
+}
+
+impl Combined {
+    /// Every new key's resume point (its broker's first event): until each
+    /// key has a position, the combined id could not resume it. Returns the
+    /// events that came first instead (a reset), to yield after the
+    /// opening; `None` if a key's stream ended first.
+    async fn take_resume_points(
+        &mut self,
+        tagged: &mut [Tagged],
+        starts: &[Option<String>],
+    ) -> Option<Vec<(usize, EncodedEvent)>> {
         let mut early = Vec::new();
         for (index, start) in starts.iter().enumerate() {
             if start.is_some() {
                 continue;
             }
-            match tagged[index].next().await {
-                Some((_, Some(first))) => {
-                    positions[index] = id_of(&first).unwrap_or_default().to_owned();
-                    if !first.is_resume_point() {
-                        early.push((index, first));
-                    }
-                }
-                _ => return,
+            let (_, Some(first)) = tagged[index].next().await? else {
+                return None;
+            };
+            self.positions[index] = first.id().unwrap_or_default().to_owned();
+            if !first.is_resume_point() {
+                early.push((index, first));
             }
         }
-        let combined = format(&set, &positions);
+        Some(early)
+    }
+
+    /// The stream's first event: the combined resume point, or the reset
+    /// signal when the client's combined id could not be read.
+    fn opening(&self, reset_all: Option<ResetReason>) -> EncodedEvent {
+        let id = format(&self.set, &self.positions);
         match reset_all {
-            Some(reason) => {
-                telemetry::reset(reason);
-                let data = format!("{{\"reason\":\"{}\"}}", reason.as_str());
-                yield MessageEvent::new(data)
-                    .with_event_type(reset_type.as_str())
-                    .unwrap_or_else(|_| MessageEvent::new(""))
-                    .encode_with_id(&combined);
-            }
-            None => yield EncodedEvent::resume_point(&combined),
+            Some(reason) => reset::reset_signal(&self.reset_type, reason, None).encode_with_id(&id),
+            None => EncodedEvent::resume_point(&id),
         }
-        for (index, event) in early {
-            if let Some(id) = id_of(&event) {
-                positions[index] = id.to_owned();
-            }
-            yield restamp(&event, &format(&set, &positions), &reset_type, &names[index]);
+    }
+
+    /// Key `index`'s `event` with the combined id, after moving that key's
+    /// position to the event's id; `None` for a resume point, which only
+    /// moves it. A reset concerns that key alone, so it names the key.
+    fn stamp(&mut self, index: usize, event: &EncodedEvent) -> Option<EncodedEvent> {
+        if let Some(id) = event.id() {
+            id.clone_into(&mut self.positions[index]);
         }
-        let mut merged = stream::select_all(tagged);
-        while let Some((index, item)) = merged.next().await {
-            // One key's stream ended (the lag policy, shutdown): end, and
-            // let the client resume every key from the combined id.
-            let Some(event) = item else { return };
-            if let Some(id) = id_of(&event) {
-                positions[index] = id.to_owned();
-            }
-            if event.is_resume_point() {
-                continue;
-            }
-            yield restamp(&event, &format(&set, &positions), &reset_type, &names[index]);
+        if event.is_resume_point() {
+            return None;
         }
-    })
+        let id = format(&self.set, &self.positions);
+        Some(match event.reset_reason() {
+            Some(reason) => reset::reset_event(&self.reset_type, reason, Some(&self.keys[index]))
+                .encode_with_id(&id),
+            None => event.with_id(&id),
+        })
+    }
 }
 
 /// FNV-1a over the keys as written, so a combined id given for another set
@@ -198,46 +237,6 @@ fn unescape(part: &str) -> Option<String> {
     (!text.contains(['\r', '\n', '\0'])).then_some(text)
 }
 
-/// The `id:` of an encoded event: the line this crate writes for it.
-fn id_of(event: &EncodedEvent) -> Option<&str> {
-    let text = std::str::from_utf8(event.as_bytes()).ok()?;
-    text.split('\n').find_map(|line| line.strip_prefix("id: "))
-}
-
-/// `event` with the combined id in place of its key's; a reset signal also
-/// names its key (`{"reason":"...","key":"..."}`), since it concerns that
-/// key only.
-fn restamp(event: &EncodedEvent, combined: &str, reset_type: &str, key_json: &str) -> EncodedEvent {
-    let bytes = event.as_bytes();
-    let body = bytes.strip_suffix(b"\n\n").unwrap_or(bytes);
-    let is_reset = body
-        .split(|&b| b == b'\n')
-        .any(|line| line.strip_prefix(b"event: ") == Some(reset_type.as_bytes()));
-    let mut out = BytesMut::with_capacity(bytes.len() + combined.len() + key_json.len() + 16);
-    for line in body.split(|&b| b == b'\n') {
-        if line.starts_with(b"id: ") {
-            continue;
-        }
-        match line
-            .strip_prefix(b"data: {\"reason\":")
-            .filter(|_| is_reset)
-        {
-            Some(rest) if rest.ends_with(b"}") => {
-                out.extend_from_slice(b"data: {\"reason\":");
-                out.extend_from_slice(&rest[..rest.len() - 1]);
-                out.extend_from_slice(b",\"key\":");
-                out.extend_from_slice(key_json.as_bytes());
-                out.extend_from_slice(b"}");
-            }
-            _ => out.extend_from_slice(line),
-        }
-        out.extend_from_slice(b"\n");
-    }
-    encode::write_field(&mut out, b"id", combined);
-    out.extend_from_slice(b"\n");
-    EncodedEvent::from_trusted(out.freeze())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -290,23 +289,38 @@ mod tests {
     }
 
     #[test]
-    fn a_restamped_event_keeps_its_fields_and_a_reset_names_its_key() {
-        let event = MessageEvent::new("a\nb")
+    fn a_stamped_event_keeps_its_fields_and_a_reset_names_its_key() {
+        let mut combined = Combined {
+            positions: vec![String::new(), "x".to_owned()],
+            set: "set".to_owned(),
+            keys: vec!["general".to_owned(), "random".to_owned()],
+            reset_type: "reset".to_owned(),
+        };
+        let event = crate::MessageEvent::new("a\nb")
             .with_event_type("said")
             .unwrap()
             .encode_with_id("e1-5");
-        let restamped = restamp(&event, "set:e1-5_x", "reset", "\"general\"");
         assert_eq!(
-            restamped.as_bytes(),
-            b"event: said\ndata: a\ndata: b\nid: set:e1-5_x\n\n"
+            combined.stamp(0, &event).unwrap().as_bytes(),
+            b"event: said\nid: set:e1-5_x\ndata: a\ndata: b\n\n"
         );
-        let reset = MessageEvent::new("{\"reason\":\"history_expired\"}")
+        let reset =
+            reset::reset_signal("reset", ResetReason::HistoryExpired, None).encode_with_id("e1-9");
+        assert_eq!(
+            combined.stamp(0, &reset).unwrap().as_bytes(),
+            b"event: reset\nid: set:e1-9_x\ndata: {\"reason\":\"history_expired\",\"key\":\"general\"}\n\n"
+        );
+        // An application event of the reset type is not a reset: untouched.
+        let lookalike = crate::MessageEvent::new("{\"reason\":\"mine\"}")
             .with_event_type("reset")
             .unwrap()
-            .encode_with_id("e1-9");
+            .encode_with_id("e1-10");
         assert_eq!(
-            restamp(&reset, "set:e1-9_x", "reset", "\"general\"").as_bytes(),
-            b"event: reset\ndata: {\"reason\":\"history_expired\",\"key\":\"general\"}\nid: set:e1-9_x\n\n"
+            combined.stamp(1, &lookalike).unwrap().as_bytes(),
+            b"event: reset\nid: set:e1-9_e1-10\ndata: {\"reason\":\"mine\"}\n\n"
         );
+        let point = EncodedEvent::resume_point("e1-11");
+        assert!(combined.stamp(1, &point).is_none());
+        assert_eq!(combined.positions, ["e1-9", "e1-11"]);
     }
 }
