@@ -722,6 +722,27 @@ async fn broadcast_reaches_every_subscribed_key_once(backend: &impl Backend) {
 
 // ---- one stream for many keys ----
 
+/// A stream over several keys is one stream: a broadcast reaches it once and
+/// says so, and `total_streams` counts it once, while `total_subscribers`
+/// counts each of its keys.
+async fn a_stream_for_many_keys_counts_once_as_a_stream(backend: &impl Backend) {
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let keys = ["many-a".to_owned(), "many-b".to_owned()];
+    let mut both = registry.subscribe_many(&keys, None);
+    joined_many(&registry, &mut both, &["many-a", "many-b"]).await;
+    let mut alone = registry.subscribe(&"alone".to_owned());
+    joined(&registry, &mut alone, "alone", 1).await;
+    assert_eq!(registry.total_streams(), 2);
+    assert_eq!(registry.total_subscribers(), 3);
+    let reached = registry.broadcast(MessageEvent::new("to all")).await;
+    assert_eq!(reached.unwrap(), 2);
+    assert_eq!(next_fields(&mut both).await.2, "to all");
+    assert_eq!(next_fields(&mut alone).await.2, "to all");
+    drop(both);
+    assert_eq!(registry.total_streams(), 1);
+    assert_eq!(registry.total_subscribers(), 1);
+}
+
 /// Waits until each of `keys` counts at least one subscriber (the stream
 /// `subscription` has joined them all), reading nothing but resume points.
 async fn joined_many(registry: &Registry<String>, subscription: &mut Subscription, keys: &[&str]) {
@@ -918,6 +939,7 @@ macro_rules! contract {
                 resuming_at_random_points_under_sends_and_broadcasts_leaves_no_gap_or_duplicate,
                 broadcast_neither_touches_nor_keeps_alive_idle_keys,
                 a_client_away_during_broadcasts_gets_them_on_resume_once,
+                a_stream_for_many_keys_counts_once_as_a_stream,
                 a_stream_for_many_keys_resumes_every_key_exactly_under_concurrent_sends,
                 in_a_stream_for_many_keys_a_key_past_its_history_resets_alone,
                 a_combined_id_of_other_keys_resets_them_all_and_drops_release_every_key,

@@ -210,11 +210,16 @@ impl TestResponse {
         &self.headers
     }
 
-    /// The last event id seen so far (what a reconnecting `EventSource`
-    /// would send), including one set by an event with no data, such as a
-    /// subscription's resume point.
+    /// The id a reconnecting `EventSource` would send after the events
+    /// returned so far: the id of the last one, or a later one set by a block
+    /// with no data (such as a subscription's resume point) that came before
+    /// the next event. Events received but not yet returned do not count, so
+    /// a test that reconnects with it skips nothing.
     pub fn last_event_id(&self) -> &str {
-        &self.parser.last_event_id
+        match self.parser.events.front() {
+            Some((_, id_before)) => id_before,
+            None => &self.parser.dispatched_id,
+        }
     }
 
     /// The next event, or `None` once the stream has ended.
@@ -224,7 +229,7 @@ impl TestResponse {
     /// When nothing arrives within the timeout, or the body fails.
     pub async fn next_event(&mut self) -> Option<Event> {
         loop {
-            if let Some(event) = self.parser.events.pop_front() {
+            if let Some((event, _)) = self.parser.events.pop_front() {
                 return Some(event);
             }
             let frame = tokio::time::timeout(self.timeout, self.body.frame())
@@ -233,7 +238,7 @@ impl TestResponse {
             match frame {
                 None => {
                     self.parser.finish();
-                    return self.parser.events.pop_front();
+                    return self.parser.events.pop_front().map(|(event, _)| event);
                 }
                 Some(Err(error)) => panic!("{}: the body failed: {error}", self.what),
                 Some(Ok(frame)) => {
@@ -297,9 +302,14 @@ struct Parser {
     data: String,
     has_data: bool,
     event_type: String,
+    /// The last event ID buffer: set by an `id:` line as it is read.
     last_event_id: String,
+    /// The event source's last event ID: the buffer as of the last blank
+    /// line (with data or not), which is what a client reconnects with.
+    dispatched_id: String,
     retry: Option<Duration>,
-    events: std::collections::VecDeque<Event>,
+    /// Each event, with the last event ID as it was just before it.
+    events: std::collections::VecDeque<(Event, String)>,
 }
 
 impl Parser {
@@ -359,6 +369,7 @@ impl Parser {
 
     fn dispatch(&mut self) {
         let event_type = std::mem::take(&mut self.event_type);
+        let id_before = std::mem::replace(&mut self.dispatched_id, self.last_event_id.clone());
         if !self.has_data {
             self.data.clear();
             return;
@@ -366,7 +377,7 @@ impl Parser {
         self.has_data = false;
         let mut data = std::mem::take(&mut self.data);
         data.pop(); // The LF after the last line.
-        self.events.push_back(Event {
+        let event = Event {
             event: if event_type.is_empty() {
                 "message".to_owned()
             } else {
@@ -375,7 +386,8 @@ impl Parser {
             data,
             id: self.last_event_id.clone(),
             retry: self.retry,
-        });
+        };
+        self.events.push_back((event, id_before));
     }
 
     /// At the end of the stream an unfinished event is dropped, as a browser does.
@@ -396,7 +408,10 @@ mod tests {
             parser.feed(chunk);
         }
         parser.finish();
-        (parser.events.into_iter().collect(), parser.last_event_id)
+        (
+            parser.events.into_iter().map(|(event, _)| event).collect(),
+            parser.dispatched_id,
+        )
     }
 
     #[test]
@@ -423,6 +438,23 @@ mod tests {
             ("7", "after")
         );
         assert_eq!(last, "7");
+    }
+
+    #[test]
+    fn the_last_event_id_follows_the_events_taken_not_those_received() {
+        let mut parser = Parser::default();
+        parser.feed(b"id: 1\n\nid: 2\ndata: a\n\nid: 3\ndata: b\n\nid: 4\n\nid: 5\ndata");
+        let id_then = |parser: &Parser| match parser.events.front() {
+            Some((_, id)) => id.clone(),
+            None => parser.dispatched_id.clone(),
+        };
+        // Two events received; none taken: a reconnect resumes after `1`.
+        assert_eq!(id_then(&parser), "1");
+        assert_eq!(parser.events.pop_front().unwrap().0.id, "2");
+        assert_eq!(id_then(&parser), "2");
+        assert_eq!(parser.events.pop_front().unwrap().0.id, "3");
+        // The id-only block after it counts; the unfinished one does not.
+        assert_eq!(id_then(&parser), "4");
     }
 
     #[test]

@@ -154,8 +154,15 @@ pub fn module<E: TypeScriptEvents>(map_name: &str) -> String {
 /// A small typed wrapper over `EventSource`, part of every [`module`]:
 /// `on(name, handler)` accepts only the map's event names and hands the
 /// handler the parsed data of that event's type.
-pub const TYPED_EVENT_SOURCE: &str = r#"/** The data of the reset signal: why the client must reload its state. */
-export type ResetSignal = { reason: "history_expired" | "unknown_id" | "invalid_id" | "lagged" };
+pub const TYPED_EVENT_SOURCE: &str = r#"/**
+ * The data of the reset signal: why the client must reload its state, and,
+ * on a stream over several keys, which key it concerns (absent when it
+ * concerns them all).
+ */
+export type ResetSignal = {
+  reason: "history_expired" | "unknown_id" | "invalid_id" | "lagged";
+  key?: string;
+};
 
 /**
  * An `EventSource` whose events are typed by `Events`, a map from event

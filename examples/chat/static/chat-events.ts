@@ -22,8 +22,15 @@ export type ChatEvents = {
   "announcement": { text: string, },
 };
 
-/** The data of the reset signal: why the client must reload its state. */
-export type ResetSignal = { reason: "history_expired" | "unknown_id" | "invalid_id" | "lagged" };
+/**
+ * The data of the reset signal: why the client must reload its state, and,
+ * on a stream over several keys, which key it concerns (absent when it
+ * concerns them all).
+ */
+export type ResetSignal = {
+  reason: "history_expired" | "unknown_id" | "invalid_id" | "lagged";
+  key?: string;
+};
 
 /**
  * An `EventSource` whose events are typed by `Events`, a map from event

@@ -44,6 +44,14 @@ pub trait SseItem: Send + 'static {
     /// Appends the item to `buf` in the `text/event-stream` format, or returns
     /// the error that ends the stream. On error nothing is appended.
     fn encode_into(self, buf: &mut BytesMut) -> Result<(), ItemError>;
+
+    /// Whether a client dispatches the item as an event, for the
+    /// `sse_events_written_total` metric: a subscription's resume point
+    /// (an id alone) is not one.
+    #[doc(hidden)]
+    fn is_event(&self) -> bool {
+        true
+    }
 }
 
 /// The error that ended a stream: what an `Err` item said, or why its JSON
@@ -81,6 +89,10 @@ impl SseItem for EncodedEvent {
         buf.extend_from_slice(self.as_bytes());
         Ok(())
     }
+
+    fn is_event(&self) -> bool {
+        !self.is_resume_point()
+    }
 }
 
 impl SseItem for String {
@@ -117,6 +129,10 @@ where
             Ok(item) => item.encode_into(buf),
             Err(error) => Err(ItemError::new(error)),
         }
+    }
+
+    fn is_event(&self) -> bool {
+        self.as_ref().is_ok_and(SseItem::is_event)
     }
 }
 

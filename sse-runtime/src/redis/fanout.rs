@@ -52,6 +52,8 @@ struct State {
     capacity: usize,
     waiting: Waiters,
     subscribers: usize,
+    /// Of those, the ones that take broadcasts: one per stream.
+    streams: usize,
     closed: bool,
 }
 
@@ -75,6 +77,7 @@ impl Fanout {
                 capacity: capacity.max(1),
                 waiting: Waiters::default(),
                 subscribers: 0,
+                streams: 0,
                 closed: false,
             }),
             next_subscriber: AtomicU64::new(0),
@@ -113,19 +116,28 @@ impl Fanout {
         state.waiting.wake_all();
     }
 
-    /// A cursor after everything pushed so far.
-    pub(crate) fn subscribe(self: &Arc<Self>) -> Cursor {
+    /// A cursor after everything pushed so far, for a subscription that
+    /// takes broadcasts (a stream of its own) or not (a multi-key stream's
+    /// other keys).
+    pub(crate) fn subscribe(self: &Arc<Self>, with_broadcasts: bool) -> Cursor {
         let mut state = self.lock();
         state.subscribers += 1;
+        state.streams += usize::from(with_broadcasts);
         Cursor {
             next: state.first + state.ring.len() as u64,
             id: self.next_subscriber.fetch_add(1, Ordering::Relaxed),
+            with_broadcasts,
             fanout: Arc::clone(self),
         }
     }
 
     pub(crate) fn subscriber_count(&self) -> usize {
         self.lock().subscribers
+    }
+
+    /// The subscriptions that take broadcasts.
+    pub(crate) fn stream_count(&self) -> usize {
+        self.lock().streams
     }
 }
 
@@ -135,6 +147,7 @@ pub(crate) struct Cursor {
     /// The position of the next delivery to read.
     next: u64,
     id: u64,
+    with_broadcasts: bool,
 }
 
 impl Cursor {
@@ -168,6 +181,7 @@ impl Drop for Cursor {
     fn drop(&mut self) {
         let mut state = self.fanout.lock();
         state.subscribers -= 1;
+        state.streams -= usize::from(self.with_broadcasts);
         state.waiting.remove(self.id);
     }
 }
@@ -201,7 +215,7 @@ mod tests {
     fn a_cursor_reads_everything_after_it_in_one_look_then_waits() {
         let fanout = Fanout::new(8);
         fanout.push(event(0));
-        let mut cursor = fanout.subscribe();
+        let mut cursor = fanout.subscribe(true);
         let mut cx = Context::from_waker(Waker::noop());
         let mut batch = VecDeque::new();
         assert!(
@@ -225,7 +239,7 @@ mod tests {
     #[test]
     fn a_cursor_overtaken_by_the_ring_is_told_and_moved_to_the_end() {
         let fanout = Fanout::new(4);
-        let mut cursor = fanout.subscribe();
+        let mut cursor = fanout.subscribe(true);
         for n in 0..10 {
             fanout.push(event(n));
         }

@@ -333,7 +333,7 @@ where
             })
             .await
             .map_err(unavailable)?;
-            Ok(self.total_subscribers())
+            Ok(self.total_streams())
         })
     }
 
@@ -360,6 +360,13 @@ where
 
     fn subscriber_count(&self, key: &K) -> usize {
         self.inner.local_subscribers(&self.inner.stream_key(key))
+    }
+
+    fn total_streams(&self) -> usize {
+        lock(&self.inner.local)
+            .values()
+            .map(|local| local.fanout.stream_count())
+            .sum()
     }
 
     fn total_subscribers(&self) -> usize {

@@ -31,11 +31,18 @@ impl Inner {
     /// follows that bell from further on already, it may have passed entries
     /// of the key: the key then catches up from its own stream before the
     /// reader's entries for it are handed on.
-    pub(super) async fn join(&self, stream: &str) -> redis::RedisResult<(Cursor, Position)> {
+    pub(super) async fn join(
+        &self,
+        stream: &str,
+        with_broadcasts: bool,
+    ) -> redis::RedisResult<(Cursor, Position)> {
         {
             let local = lock(&self.local);
             if let Some(key) = local.get(stream) {
-                return Ok((key.fanout.subscribe(), key.position(local.broadcast_at)));
+                return Ok((
+                    key.fanout.subscribe(with_broadcasts),
+                    key.position(local.broadcast_at),
+                ));
             }
         }
         if self.shut_down.load(Ordering::SeqCst) {
@@ -95,7 +102,10 @@ impl Inner {
                         staged: Vec::new(),
                     }
                 });
-            let joined = (key.fanout.subscribe(), key.position(Some(broadcast_at)));
+            let joined = (
+                key.fanout.subscribe(with_broadcasts),
+                key.position(Some(broadcast_at)),
+            );
             (joined, created && key.catching_up.is_some())
         };
         self.keys_changed.notify_waiters();
@@ -210,7 +220,7 @@ impl Subscription {
             if inner.shut_down.load(Ordering::SeqCst) {
                 return None;
             }
-            match inner.join(&stream).await {
+            match inner.join(&stream, with_broadcasts).await {
                 Ok(joined) => break joined,
                 Err(error) if is_wrong_type(&error) => {
                     tracing::warn!(

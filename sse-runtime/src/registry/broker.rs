@@ -77,7 +77,8 @@ pub trait Broker<K>: Send + Sync + 'static {
     /// Publishes `event` to every subscription: it is recorded once, in a
     /// broadcast history bounded as a key's is, and takes its place in the
     /// sequence of every subscription, live or resuming (see "Broadcast").
-    /// Returns how many subscriptions of this instance it reached.
+    /// Returns how many streams of this instance it reached (see
+    /// [`total_streams`](Broker::total_streams)).
     fn publish_to_all(&self, event: MessageEvent) -> BoxFuture<'_, Result<usize, BrokerError>>;
 
     /// A subscription to `key`: the replay after `last_event_id` (if given),
@@ -109,8 +110,19 @@ pub trait Broker<K>: Send + Sync + 'static {
     /// How many open subscriptions `key` has on this instance.
     fn subscriber_count(&self, key: &K) -> usize;
 
-    /// How many open subscriptions all keys together have on this instance.
+    /// How many open subscriptions all keys together have on this instance:
+    /// the sum of [`subscriber_count`](Broker::subscriber_count) over the
+    /// keys, so a stream over several keys counts once per key.
     fn total_subscribers(&self) -> usize;
+
+    /// How many open streams this instance has: the subscriptions that take
+    /// broadcasts ([`subscribe`](Broker::subscribe)), so a stream over
+    /// several keys, whose other keys are [`subscribe_key_only`](Broker::subscribe_key_only),
+    /// counts once. The default, for a broker without key-only
+    /// subscriptions, is [`total_subscribers`](Broker::total_subscribers).
+    fn total_streams(&self) -> usize {
+        self.total_subscribers()
+    }
 
     /// Ends every subscription and refuses further publishing.
     fn shutdown(&self);

@@ -209,8 +209,9 @@ where
     /// Sends `event` to every subscriber of every key. It is kept once, in a
     /// broadcast log with the same bounds as a key's history, so it costs
     /// nothing per key without subscribers and keeps no key alive; a client
-    /// that was away gets it when it resumes, once. Returns how many
-    /// subscribers of this instance it reached.
+    /// that was away gets it when it resumes, once. Returns how many streams
+    /// of this instance it reached (a stream over several keys counts once;
+    /// see [`total_streams`](Registry::total_streams)).
     pub async fn broadcast(&self, event: impl IntoEvent) -> Result<usize, BrokerError> {
         let event = event
             .into_event()
@@ -310,8 +311,11 @@ where
     }
 
     /// How many open subscriptions all keys together have (on this instance,
-    /// with a broker shared by several): for a `/status` endpoint or a
-    /// gauge, without a guard of your own around each stream.
+    /// with a broker shared by several): the sum of
+    /// [`subscriber_count`](Registry::subscriber_count) over the keys, so a
+    /// stream over several keys ([`subscribe_many`](Registry::subscribe_many))
+    /// counts once per key. For the number of open streams, see
+    /// [`total_streams`](Registry::total_streams).
     ///
     /// ```
     /// use sse_runtime::Registry;
@@ -325,6 +329,27 @@ where
     /// ```
     pub fn total_subscribers(&self) -> usize {
         self.broker.total_subscribers()
+    }
+
+    /// How many open streams this instance has, a stream over several keys
+    /// counting once: for a `/status` endpoint or a gauge, without a guard of
+    /// your own around each stream. A [`broadcast`](Registry::broadcast)
+    /// reaches this many.
+    ///
+    /// ```
+    /// use sse_runtime::Registry;
+    ///
+    /// let registry: Registry<String> = Registry::new();
+    /// let rooms = ["general".to_owned(), "random".to_owned()];
+    /// let both = registry.subscribe_many(&rooms, None);
+    /// let alice = registry.subscribe(&"alice".to_owned());
+    /// assert_eq!(registry.total_streams(), 2);
+    /// assert_eq!(registry.total_subscribers(), 3);
+    /// drop((both, alice));
+    /// assert_eq!(registry.total_streams(), 0);
+    /// ```
+    pub fn total_streams(&self) -> usize {
+        self.broker.total_streams()
     }
 
     /// Ends every open stream promptly, stops every producer and refuses

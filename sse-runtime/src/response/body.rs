@@ -183,9 +183,9 @@ where
         let _in_span = this.open.span.clone().entered();
         while !*this.ended && this.buf.len() < MAX_BATCH_BYTES {
             match this.stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(item)) => match item.encode_into(this.buf) {
-                    Ok(()) => *this.pending_events += 1,
-                    Err(error) => {
+                Poll::Ready(Some(item)) => match (item.is_event(), item.encode_into(this.buf)) {
+                    (is_event, Ok(())) => *this.pending_events += u64::from(is_event),
+                    (_, Err(error)) => {
                         tracing::warn!(%error, "SSE stream yielded an error; ending the response");
                         *this.ended = true;
                     }
