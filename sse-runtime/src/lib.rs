@@ -59,7 +59,7 @@
 //! | `sse_resets_total` | counter | `reason` | reset signals sent |
 //! | `sse_lag_disconnects_total` | counter | | subscribers ended for falling behind |
 //! | `sse_write_stalls_total` | counter | | connections closed because their client stopped reading |
-//! | `sse_broker_errors_total` | counter | `kind` | sends the broker refused (`unavailable`, `shut_down`) |
+//! | `sse_broker_errors_total` | counter | `kind` | sends the registry refused (`unavailable`, `shut_down`, `invalid_event`) |
 //! | `sse_broker_ended_streams_total` | counter | `reason` | subscriptions the broker ended on an error (`not_a_stream`, `replay_failed`); each is also logged |
 //! | `sse_redis_reader_errors_total` | counter | | Redis reader reads that failed (it reconnects and checks for gaps) |
 #![deny(missing_docs)]

@@ -9,8 +9,6 @@
 //! controller macros, the name given to [`Sse::route_name`](crate::Sse::route_name),
 //! or `unnamed`.
 
-use crate::registry::broker::{BrokerError, ResetReason};
-
 /// The `route` label of a stream that was given none.
 pub(crate) const UNNAMED: &str = "unnamed";
 
@@ -40,8 +38,9 @@ pub(crate) fn replayed(events: usize) {
     }
 }
 
-pub(crate) fn reset(reason: ResetReason) {
-    metrics::counter!("sse_resets_total", "reason" => reason.as_str()).increment(1);
+/// A reset signal sent, by its reason (`ResetReason::as_str`).
+pub(crate) fn reset(reason: &'static str) {
+    metrics::counter!("sse_resets_total", "reason" => reason).increment(1);
 }
 
 pub(crate) fn lag_disconnect() {
@@ -52,23 +51,21 @@ pub(crate) fn write_stall() {
     metrics::counter!("sse_write_stalls_total").increment(1);
 }
 
-pub(crate) fn broker_error(error: &BrokerError) {
-    let kind = match error {
-        BrokerError::ShutDown => "shut_down",
-        BrokerError::Unavailable(_) => "unavailable",
-        BrokerError::InvalidEvent(_) => "invalid_event",
-    };
+/// A send the registry refused, by kind (`BrokerError::kind`).
+pub(crate) fn broker_error(kind: &'static str) {
     metrics::counter!("sse_broker_errors_total", "kind" => kind).increment(1);
 }
 
 /// `count` subscriptions the broker ended because of an error (their
 /// clients reconnect and resume): `not_a_stream` (the key holds another
 /// type) or `replay_failed` (the history could not be read).
+#[cfg(feature = "redis")]
 pub(crate) fn broker_ended_streams(reason: &'static str, count: usize) {
     metrics::counter!("sse_broker_ended_streams_total", "reason" => reason).increment(count as u64);
 }
 
 /// A Redis reader's read failed; it reconnects and checks for gaps.
+#[cfg(feature = "redis")]
 pub(crate) fn redis_reader_error() {
     metrics::counter!("sse_redis_reader_errors_total").increment(1);
 }

@@ -144,6 +144,17 @@ pub enum BrokerError {
     InvalidEvent(#[from] crate::event::EventError),
 }
 
+impl BrokerError {
+    /// The `kind` label of `sse_broker_errors_total`.
+    pub(crate) fn kind(&self) -> &'static str {
+        match self {
+            BrokerError::ShutDown => "shut_down",
+            BrokerError::Unavailable(_) => "unavailable",
+            BrokerError::InvalidEvent(_) => "invalid_event",
+        }
+    }
+}
+
 /// A registry that cannot take an event answers `503 Service Unavailable`
 /// with the reason (the broker's service is down, or the server is shutting
 /// down), or `500` for a typed event whose payload would not serialise, so

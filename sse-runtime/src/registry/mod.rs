@@ -199,11 +199,11 @@ where
         let event = event
             .into_event()
             .map_err(BrokerError::InvalidEvent)
-            .inspect_err(telemetry::broker_error)?;
+            .inspect_err(|error| telemetry::broker_error(error.kind()))?;
         self.broker
             .publish(key, event)
             .await
-            .inspect_err(telemetry::broker_error)
+            .inspect_err(|error| telemetry::broker_error(error.kind()))
     }
 
     /// Sends `event` to every subscriber of every key. It is kept once, in a
@@ -216,11 +216,11 @@ where
         let event = event
             .into_event()
             .map_err(BrokerError::InvalidEvent)
-            .inspect_err(telemetry::broker_error)?;
+            .inspect_err(|error| telemetry::broker_error(error.kind()))?;
         self.broker
             .publish_to_all(event)
             .await
-            .inspect_err(telemetry::broker_error)
+            .inspect_err(|error| telemetry::broker_error(error.kind()))
     }
 
     /// Drives `producer` in a task and sends each of its events to `key`, as

@@ -19,7 +19,7 @@ pub(crate) fn reset_signal(
     reason: ResetReason,
     key: Option<&str>,
 ) -> MessageEvent {
-    telemetry::reset(reason);
+    telemetry::reset(reason.as_str());
     reset_event(event_type, reason.as_str(), key)
 }
 

@@ -11,7 +11,6 @@ use http::{HeaderValue, header};
 
 use crate::event::item::SseItem;
 use crate::response::body::{Batching, OpenStream, SseBody};
-use crate::server::write_stall::RouteWriteStall;
 
 /// A `text/event-stream` response that sends each item of `stream` as it is
 /// produced.
@@ -256,3 +255,10 @@ impl Default for KeepAlive {
         KeepAlive::every(KeepAlive::DEFAULT_INTERVAL)
     }
 }
+
+/// A route's write-stall timeout, carried in the response's extensions to
+/// [`serve`](crate::serve), which applies it to the connection. Defined here,
+/// beside the response that sets it, so the response knows nothing of the
+/// server.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct RouteWriteStall(pub(crate) Option<Duration>);

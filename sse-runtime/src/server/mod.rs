@@ -31,12 +31,11 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tower::ServiceExt;
 
+use crate::response::RouteWriteStall;
 use crate::server::body_deadline::DeadlineBody;
 use crate::server::limits::{PeerSlot, PerPeer, default_max_connections};
 use crate::server::shutdown::{EndOnDrain, Phase};
-use crate::server::write_stall::{
-    DEFAULT_WRITE_STALL_TIMEOUT, RouteWriteStall, StallTimeout, WriteStallIo,
-};
+use crate::server::write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, StallTimeout, WriteStallIo};
 use lean_http1::{Next, Rewind};
 
 /// Serves `app` on `listener` over HTTP/1.1, the way `axum::serve` does, with

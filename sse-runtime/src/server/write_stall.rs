@@ -56,11 +56,6 @@ impl StallTimeout {
     }
 }
 
-/// A route's write-stall timeout, carried from the response to
-/// [`serve`](crate::server), which applies it to the connection.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct RouteWriteStall(pub(crate) Option<Duration>);
-
 pin_project! {
     /// An IO object whose writes fail with [`io::ErrorKind::TimedOut`] once
     /// they have made no progress for the timeout. The server then drops the
