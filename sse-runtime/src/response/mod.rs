@@ -120,7 +120,7 @@ where
     /// ticker may want a short one; a stream to clients on poor mobile
     /// networks a longer one.
     ///
-    /// Applied by [`serve`](crate::server), to the connection the response
+    /// Applied by [`serve`](crate::serve), to the connection the response
     /// goes out on; other servers ignore it (see
     /// [`WriteStallListener`](crate::WriteStallListener) for `axum::serve`).
     ///

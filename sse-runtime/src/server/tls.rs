@@ -1,4 +1,4 @@
-//! TLS for [`serve`](crate::server) (feature `tls`): rustls, with HTTP/2 or
+//! TLS for [`serve`](crate::serve) (feature `tls`): rustls, with HTTP/2 or
 //! HTTP/1.1 chosen by ALPN.
 //!
 //! Browsers speak HTTP/2 only over TLS, and over HTTP/1.1 they open at most

@@ -62,7 +62,7 @@ pin_project! {
     /// connection, and with it the response body and its stream, which
     /// releases the stream's registry entry.
     ///
-    /// [`serve`](crate::server) wraps every connection in one. For
+    /// [`serve`](crate::serve) wraps every connection in one. For
     /// `axum::serve`, use [`WriteStallListener`].
     ///
     /// A timer is allocated only once a write has had to wait, so a
@@ -195,7 +195,7 @@ impl<T: AsyncWrite> AsyncWrite for WriteStallIo<T> {
 }
 
 /// A listener for `axum::serve` whose connections are closed when their
-/// writes stall, as [`serve`](crate::server) does on its own.
+/// writes stall, as [`serve`](crate::serve) does on its own.
 ///
 /// ```no_run
 /// use axum::{Router, routing::get};
