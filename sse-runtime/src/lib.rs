@@ -34,7 +34,8 @@
 //! - [`sse_controller`] and [`sse`] turn an `impl` block into axum routes.
 //! - `testing` (feature `testing`) drives a `Router` in-process and reads its
 //!   events as values, for tests without a socket.
-//! - [`serve`] runs an app over HTTP/1.1 with less memory per open stream
+//! - [`serve`] runs an app over HTTP/1.1 (and, with the `tls` feature, over
+//!   TLS with HTTP/2) with less memory per open stream
 //!   than `axum::serve`, and with the limits and timeouts that keep a
 //!   misbehaving client from taking it down; [`shutdown_signal`] resolves on
 //!   Ctrl-C or SIGTERM.

@@ -1,5 +1,6 @@
-//! A server loop for many long-lived event streams: HTTP/1.1 only, with the
-//! limits and timeouts that keep misbehaving clients from taking it down.
+//! A server loop for many long-lived event streams: HTTP/1.1, and with the
+//! `tls` feature TLS with HTTP/2 or HTTP/1.1 by ALPN, with the limits and
+//! timeouts that keep misbehaving clients from taking it down.
 
 pub(crate) mod body_deadline;
 pub(crate) mod lean_http1;
@@ -38,18 +39,19 @@ use crate::server::shutdown::{EndOnDrain, Phase};
 use crate::server::write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, StallTimeout, WriteStallIo};
 use lean_http1::{Next, Rewind};
 
-/// Serves `app` on `listener` over HTTP/1.1, the way `axum::serve` does, with
-/// a smaller footprint per connection and defences against clients that
-/// misbehave.
+/// Serves `app` on `listener` over HTTP/1.1 (or over TLS, with
+/// [`tls`](Serve::tls)), the way `axum::serve` does, with a smaller footprint
+/// per connection and defences against clients that misbehave.
 ///
 /// Bodiless `GET`s, which is every `EventSource` request, are served by a
 /// lean HTTP/1.1 path that writes the response straight onto the socket, so
-/// an open event stream holds no HTTP buffers: 4.3 KB of server memory per
-/// idle stream, against 20.1 KB under `axum::serve`, whose hyper connection
-/// keeps an 8 KiB read and an 8 KiB write buffer each (`BENCHMARKS.md`).
-/// Anything else (a body, `HEAD`, HTTP/1.0, an upgrade) hands its connection
-/// to hyper. Browsers speak HTTP/2 only over TLS, which this server does not
-/// terminate, so behind a TLS proxy nothing is lost.
+/// an open event stream holds no HTTP buffers: 3.2 KB of server memory per
+/// idle stream, against 21.1 KB under `axum::serve`, whose hyper connection
+/// keeps an 8 KiB read and an 8 KiB write buffer each (`BENCHMARKS.md`,
+/// 10,000 idle streams). Anything else (a body, `HEAD`, HTTP/1.0, an
+/// upgrade) hands its connection to hyper. Browsers speak HTTP/2 only over
+/// TLS: behind a TLS-terminating proxy that speaks HTTP/2 to them, nothing
+/// is lost; to terminate TLS here, see [`tls`](Serve::tls).
 ///
 /// Each request carries `ConnectInfo<SocketAddr>` of its peer, as with
 /// `into_make_service_with_connect_info`. Sockets are set to `TCP_NODELAY`:
