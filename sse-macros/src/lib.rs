@@ -2,19 +2,16 @@
 //! Use them through `sse_runtime::{sse_controller, sse}`; the generated code
 //! names everything through `sse_runtime`, so an app needs that one dependency.
 //!
-//! The crate is laid out like serde_derive and thiserror: `attr` parses the
-//! attributes, `path` checks route paths, `model` lifts the `impl` block into a
-//! typed model, `validate` checks it as a whole, `expand` generates code from
-//! it, and `entry` runs that pipeline, gathering every error with its span.
+//! The crate is laid out like serde_derive and thiserror, a folder per macro:
+//! `controller/` (the controller and its route attributes: `attr` parses the
+//! attributes, `path` checks route paths, `model` lifts the `impl` block into
+//! a typed model, `validate` checks it as a whole, `expand` generates code
+//! from it, and `mod` runs that pipeline) and `event/` (`#[derive(SseEvent)]`,
+//! the same steps). `errors` gathers every error with its span, for both.
 
-mod attr;
-mod entry;
+mod controller;
 mod errors;
 mod event;
-mod expand;
-mod model;
-mod path;
-mod validate;
 
 use proc_macro::TokenStream;
 
@@ -36,7 +33,7 @@ use proc_macro::TokenStream;
 /// See the `sse_runtime` crate docs for a complete example.
 #[proc_macro_attribute]
 pub fn sse_controller(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::sse_controller(args.into(), item.into()).into()
+    controller::sse_controller(args.into(), item.into()).into()
 }
 
 /// Marks a method of an `#[sse_controller]` impl block as an SSE route.
@@ -62,7 +59,7 @@ pub fn sse_controller(args: TokenStream, item: TokenStream) -> TokenStream {
 /// its data and streamed directly, with nothing in between.
 #[proc_macro_attribute]
 pub fn sse(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::sse(args.into(), item.into()).into()
+    controller::sse(args.into(), item.into()).into()
 }
 
 /// Marks a method of an `#[sse_controller]` impl block as a plain `GET` route,
@@ -79,31 +76,31 @@ pub fn sse(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[patch]` and `#[delete]` are the same for their methods.
 #[proc_macro_attribute]
 pub fn get(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::route_attribute("get", args.into(), item.into()).into()
+    controller::route_attribute("get", args.into(), item.into()).into()
 }
 
 /// A plain `POST` route of an `#[sse_controller]`; see [`macro@get`].
 #[proc_macro_attribute]
 pub fn post(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::route_attribute("post", args.into(), item.into()).into()
+    controller::route_attribute("post", args.into(), item.into()).into()
 }
 
 /// A plain `PUT` route of an `#[sse_controller]`; see [`macro@get`].
 #[proc_macro_attribute]
 pub fn put(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::route_attribute("put", args.into(), item.into()).into()
+    controller::route_attribute("put", args.into(), item.into()).into()
 }
 
 /// A plain `PATCH` route of an `#[sse_controller]`; see [`macro@get`].
 #[proc_macro_attribute]
 pub fn patch(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::route_attribute("patch", args.into(), item.into()).into()
+    controller::route_attribute("patch", args.into(), item.into()).into()
 }
 
 /// A plain `DELETE` route of an `#[sse_controller]`; see [`macro@get`].
 #[proc_macro_attribute]
 pub fn delete(args: TokenStream, item: TokenStream) -> TokenStream {
-    entry::route_attribute("delete", args.into(), item.into()).into()
+    controller::route_attribute("delete", args.into(), item.into()).into()
 }
 
 /// Derives `sse_runtime::SseEvent`: the events of an enum (one type per

@@ -13,23 +13,33 @@ pub enum Case {
     ScreamingKebab,
 }
 
-/// Every spelling `rename_all` accepts, for the error that lists them.
-pub const SPELLINGS: &str = "\"lowercase\", \"UPPERCASE\", \"PascalCase\", \"camelCase\", \
-    \"snake_case\", \"SCREAMING_SNAKE_CASE\", \"kebab-case\", \"SCREAMING-KEBAB-CASE\"";
+/// Every spelling `rename_all` accepts, as serde spells it, and its case.
+const CASES: [(&str, Case); 8] = [
+    ("lowercase", Case::Lower),
+    ("UPPERCASE", Case::Upper),
+    ("PascalCase", Case::Pascal),
+    ("camelCase", Case::Camel),
+    ("snake_case", Case::Snake),
+    ("SCREAMING_SNAKE_CASE", Case::ScreamingSnake),
+    ("kebab-case", Case::Kebab),
+    ("SCREAMING-KEBAB-CASE", Case::ScreamingKebab),
+];
+
+/// Every spelling `rename_all` accepts, quoted, for the error that lists them.
+pub fn spellings() -> String {
+    CASES
+        .iter()
+        .map(|(spelling, _)| format!("{spelling:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
 
 impl Case {
     pub fn from_spelling(spelling: &str) -> Option<Case> {
-        Some(match spelling {
-            "lowercase" => Case::Lower,
-            "UPPERCASE" => Case::Upper,
-            "PascalCase" => Case::Pascal,
-            "camelCase" => Case::Camel,
-            "snake_case" => Case::Snake,
-            "SCREAMING_SNAKE_CASE" => Case::ScreamingSnake,
-            "kebab-case" => Case::Kebab,
-            "SCREAMING-KEBAB-CASE" => Case::ScreamingKebab,
-            _ => return None,
-        })
+        CASES
+            .iter()
+            .find(|(name, _)| *name == spelling)
+            .map(|(_, case)| *case)
     }
 
     /// A variant name (written in PascalCase, as Rust variants are) in this

@@ -188,3 +188,39 @@ fn describe_variant(variant: &Variant) -> TokenStream {
         }
     }
 }
+
+/// `SseEvent` and `SseItem` for `input` with bodies that never run: what the
+/// derive emits beside its errors, so the rest of the program type-checks.
+/// None for a generic type, which the derive refuses: a stub would bring
+/// bound errors of its own.
+pub fn stub_impls(input: &syn::DeriveInput) -> TokenStream {
+    if !input.generics.params.is_empty() {
+        return TokenStream::new();
+    }
+    let ident = &input.ident;
+    let (impl_generics, type_generics, where_clause) = input.generics.split_for_impl();
+    quote! {
+        impl #impl_generics ::sse_runtime::SseEvent for #ident #type_generics #where_clause {
+            const EVENT_TYPES: &'static [&'static str] = &[];
+
+            fn event_type(&self) -> ::sse_runtime::EventType {
+                ::core::unreachable!("#[derive(SseEvent)] failed")
+            }
+
+            fn to_event(
+                &self,
+            ) -> ::core::result::Result<::sse_runtime::MessageEvent, ::sse_runtime::EventError> {
+                ::core::unreachable!("#[derive(SseEvent)] failed")
+            }
+        }
+
+        impl #impl_generics ::sse_runtime::SseItem for #ident #type_generics #where_clause {
+            fn encode_into(
+                self,
+                _: &mut ::sse_runtime::__private::BytesMut,
+            ) -> ::core::result::Result<(), ::sse_runtime::ItemError> {
+                ::core::unreachable!("#[derive(SseEvent)] failed")
+            }
+        }
+    }
+}

@@ -1,7 +1,8 @@
 //! `#[derive(SseEvent)]`: `model` lifts the type and its `#[sse_event]`
 //! attributes into event names and payload shapes (applying `rename_all`
 //! with `case`), `validate` checks the names as a whole, and `expand`
-//! generates the impls. Every error is collected with its span.
+//! generates the impls. Every error is collected with its span; on error,
+//! stub impls stand beside them.
 
 mod case;
 mod expand;
@@ -24,6 +25,13 @@ pub fn derive(input: TokenStream) -> TokenStream {
     }
     match model {
         Some(model) if errors.is_empty() => expand::impls(&model),
-        _ => errors.into_compile_errors(),
+        // Beside the errors, impls that compile (as thiserror's fallback
+        // does), so code that sends or streams the type adds no errors of
+        // its own to the ones that say what to fix.
+        _ => {
+            let stub = expand::stub_impls(&input);
+            let errors = errors.into_compile_errors();
+            quote::quote! { #errors #stub }
+        }
     }
 }

@@ -4,7 +4,7 @@
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 
-use super::case::{Case, SPELLINGS};
+use super::case::{self, Case};
 use crate::errors::{Errors, error_with_help, spanned_error_with_help};
 
 pub struct EventModel {
@@ -183,7 +183,7 @@ fn parse_attributes(attrs: &[syn::Attribute], errors: &mut Errors) -> EventAttri
                         return Err(error_with_help(
                             value.span(),
                             format!("unknown case {:?}", value.value()),
-                            format!("rename_all takes one of {SPELLINGS}"),
+                            format!("rename_all takes one of {}", case::spellings()),
                         ));
                     };
                     if parsed.rename_all.is_some() {

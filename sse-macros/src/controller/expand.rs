@@ -11,8 +11,8 @@ use proc_macro2::TokenStream;
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use crate::attr::{HttpMethod, SwitchableDuration};
-use crate::model::{Controller, Returns, Route};
+use crate::controller::attr::{HttpMethod, SwitchableDuration};
+use crate::controller::model::{Controller, Returns, Route};
 
 pub fn controller(controller: &Controller) -> TokenStream {
     let item = &controller.item;

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use syn::spanned::Spanned;
 
+use crate::controller::model::{ArgKind, Controller, Route};
 use crate::errors::{Errors, error_with_help};
-use crate::model::{ArgKind, Controller, Route};
 
 pub fn check(controller: &Controller, errors: &mut Errors) {
     if let Some(span) = controller.existing_router {

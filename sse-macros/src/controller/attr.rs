@@ -24,7 +24,7 @@ pub struct RouteArgs {
 }
 
 /// A duration option that also takes `false` (off) and has a runtime default.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum SwitchableDuration {
     Default,
     Off,
@@ -40,27 +40,34 @@ pub enum HttpMethod {
     Delete,
 }
 
+/// Every method: its attribute (`#[get]`, ...), which is also how
+/// `method = "..."` spells it, and its HTTP name.
+const METHODS: [(HttpMethod, &str, &str); 5] = [
+    (HttpMethod::Get, "get", "GET"),
+    (HttpMethod::Post, "post", "POST"),
+    (HttpMethod::Put, "put", "PUT"),
+    (HttpMethod::Patch, "patch", "PATCH"),
+    (HttpMethod::Delete, "delete", "DELETE"),
+];
+
+/// The methods an event stream may be opened with: `GET`, what `EventSource`
+/// uses, and `POST`, for clients that send a body.
+const STREAM_METHODS: [HttpMethod; 2] = [HttpMethod::Get, HttpMethod::Post];
+
 impl HttpMethod {
     pub fn name(self) -> &'static str {
-        match self {
-            HttpMethod::Get => "GET",
-            HttpMethod::Post => "POST",
-            HttpMethod::Put => "PUT",
-            HttpMethod::Patch => "PATCH",
-            HttpMethod::Delete => "DELETE",
-        }
+        METHODS
+            .iter()
+            .find(|(method, _, _)| *method == self)
+            .map_or("GET", |(_, _, name)| name)
     }
 
     /// The method of a plain-route attribute (`#[get]`, `#[post]`, ...).
     pub fn of_attribute(name: &str) -> Option<HttpMethod> {
-        match name {
-            "get" => Some(HttpMethod::Get),
-            "post" => Some(HttpMethod::Post),
-            "put" => Some(HttpMethod::Put),
-            "patch" => Some(HttpMethod::Patch),
-            "delete" => Some(HttpMethod::Delete),
-            _ => None,
-        }
+        METHODS
+            .iter()
+            .find(|(_, attribute, _)| *attribute == name)
+            .map(|(method, _, _)| *method)
     }
 }
 
@@ -188,53 +195,92 @@ impl RouteArgs {
             retry_ms: None,
             method: HttpMethod::Get,
         };
-        parse_options(
-            input,
-            errors,
-            &[
-                "keep_alive",
-                "retry",
-                "batch_window",
-                "write_stall",
-                "method",
-            ],
-            |key, input, errors| {
-                match key.to_string().as_str() {
-                    name @ ("keep_alive" | "batch_window" | "write_stall") => {
-                        let (setting, help) = match name {
-                            "keep_alive" => (
-                                &mut args.keep_alive,
-                                "`keep_alive` takes a duration such as \"15s\", or `false` to turn it off",
-                            ),
-                            "batch_window" => (
-                                &mut args.batch_window,
-                                "`batch_window` takes a duration such as \"5ms\", or `false` to write every event at once",
-                            ),
-                            _ => (
-                                &mut args.write_stall,
-                                "`write_stall` takes a duration such as \"10s\", or `false` to never close a stalled connection",
-                            ),
-                        };
-                        *setting = parse_switchable(input, errors, help)?.unwrap_or(*setting);
-                    }
-                    "retry" => {
-                        let value: OptionValue = input.parse()?;
-                        args.retry_ms = value.duration_ms(
-                            errors,
-                            "`retry` takes a duration such as \"3s\" or \"500ms\"",
-                        );
-                    }
-                    _ => {
-                        let value: OptionValue = input.parse()?;
-                        if let Some(method) = value.method(errors) {
-                            args.method = method;
-                        }
+        let names = ROUTE_OPTIONS.map(|(name, _, _)| name);
+        parse_options(input, errors, &names, |key, input, errors| {
+            let key = key.to_string();
+            let Some((_, option, help)) = ROUTE_OPTIONS.iter().find(|(name, _, _)| *name == key)
+            else {
+                return Ok(()); // parse_options accepts only the names given.
+            };
+            match option {
+                RouteOption::Setting(field) => {
+                    let setting = field.of(&mut args);
+                    *setting = parse_switchable(input, errors, help)?.unwrap_or(*setting);
+                }
+                RouteOption::Retry => {
+                    let value: OptionValue = input.parse()?;
+                    args.retry_ms = value.duration_ms(errors, help);
+                }
+                RouteOption::Method => {
+                    let value: OptionValue = input.parse()?;
+                    if let Some(method) = value.method(errors, help) {
+                        args.method = method;
                     }
                 }
-                Ok(())
-            },
-        )?;
+            }
+            Ok(())
+        })?;
         Ok(args)
+    }
+}
+
+/// The options of `#[sse]`: each name, what it takes, and the help an error
+/// about it gives.
+const ROUTE_OPTIONS: [(&str, RouteOption, &str); 5] = [
+    (
+        "keep_alive",
+        RouteOption::Setting(Setting::KeepAlive),
+        "`keep_alive` takes a duration such as \"15s\", or `false` to turn it off",
+    ),
+    (
+        "retry",
+        RouteOption::Retry,
+        "`retry` takes a duration such as \"3s\" or \"500ms\"",
+    ),
+    (
+        "batch_window",
+        RouteOption::Setting(Setting::BatchWindow),
+        "`batch_window` takes a duration such as \"5ms\", or `false` to write every event at once",
+    ),
+    (
+        "write_stall",
+        RouteOption::Setting(Setting::WriteStall),
+        "`write_stall` takes a duration such as \"10s\", or `false` to never close a stalled connection",
+    ),
+    (
+        "method",
+        RouteOption::Method,
+        "write `method = \"get\"` (the default, what `EventSource` uses) or \
+         `method = \"post\"` (for clients that send a body, as LLM APIs do)",
+    ),
+];
+
+/// What a route option takes.
+#[derive(Clone, Copy)]
+enum RouteOption {
+    /// A duration, `true` (the default) or `false` (off).
+    Setting(Setting),
+    /// A duration.
+    Retry,
+    /// `"get"` or `"post"`.
+    Method,
+}
+
+/// The route options that are a [`SwitchableDuration`].
+#[derive(Clone, Copy)]
+enum Setting {
+    KeepAlive,
+    BatchWindow,
+    WriteStall,
+}
+
+impl Setting {
+    fn of(self, args: &mut RouteArgs) -> &mut SwitchableDuration {
+        match self {
+            Setting::KeepAlive => &mut args.keep_alive,
+            Setting::BatchWindow => &mut args.batch_window,
+            Setting::WriteStall => &mut args.write_stall,
+        }
     }
 }
 
@@ -299,21 +345,16 @@ impl OptionValue {
         }
     }
 
-    fn method(&self, errors: &mut Errors) -> Option<HttpMethod> {
+    fn method(&self, errors: &mut Errors, help: &str) -> Option<HttpMethod> {
         let value = self
             .literal
             .as_ref()
             .map(|l| l.value().to_ascii_lowercase());
-        match value.as_deref() {
-            Some("get") => Some(HttpMethod::Get),
-            Some("post") => Some(HttpMethod::Post),
-            _ => {
-                errors.push(error_with_help(
-                    self.span,
-                    "unsupported method",
-                    "write `method = \"get\"` (the default, what `EventSource` uses) or \
-                     `method = \"post\"` (for clients that send a body, as LLM APIs do)",
-                ));
+        let method = value.as_deref().and_then(HttpMethod::of_attribute);
+        match method.filter(|method| STREAM_METHODS.contains(method)) {
+            Some(method) => Some(method),
+            None => {
+                errors.push(error_with_help(self.span, "unsupported method", help));
                 None
             }
         }
@@ -351,7 +392,58 @@ pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_duration_ms;
+    use super::*;
+
+    fn route(tokens: proc_macro2::TokenStream) -> (RouteArgs, Errors) {
+        let mut errors = Errors::default();
+        let args = syn::parse::Parser::parse2(
+            |input: ParseStream| RouteArgs::parse(input, &mut errors),
+            tokens,
+        )
+        .expect("parses");
+        (args, errors)
+    }
+
+    #[test]
+    fn every_route_option_reaches_its_setting() {
+        let (args, errors) = route(quote::quote!(
+            "/x",
+            keep_alive = false,
+            retry = "3s",
+            batch_window = "250ms",
+            write_stall = "10s",
+            method = "POST"
+        ));
+        assert!(errors.is_empty());
+        assert_eq!(args.keep_alive, SwitchableDuration::Off);
+        assert_eq!(args.retry_ms, Some(3000));
+        assert_eq!(args.batch_window, SwitchableDuration::EveryMs(250));
+        assert_eq!(args.write_stall, SwitchableDuration::EveryMs(10_000));
+        assert_eq!(args.method, HttpMethod::Post);
+        let (args, errors) = route(quote::quote!("/x", batch_window = false));
+        assert!(errors.is_empty());
+        assert_eq!(args.batch_window, SwitchableDuration::Off);
+        assert_eq!(args.keep_alive, SwitchableDuration::Default);
+    }
+
+    #[test]
+    fn a_stream_takes_get_or_post_and_plain_routes_every_method() {
+        let (_, errors) = route(quote::quote!("/x", method = "delete"));
+        assert!(!errors.is_empty());
+        for (attribute, name) in [
+            ("get", "GET"),
+            ("post", "POST"),
+            ("put", "PUT"),
+            ("patch", "PATCH"),
+            ("delete", "DELETE"),
+        ] {
+            assert_eq!(
+                HttpMethod::of_attribute(attribute).map(HttpMethod::name),
+                Some(name)
+            );
+        }
+        assert_eq!(HttpMethod::of_attribute("head"), None);
+    }
 
     #[test]
     fn durations() {

@@ -4,15 +4,20 @@
 //! thiserror emits a fallback impl), so the rest of the file still
 //! type-checks, a `.router()` call adds no second error, and IDEs keep working.
 
+mod attr;
+mod expand;
+mod model;
+mod path;
+mod validate;
+
 use proc_macro2::TokenStream;
 use quote::quote;
 use syn::spanned::Spanned;
 use syn::{Item, ItemImpl};
 
-use crate::attr::ControllerArgs;
 use crate::errors::{Errors, error_with_help};
-use crate::model::{self, Controller};
-use crate::{expand, validate};
+use attr::ControllerArgs;
+use model::Controller;
 
 pub fn sse_controller(args: TokenStream, input: TokenStream) -> TokenStream {
     let mut errors = Errors::default();

@@ -5,9 +5,11 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 use syn::{Attribute, FnArg, Ident, ImplItem, ImplItemFn, ItemImpl, LitStr, ReturnType, Type};
 
-use crate::attr::{ControllerArgs, HttpMethod, PlainRouteArgs, RouteArgs, SwitchableDuration};
+use crate::controller::attr::{
+    ControllerArgs, HttpMethod, PlainRouteArgs, RouteArgs, SwitchableDuration,
+};
+use crate::controller::path::{self, RoutePath};
 use crate::errors::{Errors, error_with_help, spanned_error_with_help};
-use crate::path::{self, RoutePath};
 
 pub struct Controller {
     /// The user's `impl` block with its `#[sse]` attributes marked as read.
