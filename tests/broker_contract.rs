@@ -7,8 +7,8 @@ use std::future::Future;
 use std::time::Duration;
 
 use futures_util::{FutureExt, Stream, StreamExt};
+use sse_runtime::testing::{fields, next_event};
 use sse_runtime::{EncodedEvent, LagPolicy, MessageEvent, Registry, RegistryConfig, Subscription};
-use sse_tests::fields;
 use sse_tests::redis_cluster::{self, RedisCluster};
 use sse_tests::redis_server::{self, RedisServer};
 
@@ -83,25 +83,15 @@ fn id_rank(id: &str) -> ((u128, u64), (u128, u64)) {
 async fn next_item(
     stream: &mut (impl Stream<Item = EncodedEvent> + Unpin),
 ) -> Option<EncodedEvent> {
-    tokio::time::timeout(Duration::from_secs(5), stream.next())
+    tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
         .expect("timed out")
-}
-
-/// The next event, past resume points.
-async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> Option<EncodedEvent> {
-    loop {
-        let event = next_item(stream).await;
-        if !event.as_ref().is_some_and(EncodedEvent::is_resume_point) {
-            return event;
-        }
-    }
 }
 
 async fn next_fields(
     stream: &mut (impl Stream<Item = EncodedEvent> + Unpin),
 ) -> (String, String, String) {
-    fields(&next(stream).await.expect("the stream ended"))
+    fields(&next_event(stream).await.expect("the stream ended"))
 }
 
 /// Polls `subscription` (a subscription joins its broker as it is first
@@ -113,7 +103,7 @@ async fn joined(
     key: &str,
     expected: usize,
 ) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(item) = subscription.next().now_or_never() {
             assert!(
@@ -520,7 +510,7 @@ async fn a_subscriber_too_far_behind_is_disconnected(backend: &impl Backend) {
     joined(&registry, &mut slow, "k", 1).await;
     overrun_a_slow_subscriber(&registry, "k", 100).await;
     let mut received = 0;
-    while next(&mut slow).await.is_some() {
+    while next_event(&mut slow).await.is_some() {
         received += 1;
         assert!(received <= 16, "a subscriber past its buffer must be ended");
     }
@@ -574,7 +564,7 @@ async fn dropped_subscriptions_are_released(backend: &impl Backend) {
     assert_eq!(registry.key_count(), 10);
     assert_eq!(registry.total_subscribers(), 10);
     drop(subscriptions);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while registry.key_count() != 0
         || registry.subscriber_count(&"user-0".to_owned()) != 0
         || registry.total_subscribers() != 0
@@ -605,7 +595,10 @@ async fn shutdown_ends_every_subscription_and_refuses_sends(backend: &impl Backe
     }
     registry.shutdown();
     for subscription in &mut subscriptions {
-        assert!(next(subscription).await.is_none(), "ended by shutdown");
+        assert!(
+            next_event(subscription).await.is_none(),
+            "ended by shutdown"
+        );
     }
     assert!(
         registry
@@ -616,7 +609,7 @@ async fn shutdown_ends_every_subscription_and_refuses_sends(backend: &impl Backe
     );
     // A subscription made after shutdown ends at once.
     assert!(
-        next(&mut registry.subscribe(&"k0".to_owned()))
+        next_event(&mut registry.subscribe(&"k0".to_owned()))
             .await
             .is_none()
     );
@@ -638,7 +631,7 @@ async fn broadcast_neither_touches_nor_keeps_alive_idle_keys(backend: &impl Back
     let reader = tokio::spawn(async move {
         let mut got = Vec::new();
         while let Ok(Some(event)) =
-            tokio::time::timeout(Duration::from_millis(700), next(&mut live)).await
+            tokio::time::timeout(Duration::from_millis(700), next_event(&mut live)).await
         {
             got.push(fields(&event).2);
         }
@@ -746,7 +739,7 @@ async fn a_stream_for_many_keys_counts_once_as_a_stream(backend: &impl Backend) 
 /// Waits until each of `keys` counts at least one subscriber (the stream
 /// `subscription` has joined them all), reading nothing but resume points.
 async fn joined_many(registry: &Registry<String>, subscription: &mut Subscription, keys: &[&str]) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         if let Some(item) = subscription.next().now_or_never() {
             assert!(item.is_some_and(|event| event.is_resume_point()));
@@ -881,7 +874,7 @@ async fn a_combined_id_of_other_keys_resets_them_all_and_drops_release_every_key
     }
     joined_many(&registry, &mut stream, &["x", "y"]).await;
     drop(stream);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while ["x", "y"]
         .iter()
         .any(|key| registry.subscriber_count(&(*key).to_owned()) > 0)

@@ -112,6 +112,12 @@ async fn publish_and_check_healthy(
     }
 }
 
+/// How long past its write-stall timeout a stalled reader may still be
+/// subscribed: generous, so a busy machine that is slow to fill the socket
+/// buffers never fails the test; a timeout that does not work holds it for
+/// good (the control test below).
+const STALL_MARGIN: Duration = Duration::from_secs(8);
+
 /// The stalled client's subscription is dropped (and its registry entry with
 /// it) within `limit` of the last event; returns how long that took.
 async fn stalled_subscription_released(
@@ -167,7 +173,7 @@ async fn under_axum_serve_the_write_stall_listener_cuts_a_stalled_reader() {
         )
         .into_future(),
     );
-    let released = stall_against(addr, &registry, stall + Duration::from_secs(2))
+    let released = stall_against(addr, &registry, stall + STALL_MARGIN)
         .await
         .expect("the listener's timeout did not cut the stalled reader");
     eprintln!("stalled reader released {released:?} after the last event");
@@ -180,10 +186,10 @@ async fn a_stalled_reader_is_cut_within_the_write_stall_timeout_while_others_get
     let released = stall_scenario(
         |serve| serve.write_stall_timeout(stall),
         |registry| app(registry, None),
-        stall + Duration::from_secs(2),
+        stall + STALL_MARGIN,
     )
     .await
-    .expect("the stalled reader was still subscribed 2.5 s after the last event");
+    .expect("the stalled reader was still subscribed well past its timeout");
     eprintln!("stalled reader released {released:?} after the last event");
 }
 
@@ -193,7 +199,7 @@ async fn a_routes_own_write_stall_timeout_applies_to_its_connection() {
     let released = stall_scenario(
         |serve| serve.write_stall_timeout(None),
         |registry| app(registry, Some(stall)),
-        stall + Duration::from_secs(2),
+        stall + STALL_MARGIN,
     )
     .await
     .expect("the route's timeout did not cut the stalled reader");
@@ -223,7 +229,7 @@ async fn the_write_stall_option_of_an_sse_route_applies_to_its_connection() {
             }
             .router()
         },
-        Duration::from_millis(2500),
+        Duration::from_millis(500) + STALL_MARGIN,
     )
     .await
     .expect("the route's write_stall option did not cut the stalled reader");
@@ -290,9 +296,9 @@ async fn graceful_shutdown_with_a_stalled_reader_ends_at_the_deadline_and_spread
     });
 
     let took = server
-        .shut_down(deadline + Duration::from_secs(3))
+        .shut_down(deadline + Duration::from_secs(8))
         .await
-        .expect("the server did not return within 3 s of its shutdown deadline");
+        .expect("the server did not return within 8 s of its shutdown deadline");
     eprintln!("shutdown with a stalled reader took {took:?} (deadline {deadline:?})");
     assert!(
         took >= deadline - Duration::from_millis(100),
@@ -475,8 +481,9 @@ async fn slow_headers_are_cut_by_the_header_read_timeout() {
         took >= timeout - Duration::from_millis(50),
         "cut after only {took:?}"
     );
+    // Generous: a busy machine may be slow to notice, never early.
     assert!(
-        took < timeout + Duration::from_secs(1),
+        took < timeout + Duration::from_secs(5),
         "cut after {took:?}"
     );
 }
@@ -507,7 +514,7 @@ async fn a_slow_body_is_cut_by_the_body_read_timeout() {
     );
     assert!(answer.starts_with("HTTP/1.1 400 "), "{answer}");
     assert!(answer.contains("not received within"), "{answer}");
-    assert!(took >= timeout - Duration::from_millis(50) && took < timeout + Duration::from_secs(1));
+    assert!(took >= timeout - Duration::from_millis(50) && took < timeout + Duration::from_secs(5));
     // The rest of that body will never be read: the connection is closed.
     let closed = closed_after(&mut slow, started).await;
     assert!(closed < TIMEOUT, "{closed:?}");

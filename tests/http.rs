@@ -327,7 +327,7 @@ async fn a_users_stream_ends_when_its_token_expires() {
     eprintln!("the stream of a {ttl:?} token ended {ended_after:?} after login");
     assert!(ended_after >= ttl, "ended after only {ended_after:?}");
     assert!(
-        ended_after < ttl + Duration::from_secs(1),
+        ended_after < ttl + Duration::from_secs(5),
         "ended after {ended_after:?}"
     );
     // The browser's reconnect with the expired token is refused, which ends it.
@@ -466,7 +466,7 @@ async fn graceful_shutdown_with_100_open_streams(
     let took = started.elapsed();
     eprintln!("graceful shutdown with 100 open SSE streams took {took:?}");
     assert!(
-        took < Duration::from_secs(1),
+        took < Duration::from_secs(5),
         "graceful shutdown took {took:?}"
     );
     // Every client saw its response end cleanly.

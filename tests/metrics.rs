@@ -116,7 +116,7 @@ async fn counters_and_gauges_follow_streams_events_replays_resets_and_broker_err
 
     // Streams that close leave the gauge.
     drop(first);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
         let open_now = value(
             &scrape(&server).await,

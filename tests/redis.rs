@@ -6,21 +6,13 @@
 use std::time::Duration;
 
 use futures_util::{Stream, StreamExt};
+use sse_runtime::testing::{fields, next_event};
 use sse_runtime::{EncodedEvent, MessageEvent, RegistryConfig};
-use sse_tests::fields;
 use sse_tests::redis_server;
 
 /// The next event's fields, past resume points.
 async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> (String, String, String) {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("timed out")
-            .expect("ended");
-        if !event.is_resume_point() {
-            return fields(&event);
-        }
-    }
+    fields(&next_event(stream).await.expect("ended"))
 }
 
 fn key(name: &str) -> String {
@@ -357,7 +349,7 @@ async fn broadcast_reaches_every_key_on_every_instance() {
     let mut on_a = a.subscribe(&key("k1"));
     // A stream starts where its resume point says: everything after reaches it.
     for subscription in std::iter::once(&mut on_a).chain(&mut on_b) {
-        let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await;
+        let first = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
         assert!(matches!(first, Ok(Some(ref event)) if event.is_resume_point()));
     }
     settle().await;
@@ -394,7 +386,7 @@ async fn a_thousand_keys_are_followed_by_one_reader_of_their_bells_and_every_eve
     }
     // Drive every join (each subscription's first poll sent its query).
     for subscription in &mut subscriptions {
-        let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await;
+        let first = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
         assert!(matches!(first, Ok(Some(ref event)) if event.is_resume_point()));
     }
     settle().await;
@@ -450,7 +442,7 @@ async fn a_stream_for_many_keys_resumes_exactly_on_the_other_instance() {
     );
     let rooms: Vec<String> = ["r1", "r2", "r3"].iter().map(|r| key(r)).collect();
     let mut on_a = a.subscribe_many(&rooms, None);
-    let first = tokio::time::timeout(Duration::from_secs(5), on_a.next())
+    let first = tokio::time::timeout(Duration::from_secs(10), on_a.next())
         .await
         .unwrap()
         .unwrap();

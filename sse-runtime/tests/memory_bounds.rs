@@ -4,10 +4,9 @@
 //! it counts every allocation.
 
 use std::alloc::System;
-use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
-use sse_runtime::{EncodedEvent, MessageEvent, Registry, RegistryConfig};
+use sse_runtime::testing::{fields, next_event};
+use sse_runtime::{MessageEvent, Registry, RegistryConfig};
 use stats_alloc::{INSTRUMENTED_SYSTEM, Region, StatsAlloc};
 
 #[global_allocator]
@@ -26,31 +25,6 @@ const SPARE_CAPACITY: f64 = 1.25;
 fn net_bytes(region: &Region<'_, System>) -> i64 {
     let change = region.change();
     change.bytes_allocated as i64 - change.bytes_deallocated as i64
-}
-
-/// The next event, past the subscription's resume point.
-async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> EncodedEvent {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("timed out")
-            .expect("the stream ended");
-        if !event.is_resume_point() {
-            return event;
-        }
-    }
-}
-
-/// `(id, event type, data)` of one encoded event.
-fn fields(event: &EncodedEvent) -> (String, String, String) {
-    let text = std::str::from_utf8(event.as_bytes()).unwrap();
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name))
-            .unwrap_or_default()
-            .to_owned()
-    };
-    (field("id: "), field("event: "), field("data: "))
 }
 
 /// `len` bytes of text that starts with `label`.
@@ -85,7 +59,7 @@ async fn a_burst_of_large_events_to_one_key_stays_within_its_byte_bound() {
             .send(&key, MessageEvent::new(payload(&n.to_string(), EVENT)))
             .await
             .unwrap();
-        ids.push(fields(&next(&mut watcher).await).0);
+        ids.push(fields(&next_event(&mut watcher).await.unwrap()).0);
     }
     let net = net_bytes(&region);
     let ceiling = (BOUND as f64 * SPARE_CAPACITY) as i64 + 64 * 1024;
@@ -102,14 +76,14 @@ async fn a_burst_of_large_events_to_one_key_stays_within_its_byte_bound() {
     // A resume from an evicted id is told so; one from a retained id
     // replays exactly what followed it.
     let mut from_first = registry.subscribe_from(&key, Some(&ids[0]));
-    let (_, event_type, data) = fields(&next(&mut from_first).await);
+    let (_, event_type, data) = fields(&next_event(&mut from_first).await.unwrap());
     assert_eq!(
         (event_type.as_str(), data.as_str()),
         ("reset", "{\"reason\":\"history_expired\"}")
     );
     let mut from_recent = registry.subscribe_from(&key, Some(&ids[195]));
     for (n, expected_id) in ids.iter().enumerate().skip(196) {
-        let (id, _, data) = fields(&next(&mut from_recent).await);
+        let (id, _, data) = fields(&next_event(&mut from_recent).await.unwrap());
         assert_eq!(&id, expected_id);
         assert!(
             data.starts_with(&format!("{n} ")),
@@ -138,7 +112,7 @@ async fn history_across_keys_stays_within_the_total_and_the_oldest_goes_first() 
             .send(&key, MessageEvent::new(payload("seen", EVENT)))
             .await
             .unwrap();
-        seen.push(fields(&next(&mut client).await).0);
+        seen.push(fields(&next_event(&mut client).await.unwrap()).0);
         drop(client);
         registry
             .send(
@@ -167,13 +141,13 @@ async fn history_across_keys_stays_within_the_total_and_the_oldest_goes_first() 
     // their clients are told so rather than resumed silently.
     for (n, last_seen) in seen.iter().enumerate().skip(KEYS - 10) {
         let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(last_seen));
-        let (_, event_type, data) = fields(&next(&mut resumed).await);
+        let (_, event_type, data) = fields(&next_event(&mut resumed).await.unwrap());
         assert_eq!(event_type, "", "user-{n}");
         assert!(data.starts_with(&format!("missed {n} ")), "user-{n}");
     }
     for (n, last_seen) in seen.iter().enumerate().take(10) {
         let mut resumed = registry.subscribe_from(&format!("user-{n}"), Some(last_seen));
-        let (_, event_type, data) = fields(&next(&mut resumed).await);
+        let (_, event_type, data) = fields(&next_event(&mut resumed).await.unwrap());
         assert_eq!(
             (event_type.as_str(), data.as_str()),
             ("reset", "{\"reason\":\"history_expired\"}"),

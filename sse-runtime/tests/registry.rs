@@ -4,42 +4,14 @@
 
 use std::time::Duration;
 
-use futures_util::{Stream, StreamExt};
+use futures_util::Stream;
+use sse_runtime::testing::{fields, next_event};
 use sse_runtime::{EncodedEvent, LagPolicy, MessageEvent, Registry, RegistryConfig};
-
-/// `(id, event type, data)` of one encoded event. The registry writes the id,
-/// then the event's own fields; this reads that layout.
-fn fields(event: &EncodedEvent) -> (String, String, String) {
-    let text = std::str::from_utf8(event.as_bytes()).unwrap();
-    let (mut id, mut event_type, mut data) = (String::new(), String::new(), Vec::new());
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            event_type = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data.push(v);
-        }
-    }
-    (id, event_type, data.join("\n"))
-}
-
-/// The next event, past resume points (each test of them says so).
-async fn next(stream: &mut (impl Stream<Item = EncodedEvent> + Unpin)) -> Option<EncodedEvent> {
-    loop {
-        let event = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .expect("timed out");
-        if !event.as_ref().is_some_and(EncodedEvent::is_resume_point) {
-            return event;
-        }
-    }
-}
 
 async fn next_fields(
     stream: &mut (impl Stream<Item = EncodedEvent> + Unpin),
 ) -> (String, String, String) {
-    fields(&next(stream).await.expect("stream ended"))
+    fields(&next_event(stream).await.expect("stream ended"))
 }
 
 fn key(name: &str) -> String {
@@ -110,7 +82,7 @@ async fn a_subscriber_that_never_reads_does_not_slow_others_and_is_disconnected(
         assert_eq!(next_fields(&mut reader).await.2, n.to_string());
     }
     // The laggard's stream ends (a browser would reconnect and replay).
-    assert!(next(&mut stalled).await.is_none());
+    assert!(next_event(&mut stalled).await.is_none());
 }
 
 #[tokio::test]
@@ -150,7 +122,7 @@ async fn an_event_is_encoded_once_and_shared_by_every_subscriber() {
         .unwrap();
     let mut pointers = Vec::new();
     for subscriber in &mut subscribers {
-        pointers.push(next(subscriber).await.unwrap().as_bytes().as_ptr() as usize);
+        pointers.push(next_event(subscriber).await.unwrap().as_bytes().as_ptr() as usize);
     }
     pointers.dedup();
     assert_eq!(pointers.len(), 1, "every subscriber got the same bytes");
@@ -202,7 +174,7 @@ async fn shutdown_ends_streams_stops_producers_and_refuses_sends() {
     let mut open = registry.subscribe(&key("k"));
     registry.register(key("p"), futures_util::stream::pending());
     registry.shutdown();
-    assert!(next(&mut open).await.is_none());
+    assert!(next_event(&mut open).await.is_none());
     assert_eq!(registry.producer_count(), 0);
     assert!(
         registry
@@ -210,5 +182,9 @@ async fn shutdown_ends_streams_stops_producers_and_refuses_sends() {
             .await
             .is_err()
     );
-    assert!(next(&mut registry.subscribe(&key("k"))).await.is_none());
+    assert!(
+        next_event(&mut registry.subscribe(&key("k")))
+            .await
+            .is_none()
+    );
 }

@@ -15,25 +15,11 @@ use futures_util::{Stream, StreamExt};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// `(id, event type, data)` of one encoded event, as the registry writes it:
-/// the id, then the event's own fields; data lines joined with `\n`.
-pub fn fields(event: &sse_runtime::EncodedEvent) -> (String, String, String) {
-    let text = std::str::from_utf8(event.as_bytes()).unwrap();
-    let (mut id, mut event_type, mut data) = (String::new(), String::new(), Vec::new());
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("id: ") {
-            id = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("event: ") {
-            event_type = v.to_owned();
-        } else if let Some(v) = line.strip_prefix("data: ") {
-            data.push(v);
-        }
-    }
-    (id, event_type, data.join("\n"))
-}
+/// `(id, event type, data)` of one encoded event.
+pub use sse_runtime::testing::fields;
 
 /// Every wait in these tests is bounded by this.
-pub const TIMEOUT: Duration = Duration::from_secs(5);
+pub const TIMEOUT: Duration = Duration::from_secs(10);
 
 /// A server on 127.0.0.1 with a free port (`sse_runtime::serve`), stopped when dropped.
 pub struct TestServer {

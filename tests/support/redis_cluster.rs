@@ -9,7 +9,7 @@ use std::time::Duration;
 use sse_runtime::{RedisBroker, Registry, RegistryConfig};
 
 use crate::external::{require, runs};
-use crate::redis_server::{free_port, wait_for_port};
+use sse_runtime::testing::{free_port, wait_for_port};
 
 const MASTERS: usize = 3;
 

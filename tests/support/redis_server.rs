@@ -2,8 +2,8 @@
 //! dropped. Under `CI=true` a missing server fails the test.
 
 use std::path::PathBuf;
-use std::time::Duration;
 
+use sse_runtime::testing::{free_port, wait_for_port};
 use sse_runtime::{RedisBroker, Registry, RegistryConfig};
 
 use crate::external::{require, runs};
@@ -13,30 +13,6 @@ pub struct RedisServer {
     pub port: u16,
     dir: PathBuf,
     persistent: bool,
-}
-
-/// A loopback port that was free a moment ago.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// Waits until a just-started `redis-server` accepts connections on `port`.
-pub(crate) async fn wait_for_port(port: u16) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "redis-server did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// `Some(server)`, or `None` (after printing why) when redis-server is missing outside CI.

@@ -9,6 +9,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
+use sse_runtime::testing::{free_port, wait_for_port};
 use sse_runtime::{MessageEvent, RegistryConfig};
 use sse_tests::{events, next_event, open, redis_server};
 
@@ -26,11 +27,7 @@ async fn a_frozen_instance_resumes_its_open_streams_within_and_beyond_the_histor
     let Some(redis) = redis_server::start(false).await else {
         return;
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let mut frozen = tokio::process::Command::new(env!("CARGO_BIN_EXE_cluster"))
         .env("PORT", port.to_string())
         .env("INSTANCES", "1")
@@ -42,17 +39,7 @@ async fn a_frozen_instance_resumes_its_open_streams_within_and_beyond_the_histor
         .expect("start the cluster binary");
     let pid = frozen.id().unwrap();
     let base = format!("http://127.0.0.1:{port}");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while tokio::net::TcpStream::connect(("127.0.0.1", port))
-        .await
-        .is_err()
-    {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the instance did not start"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_for_port(port).await;
     // The other instance, in this process.
     let other = redis.registry(RegistryConfig::default()).await;
     let room = "general".to_owned();
