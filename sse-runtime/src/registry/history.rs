@@ -135,13 +135,13 @@ impl HistoryRing {
     }
 
     /// The entries from index `from` on.
-    pub(crate) fn from_index(&self, from: usize) -> impl Iterator<Item = &Entry> {
+    pub(crate) fn starting_at(&self, from: usize) -> impl Iterator<Item = &Entry> {
         self.entries.range(from..)
     }
 
     /// The entries after sequence number `cursor`.
     pub(crate) fn after(&self, cursor: u64) -> impl Iterator<Item = &Entry> {
-        self.from_index(self.first_after(cursor))
+        self.starting_at(self.first_after(cursor))
     }
 }
 

@@ -194,7 +194,7 @@ where
             this.ready.extend(
                 state
                     .history
-                    .from_index(start)
+                    .starting_at(start)
                     .filter(|entry| with_broadcasts || !entry.broadcast)
                     .map(|entry| entry.event.clone()),
             );
