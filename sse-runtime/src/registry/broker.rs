@@ -32,8 +32,10 @@ impl<T: Hash + Eq + Clone + Send + Sync + 'static> Key for T {}
 ///
 /// # Contract
 ///
-/// Every implementation gives these guarantees; `tests/broker_contract.rs`
-/// checks each of them against every broker of this crate.
+/// Every implementation gives these guarantees. The suite in
+/// `sse_runtime::testing::broker_contract` (feature `testing`) checks each of
+/// them, one test per promise; this crate runs it against every broker it
+/// ships, and a broker of your own runs it with one macro call.
 ///
 /// - **Ids.** `publish` stamps the event with an id (the SSE `id:` field,
 ///   replacing any id the event had) that is unique for the broker's lifetime

@@ -35,6 +35,7 @@
 //! was waiting for. The parser follows the WHATWG rules a browser's
 //! `EventSource` follows, checked against the project's conformance table.
 
+pub mod broker_contract;
 mod events;
 mod net;
 mod parser;
