@@ -155,3 +155,73 @@ async fn history_across_keys_stays_within_the_total_and_the_oldest_goes_first() 
         );
     }
 }
+
+/// A stream that replayed a long history and went idle keeps nothing of
+/// that batch: not the write buffer it grew, not the queue it copied the
+/// replay into (a security review measured 102 KiB per idle stream after
+/// one replay, against 1.5 KiB).
+#[tokio::test(flavor = "current_thread")]
+async fn an_idle_stream_keeps_no_buffer_from_the_replay_it_wrote() {
+    use axum::response::IntoResponse;
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    use sse_runtime::{KeepAlive, Sse};
+
+    let _turn = ONE_AT_A_TIME.lock().await;
+    let registry: Registry<String> = Registry::new();
+    let key = "room".to_owned();
+    let mut first = registry.subscribe(&key);
+    let start = fields(&first.next().await.expect("a resume point")).0;
+    drop(first);
+    const EVENTS: usize = 1000;
+    for n in 0..EVENTS {
+        let event = MessageEvent::new(payload(&n.to_string(), 100));
+        registry.send(&key, event).await.unwrap();
+    }
+    // What an idle stream that replayed nothing holds, for comparison.
+    let region = Region::new(GLOBAL);
+    let mut fresh = Sse::new(registry.subscribe(&key))
+        .keep_alive(KeepAlive::disabled())
+        .into_response()
+        .into_body();
+    let resume_point = fresh.frame().await.expect("a frame").expect("no error");
+    drop(resume_point);
+    assert!(
+        futures_util::FutureExt::now_or_never(fresh.frame()).is_none(),
+        "idle"
+    );
+    let fresh_cost = net_bytes(&region);
+
+    let region = Region::new(GLOBAL);
+    let replay = registry.subscribe_from(&key, Some(&start));
+    let mut body = Sse::new(replay)
+        .keep_alive(KeepAlive::disabled())
+        .into_response()
+        .into_body();
+    let mut seen = 0;
+    while seen < EVENTS {
+        let frame = tokio::time::timeout(std::time::Duration::from_secs(10), body.frame())
+            .await
+            .expect("the replay within 10 s")
+            .expect("a frame")
+            .expect("no error");
+        let data = frame.into_data().expect("data");
+        seen += data.windows(2).filter(|pair| pair == b"\n\n").count();
+    }
+    // Replayed in full (over 100 KB on the wire); now idle, waiting.
+    assert!(
+        futures_util::FutureExt::now_or_never(body.frame()).is_none(),
+        "idle"
+    );
+    let idle = net_bytes(&region);
+    eprintln!(
+        "an idle stream after a {EVENTS}-event replay holds {idle} bytes; one that replayed \
+         nothing, {fresh_cost}"
+    );
+    // At most one small batch's buffer (8 KiB) more than a fresh stream.
+    assert!(
+        idle < fresh_cost + 9 * 1024,
+        "{idle} bytes kept after the replay, {fresh_cost} by a fresh stream"
+    );
+    drop((body, fresh));
+}

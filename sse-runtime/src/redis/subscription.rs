@@ -165,6 +165,9 @@ impl<K: Display> RedisBroker<K> {
     }
 }
 
+/// The most deliveries' room a subscription keeps between wake-ups.
+const RETAINED_BATCH: usize = 32;
+
 /// How a subscription starts.
 enum Start {
     /// With this event: the resume point of a new client, or the reset
@@ -390,6 +393,10 @@ impl Subscription {
                 // read: its own id, not the shared one.
                 events.push(delivery.event.with_id(&after.to_string()));
             }
+        }
+        if self.batch.capacity() > RETAINED_BATCH {
+            // After a burst: an idle subscriber keeps no room for it.
+            self.batch = VecDeque::new();
         }
         events
     }

@@ -232,9 +232,7 @@ where
             }
             this.open
                 .written(std::mem::take(this.pending_events), this.buf.len());
-            // `split` hands out the filled part and keeps the spare capacity, so
-            // the allocation is reused once the frame is written.
-            return Poll::Ready(Some(Ok(Frame::data(this.buf.split().freeze()))));
+            return Poll::Ready(Some(Ok(Frame::data(take_frame(this.buf)))));
         }
         if *this.ended {
             return Poll::Ready(None);
@@ -264,9 +262,41 @@ where
     }
 }
 
+/// The most buffer a stream keeps between writes. A batch up to this size
+/// leaves its allocation for the next one; a larger one (a replay, a burst)
+/// takes its allocation with it, so an idle stream never keeps the largest
+/// batch it ever wrote.
+const RETAINED_BUFFER: usize = 8 * 1024;
+
+/// The filled part of `buf`, as one frame. `split` keeps the spare capacity,
+/// so the allocation is reused once the frame is written, unless the batch
+/// was large: then `buf` starts afresh.
+fn take_frame(buf: &mut BytesMut) -> Bytes {
+    if buf.len() > RETAINED_BUFFER {
+        std::mem::take(buf).freeze()
+    } else {
+        buf.split().freeze()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_large_batch_takes_its_buffer_with_it_and_a_small_one_leaves_it() {
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(&[b'x'; 100 * 1024]);
+        let frame = take_frame(&mut buf);
+        assert_eq!(frame.len(), 100 * 1024);
+        assert_eq!(buf.capacity(), 0, "nothing kept after a large batch");
+        buf.extend_from_slice(&[b'x'; 1024]);
+        let before = buf.capacity();
+        drop(take_frame(&mut buf));
+        // The small frame is gone, so the same allocation serves again.
+        buf.reserve(1024);
+        assert_eq!(buf.capacity(), before);
+    }
 
     const WINDOW: Duration = Duration::from_millis(10);
     const MS: Duration = Duration::from_millis(1);

@@ -137,6 +137,9 @@ struct MemorySubscription<K: Key> {
     inner: Arc<Inner<K>>,
 }
 
+/// The most events' room a subscription keeps between batches.
+const RETAINED_READY: usize = 32;
+
 // Nothing in a subscription points into itself.
 impl<K: Key> Unpin for MemorySubscription<K> {}
 
@@ -150,6 +153,11 @@ where
         let this = &mut *self;
         if let Some(event) = this.ready.pop_front() {
             return Poll::Ready(Some(event));
+        }
+        if this.ready.capacity() > RETAINED_READY {
+            // Drained after a replay or a burst: an idle subscriber keeps
+            // no room for the largest batch it ever had.
+            this.ready = VecDeque::new();
         }
         if this.ended || this.inner.shut_down.load(Ordering::SeqCst) {
             this.ended = true;
