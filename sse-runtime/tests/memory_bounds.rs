@@ -225,3 +225,36 @@ async fn an_idle_stream_keeps_no_buffer_from_the_replay_it_wrote() {
     );
     drop((body, fresh));
 }
+
+/// Keys minted by the hundred thousand, one small event each (what an open
+/// login or a `?rooms=` parameter lets a client do): what each key costs
+/// beyond its event counts against the total, so real memory stays within
+/// the bound. A security review measured about 650 bytes per such key, of
+/// which about 94 were counted.
+#[tokio::test(flavor = "current_thread")]
+async fn many_one_event_keys_stay_within_the_total_bound() {
+    let _turn = ONE_AT_A_TIME.lock().await;
+    const TOTAL: usize = 4 << 20;
+    const KEYS: usize = 100_000;
+    let registry: Registry<String> =
+        Registry::with_config(RegistryConfig::default().history_bytes_total(TOTAL));
+    let region = Region::new(GLOBAL);
+    for n in 0..KEYS {
+        let key = format!("key-{n}");
+        registry
+            .send(&key, MessageEvent::new(payload("x", 64)))
+            .await
+            .unwrap();
+    }
+    let net = net_bytes(&region);
+    let kept = registry.key_count();
+    eprintln!(
+        "{KEYS} one-event keys: {net} bytes retained, {kept} keys kept ({} bytes each), bound {TOTAL}",
+        net / kept.max(1) as i64
+    );
+    // The bound, with the encoder's spare capacity and the shards' tables
+    // (which keep the room they grew to).
+    let ceiling = (TOTAL as f64 * SPARE_CAPACITY) as i64 + 1024 * 1024;
+    assert!(net <= ceiling, "{net} bytes retained, over {ceiling}");
+    assert!(kept < KEYS, "the oldest keys went");
+}

@@ -229,20 +229,25 @@ impl ResetReason {
 ///
 /// # Worst-case memory
 ///
-/// With the in-memory broker, the history a registry retains is bounded in
-/// bytes, whatever clients or the application send:
+/// With the in-memory broker, the history a registry retains, and the keys
+/// that hold it, are bounded in bytes, whatever clients or the application
+/// send:
 ///
 /// ```text
 /// history ≤ min(history_bytes_total, keys × history_bytes_per_key) + largest event
 /// ```
 ///
-/// where each retained event counts its encoded size plus 96 bytes of
+/// where each retained event counts its encoded size plus 128 bytes of
 /// bookkeeping (the encoder may reserve up to a quarter more than it writes,
-/// and that spare capacity stays with the event), and `keys` are the keys with
-/// history. A key always keeps its newest event, so one event larger than the
-/// bounds is still delivered and replayable. On top of history: about 200
-/// bytes per key, and per subscriber its cursor plus what its connection has
-/// not yet written (at most one 64 KiB batch, see [`Sse`](crate::Sse)).
+/// and that spare capacity stays with the event), each key counts what its
+/// map entry and key cost (about 380 bytes for a `String` key) against
+/// `history_bytes_total`, and `keys` are the keys with history. So 100,000
+/// one-event keys under a 4 MiB total hold 3.9 MB (`memory_bounds.rs`). A
+/// key always keeps its newest event, so one event larger than the bounds is
+/// still delivered and replayable. On top: per subscriber its cursor plus
+/// what its connection has not yet written (at most one 64 KiB batch, see
+/// [`Sse`](crate::Sse)), and keys with subscribers but no history, which
+/// their connections bound.
 /// Defaults: 4 MiB per key, 256 MiB in all, which also caps the
 /// `history_len × keys` count bound.
 ///

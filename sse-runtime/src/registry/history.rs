@@ -9,8 +9,9 @@ use std::time::{Duration, Instant};
 use crate::event::EncodedEvent;
 
 /// What a retained event costs beyond its encoded bytes: its entry in the
-/// ring and the shared buffer's header. Counted against the byte bounds.
-pub(crate) const ENTRY_OVERHEAD: usize = 96;
+/// ring (96 bytes) and its buffer's allocation overhead. Counted against the
+/// byte bounds.
+pub(crate) const ENTRY_OVERHEAD: usize = 128;
 
 /// One retained event.
 pub(crate) struct Entry {
@@ -90,6 +91,11 @@ impl HistoryRing {
             }
         }
         self.bytes += cost;
+        if self.entries.capacity() == 0 {
+            // Most keys hold a few events: room for one, not the four a
+            // first push would make.
+            self.entries.reserve_exact(1);
+        }
         self.entries.push_back(entry);
         freed
     }

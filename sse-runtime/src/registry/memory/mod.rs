@@ -208,13 +208,37 @@ where
             .encode_with_id(&self.ids.format(position))
     }
 
+    /// `key`'s state in `shard`, created (and its cost counted against the
+    /// byte bound) if it has none.
+    fn key_state<'a>(&self, shard: &'a mut HashMap<K, KeyState>, key: &K) -> &'a mut KeyState {
+        shard.entry(key.clone()).or_insert_with(|| {
+            self.retained_bytes
+                .fetch_add(Self::KEY_COST, Ordering::Relaxed);
+            KeyState::new(self.removed_watermark.load(Ordering::SeqCst))
+        })
+    }
+
+    /// What a key costs whatever its history, counted against the byte
+    /// bounds so that keys minted by the hundred thousand cannot hold memory
+    /// the bounds do not see: its entry in its shard's map, twice over (a
+    /// map keeps the room it grew to, and grows by doubling), plus its key's
+    /// own heap and the allocator's overhead, estimated.
+    const KEY_COST: usize = std::mem::size_of::<(K, KeyState)>() * 2 + 96;
+
     fn remove_if_idle(&self, shard: &mut HashMap<K, KeyState>, key: &K) {
         if shard.get(key).is_some_and(KeyState::is_idle) {
             if let Some(state) = shard.remove(key) {
-                self.removed_watermark
-                    .fetch_max(state.history.evicted_through(), Ordering::SeqCst);
+                self.forget(&state);
             }
         }
+    }
+
+    /// Accounts for a removed key state.
+    fn forget(&self, state: &KeyState) {
+        self.removed_watermark
+            .fetch_max(state.history.evicted_through(), Ordering::SeqCst);
+        self.retained_bytes
+            .fetch_sub(Self::KEY_COST, Ordering::Relaxed);
     }
 
     /// Evicts expired history everywhere and removes idle keys.
@@ -223,17 +247,14 @@ where
         lock(&self.broadcasts).evict_expired(now, self.config.history_ttl);
         for shard in self.shards.iter() {
             let mut shard = lock(shard);
-            let mut watermark = 0;
             shard.retain(|_, state| {
                 state.evict_expired(now, self.config.history_ttl, &self.retained_bytes);
                 let idle = state.is_idle();
                 if idle {
-                    watermark = watermark.max(state.history.evicted_through());
+                    self.forget(state);
                 }
                 !idle
             });
-            self.removed_watermark
-                .fetch_max(watermark, Ordering::SeqCst);
         }
     }
 }
@@ -339,10 +360,7 @@ where
         } else {
             start_sweeper(inner);
             let mut shard = lock(inner.shard(key));
-            let watermark = inner.removed_watermark.load(Ordering::SeqCst);
-            let state = shard
-                .entry(key.clone())
-                .or_insert_with(|| KeyState::new(watermark));
+            let state = inner.key_state(&mut shard, key);
             let reached = inner.append(state, &event, Instant::now());
             drop(shard);
             inner.enforce_total_bound();

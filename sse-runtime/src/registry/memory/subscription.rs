@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use futures_core::Stream;
 use futures_util::stream::BoxStream;
 
-use super::{Inner, KeyState, MemoryBroker};
+use super::{Inner, MemoryBroker};
 use crate::event::EncodedEvent;
 use crate::event::id::ParsedId;
 use crate::registry::broker::{Key, LagPolicy, ResetReason};
@@ -31,10 +31,7 @@ where
         let inner = &self.inner;
         let shard_index = inner.shard_index(key);
         let mut shard = lock(&inner.shards[shard_index]);
-        let watermark = inner.removed_watermark.load(Ordering::SeqCst);
-        let state = shard
-            .entry(key.clone())
-            .or_insert_with(|| KeyState::new(watermark));
+        let state = inner.key_state(&mut shard, key);
         state.subscribers += 1;
         state.streams += usize::from(with_broadcasts);
 
