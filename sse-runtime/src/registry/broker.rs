@@ -240,7 +240,7 @@ impl ResetReason {
 /// where each retained event counts its encoded size plus 128 bytes of
 /// bookkeeping (the encoder may reserve up to a quarter more than it writes,
 /// and that spare capacity stays with the event), each key counts what its
-/// map entry and key cost (about 380 bytes for a `String` key) against
+/// map entry and key cost (about 350 bytes for a `String` key) against
 /// `history_bytes_total`, and `keys` are the keys with history. So 100,000
 /// one-event keys under a 4 MiB total hold 3.9 MB (`memory_bounds.rs`). A
 /// key always keeps its newest event, so one event larger than the bounds is
