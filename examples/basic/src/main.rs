@@ -38,7 +38,10 @@ async fn main() -> std::io::Result<()> {
     let registry = controller.users().clone();
     // On Ctrl-C or SIGTERM, open streams end with a spread-out `retry:` and
     // whatever is still open after 10 s is closed.
+    // One address may hold this many connections: a client opening
+    // streams in a loop cannot take the places of everyone else.
     sse_runtime::serve(listener, controller.app())
+        .max_connections_per_ip(MAX_CONNECTIONS_PER_IP)
         .with_graceful_shutdown(sse_runtime::shutdown_signal())
         .await?;
     // Stops what feeds the streams.
@@ -61,3 +64,8 @@ where
         Err(_) => Ok(default),
     }
 }
+
+/// Connections one client address may hold (an IPv6 client counts with its
+/// /64). A browser opens at most six per origin over HTTP/1.1, so this leaves
+/// room for many tabs, and for a few users sharing one address.
+const MAX_CONNECTIONS_PER_IP: usize = 64;

@@ -34,9 +34,17 @@ async fn main() -> std::io::Result<()> {
     let registry = chat.registry().clone();
     // On Ctrl-C or SIGTERM, open streams end with a spread-out `retry:` and
     // whatever is still open after 10 s is closed.
+    // One address may hold this many connections: a client opening
+    // streams in a loop cannot take the places of everyone else.
     sse_runtime::serve(listener, chat.app())
+        .max_connections_per_ip(MAX_CONNECTIONS_PER_IP)
         .with_graceful_shutdown(sse_runtime::shutdown_signal())
         .await?;
     registry.shutdown();
     Ok(())
 }
+
+/// Connections one client address may hold (an IPv6 client counts with its
+/// /64). A browser opens at most six per origin over HTTP/1.1, so this leaves
+/// room for many tabs, and for a few users sharing one address.
+const MAX_CONNECTIONS_PER_IP: usize = 64;

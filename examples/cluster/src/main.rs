@@ -52,7 +52,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             listener.local_addr()?
         );
         servers.push(tokio::spawn(async move {
+            // As in the chat example: one address cannot take every place.
             sse_runtime::serve(listener, chat.app())
+                .max_connections_per_ip(MAX_CONNECTIONS_PER_IP)
                 .with_graceful_shutdown(sse_runtime::shutdown_signal())
                 .await?;
             registry.shutdown();
@@ -64,3 +66,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     Ok(())
 }
+
+/// Connections one client address may hold (an IPv6 client counts with its
+/// /64): room for many tabs and a few users behind one address.
+const MAX_CONNECTIONS_PER_IP: usize = 64;

@@ -64,7 +64,10 @@ impl PerPeer {
     }
 
     /// A place for one more connection of `peer`, or `None` at its limit.
+    /// An IPv6 peer counts with its /64, which one client usually holds
+    /// whole, so stepping through it does not evade the limit.
     pub(crate) fn admit(&self, peer: IpAddr) -> Option<PeerSlot> {
+        let peer = peer_group(peer);
         let mut open = lock(&self.open);
         let count = open.entry(peer).or_insert(0);
         if *count >= self.limit {
@@ -83,6 +86,20 @@ impl PerPeer {
     }
 }
 
+/// The address a peer's connections count under: an IPv4 address (also
+/// when it comes mapped into IPv6) as it is, an IPv6 address by its /64.
+fn peer_group(peer: IpAddr) -> IpAddr {
+    match peer {
+        IpAddr::V4(_) => peer,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => IpAddr::V6(std::net::Ipv6Addr::from_bits(
+                v6.to_bits() & !((1u128 << 64) - 1),
+            )),
+        },
+    }
+}
+
 impl Drop for PeerSlot {
     fn drop(&mut self) {
         let mut open = lock(&self.open);
@@ -98,6 +115,24 @@ impl Drop for PeerSlot {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn an_ipv6_peer_counts_with_its_slash_64_and_a_mapped_ipv4_as_itself() {
+        let per_peer = PerPeer::new(2);
+        let a: IpAddr = "2001:db8:1:2::1".parse().unwrap();
+        let b: IpAddr = "2001:db8:1:2:ffff:ffff:ffff:ffff".parse().unwrap();
+        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        let first = per_peer.admit(a).unwrap();
+        let second = per_peer.admit(b).unwrap();
+        assert!(per_peer.admit(a).is_none(), "the /64 is at its limit");
+        assert!(per_peer.admit(c).is_some(), "another /64 is not");
+        drop((first, second));
+        let v4: IpAddr = "192.0.2.7".parse().unwrap();
+        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
+        let _one = per_peer.admit(v4).unwrap();
+        let _two = per_peer.admit(mapped).unwrap();
+        assert!(per_peer.admit(v4).is_none(), "mapped IPv4 is the same peer");
+    }
+
     use super::*;
 
     #[test]

@@ -180,9 +180,12 @@ impl Serve {
     }
 
     /// The most connections open at once from one IP address (default: no
-    /// limit; at least 1). A connection over it is answered
-    /// `429 Too Many Requests` and closed. Behind a proxy every client has
-    /// the proxy's address: leave it off there, or set it to the proxy's share.
+    /// limit; at least 1); an IPv6 address counts with its /64, which one
+    /// client usually holds whole. A connection over it gives its place back
+    /// at once and is answered `429 Too Many Requests` and closed (at most
+    /// 64 such answers at a time, each within a second; past that, closed
+    /// unanswered). Behind a proxy every client has the proxy's address:
+    /// leave it off there, or set it to the proxy's share.
     pub fn max_connections_per_ip(mut self, max: usize) -> Self {
         self.limits.max_connections_per_ip = Some(max.max(1));
         self
@@ -269,6 +272,7 @@ async fn run(serve: Serve) -> io::Result<()> {
         .min(u32::MAX as usize);
     let connections = Arc::new(Semaphore::new(max_connections));
     let per_peer = limits.max_connections_per_ip.map(PerPeer::new);
+    let refusing = Arc::new(Semaphore::new(MAX_REFUSING));
     let (phase, phase_receiver) = watch::channel(Phase::Serving);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -308,7 +312,16 @@ async fn run(serve: Serve) -> io::Result<()> {
             Some(per_peer) => match per_peer.admit(peer.ip()) {
                 Some(slot) => Some(slot),
                 None => {
-                    tokio::spawn(refuse(socket, permit));
+                    // Its place goes back at once: a refused connection
+                    // never keeps a connection the limit admitted waiting.
+                    drop(permit);
+                    match Arc::clone(&refusing).try_acquire_owned() {
+                        Ok(refusal) => {
+                            tokio::spawn(refuse(socket, refusal));
+                        }
+                        // Too many being refused at once: closed unanswered.
+                        Err(_) => drop(socket),
+                    }
                     continue;
                 }
             },
@@ -576,14 +589,20 @@ fn is_event_stream(response: &axum::response::Response) -> bool {
         .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
 }
 
+/// The most connections answered `429` at once. Each holds its descriptor
+/// for at most a second, apart from the connection limit, so a flood of
+/// refused connections can neither take the places of admitted ones nor
+/// exhaust descriptors; past this many, a refused connection is closed
+/// without an answer.
+const MAX_REFUSING: usize = 64;
+
 /// Answers a connection over its address's limit with `429` and closes it,
-/// within a bounded time. It keeps its connection permit meanwhile, so a
-/// flood of refused connections cannot exhaust descriptors either.
-async fn refuse(mut socket: TcpStream, permit: OwnedSemaphorePermit) {
+/// within a bounded time, holding one of the [`MAX_REFUSING`] places.
+async fn refuse(mut socket: TcpStream, refusal: OwnedSemaphorePermit) {
     const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
         content-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\n\
         too many connections from this address\n";
-    let _permit = permit;
+    let _refusal = refusal;
     let answer = async {
         socket.write_all(TOO_MANY).await?;
         socket.shutdown().await?;
