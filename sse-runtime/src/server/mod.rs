@@ -8,6 +8,8 @@ pub(crate) mod limits;
 pub(crate) mod shutdown;
 #[cfg(feature = "tls")]
 pub(crate) mod tls;
+#[cfg(feature = "tls")]
+mod tls_watch;
 pub(crate) mod write_stall;
 
 use std::future::{Future, IntoFuture};
@@ -38,6 +40,8 @@ use crate::server::limits::{PeerSlot, PerPeer, default_max_connections};
 use crate::server::shutdown::{EndOnDrain, Phase};
 use crate::server::write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, StallTimeout, WriteStallIo};
 use lean_http1::{Next, Rewind};
+#[cfg(feature = "tls")]
+use tls_watch::Requests;
 
 /// Serves `app` on `listener` over HTTP/1.1 (or over TLS, with
 /// [`tls`](Serve::tls)), the way `axum::serve` does, with a smaller footprint
@@ -67,7 +71,7 @@ use lean_http1::{Next, Rewind};
 /// | [`write_stall_timeout`](Serve::write_stall_timeout) | 30 s | a client that stops reading: its connection, stream and registry entry are released |
 /// | [`max_connections`](Serve::max_connections) | the descriptor limit less 256 | a connection flood: accepting pauses at the limit (clients wait in the backlog) and resumes as connections close |
 /// | [`max_connections_per_ip`](Serve::max_connections_per_ip) | off | one address taking every place: its extra connections get `429` |
-/// | [`header_read_timeout`](Serve::header_read_timeout) | 10 s | slow headers (slowloris), and idle keep-alive connections |
+/// | [`header_read_timeout`](Serve::header_read_timeout) | 10 s | slow headers (slowloris), idle keep-alive connections, and over TLS a client that says nothing after its handshake (HTTP/1.1 or HTTP/2) |
 /// | [`body_read_timeout`](Serve::body_read_timeout) | 30 s | a request body sent a byte at a time |
 /// | [`shutdown_deadline`](Serve::shutdown_deadline) | 10 s | a graceful shutdown that never ends: what is still open then is closed |
 /// | [`shutdown_retry`](Serve::shutdown_retry) | 1–5 s | every browser reconnecting in the same second after a deploy |
@@ -458,8 +462,14 @@ async fn serve_with_hyper(
     .await;
 }
 
-/// A TLS connection: the handshake (within the header read timeout), then
-/// HTTP/2 or HTTP/1.1 as ALPN chose, both through hyper.
+/// A TLS connection: the handshake, then HTTP/2 or HTTP/1.1 as ALPN chose,
+/// both through hyper. The header read timeout runs from the accept to the
+/// first request, whatever the protocol: a client that completes the
+/// handshake and then says nothing is closed as a plain one is. An HTTP/2
+/// connection is pinged (a dead peer is found within
+/// [`H2_PING_EVERY`] twice over), carries at most [`H2_MAX_STREAMS`]
+/// streams with [`H2_SEND_BUFFER`] of unsent data each, and closes after
+/// [`H2_IDLE_TIMEOUT`] with no stream open.
 #[cfg(feature = "tls")]
 async fn serve_tls(
     shared: Arc<Shared>,
@@ -472,6 +482,7 @@ async fn serve_tls(
         .limits
         .header_read_timeout
         .unwrap_or(Serve::DEFAULT_HEADER_READ_TIMEOUT);
+    let first_request_by = tokio::time::Instant::now() + limit;
     let stream = match tokio::time::timeout(limit, tls.acceptor.accept(io)).await {
         Ok(Ok(stream)) => stream,
         Ok(Err(error)) => {
@@ -483,20 +494,48 @@ async fn serve_tls(
             return;
         }
     };
-    let service = hyper_service(&shared, &stall, peer);
+    let requests = Arc::new(Requests::default());
+    let service = requests.counting(hyper_service(&shared, &stall, peer));
     let mut builder =
         hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(shared.limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_EVERY)
+        .keep_alive_timeout(H2_PING_EVERY)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
-    drive(connection, shared.phase.clone(), peer, |connection| {
-        connection.graceful_shutdown();
+    // Closed (by dropping it) when no request comes in time, or when an
+    // HTTP/2 connection stays without a stream.
+    let watched = requests.watch(connection, first_request_by, H2_IDLE_TIMEOUT, peer);
+    drive(watched, shared.phase.clone(), peer, |watched| {
+        watched.connection().graceful_shutdown();
     })
     .await;
 }
+
+/// How often an HTTP/2 connection is pinged; an unanswered ping closes it
+/// after as long again.
+#[cfg(feature = "tls")]
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+/// The most streams one HTTP/2 connection carries at once. A page opens a
+/// handful of event streams; 64 leaves room for many tabs of one origin.
+#[cfg(feature = "tls")]
+const H2_MAX_STREAMS: u32 = 64;
+/// The most unsent data one HTTP/2 stream holds: with [`H2_MAX_STREAMS`],
+/// a connection whose client opens no flow-control window holds at most
+/// 4 MiB here, plus what each stream's response holds (one batch, at most
+/// 64 KiB).
+#[cfg(feature = "tls")]
+const H2_SEND_BUFFER: usize = 64 * 1024;
+/// How long an HTTP/2 connection stays open with no stream.
+#[cfg(feature = "tls")]
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The service hyper calls for each request of a connection.
 fn hyper_service(
