@@ -153,3 +153,88 @@ async fn a_silent_client_after_the_tls_handshake_is_closed_by_the_header_timeout
         );
     }
 }
+
+/// The status line of a POST whose head promises `length` bytes of body, of
+/// which only `sent` arrive: what the server answers without waiting for
+/// the rest.
+async fn status_of_a_post_cut_short(
+    server: &TestServer,
+    path: &str,
+    headers: &str,
+    length: usize,
+    sent: &[u8],
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n\
+         content-length: {length}\r\n{headers}\r\n"
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(sent).await.unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n") {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut byte))
+            .await
+            .expect("an answer without the rest of the body, within 10 s")
+            .unwrap();
+        assert_eq!(n, 1, "closed without an answer");
+        answer.push(byte[0]);
+    }
+    String::from_utf8(answer).unwrap().trim_end().to_owned()
+}
+
+/// `/admin/announce` checks its credential before it reads a body: a client
+/// without the token cannot make the server read (or wait for) megabytes of
+/// JSON. A review found 2 MB parsed before the credential was looked at.
+#[tokio::test]
+async fn the_admin_credential_is_checked_before_the_body_is_read() {
+    let chat = ChatController::new(["general"]).with_admin_token("s3cret");
+    let server = TestServer::start(chat.app()).await;
+    for (authorization, expected) in [
+        ("", "HTTP/1.1 401 Unauthorized"),
+        (
+            "authorization: Bearer wrong\r\n",
+            "HTTP/1.1 401 Unauthorized",
+        ),
+    ] {
+        let status = status_of_a_post_cut_short(
+            &server,
+            "/admin/announce",
+            authorization,
+            // Within the body limit, so only the credential can refuse it.
+            chat::MAX_BODY_BYTES,
+            b"{\"text\":\"",
+        )
+        .await;
+        assert_eq!(status, expected, "{authorization:?}");
+    }
+}
+
+/// Bodies are bounded by what their fields can hold: a chat message of
+/// 2,000 characters and an LLM prompt of 4,000 each fit, anything past the
+/// bound is refused with 413 before it is read, where axum's default read
+/// 2 MB.
+#[tokio::test]
+async fn bodies_are_bounded_by_what_their_fields_hold() {
+    let chat = TestServer::start(ChatController::new(["general"]).app()).await;
+    let llm =
+        TestServer::start(llm::Completions::new(std::time::Duration::from_millis(1)).app()).await;
+    for (server, path, limit) in [
+        (&chat, "/rooms/general/messages", chat::MAX_BODY_BYTES),
+        (&llm, "/completions", llm::MAX_BODY_BYTES),
+    ] {
+        let status = status_of_a_post_cut_short(server, path, "", limit + 1, b"{").await;
+        assert_eq!(status, "HTTP/1.1 413 Payload Too Large", "{path}");
+    }
+    // The largest legitimate message still goes through.
+    let message = serde_json::json!({ "user": "ann", "text": "é".repeat(chat::MAX_TEXT_LEN) });
+    let posted = reqwest::Client::new()
+        .post(chat.url("/rooms/general/messages"))
+        .json(&message)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(posted.status(), 202);
+}

@@ -37,6 +37,10 @@ use sse_runtime::{EncodedEvent, LastEventId, Registry, SseEvent, get, post, sse,
 pub const MAX_USER_LEN: usize = 32;
 /// See [`MAX_USER_LEN`].
 pub const MAX_TEXT_LEN: usize = 2000;
+/// The largest request body read (413 past it): a message of the longest
+/// user and text, every character JSON-escaped at worst (`\uXXXX`), with
+/// room for the framing. Axum's default would read 2 MB for it.
+pub const MAX_BODY_BYTES: usize = 6 * (MAX_USER_LEN + MAX_TEXT_LEN) + 256;
 
 /// The chat, whole, as in NestJS: rooms as registry topics, their streams
 /// and the handlers that post to them and list them.
@@ -226,15 +230,31 @@ impl ChatController {
             )
             .route("/js/chat.js", script(PAGE_SCRIPT))
             .route("/js/chat-events.js", script(EVENTS_SCRIPT))
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                MAX_BODY_BYTES,
+            ))
+    }
+}
+
+/// The operator, by the admin token (`Authorization: Bearer`). An extractor
+/// of the request's head, so it is checked before any body is read: 403 when
+/// no admin token is configured, 401 without the right one.
+struct Admin;
+
+impl axum::extract::FromRequestParts<ChatController> for Admin {
+    type Rejection = StatusCode;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        chat: &ChatController,
+    ) -> Result<Self, StatusCode> {
+        check_admin(chat, &parts.headers).map(|()| Admin)
     }
 }
 
 /// `POST /admin/drop-streams`: 401 without the admin token, 403 when none is
 /// configured.
-async fn drop_streams(State(chat): State<ChatController>, headers: HeaderMap) -> StatusCode {
-    if let Err(refused) = check_admin(&chat, &headers) {
-        return refused;
-    }
+async fn drop_streams(State(chat): State<ChatController>, _: Admin) -> StatusCode {
     chat.drop_streams();
     StatusCode::NO_CONTENT
 }
@@ -248,12 +268,9 @@ struct Announcement {
 /// `POST /admin/announce`: an announcement to every room's streams.
 async fn announce(
     State(chat): State<ChatController>,
-    headers: HeaderMap,
+    _: Admin,
     Json(announcement): Json<Announcement>,
 ) -> Response {
-    if let Err(refused) = check_admin(&chat, &headers) {
-        return refused.into_response();
-    }
     if announcement.text.chars().count() > MAX_TEXT_LEN {
         return (StatusCode::UNPROCESSABLE_ENTITY, "text too long\n").into_response();
     }

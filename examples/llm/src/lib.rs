@@ -30,6 +30,10 @@ pub const DONE: EventType = EventType::new("done");
 
 /// The longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4_000;
+/// The largest request body read (413 past it): a prompt of the longest
+/// length, every character JSON-escaped at worst (`\uXXXX`), with room for
+/// the framing. Axum's default would read 2 MB for it.
+pub const MAX_BODY_BYTES: usize = 6 * MAX_PROMPT_CHARS + 256;
 
 /// The completion endpoint and its bookkeeping.
 #[derive(Clone)]
@@ -126,6 +130,15 @@ impl Completions {
 }
 
 impl Completions {
+    /// The whole app: the routes, with request bodies bounded by
+    /// [`MAX_BODY_BYTES`].
+    pub fn app(self) -> axum::Router {
+        self.router()
+            .layer(tower_http::limit::RequestBodyLimitLayer::new(
+                MAX_BODY_BYTES,
+            ))
+    }
+
     /// Tokens one word apart by `pace`.
     pub fn new(pace: Duration) -> Self {
         Completions {

@@ -21,7 +21,7 @@ async fn main() -> std::io::Result<()> {
         "llm example listening on http://{}/",
         listener.local_addr()?
     );
-    let app = llm::Completions::new(Duration::from_millis(80)).router();
+    let app = llm::Completions::new(Duration::from_millis(80)).app();
     // One address may hold this many connections: a client opening
     // streams in a loop cannot take the places of everyone else.
     sse_runtime::serve(listener, app)
