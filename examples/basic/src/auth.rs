@@ -48,13 +48,16 @@ impl Tokens {
     pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
     /// How many tokens are kept by default.
     pub const DEFAULT_CAPACITY: usize = 10_000;
+    /// The longest a token may be valid: a year. Longer lifetimes are
+    /// shortened to it (the moment a token expires must be representable).
+    pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
     /// A store whose tokens are valid for `ttl`, holding at most `capacity`
     /// (at least 1); past it, the oldest token is revoked.
     pub fn new(ttl: Duration, capacity: usize) -> Self {
         Tokens {
             store: Arc::default(),
-            ttl,
+            ttl: ttl.min(Tokens::MAX_TTL),
             capacity: capacity.max(1),
         }
     }
@@ -221,6 +224,13 @@ mod tests {
         );
         let last = tokens.issue("user-last");
         assert!(tokens.authorize(&holding(&last), "user-last").is_ok());
+    }
+
+    #[test]
+    fn a_lifetime_past_the_maximum_is_shortened_not_a_panic_at_login() {
+        let tokens = Tokens::new(Duration::from_secs(u64::MAX), 10);
+        let token = tokens.issue("alice");
+        assert!(tokens.authorize(&holding(&token), "alice").is_ok());
     }
 
     #[test]

@@ -18,6 +18,16 @@ async fn main() -> std::io::Result<()> {
 
     let port: u16 = setting("PORT", 3000)?;
     let token_ttl = Duration::from_secs(setting("TOKEN_TTL_SECS", 3600)?);
+    if token_ttl > basic::Tokens::MAX_TTL {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!(
+                "TOKEN_TTL_SECS={}: at most {} (a year)",
+                token_ttl.as_secs(),
+                basic::Tokens::MAX_TTL.as_secs()
+            ),
+        ));
+    }
     let listener =
         tokio::net::TcpListener::bind(SocketAddr::from((Ipv4Addr::LOCALHOST, port))).await?;
     println!(
