@@ -13,9 +13,27 @@ use crate::registry::broker::ResetReason;
 use crate::registry::reset;
 use crate::sync::lock;
 
-/// A resuming subscription reads its history in pages of this many entries,
-/// so its memory is bounded whatever the history length.
-const REPLAY_PAGE: usize = 500;
+/// The most entries one read of a stream's history takes: the reader's
+/// catch-up reads pages of this many, so its memory is bounded whatever the
+/// history length.
+pub(super) const REPLAY_PAGE: usize = 500;
+
+/// About how many bytes of events a resuming subscription holds at a time:
+/// it reads its history in pages sized to this (see [`replay_page_entries`]),
+/// each read when the one before has been handed to its connection, so a
+/// client that resumes and reads slowly pins one page, not the history.
+pub(super) const REPLAY_PAGE_BYTES: usize = 64 * 1024;
+
+/// The entries the next replay page asks for, after a page whose largest
+/// event was `largest` bytes (`None` before the first page, which asks for
+/// few): as many as fit [`REPLAY_PAGE_BYTES`], at least one, at most
+/// [`REPLAY_PAGE`].
+pub(super) fn replay_page_entries(largest: Option<usize>) -> usize {
+    match largest {
+        None => 16,
+        Some(largest) => (REPLAY_PAGE_BYTES / largest.max(1)).clamp(1, REPLAY_PAGE),
+    }
+}
 
 impl Inner {
     /// The last entry id of `stream` (0-0 when it is empty or missing).
@@ -168,13 +186,14 @@ impl Inner {
         }
     }
 
-    /// Up to [`REPLAY_PAGE`] entries of `stream` after `last`: the events
-    /// among them, and the id of the last entry read (events or not), to
-    /// continue from.
+    /// Up to `count` entries of `stream` after `last`: the events among
+    /// them, and the id of the last entry read (events or not), to continue
+    /// from.
     pub(super) async fn page_after(
         &self,
         stream: &str,
         last: EntryId,
+        count: usize,
     ) -> redis::RedisResult<(Vec<(EntryId, Bytes)>, Option<EntryId>)> {
         let mut connection = self.commands.clone();
         let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
@@ -182,7 +201,7 @@ impl Inner {
             .arg(format!("({last}"))
             .arg("+")
             .arg("COUNT")
-            .arg(REPLAY_PAGE)
+            .arg(count)
             .query_async(&mut connection)
             .await?;
         let read_to = entries.last().and_then(|(id, _)| EntryId::parse(id));
@@ -201,7 +220,7 @@ impl Inner {
         mut from: EntryId,
     ) -> redis::RedisResult<()> {
         loop {
-            let (entries, read_to) = self.page_after(stream, from).await?;
+            let (entries, read_to) = self.page_after(stream, from, REPLAY_PAGE).await?;
             let mut local = lock(&self.local);
             let broadcast_at = local.broadcast_at;
             let Some(key) = local.get_mut(stream) else {
@@ -240,4 +259,30 @@ pub(super) fn stored_fields(fields: &[Vec<u8>]) -> Option<Bytes> {
         [name, value] if name == b"e" => Some(Bytes::copy_from_slice(value)),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_replay_page_holds_about_64_kib_whatever_the_events_size() {
+        assert_eq!(replay_page_entries(None), 16);
+        assert_eq!(
+            replay_page_entries(Some(100)),
+            500,
+            "small events: a full page"
+        );
+        assert_eq!(
+            replay_page_entries(Some(12 * 1024)),
+            5,
+            "12 KB events: five"
+        );
+        assert_eq!(
+            replay_page_entries(Some(1 << 20)),
+            1,
+            "one event larger than a page"
+        );
+        assert_eq!(replay_page_entries(Some(0)), 500);
+    }
 }

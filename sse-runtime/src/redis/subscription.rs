@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::stream::BoxStream;
 
 use super::fanout::{Cursor, Delivery, DeliveryKind, Fanout, Next};
-use super::history::is_wrong_type;
+use super::history::{is_wrong_type, replay_page_entries};
 use super::ids::{EntryId, Position};
 use super::local::Local;
 use super::{Inner, RedisBroker, shut_down_error};
@@ -190,6 +190,8 @@ struct Subscription {
     delivered: Position,
     /// While replaying: the sources still to read, key first.
     replay_sources: VecDeque<Source>,
+    /// The largest event of the last replay page, which sizes the next.
+    largest_replayed: Option<usize>,
     batch: VecDeque<Delivery>,
 }
 
@@ -243,6 +245,7 @@ impl Subscription {
             cursor,
             delivered: joined_at,
             replay_sources: VecDeque::new(),
+            largest_replayed: None,
             batch: VecDeque::new(),
         })
     }
@@ -313,7 +316,8 @@ impl Subscription {
                 Source::Key => (self.stream.as_str(), self.delivered.key),
                 Source::Broadcasts => (&*self.inner.broadcast_stream, self.delivered.broadcast),
             };
-            let (entries, read_to) = match self.inner.page_after(name, from).await {
+            let count = replay_page_entries(self.largest_replayed);
+            let (entries, read_to) = match self.inner.page_after(name, from, count).await {
                 Ok(page) => page,
                 Err(error) => {
                     self.replay_failed(&error);
@@ -323,6 +327,7 @@ impl Subscription {
             };
             telemetry::replayed(entries.len());
             let mut page = Vec::with_capacity(entries.len());
+            self.largest_replayed = entries.iter().map(|(_, fields)| fields.len()).max();
             for (id, fields) in entries {
                 *source.part_of(&mut self.delivered) = id;
                 page.push(MessageEvent::assemble_with_id(
