@@ -10,7 +10,8 @@ use axum::Router;
 use axum::routing::{get, post};
 use futures_util::StreamExt;
 use sse_runtime::{
-    MessageEvent, Registry, Sse, Subscription, WriteStallListener, sse, sse_controller,
+    MessageEvent, Registry, RegistryConfig, Sse, Subscription, WriteStallListener, sse,
+    sse_controller,
 };
 use sse_tests::{TIMEOUT, TestServer, events, eventually, next_event, open, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,6 +205,60 @@ async fn a_routes_own_write_stall_timeout_applies_to_its_connection() {
     .await
     .expect("the route's timeout did not cut the stalled reader");
     eprintln!("stalled reader released {released:?} after the last event");
+}
+
+/// A client that reads 1 KiB every 100 ms (10 KB/s) once it is behind:
+/// enough that some byte always moves, far too little to keep up. It is cut
+/// as a stalled one is, end to end (a review kept 30 such clients open,
+/// holding 98 MB, for as long as they trickled). Over loopback the kernel
+/// often wakes a blocked writer only once a third of its send buffer has
+/// drained, so this can pass on the plain no-progress rule too; the
+/// minimum-progress rule itself (64 KiB or a full catch-up per timeout) is
+/// tested on paused time in `write_stall.rs`.
+#[tokio::test]
+async fn a_reader_that_only_trickles_is_cut_by_the_minimum_progress_rule() {
+    let stall = Duration::from_millis(500);
+    // History and lag buffer far larger than what is sent: neither eviction
+    // nor the lag policy can end the stream, only the write-stall rule.
+    let registry: Registry<String> = Registry::with_config(
+        RegistryConfig::default()
+            .history_len(10_000)
+            .history_bytes_per_key(64 << 20)
+            .buffer(10_000),
+    );
+    let server = TestServer::start_with(app(&registry, None), |serve| {
+        serve.write_stall_timeout(stall)
+    })
+    .await;
+    let mut trickling = stalled_reader(server.addr).await;
+    let trickle = tokio::spawn(async move {
+        let mut sip = [0u8; 1024];
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            match trickling.read(&mut sip).await {
+                Ok(0) | Err(_) => return, // Cut by the server.
+                Ok(_) => {}
+            }
+        }
+    });
+    eventually("the trickling subscriber is registered", || {
+        registry.subscriber_count(&topic()) == 1
+    })
+    .await;
+    // 16 MB: far more than the socket buffers hold.
+    for n in 0..1000 {
+        registry
+            .send(&topic(), MessageEvent::new(payload(n)))
+            .await
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while registry.subscriber_count(&topic()) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let released = (registry.subscriber_count(&topic()) == 0).then_some(());
+    trickle.abort();
+    released.expect("a trickling reader kept its stream 30 s after the last event");
 }
 
 #[derive(Clone)]

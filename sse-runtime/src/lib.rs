@@ -96,7 +96,9 @@ pub use server::limits::default_max_connections;
 pub use server::shutdown::shutdown_signal;
 #[cfg(feature = "tls")]
 pub use server::tls::{TlsConfig, TlsError};
-pub use server::write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, WriteStallIo, WriteStallListener};
+pub use server::write_stall::{
+    DEFAULT_WRITE_STALL_TIMEOUT, MIN_WRITE_PROGRESS, WriteStallIo, WriteStallListener,
+};
 pub use server::{Serve, serve};
 #[doc(inline)]
 pub use sse_macros::{SseEvent, delete, get, patch, post, put, sse, sse_controller};

@@ -58,9 +58,17 @@ impl StallTimeout {
 
 pin_project! {
     /// An IO object whose writes fail with [`io::ErrorKind::TimedOut`] once
-    /// they have made no progress for the timeout. The server then drops the
-    /// connection, and with it the response body and its stream, which
-    /// releases the stream's registry entry.
+    /// they have made too little progress for the timeout. The server then
+    /// drops the connection, and with it the response body and its stream,
+    /// which releases the stream's registry entry.
+    ///
+    /// **The minimum-progress rule.** Once a write has had to wait, the
+    /// connection must, within the timeout, either catch up (a write takes
+    /// all it was given) or write [`MIN_WRITE_PROGRESS`] bytes; a client that
+    /// reads a trickle (a few KiB every few seconds) to keep its connection
+    /// open is cut as one that reads nothing is. At the default 30 s that is
+    /// about 2.2 KB/s while behind: far below any real client, mobile ones
+    /// included.
     ///
     /// [`serve`](crate::serve) wraps every connection in one. For
     /// `axum::serve`, use [`WriteStallListener`].
@@ -71,8 +79,10 @@ pin_project! {
         #[pin]
         inner: T,
         timeout: StallTimeout,
-        // When the writes stopped making progress; `None` while they do.
+        // When the writes fell behind; `None` while they keep up.
         stalled_since: Option<Instant>,
+        // Bytes written since they fell behind.
+        progress: usize,
         timer: Option<Pin<Box<Sleep>>>,
     }
 }
@@ -89,6 +99,7 @@ impl<T> WriteStallIo<T> {
             inner,
             timeout,
             stalled_since: None,
+            progress: 0,
             timer: None,
         }
     }
@@ -98,6 +109,10 @@ impl<T> WriteStallIo<T> {
         &self.inner
     }
 }
+
+/// The bytes a connection that fell behind must write within the
+/// write-stall timeout, unless it catches up (see [`WriteStallIo`]).
+pub const MIN_WRITE_PROGRESS: usize = 64 * 1024;
 
 fn stalled() -> io::Error {
     crate::telemetry::write_stall();
@@ -109,19 +124,25 @@ fn stalled() -> io::Error {
 }
 
 impl<T: AsyncWrite> WriteStallIo<T> {
-    /// Tracks progress: a write that wrote something clears the stall, a
-    /// write that waits starts (or continues) it, and one that waits past
-    /// the deadline fails.
+    /// Tracks progress: a write that waits starts a stall (or continues
+    /// it), one that waits past the deadline fails, and the stall clears
+    /// once a write takes all of the `asked` bytes or [`MIN_WRITE_PROGRESS`]
+    /// bytes were written since it began.
     fn watch(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
+        asked: usize,
         result: Poll<io::Result<usize>>,
     ) -> Poll<io::Result<usize>> {
         let this = self.project();
         match result {
             Poll::Ready(Ok(written)) => {
-                if written > 0 {
-                    *this.stalled_since = None;
+                if this.stalled_since.is_some() {
+                    *this.progress += written;
+                    if written >= asked || *this.progress >= MIN_WRITE_PROGRESS {
+                        *this.stalled_since = None;
+                        *this.progress = 0;
+                    }
                 }
                 Poll::Ready(Ok(written))
             }
@@ -169,7 +190,7 @@ impl<T: AsyncWrite> AsyncWrite for WriteStallIo<T> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let result = self.as_mut().project().inner.poll_write(cx, buf);
-        self.watch(cx, result)
+        self.watch(cx, buf.len(), result)
     }
 
     fn poll_write_vectored(
@@ -178,7 +199,8 @@ impl<T: AsyncWrite> AsyncWrite for WriteStallIo<T> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let result = self.as_mut().project().inner.poll_write_vectored(cx, bufs);
-        self.watch(cx, result)
+        let asked = bufs.iter().map(|buf| buf.len()).sum();
+        self.watch(cx, asked, result)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -240,5 +262,58 @@ impl axum::serve::Listener for WriteStallListener {
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.listener.local_addr()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::AsyncWriteExt;
+
+    use super::*;
+
+    /// A peer that takes `chunk` bytes every 100 ms.
+    struct Trickle {
+        chunk: usize,
+        next: Option<Pin<Box<Sleep>>>,
+    }
+
+    impl AsyncWrite for Trickle {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            let sleep = self
+                .next
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(Duration::from_millis(100))));
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            self.next = None;
+            Poll::Ready(Ok(buf.len().min(self.chunk)))
+        }
+
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    async fn write_a_mebibyte_to(chunk: usize) -> io::Result<()> {
+        let peer = Trickle { chunk, next: None };
+        let mut io = WriteStallIo::new(peer, Some(Duration::from_millis(500)));
+        io.write_all(&vec![0; 1 << 20]).await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_peer_that_takes_a_trickle_is_cut_by_the_minimum_progress_rule() {
+        // 1 KiB per 100 ms: something always moves, 5 KiB per timeout.
+        let trickle = write_a_mebibyte_to(1024).await;
+        assert_eq!(trickle.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        // 64 KiB per 100 ms keeps up with the rule: never cut.
+        write_a_mebibyte_to(MIN_WRITE_PROGRESS).await.unwrap();
     }
 }
