@@ -180,8 +180,11 @@ async fn an_idle_stream_keeps_no_buffer_from_the_replay_it_wrote() {
     }
     // What an idle stream that replayed nothing holds, for comparison.
     let region = Region::new(GLOBAL);
+    // No batch window: a held batch parks in the process-wide batch clock,
+    // whose allocations are no stream's.
     let mut fresh = Sse::new(registry.subscribe(&key))
         .keep_alive(KeepAlive::disabled())
+        .batch_window(std::time::Duration::ZERO)
         .into_response()
         .into_body();
     let resume_point = fresh.frame().await.expect("a frame").expect("no error");
@@ -196,6 +199,7 @@ async fn an_idle_stream_keeps_no_buffer_from_the_replay_it_wrote() {
     let replay = registry.subscribe_from(&key, Some(&start));
     let mut body = Sse::new(replay)
         .keep_alive(KeepAlive::disabled())
+        .batch_window(std::time::Duration::ZERO)
         .into_response()
         .into_body();
     let mut seen = 0;
@@ -218,9 +222,10 @@ async fn an_idle_stream_keeps_no_buffer_from_the_replay_it_wrote() {
         "an idle stream after a {EVENTS}-event replay holds {idle} bytes; one that replayed \
          nothing, {fresh_cost}"
     );
-    // At most one small batch's buffer (8 KiB) more than a fresh stream.
+    // At most one small batch's buffer more than a fresh stream: a frame of
+    // up to 8 KiB leaves its allocation, which may have grown to twice that.
     assert!(
-        idle < fresh_cost + 9 * 1024,
+        idle < fresh_cost + 20 * 1024,
         "{idle} bytes kept after the replay, {fresh_cost} by a fresh stream"
     );
     drop((body, fresh));
