@@ -222,10 +222,12 @@ async fn an_idle_stream_keeps_no_buffer_from_the_replay_it_wrote() {
         "an idle stream after a {EVENTS}-event replay holds {idle} bytes; one that replayed \
          nothing, {fresh_cost}"
     );
-    // At most one small batch's buffer more than a fresh stream: a frame of
-    // up to 8 KiB leaves its allocation, which may have grown to twice that.
+    // At most a small batch's buffer, beside what any stream holds: a frame
+    // of up to 8 KiB leaves its allocation, which may have grown to twice
+    // that. (Not measured against `fresh_cost`: the counter is process-wide,
+    // and another test's teardown can free memory meanwhile.)
     assert!(
-        idle < fresh_cost + 20 * 1024,
+        idle < 24 * 1024,
         "{idle} bytes kept after the replay, {fresh_cost} by a fresh stream"
     );
     drop((body, fresh));
