@@ -149,6 +149,15 @@ pub enum EventError {
         /// Byte offset of the first NUL.
         position: usize,
     },
+    /// The event carries more than its registry takes
+    /// ([`RegistryConfig::max_event_bytes`](crate::RegistryConfig::max_event_bytes)).
+    #[error("the SSE event carries {size} bytes, over the registry's limit of {max}")]
+    TooLarge {
+        /// The bytes of its data, event type and comment.
+        size: usize,
+        /// The limit.
+        max: usize,
+    },
     /// The value given as JSON data could not be serialised.
     #[error("the SSE data could not be serialised as JSON: {0}")]
     Json(#[from] serde_json::Error),
@@ -343,6 +352,16 @@ impl MessageEvent {
             buf.extend_from_slice(b"\n");
         }
         id_line
+    }
+
+    /// The bytes this event carries: its data, event type and comment (what
+    /// [`RegistryConfig::max_event_bytes`](crate::RegistryConfig::max_event_bytes)
+    /// bounds), without encoding it.
+    pub(crate) fn content_len(&self) -> usize {
+        [&self.data, &self.event_type, &self.comment]
+            .into_iter()
+            .map(|field| field.as_ref().map_or(0, String::len))
+            .sum()
     }
 
     /// This event marked as the reset signal for `reason` (see

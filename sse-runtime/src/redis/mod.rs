@@ -293,6 +293,7 @@ where
             if inner.shut_down.load(Ordering::SeqCst) {
                 return Err(BrokerError::ShutDown);
             }
+            inner.config.check_size(&event)?;
             let stream = inner.stream_key(key);
             let fields: Bytes = event.encode_without_id();
             match inner.send(&stream, &fields).await {
@@ -323,6 +324,7 @@ where
             if inner.shut_down.load(Ordering::SeqCst) {
                 return Err(BrokerError::ShutDown);
             }
+            inner.config.check_size(&event)?;
             let fields: Bytes = event.encode_without_id();
             let mut pipeline = redis::pipe();
             inner.append_broadcast(&mut pipeline, &fields);

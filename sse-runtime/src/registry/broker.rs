@@ -277,6 +277,7 @@ pub struct RegistryConfig {
     pub(crate) lag_policy: LagPolicy,
     pub(crate) reset_event_type: String,
     pub(crate) send_timeout: Duration,
+    pub(crate) max_event_bytes: usize,
 }
 
 impl Default for RegistryConfig {
@@ -290,6 +291,7 @@ impl Default for RegistryConfig {
             lag_policy: LagPolicy::Disconnect,
             reset_event_type: "reset".to_owned(),
             send_timeout: Duration::from_secs(5),
+            max_event_bytes: Self::DEFAULT_MAX_EVENT_BYTES,
         }
     }
 }
@@ -299,6 +301,38 @@ impl RegistryConfig {
     pub const DEFAULT_HISTORY_BYTES_PER_KEY: usize = 4 << 20;
     /// The default [`history_bytes_total`](Self::history_bytes_total): 256 MiB.
     pub const DEFAULT_HISTORY_BYTES_TOTAL: usize = 256 << 20;
+    /// The default [`max_event_bytes`](Self::max_event_bytes): 1 MiB.
+    pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+
+    /// The most bytes one event may carry in its data, event type and
+    /// comment together (default 1 MiB; at least 1). A larger one is
+    /// refused: `send` and `broadcast` fail with
+    /// [`BrokerError::InvalidEvent`] ([`EventError::TooLarge`](crate::EventError::TooLarge),
+    /// answered `500`) and nothing is stored. It bounds what one event can
+    /// make a broker keep: on Redis, a key's history holds at most
+    /// `history_len` of them, and each bucket's bell 10,000.
+    ///
+    /// ```
+    /// use sse_runtime::RegistryConfig;
+    /// // Chat messages of up to 2,000 characters fit with room to spare.
+    /// let config = RegistryConfig::default().max_event_bytes(16 * 1024);
+    /// ```
+    pub fn max_event_bytes(mut self, bytes: usize) -> Self {
+        self.max_event_bytes = bytes.max(1);
+        self
+    }
+
+    /// `event`, or the error that refuses it for its size.
+    pub(crate) fn check_size(&self, event: &MessageEvent) -> Result<(), BrokerError> {
+        let size = event.content_len();
+        if size > self.max_event_bytes {
+            return Err(BrokerError::InvalidEvent(crate::EventError::TooLarge {
+                size,
+                max: self.max_event_bytes,
+            }));
+        }
+        Ok(())
+    }
 
     /// Events kept per key for replay, and the most a key holds at once
     /// (default 1000; at least 1).

@@ -357,6 +357,8 @@ where
         let inner = &self.inner;
         let result = if inner.shut_down.load(Ordering::SeqCst) {
             Err(BrokerError::ShutDown)
+        } else if let Err(refused) = inner.config.check_size(&event) {
+            Err(refused)
         } else {
             start_sweeper(inner);
             let mut shard = lock(inner.shard(key));
@@ -373,6 +375,9 @@ where
         let inner = &self.inner;
         if inner.shut_down.load(Ordering::SeqCst) {
             return Box::pin(future::ready(Err(BrokerError::ShutDown)));
+        }
+        if let Err(refused) = inner.config.check_size(&event) {
+            return Box::pin(future::ready(Err(refused)));
         }
         start_sweeper(inner);
         let now = Instant::now();

@@ -397,3 +397,42 @@ pub async fn shutdown_ends_every_subscription_and_refuses_sends(backend: &impl B
             .is_none()
     );
 }
+
+/// Size: an event carrying more than `max_event_bytes` is refused, sent or
+/// broadcast, and nothing of it is stored or delivered; one at the limit
+/// goes through.
+pub async fn an_event_over_the_size_limit_is_refused_and_nothing_is_kept(
+    backend: &impl BrokerUnderTest,
+) {
+    let registry = backend
+        .registry(RegistryConfig::default().max_event_bytes(1024))
+        .await;
+    let mut subscription = registry.subscribe(&"k".to_owned());
+    joined(&registry, &mut subscription, "k", 1).await;
+    let too_large = || MessageEvent::new("x".repeat(1000)).with_comment("c".repeat(25));
+    let refused = [
+        registry.send(&"k".to_owned(), too_large()).await,
+        registry.broadcast(too_large()).await,
+    ];
+    for outcome in refused {
+        assert!(
+            matches!(
+                outcome,
+                Err(crate::BrokerError::InvalidEvent(
+                    crate::EventError::TooLarge {
+                        size: 1025,
+                        max: 1024
+                    }
+                ))
+            ),
+            "{outcome:?}"
+        );
+    }
+    let fits = "y".repeat(1024);
+    send(&registry, "k", &fits).await;
+    assert_eq!(
+        next_fields(&mut subscription).await.2,
+        fits,
+        "the refused events were neither stored nor delivered"
+    );
+}

@@ -126,6 +126,7 @@ macro_rules! broker_contract_tests {
             a_subscriber_too_far_behind_skips_with_a_notice_under_that_policy,
             dropped_subscriptions_are_released,
             shutdown_ends_every_subscription_and_refuses_sends,
+            an_event_over_the_size_limit_is_refused_and_nothing_is_kept,
             broadcast_neither_touches_nor_keeps_alive_idle_keys,
             a_client_away_during_broadcasts_gets_them_on_resume_once,
             broadcast_reaches_every_subscribed_key_once,
