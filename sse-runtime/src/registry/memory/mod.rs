@@ -241,6 +241,14 @@ where
             .fetch_sub(Self::KEY_COST, Ordering::Relaxed);
     }
 
+    /// `count` of every key state, summed.
+    fn sum_over_keys(&self, count: impl Fn(&KeyState) -> usize) -> usize {
+        self.shards
+            .iter()
+            .map(|shard| lock(shard).values().map(&count).sum::<usize>())
+            .sum()
+    }
+
     /// Evicts expired history everywhere and removes idle keys.
     fn sweep(&self) {
         let now = Instant::now();
@@ -442,29 +450,11 @@ where
     }
 
     fn total_streams(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|shard| {
-                lock(shard)
-                    .values()
-                    .map(|state| state.streams)
-                    .sum::<usize>()
-            })
-            .sum()
+        self.inner.sum_over_keys(|state| state.streams)
     }
 
     fn total_subscribers(&self) -> usize {
-        self.inner
-            .shards
-            .iter()
-            .map(|shard| {
-                lock(shard)
-                    .values()
-                    .map(|state| state.subscribers)
-                    .sum::<usize>()
-            })
-            .sum()
+        self.inner.sum_over_keys(|state| state.subscribers)
     }
 
     fn shutdown(&self) {
