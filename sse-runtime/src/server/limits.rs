@@ -4,6 +4,13 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
+use std::io;
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
 use crate::sync::lock;
 
 /// Descriptors left for everything that is not an accepted connection
@@ -111,6 +118,32 @@ impl Drop for PeerSlot {
             }
         }
     }
+}
+
+/// The most connections answered `429` at once. Each holds its descriptor
+/// for at most a second, apart from the connection limit, so a flood of
+/// refused connections can neither take the places of admitted ones nor
+/// exhaust descriptors; past this many, a refused connection is closed
+/// without an answer.
+pub(crate) const MAX_REFUSING: usize = 64;
+
+/// Answers a connection over its address's limit with `429` and closes it,
+/// within a bounded time, holding one of the [`MAX_REFUSING`] places.
+pub(crate) async fn refuse(mut socket: TcpStream, refusal: OwnedSemaphorePermit) {
+    const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
+        content-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\n\
+        too many connections from this address\n";
+    let _refusal = refusal;
+    let answer = async {
+        socket.write_all(TOO_MANY).await?;
+        socket.shutdown().await?;
+        // Reads what the client sent, so closing does not reset the
+        // connection before it has read the answer.
+        let mut sink = [0u8; 1024];
+        while tokio::io::AsyncReadExt::read(&mut socket, &mut sink).await? > 0 {}
+        io::Result::Ok(())
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 #[cfg(test)]

@@ -36,12 +36,10 @@ use tower::ServiceExt;
 
 use crate::response::RouteWriteStall;
 use crate::server::body_deadline::DeadlineBody;
-use crate::server::limits::{PeerSlot, PerPeer, default_max_connections};
+use crate::server::limits::{MAX_REFUSING, PeerSlot, PerPeer, default_max_connections, refuse};
 use crate::server::shutdown::{EndOnDrain, Phase};
 use crate::server::write_stall::{DEFAULT_WRITE_STALL_TIMEOUT, StallTimeout, WriteStallIo};
 use lean_http1::{Next, Rewind};
-#[cfg(feature = "tls")]
-use tls_watch::Requests;
 
 /// Serves `app` on `listener` over HTTP/1.1 (or over TLS, with
 /// [`tls`](Serve::tls)), the way `axum::serve` does, with a smaller footprint
@@ -377,7 +375,7 @@ async fn serve_connection(
     let mut io = WriteStallIo::with_shared_timeout(socket, stall.clone());
     #[cfg(feature = "tls")]
     if let Some(tls) = shared.tls.clone() {
-        Box::pin(serve_tls(shared, io, tls, stall, peer)).await;
+        Box::pin(tls::serve_tls(shared, io, tls, stall, peer)).await;
         return;
     }
     let mut pending = BytesMut::new();
@@ -461,81 +459,6 @@ async fn serve_with_hyper(
     })
     .await;
 }
-
-/// A TLS connection: the handshake, then HTTP/2 or HTTP/1.1 as ALPN chose,
-/// both through hyper. The header read timeout runs from the accept to the
-/// first request, whatever the protocol: a client that completes the
-/// handshake and then says nothing is closed as a plain one is. An HTTP/2
-/// connection is pinged (a dead peer is found within
-/// [`H2_PING_EVERY`] twice over), carries at most [`H2_MAX_STREAMS`]
-/// streams with [`H2_SEND_BUFFER`] of unsent data each, and closes after
-/// [`H2_IDLE_TIMEOUT`] with no stream open.
-#[cfg(feature = "tls")]
-async fn serve_tls(
-    shared: Arc<Shared>,
-    io: WriteStallIo<TcpStream>,
-    tls: crate::server::tls::TlsConfig,
-    stall: StallTimeout,
-    peer: SocketAddr,
-) {
-    let limit = shared
-        .limits
-        .header_read_timeout
-        .unwrap_or(Serve::DEFAULT_HEADER_READ_TIMEOUT);
-    let first_request_by = tokio::time::Instant::now() + limit;
-    let stream = match tokio::time::timeout(limit, tls.acceptor.accept(io)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(error)) => {
-            tracing::debug!(%error, %peer, "TLS handshake failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "TLS handshake timed out");
-            return;
-        }
-    };
-    let requests = Arc::new(Requests::default());
-    let service = requests.counting(hyper_service(&shared, &stall, peer));
-    let mut builder =
-        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(shared.limits.header_read_timeout);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .keep_alive_interval(H2_PING_EVERY)
-        .keep_alive_timeout(H2_PING_EVERY)
-        .max_concurrent_streams(H2_MAX_STREAMS)
-        .max_send_buf_size(H2_SEND_BUFFER);
-    let connection = builder.serve_connection(TokioIo::new(stream), service);
-    // Closed (by dropping it) when no request comes in time, or when an
-    // HTTP/2 connection stays without a stream.
-    let watched = requests.watch(connection, first_request_by, H2_IDLE_TIMEOUT, peer);
-    drive(watched, shared.phase.clone(), peer, |watched| {
-        watched.connection().graceful_shutdown();
-    })
-    .await;
-}
-
-/// How often an HTTP/2 connection is pinged; an unanswered ping closes it
-/// after as long again.
-#[cfg(feature = "tls")]
-const H2_PING_EVERY: Duration = Duration::from_secs(20);
-/// The most streams one HTTP/2 connection carries at once. A page opens a
-/// handful of event streams; 64 leaves room for many tabs of one origin.
-#[cfg(feature = "tls")]
-const H2_MAX_STREAMS: u32 = 64;
-/// The most unsent data one HTTP/2 stream holds: with [`H2_MAX_STREAMS`],
-/// a connection whose client opens no flow-control window holds at most
-/// 4 MiB here, plus what each stream's response holds (one batch, at most
-/// 64 KiB).
-#[cfg(feature = "tls")]
-const H2_SEND_BUFFER: usize = 64 * 1024;
-/// How long an HTTP/2 connection stays open with no stream.
-#[cfg(feature = "tls")]
-const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The service hyper calls for each request of a connection.
 fn hyper_service(
@@ -626,32 +549,6 @@ fn is_event_stream(response: &axum::response::Response) -> bool {
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"text/event-stream"))
-}
-
-/// The most connections answered `429` at once. Each holds its descriptor
-/// for at most a second, apart from the connection limit, so a flood of
-/// refused connections can neither take the places of admitted ones nor
-/// exhaust descriptors; past this many, a refused connection is closed
-/// without an answer.
-const MAX_REFUSING: usize = 64;
-
-/// Answers a connection over its address's limit with `429` and closes it,
-/// within a bounded time, holding one of the [`MAX_REFUSING`] places.
-async fn refuse(mut socket: TcpStream, refusal: OwnedSemaphorePermit) {
-    const TOO_MANY: &[u8] = b"HTTP/1.1 429 Too Many Requests\r\n\
-        content-type: text/plain\r\ncontent-length: 39\r\nconnection: close\r\n\r\n\
-        too many connections from this address\n";
-    let _refusal = refusal;
-    let answer = async {
-        socket.write_all(TOO_MANY).await?;
-        socket.shutdown().await?;
-        // Reads what the client sent, so closing does not reset the
-        // connection before it has read the answer.
-        let mut sink = [0u8; 1024];
-        while tokio::io::AsyncReadExt::read(&mut socket, &mut sink).await? > 0 {}
-        io::Result::Ok(())
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(1), answer).await;
 }
 
 async fn wait_after_accept_error(error: &io::Error) {

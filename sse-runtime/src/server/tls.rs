@@ -8,8 +8,17 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use std::net::SocketAddr;
+use std::time::Duration;
 use tokio_rustls::TlsAcceptor;
+
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpStream;
 use tokio_rustls::rustls::{self, ServerConfig};
+
+use crate::server::tls_watch::Requests;
+use crate::server::write_stall::{StallTimeout, WriteStallIo};
+use crate::server::{Serve, Shared, drive, hyper_service};
 
 /// A certificate chain and key for [`Serve::tls`](crate::Serve::tls).
 ///
@@ -92,6 +101,76 @@ impl TlsConfig {
         }
     }
 }
+
+/// A TLS connection: the handshake, then HTTP/2 or HTTP/1.1 as ALPN chose,
+/// both through hyper. The header read timeout runs from the accept to the
+/// first request, whatever the protocol: a client that completes the
+/// handshake and then says nothing is closed as a plain one is. An HTTP/2
+/// connection is pinged (a dead peer is found within
+/// [`H2_PING_EVERY`] twice over), carries at most [`H2_MAX_STREAMS`]
+/// streams with [`H2_SEND_BUFFER`] of unsent data each, and closes after
+/// [`H2_IDLE_TIMEOUT`] with no stream open.
+pub(super) async fn serve_tls(
+    shared: Arc<Shared>,
+    io: WriteStallIo<TcpStream>,
+    tls: TlsConfig,
+    stall: StallTimeout,
+    peer: SocketAddr,
+) {
+    let limit = shared
+        .limits
+        .header_read_timeout
+        .unwrap_or(Serve::DEFAULT_HEADER_READ_TIMEOUT);
+    let first_request_by = tokio::time::Instant::now() + limit;
+    let stream = match tokio::time::timeout(limit, tls.acceptor.accept(io)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(error)) => {
+            tracing::debug!(%error, %peer, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            return;
+        }
+    };
+    let requests = Arc::new(Requests::default());
+    let service = requests.counting(hyper_service(&shared, &stall, peer));
+    let mut builder =
+        hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(shared.limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(H2_PING_EVERY)
+        .keep_alive_timeout(H2_PING_EVERY)
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_send_buf_size(H2_SEND_BUFFER);
+    let connection = builder.serve_connection(TokioIo::new(stream), service);
+    // Closed (by dropping it) when no request comes in time, or when an
+    // HTTP/2 connection stays without a stream.
+    let watched = requests.watch(connection, first_request_by, H2_IDLE_TIMEOUT, peer);
+    drive(watched, shared.phase.clone(), peer, |watched| {
+        watched.connection().graceful_shutdown();
+    })
+    .await;
+}
+
+/// How often an HTTP/2 connection is pinged; an unanswered ping closes it
+/// after as long again.
+const H2_PING_EVERY: Duration = Duration::from_secs(20);
+/// The most streams one HTTP/2 connection carries at once. A page opens a
+/// handful of event streams; 64 leaves room for many tabs of one origin.
+const H2_MAX_STREAMS: u32 = 64;
+/// The most unsent data one HTTP/2 stream holds: with [`H2_MAX_STREAMS`],
+/// a connection whose client opens no flow-control window holds at most
+/// 4 MiB here, plus what each stream's response holds (one batch, at most
+/// 64 KiB).
+const H2_SEND_BUFFER: usize = 64 * 1024;
+/// How long an HTTP/2 connection stays open with no stream.
+const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {
