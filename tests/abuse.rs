@@ -238,3 +238,32 @@ async fn bodies_are_bounded_by_what_their_fields_hold() {
         .unwrap();
     assert_eq!(posted.status(), 202);
 }
+
+/// A flood of logins revokes nobody: tokens are signed, not held in a store
+/// that a flood could fill until it dropped real users' tokens (a review
+/// evicted every real token with 10,001 logins in 0.1 s; the victim's
+/// `EventSource` then gave up on a 401).
+#[tokio::test]
+async fn a_flood_of_logins_does_not_log_anyone_out() {
+    let server = TestServer::start(basic::EventsController::new().app()).await;
+    let client = reqwest::Client::new();
+    let login = |user: String| {
+        let client = client.clone();
+        let url = server.url(&format!("/login/{user}"));
+        async move {
+            let answer: serde_json::Value =
+                client.post(url).send().await.unwrap().json().await.unwrap();
+            answer["token"].as_str().unwrap().to_owned()
+        }
+    };
+    let alices = login("alice".to_owned()).await;
+    for n in 0..10_001 {
+        login(format!("flood-{n}")).await;
+    }
+    let stream = client
+        .get(server.url(&format!("/events/user/alice?token={alices}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200, "alice's token still opens her stream");
+}

@@ -313,7 +313,7 @@ async fn pushing_needs_the_users_token_or_the_admin_token_and_a_small_body() {
 async fn a_users_stream_ends_when_its_token_expires() {
     let ttl = Duration::from_millis(600);
     let controller = basic::EventsController::new()
-        .with_tokens(basic::Tokens::new(ttl, 100))
+        .with_tokens(basic::Tokens::new(ttl))
         .with_admin_token(ADMIN_TOKEN);
     let server = TestServer::start(controller.app()).await;
     let logged_in = Instant::now();

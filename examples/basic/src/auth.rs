@@ -1,136 +1,110 @@
 //! A deliberately small guard for per-user streams: `POST /login/{userId}` hands
-//! out a random token (as a cookie, and in the JSON answer), and a user's stream
+//! out a token (as a cookie, and in the JSON answer), and a user's stream
 //! needs that user's token, from the `token` cookie or a `?token=` query
 //! parameter, since `EventSource` cannot set headers.
 //!
-//! Tokens expire, and a stream opened with one ends when it does. The store
-//! holds at most a fixed number of tokens, oldest dropped first, so logging in
-//! in a loop cannot grow it without bound.
+//! A token is signed, not stored: `<user, hex>.<expiry, ms>.<HMAC-SHA256 of
+//! both>`, under a key drawn at start. So logging in costs no memory, and a
+//! flood of logins cannot push anyone's token out (a store with a capacity
+//! could be flooded until it dropped every real user's token). Tokens expire,
+//! and a stream opened with one ends when it does; they do not outlive the
+//! process, whose key goes with it.
 
-use std::collections::{HashMap, VecDeque};
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{StatusCode, header};
+use ring::hmac;
 
-/// Issued tokens: which user each is for, and until when.
+/// Issues and checks tokens: which user each is for, and until when.
 #[derive(Clone)]
 pub struct Tokens {
-    store: Arc<Mutex<Store>>,
+    key: Arc<hmac::Key>,
     ttl: Duration,
-    capacity: usize,
-}
-
-#[derive(Default)]
-struct Store {
-    by_token: HashMap<String, Grant>,
-    /// Tokens in the order issued, which with one lifetime for all is also
-    /// the order they expire in.
-    issued: VecDeque<String>,
-}
-
-struct Grant {
-    user_id: String,
-    expires: Instant,
 }
 
 impl Default for Tokens {
     fn default() -> Self {
-        Tokens::new(Tokens::DEFAULT_TTL, Tokens::DEFAULT_CAPACITY)
+        Tokens::new(Tokens::DEFAULT_TTL)
     }
 }
 
 impl Tokens {
     /// How long a token is valid by default: one hour.
     pub const DEFAULT_TTL: Duration = Duration::from_secs(3600);
-    /// How many tokens are kept by default.
-    pub const DEFAULT_CAPACITY: usize = 10_000;
     /// The longest a token may be valid: a year. Longer lifetimes are
     /// shortened to it (the moment a token expires must be representable).
     pub const MAX_TTL: Duration = Duration::from_secs(365 * 24 * 3600);
 
-    /// A store whose tokens are valid for `ttl`, holding at most `capacity`
-    /// (at least 1); past it, the oldest token is revoked.
-    pub fn new(ttl: Duration, capacity: usize) -> Self {
+    /// Tokens valid for `ttl` (at most [`MAX_TTL`](Self::MAX_TTL)), signed
+    /// with a key drawn from the OS now.
+    pub fn new(ttl: Duration) -> Self {
+        let mut secret = [0u8; 32];
+        getrandom::fill(&mut secret).expect("the OS random source is available");
         Tokens {
-            store: Arc::default(),
+            key: Arc::new(hmac::Key::new(hmac::HMAC_SHA256, &secret)),
             ttl: ttl.min(Tokens::MAX_TTL),
-            capacity: capacity.max(1),
         }
     }
 
-    /// A new random token for `user_id`.
+    /// A new token for `user_id`.
     pub fn issue(&self, user_id: &str) -> String {
-        let mut bytes = [0u8; 16];
-        getrandom::fill(&mut bytes).expect("the OS random source is available");
-        let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-        let now = Instant::now();
-        let mut store = self.lock();
-        store.forget_expired(now);
-        while store.by_token.len() >= self.capacity {
-            store.forget_oldest();
-        }
-        store.by_token.insert(
-            token.clone(),
-            Grant {
-                user_id: user_id.to_owned(),
-                expires: now + self.ttl,
-            },
-        );
-        store.issued.push_back(token.clone());
-        token
+        let expires =
+            now_ms().saturating_add(u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX));
+        let claim = format!("{}.{expires}", hex(user_id.as_bytes()));
+        let signature = hmac::sign(&self.key, claim.as_bytes());
+        format!("{claim}.{}", hex(signature.as_ref()))
     }
 
     /// When `credentials` hold a valid token of `user_id`, the moment it
-    /// expires: 401 without a valid token, 403 with another user's.
+    /// expires: 401 without a valid token (missing, forged, expired), 403
+    /// with another user's.
     pub fn authorize(
         &self,
         credentials: &Credentials,
         user_id: &str,
     ) -> Result<Instant, StatusCode> {
         let token = credentials.0.as_deref().ok_or(StatusCode::UNAUTHORIZED)?;
-        let mut store = self.lock();
-        store.forget_expired(Instant::now());
-        match store.by_token.get(token) {
-            None => Err(StatusCode::UNAUTHORIZED),
-            Some(grant) if grant.user_id == user_id => Ok(grant.expires),
-            Some(_) => Err(StatusCode::FORBIDDEN),
+        let (claim, signature) = token.rsplit_once('.').ok_or(StatusCode::UNAUTHORIZED)?;
+        let signature = unhex(signature).ok_or(StatusCode::UNAUTHORIZED)?;
+        hmac::verify(&self.key, claim.as_bytes(), &signature)
+            .map_err(|_| StatusCode::UNAUTHORIZED)?;
+        // Signed by us: the claim is what `issue` wrote.
+        let (user, expires) = claim.split_once('.').ok_or(StatusCode::UNAUTHORIZED)?;
+        let expires: u64 = expires.parse().map_err(|_| StatusCode::UNAUTHORIZED)?;
+        let left = expires.checked_sub(now_ms()).filter(|left| *left > 0);
+        let left = left.ok_or(StatusCode::UNAUTHORIZED)?;
+        if unhex(user).as_deref() != Some(user_id.as_bytes()) {
+            return Err(StatusCode::FORBIDDEN);
         }
-    }
-
-    /// How many tokens are held.
-    pub fn len(&self) -> usize {
-        self.lock().by_token.len()
-    }
-
-    /// Whether no token is held.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Store> {
-        self.store.lock().unwrap_or_else(PoisonError::into_inner)
+        Ok(Instant::now() + Duration::from_millis(left))
     }
 }
 
-impl Store {
-    fn forget_expired(&mut self, now: Instant) {
-        while let Some(oldest) = self.issued.front() {
-            match self.by_token.get(oldest) {
-                Some(grant) if grant.expires > now => return,
-                _ => self.forget_oldest(),
-            }
-        }
-    }
+/// Milliseconds since the Unix epoch, by this machine's clock.
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |since| {
+            u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+        })
+}
 
-    fn forget_oldest(&mut self) {
-        if let Some(oldest) = self.issued.pop_front() {
-            self.by_token.remove(&oldest);
-        }
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+fn unhex(text: &str) -> Option<Vec<u8>> {
+    if text.len() % 2 != 0 {
+        return None;
     }
+    (0..text.len())
+        .step_by(2)
+        .map(|at| u8::from_str_radix(text.get(at..at + 2)?, 16).ok())
+        .collect()
 }
 
 /// Whether `given` is `secret`, in time that does not depend on where they
@@ -198,7 +172,7 @@ mod tests {
 
     #[test]
     fn a_token_is_refused_once_expired() {
-        let tokens = Tokens::new(Duration::from_millis(30), 10);
+        let tokens = Tokens::new(Duration::from_millis(30));
         let token = tokens.issue("alice");
         let expires = tokens.authorize(&holding(&token), "alice").unwrap();
         assert!(expires > Instant::now());
@@ -207,28 +181,49 @@ mod tests {
             tokens.authorize(&holding(&token), "alice"),
             Err(StatusCode::UNAUTHORIZED)
         );
-        assert!(tokens.is_empty(), "an expired token is forgotten");
     }
 
     #[test]
-    fn the_store_never_holds_more_than_its_capacity_and_drops_the_oldest() {
-        let tokens = Tokens::new(Duration::from_secs(60), 100);
+    fn a_flood_of_logins_revokes_nobody() {
+        let tokens = Tokens::new(Duration::from_secs(60));
         let first = tokens.issue("user-0");
-        for n in 1..10_000 {
+        for n in 1..20_000 {
             tokens.issue(&format!("user-{n}"));
         }
-        assert_eq!(tokens.len(), 100);
+        assert!(tokens.authorize(&holding(&first), "user-0").is_ok());
+    }
+
+    #[test]
+    fn a_forged_or_altered_token_is_refused_and_another_users_is_forbidden() {
+        let tokens = Tokens::new(Duration::from_secs(60));
+        let alices = tokens.issue("alice");
         assert_eq!(
-            tokens.authorize(&holding(&first), "user-0"),
-            Err(StatusCode::UNAUTHORIZED)
+            tokens.authorize(&holding(&alices), "bob"),
+            Err(StatusCode::FORBIDDEN)
         );
-        let last = tokens.issue("user-last");
-        assert!(tokens.authorize(&holding(&last), "user-last").is_ok());
+        let other_key = Tokens::new(Duration::from_secs(60)).issue("alice");
+        let (claim, signature) = alices.rsplit_once('.').unwrap();
+        let (user, _) = claim.split_once('.').unwrap();
+        let longer = format!("{user}.{}.{signature}", u64::MAX);
+        for forged in [
+            other_key.as_str(),
+            longer.as_str(),
+            "",
+            "x",
+            "a.b.c",
+            "616c696365.1.zz",
+        ] {
+            assert_eq!(
+                tokens.authorize(&holding(forged), "alice"),
+                Err(StatusCode::UNAUTHORIZED),
+                "{forged}"
+            );
+        }
     }
 
     #[test]
     fn a_lifetime_past_the_maximum_is_shortened_not_a_panic_at_login() {
-        let tokens = Tokens::new(Duration::from_secs(u64::MAX), 10);
+        let tokens = Tokens::new(Duration::from_secs(u64::MAX));
         let token = tokens.issue("alice");
         assert!(tokens.authorize(&holding(&token), "alice").is_ok());
     }

@@ -114,8 +114,7 @@ impl EventsController {
         Self::default()
     }
 
-    /// With `tokens` instead of the default store (one-hour tokens, at most
-    /// 10,000 held).
+    /// With `tokens` instead of the default (one-hour tokens).
     pub fn with_tokens(mut self, tokens: Tokens) -> Self {
         self.tokens = tokens;
         self
@@ -140,7 +139,7 @@ impl EventsController {
         &self.users
     }
 
-    /// The token store.
+    /// The tokens: who may read which stream.
     pub fn tokens(&self) -> &Tokens {
         &self.tokens
     }

@@ -40,10 +40,7 @@ async fn main() -> std::io::Result<()> {
         .map_err(std::io::Error::other)?;
     let controller = basic::EventsController::new()
         .with_metrics(metrics)
-        .with_tokens(basic::Tokens::new(
-            token_ttl,
-            basic::Tokens::DEFAULT_CAPACITY,
-        ))
+        .with_tokens(basic::Tokens::new(token_ttl))
         .with_admin_token(&std::env::var("ADMIN_TOKEN").unwrap_or_default());
     let registry = controller.users().clone();
     // On Ctrl-C or SIGTERM, open streams end with a spread-out `retry:` and
