@@ -165,11 +165,10 @@ mod tests {
             assert!(started.elapsed() < Duration::from_secs(5), "never woken");
             std::thread::sleep(Duration::from_micros(200));
         }
+        // The window is counted in the clock's ticks: a clock thread that
+        // was descheduled catches up several ticks at once, so wall time
+        // says nothing here; the tick does.
         assert!(now() >= due, "woken at its tick, not before");
-        assert!(
-            started.elapsed() >= Duration::from_millis(5),
-            "not before its window ends"
-        );
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken exactly once");
     }
