@@ -81,7 +81,9 @@ async fn sigterm_with_open_streams_ends_them_with_a_retry_hint_and_exits_promptl
         streams.len()
     );
     assert!(status.success(), "{status}");
-    assert!(took < Duration::from_secs(3), "took {took:?}");
+    // Well before the 10 s shutdown deadline, so the streams ended at once
+    // rather than being cut at it; generous for a busy machine.
+    assert!(took < Duration::from_secs(8), "took {took:?}");
 
     for mut stream in streams {
         let mut rest = Vec::new();
