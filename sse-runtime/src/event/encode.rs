@@ -24,16 +24,21 @@ pub(crate) fn write_field(buf: &mut BytesMut, name: &[u8], value: &str) {
     buf.reserve(name.len() + value.len() + 3);
     buf.extend_from_slice(name);
     buf.extend_from_slice(b": ");
-    if memchr::memchr3(b'\r', b'\n', b'\0', value.as_bytes()).is_none() {
-        buf.extend_from_slice(value.as_bytes());
+    // NUL ends only an id; an event type may hold it.
+    let forbidden = if name == b"id" {
+        memchr::memchr3(b'\r', b'\n', b'\0', value.as_bytes())
     } else {
-        write_replacing_breaks(buf, name, value);
+        memchr::memchr2(b'\r', b'\n', value.as_bytes())
+    };
+    match forbidden {
+        None => buf.extend_from_slice(value.as_bytes()),
+        Some(_) => write_replacing_breaks(buf, name, value),
     }
     buf.extend_from_slice(b"\n");
 }
 
-/// `value` with CR, LF and NUL as U+FFFD (NUL only in an id: an event type
-/// may hold it). Reaching this is a bug upstream, so it is logged.
+/// `value` with CR, LF and NUL as U+FFFD (NUL only in an id). Reaching
+/// this is a bug upstream, so it is logged.
 #[cold]
 fn write_replacing_breaks(buf: &mut BytesMut, name: &[u8], value: &str) {
     tracing::error!(
