@@ -6,7 +6,7 @@
 //! `%`, `_` and `:` escaped). The first key's subscription carries the
 //! broadcasts and the others' do not, so each broadcast arrives once.
 
-use std::fmt::Display;
+use std::fmt::{Display, Write as _};
 use std::sync::Arc;
 
 use futures_util::StreamExt;
@@ -177,7 +177,8 @@ fn format(set: &str, positions: &[String]) -> String {
             if is_plain(byte) {
                 out.push(char::from(byte));
             } else {
-                out.push_str(&format!("%{byte:02X}"));
+                // Writing into a String cannot fail.
+                let _ = write!(out, "%{byte:02X}");
             }
         }
     }
