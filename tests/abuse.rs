@@ -92,9 +92,14 @@ async fn a_line_break_in_a_single_key_resume_id_yields_a_clean_reset() {
     }
 }
 
-/// A server over TLS whose header read timeout is short, and a client that
-/// trusts its certificate and offers `alpn` in the handshake.
-async fn tls_server_and_client(alpn: &[u8]) -> (TestServer, tokio_rustls::TlsConnector) {
+/// A server running `app`, set up by `serve` given its TLS configuration,
+/// and a client that trusts its certificate and offers `alpn` in the
+/// handshake.
+async fn tls_server_and_client_for(
+    app: axum::Router,
+    serve: impl FnOnce(sse_runtime::Serve, sse_runtime::TlsConfig) -> sse_runtime::Serve,
+    alpn: &[u8],
+) -> (TestServer, tokio_rustls::TlsConnector) {
     use tokio_rustls::rustls;
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".into()]).unwrap();
     let tls = sse_runtime::TlsConfig::from_pem(
@@ -102,12 +107,7 @@ async fn tls_server_and_client(alpn: &[u8]) -> (TestServer, tokio_rustls::TlsCon
         certified.key_pair.serialize_pem().as_bytes(),
     )
     .unwrap();
-    let server = TestServer::start_with(ChatController::new(["general"]).app(), |serve| {
-        serve
-            .tls(tls)
-            .header_read_timeout(std::time::Duration::from_millis(300))
-    })
-    .await;
+    let server = TestServer::start_with(app, |config| serve(config, tls)).await;
     let mut roots = rustls::RootCertStore::empty();
     roots.add(certified.cert.der().clone()).unwrap();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
@@ -121,6 +121,20 @@ async fn tls_server_and_client(alpn: &[u8]) -> (TestServer, tokio_rustls::TlsCon
         server,
         tokio_rustls::TlsConnector::from(std::sync::Arc::new(config)),
     )
+}
+
+/// The chat over TLS with a short header read timeout.
+async fn tls_server_and_client(alpn: &[u8]) -> (TestServer, tokio_rustls::TlsConnector) {
+    tls_server_and_client_for(
+        ChatController::new(["general"]).app(),
+        |serve, tls| {
+            serve
+                .tls(tls)
+                .header_read_timeout(std::time::Duration::from_millis(300))
+        },
+        alpn,
+    )
+    .await
 }
 
 /// A client completes the TLS handshake, then says nothing: the server
@@ -266,4 +280,235 @@ async fn a_flood_of_logins_does_not_log_anyone_out() {
         .await
         .unwrap();
     assert_eq!(stream.status(), 200, "alice's token still opens her stream");
+}
+
+/// An HTTP/2 connection over TLS whose streams' flow-control windows start
+/// at `window` bytes (and, this client never reading, stay there); the
+/// task driving it, which ends when the server closes it; and a switch
+/// that freezes the client (it then neither reads nor writes, as a peer
+/// whose host vanished).
+async fn h2_connection(
+    server: &TestServer,
+    connector: &tokio_rustls::TlsConnector,
+    window: u32,
+) -> (
+    h2::client::SendRequest<bytes::Bytes>,
+    tokio::task::JoinHandle<()>,
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = tokio_rustls::rustls::pki_types::ServerName::try_from("localhost").unwrap();
+    let tls = sse_tests::within(connector.connect(name, tcp))
+        .await
+        .unwrap();
+    let frozen = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let io = Freezable {
+        inner: tls,
+        frozen: std::sync::Arc::clone(&frozen),
+    };
+    let (send, connection) = sse_tests::within(
+        h2::client::Builder::new()
+            .initial_window_size(window)
+            .handshake(io),
+    )
+    .await
+    .unwrap();
+    let driving = tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    (send, driving, frozen)
+}
+
+/// An IO object that stops reading and writing, for good, once `frozen`.
+struct Freezable<T> {
+    inner: T,
+    frozen: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl<T> Freezable<T> {
+    fn is_frozen(&self) -> bool {
+        self.frozen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Freezable<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.is_frozen() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Freezable<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.is_frozen() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.is_frozen() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.is_frozen() {
+            return std::task::Poll::Pending;
+        }
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Opens `GET path` on `connection`: the response's status and body.
+async fn h2_get(
+    connection: &h2::client::SendRequest<bytes::Bytes>,
+    path: &str,
+) -> (http::StatusCode, h2::RecvStream) {
+    let request = http::Request::get(format!("https://localhost{path}"))
+        .body(())
+        .unwrap();
+    let mut ready = sse_tests::within(connection.clone().ready()).await.unwrap();
+    let (response, _) = ready.send_request(request, true).unwrap();
+    let response = sse_tests::within(response).await.unwrap();
+    (response.status(), response.into_body())
+}
+
+/// Finding 6: HTTP/2 streams whose client never opens their flow-control
+/// window end after the write-stall timeout, their subscriptions with them
+/// (4 connections of 100 such streams held +29.4 MB for as long as the
+/// client liked: the socket kept flowing, so no write ever stalled). A
+/// reader with a window, on a stream with nothing to send for as long,
+/// stays.
+#[tokio::test]
+async fn http2_streams_whose_window_never_opens_end_after_the_write_stall_timeout() {
+    let registry = sse_runtime::Registry::new();
+    let app = topic_app(&registry);
+    let stall = std::time::Duration::from_millis(500);
+    let (server, connector) = tls_server_and_client_for(
+        app,
+        |serve, tls| serve.tls(tls).write_stall_timeout(stall),
+        b"h2",
+    )
+    .await;
+
+    let (reading, _, _) = h2_connection(&server, &connector, 65_535).await;
+    let (status, mut healthy) = h2_get(&reading, "/topic").await;
+    assert_eq!(status, http::StatusCode::OK);
+    let (closed, _, _) = h2_connection(&server, &connector, 0).await;
+    let mut stalled = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = h2_get(&closed, "/topic").await;
+        assert_eq!(status, http::StatusCode::OK);
+        stalled.push(body);
+    }
+    sse_tests::eventually("all 21 streams subscribed", || {
+        registry.subscriber_count(&topic()) == 21
+    })
+    .await;
+
+    sse_tests::eventually("the 20 streams without a window ended", || {
+        registry.subscriber_count(&topic()) == 1
+    })
+    .await;
+    // The healthy stream, open longer than the timeout with nothing to
+    // send, is still subscribed and gets the next event.
+    registry
+        .send(&topic(), sse_runtime::MessageEvent::new("after"))
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    while !String::from_utf8_lossy(&received).contains("data: after") {
+        let chunk = sse_tests::within(healthy.data()).await.unwrap().unwrap();
+        let _ = healthy.flow_control().release_capacity(chunk.len());
+        received.extend_from_slice(&chunk);
+    }
+    assert_eq!(registry.subscriber_count(&topic()), 1);
+    drop(stalled);
+}
+
+fn topic() -> String {
+    "topic".to_owned()
+}
+
+/// `GET /topic`: the topic's events from `registry`.
+fn topic_app(registry: &sse_runtime::Registry<String>) -> axum::Router {
+    let registry = registry.clone();
+    axum::Router::new().route(
+        "/topic",
+        axum::routing::get(move || {
+            let sse = sse_runtime::Sse::new(registry.subscribe(&topic()));
+            async move { sse }
+        }),
+    )
+}
+
+/// Finding 5: an HTTP/2 connection left with no stream closes after the
+/// idle timeout (a review held 10 open for 40 s and more), and one with a
+/// stream open stays, however long the stream has nothing to send.
+#[tokio::test]
+async fn an_http2_connection_with_no_stream_closes_after_the_idle_timeout() {
+    let registry = sse_runtime::Registry::new();
+    let idle = std::time::Duration::from_millis(300);
+    let (server, connector) = tls_server_and_client_for(
+        topic_app(&registry),
+        |serve, tls| serve.tls(tls.http2_idle_timeout(idle)),
+        b"h2",
+    )
+    .await;
+    let (streaming, streaming_driver, _) = h2_connection(&server, &connector, 65_535).await;
+    let (_, stream) = h2_get(&streaming, "/topic").await;
+    let (idling, idling_driver, _) = h2_connection(&server, &connector, 65_535).await;
+    let (_, ended) = h2_get(&idling, "/topic").await;
+    // Its one stream closed (the client resets it): idle from then on.
+    drop(ended);
+    sse_tests::within(idling_driver).await.unwrap();
+    assert!(
+        !streaming_driver.is_finished(),
+        "a connection with an open stream was closed as idle"
+    );
+    assert_eq!(registry.subscriber_count(&topic()), 1);
+    drop(stream);
+}
+
+/// Finding 5: a peer that stops answering (its host gone, its socket
+/// still open) is found by the HTTP/2 pings, and its connection and streams
+/// are released; before, a stream with nothing to send held its entry for
+/// as long as the process ran.
+#[tokio::test]
+async fn an_http2_peer_that_stops_answering_pings_is_closed() {
+    let registry = sse_runtime::Registry::new();
+    let ping = std::time::Duration::from_millis(200);
+    let (server, connector) = tls_server_and_client_for(
+        topic_app(&registry),
+        |serve, tls| serve.tls(tls.http2_ping_interval(ping)),
+        b"h2",
+    )
+    .await;
+    let (connection, _driver, frozen) = h2_connection(&server, &connector, 65_535).await;
+    let (_, stream) = h2_get(&connection, "/topic").await;
+    sse_tests::eventually("subscribed", || registry.subscriber_count(&topic()) == 1).await;
+    frozen.store(true, std::sync::atomic::Ordering::SeqCst);
+    sse_tests::eventually("the dead peer's stream released", || {
+        registry.subscriber_count(&topic()) == 0
+    })
+    .await;
+    drop(stream);
 }

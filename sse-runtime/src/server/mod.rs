@@ -7,6 +7,8 @@ pub(crate) mod lean_http1;
 pub(crate) mod limits;
 pub(crate) mod shutdown;
 #[cfg(feature = "tls")]
+mod stream_progress;
+#[cfg(feature = "tls")]
 pub(crate) mod tls;
 #[cfg(feature = "tls")]
 mod tls_watch;

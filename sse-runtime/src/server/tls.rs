@@ -34,6 +34,8 @@ use crate::server::{Serve, Shared, drive, hyper_service};
 #[derive(Clone)]
 pub struct TlsConfig {
     pub(crate) acceptor: TlsAcceptor,
+    http2_idle_timeout: Duration,
+    http2_ping_interval: Duration,
 }
 
 /// Why a TLS configuration could not be made.
@@ -98,7 +100,34 @@ impl TlsConfig {
         config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         TlsConfig {
             acceptor: TlsAcceptor::from(Arc::new(config)),
+            http2_idle_timeout: TlsConfig::DEFAULT_HTTP2_IDLE_TIMEOUT,
+            http2_ping_interval: TlsConfig::DEFAULT_HTTP2_PING_INTERVAL,
         }
+    }
+
+    /// The default of [`http2_idle_timeout`](TlsConfig::http2_idle_timeout).
+    pub const DEFAULT_HTTP2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// The default of [`http2_ping_interval`](TlsConfig::http2_ping_interval).
+    pub const DEFAULT_HTTP2_PING_INTERVAL: Duration = Duration::from_secs(20);
+
+    /// How long an HTTP/2 connection stays open with no stream (default
+    /// 60 s; zero is taken as one millisecond). Over HTTP/1.1 the
+    /// [header read timeout](crate::Serve::header_read_timeout) bounds an
+    /// idle connection.
+    #[must_use]
+    pub fn http2_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.http2_idle_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// How often an HTTP/2 connection is pinged (default 20 s); a peer that
+    /// leaves a ping unanswered for as long again is taken as dead and its
+    /// connection closed, with its streams and their registry entries.
+    /// Zero is taken as one millisecond.
+    #[must_use]
+    pub fn http2_ping_interval(mut self, interval: Duration) -> Self {
+        self.http2_ping_interval = interval.max(Duration::from_millis(1));
+        self
     }
 }
 
@@ -106,10 +135,12 @@ impl TlsConfig {
 /// both through hyper. The header read timeout runs from the accept to the
 /// first request, whatever the protocol: a client that completes the
 /// handshake and then says nothing is closed as a plain one is. An HTTP/2
-/// connection is pinged (a dead peer is found within
-/// [`H2_PING_EVERY`] twice over), carries at most [`H2_MAX_STREAMS`]
-/// streams with [`H2_SEND_BUFFER`] of unsent data each, and closes after
-/// [`H2_IDLE_TIMEOUT`] with no stream open.
+/// connection is pinged (a dead peer is found within the ping interval
+/// twice over), carries at most [`H2_MAX_STREAMS`] streams with
+/// [`H2_SEND_BUFFER`] of unsent data each, and closes after its idle
+/// timeout with no stream open. A stream whose client opens no
+/// flow-control window ends after the write-stall timeout, as a connection
+/// whose client reads nothing does.
 pub(super) async fn serve_tls(
     shared: Arc<Shared>,
     io: WriteStallIo<TcpStream>,
@@ -144,23 +175,26 @@ pub(super) async fn serve_tls(
     builder
         .http2()
         .timer(TokioTimer::new())
-        .keep_alive_interval(H2_PING_EVERY)
-        .keep_alive_timeout(H2_PING_EVERY)
+        .keep_alive_interval(tls.http2_ping_interval)
+        .keep_alive_timeout(tls.http2_ping_interval)
         .max_concurrent_streams(H2_MAX_STREAMS)
         .max_send_buf_size(H2_SEND_BUFFER);
     let connection = builder.serve_connection(TokioIo::new(stream), service);
     // Closed (by dropping it) when no request comes in time, or when an
     // HTTP/2 connection stays without a stream.
-    let watched = requests.watch(connection, first_request_by, H2_IDLE_TIMEOUT, peer);
+    let watched = requests.watch(
+        connection,
+        first_request_by,
+        tls.http2_idle_timeout,
+        stall,
+        peer,
+    );
     drive(watched, shared.phase.clone(), peer, |watched| {
         watched.connection().graceful_shutdown();
     })
     .await;
 }
 
-/// How often an HTTP/2 connection is pinged; an unanswered ping closes it
-/// after as long again.
-const H2_PING_EVERY: Duration = Duration::from_secs(20);
 /// The most streams one HTTP/2 connection carries at once. A page opens a
 /// handful of event streams; 64 leaves room for many tabs of one origin.
 const H2_MAX_STREAMS: u32 = 64;
@@ -169,8 +203,6 @@ const H2_MAX_STREAMS: u32 = 64;
 /// 4 MiB here, plus what each stream's response holds (one batch, at most
 /// 64 KiB).
 const H2_SEND_BUFFER: usize = 64 * 1024;
-/// How long an HTTP/2 connection stays open with no stream.
-const H2_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[cfg(test)]
 mod tests {

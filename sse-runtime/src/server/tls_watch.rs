@@ -1,6 +1,8 @@
 //! What watches a TLS connection beyond hyper's own timers: the first
 //! request must come within the header read timeout, whatever the protocol,
-//! and an HTTP/2 connection with no stream open closes after a while.
+//! an HTTP/2 connection with no stream open closes after a while, and a
+//! stream left waiting on a flow-control window that never opens ends after
+//! the write-stall timeout (see [`stream_progress`](super::stream_progress)).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -10,10 +12,11 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use axum::body::Body;
 use futures_util::task::AtomicWaker;
-use http_body::{Frame, SizeHint};
 use tokio::time::{Instant, Sleep};
+
+use super::stream_progress::Responses;
+use super::write_stall::StallTimeout;
 
 /// The requests of one connection: how many have a response still open,
 /// how often that number changed, and the watcher to wake when it does.
@@ -22,12 +25,13 @@ pub(crate) struct Requests {
     open: AtomicUsize,
     changes: AtomicUsize,
     watcher: AtomicWaker,
+    responses: Arc<Responses>,
 }
 
 impl Requests {
     /// `service`, counting each request from its call until its response
     /// body is dropped (an event stream's response lives as long as the
-    /// stream does).
+    /// stream does), each response body watched for stalls.
     pub(crate) fn counting<S>(
         self: &Arc<Self>,
         service: S,
@@ -54,21 +58,24 @@ impl Requests {
         hyper::service::service_fn(move |request| {
             let open = OpenRequest::new(&requests);
             let response = service.call(request);
+            let requests = Arc::clone(&requests);
             async move {
                 let response = response.await?;
-                Ok(response.map(|body| Body::new(CountedBody { body, _open: open })))
+                Ok(response.map(|body| requests.responses.watch(body, open)))
             }
         })
     }
 
     /// `connection`, dropped (which closes it) when no request has come by
     /// `first_request_by`, or when it has had no request open for
-    /// `idle_timeout`.
+    /// `idle_timeout`; while requests are open, their responses are checked
+    /// against the `stall` timeout.
     pub(crate) fn watch<C>(
         self: Arc<Self>,
         connection: C,
         first_request_by: Instant,
         idle_timeout: Duration,
+        stall: StallTimeout,
         peer: SocketAddr,
     ) -> Watched<C> {
         Watched {
@@ -76,7 +83,9 @@ impl Requests {
             requests: self,
             deadline: Box::pin(tokio::time::sleep_until(first_request_by)),
             changes_seen: 0,
+            checking_stalls: false,
             idle_timeout,
+            stall,
             peer,
         }
     }
@@ -103,35 +112,6 @@ impl Drop for OpenRequest {
 }
 
 pin_project_lite::pin_project! {
-    /// A response body that keeps its request counted while it lives.
-    struct CountedBody {
-        #[pin]
-        body: Body,
-        _open: OpenRequest,
-    }
-}
-
-impl http_body::Body for CountedBody {
-    type Data = bytes::Bytes;
-    type Error = axum::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        self.project().body.poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
-pin_project_lite::pin_project! {
     /// A connection under [`Requests::watch`].
     pub(crate) struct Watched<C> {
         #[pin]
@@ -141,7 +121,10 @@ pin_project_lite::pin_project! {
         deadline: Pin<Box<Sleep>>,
         // `Requests::changes` when the deadline was last set.
         changes_seen: usize,
+        // Whether the deadline is the next stall check.
+        checking_stalls: bool,
         idle_timeout: Duration,
+        stall: StallTimeout,
         peer: SocketAddr,
     }
 }
@@ -168,10 +151,23 @@ where
         this.requests.watcher.register(cx.waker());
         let changes = this.requests.changes.load(Ordering::SeqCst);
         if this.requests.open.load(Ordering::SeqCst) > 0 {
-            // A stream is open: no deadline runs; woken when one closes.
+            // A stream is open: no idle deadline runs (woken when one
+            // closes), only the stall checks.
+            let Some(timeout) = this.stall.get() else {
+                return Poll::Pending;
+            };
+            let check_every = (timeout / 4).max(Duration::from_millis(10));
+            if !*this.checking_stalls {
+                *this.checking_stalls = true;
+                this.deadline.as_mut().reset(Instant::now() + check_every);
+            }
+            while this.deadline.as_mut().poll(cx).is_ready() {
+                this.requests.responses.end_stalled(timeout);
+                this.deadline.as_mut().reset(Instant::now() + check_every);
+            }
             return Poll::Pending;
         }
-        if changes != *this.changes_seen {
+        if changes != *this.changes_seen || std::mem::take(this.checking_stalls) {
             // The last open request just closed: idle from now.
             *this.changes_seen = changes;
             this.deadline

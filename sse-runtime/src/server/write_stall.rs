@@ -48,7 +48,7 @@ impl StallTimeout {
         self.0.store(millis, Ordering::Relaxed);
     }
 
-    fn get(&self) -> Option<Duration> {
+    pub(crate) fn get(&self) -> Option<Duration> {
         match self.0.load(Ordering::Relaxed) {
             OFF => None,
             millis => Some(Duration::from_millis(millis)),
