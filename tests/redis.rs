@@ -487,7 +487,7 @@ async fn a_replay_of_large_events_in_small_pages_is_exact() {
     drop(first);
     const EVENTS: usize = 60;
     for n in 0..EVENTS {
-        let text = format!("{n} {}", "x".repeat(12 * 1024));
+        let text = format!("{n} {}", "x".repeat(2 * 1024));
         registry
             .send(&key("big"), MessageEvent::new(text))
             .await
@@ -498,4 +498,84 @@ async fn a_replay_of_large_events_in_small_pages_is_exact() {
         let (_, _, data) = next(&mut resumed).await;
         assert!(data.starts_with(&format!("{n} ")), "event {n}");
     }
+}
+
+/// Issue 20, finding 3: a thousand clients resuming a busy key at once, as
+/// after a deploy. Each gets its exact replay, and sends to another key
+/// keep succeeding meanwhile (before, replays shared the commands'
+/// connection and its response timeout: 26 and 50 of 50 concurrent replays
+/// failed with "timed out", and unrelated sends answered `503`). The times
+/// are printed, not asserted (`--nocapture`; BENCHMARKS.md has a release
+/// run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_resumes_at_once_each_replay_exactly_while_other_sends_succeed() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    const CLIENTS: usize = 1_000;
+    const EVENTS: usize = 100;
+    let registry = server.registry(RegistryConfig::default()).await;
+    let mut first = registry.subscribe(&key("busy"));
+    let start = fields(&first.next().await.unwrap()).0;
+    drop(first);
+    for n in 0..EVENTS {
+        let text = format!("{n} {}", "x".repeat(2 * 1024));
+        registry
+            .send(&key("busy"), MessageEvent::new(text))
+            .await
+            .unwrap();
+    }
+    let mut quiet = send_latencies(&registry, "quiet").await;
+    let began = tokio::time::Instant::now();
+    let resumes: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let registry = registry.clone();
+            let start = start.clone();
+            tokio::spawn(async move {
+                let mut resumed = registry.subscribe_from(&key("busy"), Some(&start));
+                for n in 0..EVENTS {
+                    let (_, _, data) = next(&mut resumed).await;
+                    assert!(data.starts_with(&format!("{n} ")), "event {n}: {data:.20}");
+                }
+                began.elapsed()
+            })
+        })
+        .collect();
+    let sender = {
+        let registry = registry.clone();
+        tokio::spawn(async move { send_latencies(&registry, "other").await })
+    };
+    let mut finished = Vec::with_capacity(CLIENTS);
+    for resume in resumes {
+        finished.push(resume.await.expect("a replay was not exact"));
+    }
+    let mut latencies = sender.await.unwrap();
+    finished.sort();
+    latencies.sort();
+    quiet.sort();
+    eprintln!(
+        "{CLIENTS} concurrent replays of {EVENTS} events: median done after {:?}, last after {:?}; \
+         100 sequential sends to another key meanwhile: p50 {:?}, p99 {:?} (before, with no \
+         replay: p50 {:?}, p99 {:?})",
+        finished[CLIENTS / 2],
+        finished[CLIENTS - 1],
+        latencies[50],
+        latencies[99],
+        quiet[50],
+        quiet[99],
+    );
+}
+
+/// The times of 100 sequential sends to `name`, each of which must succeed.
+async fn send_latencies(registry: &sse_runtime::Registry<String>, name: &str) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    for n in 0..100 {
+        let sent = tokio::time::Instant::now();
+        registry
+            .send(&key(name), MessageEvent::new(n.to_string()))
+            .await
+            .expect("a send to another key failed during the replays");
+        latencies.push(sent.elapsed());
+    }
+    latencies
 }

@@ -100,7 +100,7 @@ impl Inner {
         stream: &str,
         last: EntryId,
     ) -> redis::RedisResult<Result<(), ResetReason>> {
-        let mut connection = self.commands.clone();
+        let (_place, mut connection) = self.replays.place().await;
         let exists: bool = redis::cmd("EXISTS")
             .arg(stream)
             .query_async(&mut connection)
@@ -195,7 +195,7 @@ impl Inner {
         last: EntryId,
         count: usize,
     ) -> redis::RedisResult<(Vec<(EntryId, Bytes)>, Option<EntryId>)> {
-        let mut connection = self.commands.clone();
+        let (_place, mut connection) = self.replays.place().await;
         let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(stream)
             .arg(format!("({last}"))

@@ -47,6 +47,7 @@ mod history;
 mod ids;
 mod local;
 mod reader;
+mod replays;
 mod send;
 mod subscription;
 
@@ -67,6 +68,7 @@ use connection::{Client, Connection};
 use history::is_wrong_type;
 use local::Fanouts;
 use reader::read_loop;
+use replays::ReplayReads;
 use send::{SEND_SCRIPT, until_run};
 
 /// Keys fall in this many buckets (by a fixed hash; on a Redis Cluster, by
@@ -102,6 +104,8 @@ struct Inner {
     /// Reconnects by itself after Redis comes back; on a cluster, routes each
     /// command to the node of its key.
     commands: Connection,
+    /// Resumes' reads: their own connection, a few at a time.
+    replays: ReplayReads,
     prefix: String,
     config: RegistryConfig,
     /// The keys subscribed on this instance, and where the readers are.
@@ -186,6 +190,7 @@ impl<K> RedisBroker<K> {
         prefix: &str,
     ) -> Result<Self, RedisConnectError> {
         let commands = client.shared_connection().await?;
+        let replays = ReplayReads::connect(&client).await?;
         let cluster = client.is_cluster();
         let broadcast_stream = if client.is_cluster() {
             // Under the hash tag 0: read by the reader of tag 0.
@@ -196,6 +201,7 @@ impl<K> RedisBroker<K> {
         let inner = Arc::new(Inner {
             client,
             commands,
+            replays,
             prefix: prefix.to_owned(),
             config,
             local: Mutex::new(Fanouts::new(cluster)),
