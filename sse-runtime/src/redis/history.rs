@@ -100,10 +100,23 @@ impl Inner {
         stream: &str,
         last: EntryId,
     ) -> redis::RedisResult<Result<(), ResetReason>> {
-        let (_place, mut connection) = self.replays.place().await;
+        self.replays
+            .read(
+                |mut connection| async move { self.covers_on(&mut connection, stream, last).await },
+            )
+            .await
+    }
+
+    /// [`covers`](Self::covers), on `connection`.
+    async fn covers_on(
+        &self,
+        connection: &mut super::connection::Connection,
+        stream: &str,
+        last: EntryId,
+    ) -> redis::RedisResult<Result<(), ResetReason>> {
         let exists: bool = redis::cmd("EXISTS")
             .arg(stream)
-            .query_async(&mut connection)
+            .query_async(connection)
             .await?;
         let before_everything = last == EntryId::default();
         if !exists {
@@ -119,7 +132,7 @@ impl Inner {
         let info: redis::Value = redis::cmd("XINFO")
             .arg("STREAM")
             .arg(stream)
-            .query_async(&mut connection)
+            .query_async(connection)
             .await?;
         let field = |name: &str| -> Option<EntryId> {
             let redis::Value::Array(items) = &info else {
@@ -158,7 +171,7 @@ impl Inner {
             .arg("+")
             .arg("COUNT")
             .arg(1)
-            .query_async(&mut connection)
+            .query_async(connection)
             .await?;
         let covered = match first.first().and_then(|(id, _)| EntryId::parse(id)) {
             // From before everything: covered while nothing was ever trimmed.
@@ -195,14 +208,18 @@ impl Inner {
         last: EntryId,
         count: usize,
     ) -> redis::RedisResult<(Vec<(EntryId, Bytes)>, Option<EntryId>)> {
-        let (_place, mut connection) = self.replays.place().await;
-        let entries: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
-            .arg(stream)
-            .arg(format!("({last}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(count)
-            .query_async(&mut connection)
+        let entries: Vec<(String, Vec<Vec<u8>>)> = self
+            .replays
+            .read(|mut connection| async move {
+                redis::cmd("XRANGE")
+                    .arg(stream)
+                    .arg(format!("({last}"))
+                    .arg("+")
+                    .arg("COUNT")
+                    .arg(count)
+                    .query_async(&mut connection)
+                    .await
+            })
             .await?;
         let read_to = entries.last().and_then(|(id, _)| EntryId::parse(id));
         let events = entries

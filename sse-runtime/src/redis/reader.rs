@@ -38,18 +38,16 @@ impl Inner {
     /// each of the bucket's keys here catches up from its own stream, or,
     /// where that no longer holds what the key missed, gets the reset
     /// signal.
+    ///
+    /// The reader's place moves to the bell's end only once every key has
+    /// caught up: if a step fails, the reader's next try finds the same gap
+    /// and does it again (keys pass over what they were given already).
     pub(super) async fn catch_up_bucket(&self, bucket: usize) -> redis::RedisResult<()> {
         let end = self.last_id(&self.bells[bucket]).await?;
-        let keys: Vec<(Arc<str>, EntryId)> = {
-            let mut local = lock(&self.local);
-            if local.bells_at[bucket].is_some() {
-                local.bells_at[bucket] = Some(end);
-            }
-            local.buckets[bucket]
-                .iter()
-                .map(|(stream, key)| (Arc::clone(stream), key.read_from))
-                .collect()
-        };
+        let keys: Vec<(Arc<str>, EntryId)> = lock(&self.local).buckets[bucket]
+            .iter()
+            .map(|(stream, key)| (Arc::clone(stream), key.read_from))
+            .collect();
         for (stream, read_from) in keys {
             match self.covers(&stream, read_from).await? {
                 Ok(()) => self.deliver_from_stream(&stream, read_from).await?,
@@ -72,6 +70,10 @@ impl Inner {
                     }
                 }
             }
+        }
+        let mut local = lock(&self.local);
+        if local.bells_at[bucket].is_some() {
+            local.bells_at[bucket] = Some(end);
         }
         Ok(())
     }

@@ -32,13 +32,23 @@ impl ReplayReads {
         })
     }
 
-    /// Waits for a place, then the connection to read on while holding it.
-    pub(super) async fn place(&self) -> (SemaphorePermit<'_>, Connection) {
-        let place = self
+    /// Runs `read` in a place of its own, once more if the connection
+    /// broke under it: reads are safe to repeat, and a connection idle
+    /// through a Redis restart fails its first command while it reconnects.
+    pub(super) async fn read<T, F>(&self, read: impl Fn(Connection) -> F) -> redis::RedisResult<T>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let _place: SemaphorePermit<'_> = self
             .places
             .acquire()
             .await
             .expect("the replay places are never closed");
-        (place, self.connection.clone())
+        match read(self.connection.clone()).await {
+            Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                read(self.connection.clone()).await
+            }
+            answer => answer,
+        }
     }
 }
