@@ -579,3 +579,49 @@ async fn send_latencies(registry: &sse_runtime::Registry<String>, name: &str) ->
     }
     latencies
 }
+
+/// Issue 20, finding 4: the bells' copies of events are for the readers
+/// only, so a bell keeps about 1,000 of them however many are sent (it
+/// kept 10,000: 11,000 posts of 12 KB put 126 MB in one bell), and every
+/// subscriber still gets every event.
+#[tokio::test]
+async fn a_bell_keeps_about_a_thousand_copies_however_many_events_are_sent() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    const EVENTS: usize = 3_000;
+    let registry = server
+        .registry(RegistryConfig::default().history_len(100).buffer(EVENTS))
+        .await;
+    let mut subscriber = registry.subscribe(&key("flood"));
+    let _resume_point = subscriber.next().await;
+    settle().await;
+    for n in 0..EVENTS {
+        registry
+            .send(&key("flood"), MessageEvent::new(n.to_string()))
+            .await
+            .unwrap();
+    }
+    for n in 0..EVENTS {
+        let (_, _, data) = next(&mut subscriber).await;
+        assert_eq!(data, n.to_string());
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let bells: Vec<String> = redis::cmd("KEYS")
+        .arg("sse!bell:*")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(bells.len(), 1, "{bells:?}");
+    let length: usize = redis::cmd("XLEN")
+        .arg(&bells[0])
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    // `MAXLEN ~` trims whole nodes of 100 entries.
+    assert!(
+        (1_000..=1_100).contains(&length),
+        "the bell kept {length} entries"
+    );
+}

@@ -19,7 +19,8 @@
 //!   on this instance and fans each entry of those keys out locally. A read
 //!   names at most 16 bells, whatever the number of keys, and a reply carries
 //!   the entries of every key, so a busy instance reads in large batches.
-//!   Bells keep 10,000 entries: a reader held back further catches each key
+//!   Bells keep about 1,000 entries (a copy is only for the readers, which
+//!   are milliseconds behind): a reader held back further catches each key
 //!   up from its own stream, or gives it the reset signal where that no
 //!   longer holds what it missed. Every instance that follows a bucket reads
 //!   all of its bell, keys it does not follow included: the price of a read
@@ -79,8 +80,13 @@ use send::{SEND_SCRIPT, until_run};
 /// same whatever the number of keys.
 const BUCKETS: usize = 16;
 /// The entries a bell keeps (`MAXLEN ~`): how far a reader may fall behind
-/// before it catches up from the keys' own streams.
-const BELL_LEN: usize = 10_000;
+/// before it catches up from the keys' own streams. A bell's copies serve
+/// only the readers, which follow within milliseconds; the history is the
+/// keys' own streams. One reader's full read (`READ_COUNT`) long, so a
+/// reader that falls behind finds out at its next read (it checks after
+/// every full one); at 1,000 rather than the 10,000 it was, a bucket's
+/// copies of 12 KB messages take 12 MB of Redis, not 126 MB.
+const BELL_LEN: usize = 1_000;
 
 /// A [`Broker`] on Redis Streams. Connection settings come from a URL such
 /// as `redis://127.0.0.1:6379/` (for example `REDIS_URL`).
