@@ -147,6 +147,43 @@ impl RedisCluster {
             .collect()
     }
 
+    /// Every replica takes over its master's slots (`CLUSTER FAILOVER`, the
+    /// graceful kind): the old masters stay up, as replicas of the new ones,
+    /// and no connection to them breaks. Returns when the new masters serve
+    /// and the old ones are in sync again.
+    pub async fn fail_over_every_master(&self) {
+        let masters = self.masters().await;
+        let replicas: Vec<u16> = self
+            .ports
+            .iter()
+            .copied()
+            .filter(|port| !masters.contains(port))
+            .collect();
+        for replica in &replicas {
+            let answer = self.cli(*replica, &["CLUSTER", "FAILOVER"]).await;
+            assert!(
+                answer.contains("OK"),
+                "CLUSTER FAILOVER on {replica}: {answer}"
+            );
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut now: Vec<u16> = self.masters().await;
+            now.sort_unstable();
+            let mut expected = replicas.clone();
+            expected.sort_unstable();
+            if now == expected && self.is_ok().await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the failovers did not complete: masters {now:?}, expected {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_for_replicas(masters.len()).await;
+    }
+
     /// Kills the node on `port` at once (SIGKILL: no goodbye to the others),
     /// as a crashed host would go.
     pub async fn kill(&mut self, port: u16) {

@@ -2,6 +2,7 @@
 //! broker's commands are written once.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::{ConnectionLike, ConnectionManager, MultiplexedConnection};
@@ -45,12 +46,25 @@ const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 /// node that stops answering (a stalled host) keeps its connection open:
 /// without this, every command for its slots would go on timing out after a
 /// replica took them over.
+///
+/// It is also rebuilt when the cluster's topology changed under it, which
+/// the client does not notice by itself when no command failed: every node
+/// connection is in `READONLY` mode, so a master demoted while its slots
+/// were idle keeps answering reads (from a replica: possibly stale) and runs
+/// the send script, refusing only its writes. A `READONLY` answer
+/// ([`Connection::refresh_topology`]) and a rise of the cluster's epoch,
+/// checked every [`TOPOLOGY_CHECK_EVERY`], each start a rebuild.
 pub(crate) struct SharedCluster {
     client: ClusterClient,
     current: std::sync::Mutex<ClusterConnection>,
     /// When it was last rebuilt; held while rebuilding, so one caller does it.
     rebuilt_at: tokio::sync::Mutex<Instant>,
+    /// How many times it was rebuilt: a reader seeing it change reconnects.
+    rebuilds: AtomicU64,
 }
+
+/// How often the cluster's epoch is checked (one `CLUSTER INFO`).
+const TOPOLOGY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// At most one rebuild per this long, however many commands are slow.
 const REBUILD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
@@ -97,6 +111,7 @@ impl SharedCluster {
             match shared.client.get_async_connection().await {
                 Ok(connection) => {
                     *lock(&shared.current) = connection;
+                    shared.rebuilds.fetch_add(1, Ordering::SeqCst);
                     tracing::warn!(
                         "SSE Redis Cluster command slow or timed out; reconnected with a fresh \
                          slot map"
@@ -108,6 +123,62 @@ impl SharedCluster {
                 ),
             }
         });
+    }
+}
+
+/// Checks the cluster's epoch every [`TOPOLOGY_CHECK_EVERY`] while
+/// `shared` lives, and rebuilds its connection when the epoch rose (a
+/// failover, or slots moved), so commands follow the new masters even when
+/// none of them failed.
+async fn watch_topology(shared: std::sync::Weak<SharedCluster>) {
+    let mut epoch_seen = None;
+    loop {
+        tokio::time::sleep(TOPOLOGY_CHECK_EVERY).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut connection = shared.connection();
+        let info = tokio::time::timeout(
+            CLUSTER_ATTEMPT_TIMEOUT,
+            redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query_async::<String>(&mut connection),
+        )
+        .await;
+        let Some(epoch) = info.ok().and_then(Result::ok).and_then(|info| {
+            info.lines()
+                .find_map(|line| line.strip_prefix("cluster_current_epoch:"))
+                .and_then(|epoch| epoch.trim().parse::<u64>().ok())
+        }) else {
+            continue;
+        };
+        if epoch_seen.is_some_and(|seen| epoch > seen) {
+            tracing::info!(
+                epoch,
+                "SSE Redis Cluster epoch rose (a failover?); refreshing the slot map"
+            );
+            shared.rebuild_in_background();
+        }
+        epoch_seen = Some(epoch_seen.map_or(epoch, |seen: u64| seen.max(epoch)));
+    }
+}
+
+impl Connection {
+    /// A command reached a node that is no longer its slot's master (it
+    /// answered `READONLY`): on a cluster, reconnect with a fresh slot map.
+    pub(crate) fn refresh_topology(&self) {
+        if let Connection::SharedCluster(shared) = self {
+            shared.rebuild_in_background();
+        }
+    }
+
+    /// How many times the connection was rebuilt with a fresh slot map
+    /// (always 0 off a cluster): a reader reconnects when it changes.
+    pub(crate) fn topology_generation(&self) -> u64 {
+        match self {
+            Connection::SharedCluster(shared) => shared.rebuilds.load(Ordering::SeqCst),
+            _ => 0,
+        }
     }
 }
 
@@ -136,11 +207,16 @@ impl Client {
     pub(crate) async fn shared_connection(&self) -> redis::RedisResult<Connection> {
         match self {
             Client::Node(client) => Ok(Connection::Managed(client.get_connection_manager().await?)),
-            Client::Cluster(client) => Ok(Connection::SharedCluster(Arc::new(SharedCluster {
-                current: std::sync::Mutex::new(client.get_async_connection().await?),
-                client: client.clone(),
-                rebuilt_at: tokio::sync::Mutex::new(Instant::now()),
-            }))),
+            Client::Cluster(client) => {
+                let shared = Arc::new(SharedCluster {
+                    current: std::sync::Mutex::new(client.get_async_connection().await?),
+                    client: client.clone(),
+                    rebuilt_at: tokio::sync::Mutex::new(Instant::now()),
+                    rebuilds: AtomicU64::new(0),
+                });
+                tokio::spawn(watch_topology(Arc::downgrade(&shared)));
+                Ok(Connection::SharedCluster(shared))
+            }
         }
     }
 

@@ -156,6 +156,10 @@ type StreamReply = Option<Vec<(String, Vec<(String, Vec<Vec<u8>>)>)>>;
 /// What the reader remembers between reads.
 struct ReaderState {
     connection: Option<Connection>,
+    /// The commands' topology generation when the connection was made: on
+    /// a cluster, a change (a failover seen) makes the reader reconnect, so
+    /// it reads from the new masters, not from demoted ones.
+    topology: u64,
     /// Set after an error or a reconnect: check for gaps before reading on.
     check_gaps: bool,
     last_read: Option<std::time::Instant>,
@@ -171,6 +175,7 @@ struct ReaderState {
 pub(super) async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
     let mut state = ReaderState {
         connection: None,
+        topology: 0,
         check_gaps: false,
         last_read: None,
         foreign_logged: HashMap::new(),
@@ -234,7 +239,13 @@ async fn read_once(
         state.last_read = None;
         return Ok(());
     }
+    let topology = broker.commands.topology_generation();
+    if state.connection.is_some() && state.topology != topology {
+        state.connection = None;
+        state.check_gaps = true;
+    }
     if state.connection.is_none() {
+        state.topology = topology;
         state.connection = Some(
             broker
                 .client

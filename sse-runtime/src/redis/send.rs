@@ -75,14 +75,23 @@ impl Inner {
         let by_hash = command("EVALSHA", self.send_script.get_hash())
             .query_async(&mut connection)
             .await;
-        match by_hash {
+        let answer = match by_hash {
             Err(error) if error.code() == Some("NOSCRIPT") => {
                 command("EVAL", SEND_SCRIPT)
                     .query_async(&mut connection)
                     .await
             }
             answer => answer,
+        };
+        if answer
+            .as_ref()
+            .is_err_and(|error| error.code() == Some("READONLY"))
+        {
+            // The node is a replica now (demoted while its slots were idle):
+            // the retry goes where the slot map says after a refresh.
+            self.commands.refresh_topology();
         }
+        answer
     }
 
     /// Appends one broadcast to `pipeline`, with the history's bounds by
