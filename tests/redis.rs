@@ -625,3 +625,51 @@ async fn a_bell_keeps_about_a_thousand_copies_however_many_events_are_sent() {
         "the bell kept {length} entries"
     );
 }
+
+/// Issue 21, finding 1: a resume is covered only while the client's own
+/// last entry is still in the stream. An entry lost with a master that
+/// failed before replicating it (here deleted, as the failover would), and
+/// an id inside the stream's range that it never had, each start with the
+/// reset signal (`unknown_id`); before, both resumed silently from the next
+/// entry, because the check asked only whether the id lay inside the range.
+#[tokio::test]
+async fn a_resume_from_an_entry_the_stream_does_not_hold_starts_with_a_reset() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = server.registry(RegistryConfig::default()).await;
+    let mut subscription = registry.subscribe(&key("room"));
+    let _resume_point = subscription.next().await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        registry
+            .send(&key("room"), MessageEvent::new(n.to_string()))
+            .await
+            .unwrap();
+        ids.push(next(&mut subscription).await.0);
+        // The next entry in a later millisecond, so an id fits between.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let client = redis::Client::open(server.url()).unwrap();
+    let mut raw = client.get_multiplexed_async_connection().await.unwrap();
+    let deleted: usize = redis::cmd("XDEL")
+        .arg("sse:room")
+        .arg(&ids[1])
+        .query_async(&mut raw)
+        .await
+        .unwrap();
+    assert_eq!(deleted, 1);
+    let (millis, sequence) = ids[0].split_once('-').unwrap();
+    let made_up = format!("{millis}-{}", sequence.parse::<u64>().unwrap() + 7);
+    assert!(made_up.as_str() != ids[0] && made_up.as_str() != ids[1]);
+
+    for last in [&ids[1], &made_up] {
+        let mut resumed = registry.subscribe_from(&key("room"), Some(last));
+        let (_, event_type, data) = next(&mut resumed).await;
+        assert_eq!(event_type, "reset", "resumed from {last}: {data}");
+        assert!(data.contains("unknown_id"), "resumed from {last}: {data}");
+    }
+    // Where the client's own entry is there, the replay is exact, no reset.
+    let mut resumed = registry.subscribe_from(&key("room"), Some(&ids[0]));
+    assert_eq!(next(&mut resumed).await.2, "2");
+}

@@ -94,7 +94,11 @@ impl Inner {
         })
     }
 
-    /// Whether the history of `stream` still holds everything after `last`.
+    /// Whether the history of `stream` still holds everything after `last`:
+    /// `last` is `0-0` and nothing was ever trimmed, or `last`'s own entry is
+    /// still there, or it is the newest entry ever written. Otherwise the
+    /// reason to reset: `unknown_id` for an id beyond or inside the stream
+    /// that it does not hold, `history_expired` for one trimmed away.
     pub(super) async fn covers(
         &self,
         stream: &str,
@@ -162,9 +166,29 @@ impl Inner {
         if last > generated {
             return Ok(Err(ResetReason::UnknownId));
         }
-        // Trimming removes the oldest entries first, so while the client's own
-        // last entry is still there, nothing after it was removed. Once it is
-        // gone, entries after it may be too: reset (conservative, never a gap).
+        if before_everything {
+            // From before everything: covered while nothing was ever trimmed.
+            return Ok(if count_field("entries-added") == count_field("length") {
+                Ok(())
+            } else {
+                Err(ResetReason::HistoryExpired)
+            });
+        }
+        // The client's own last entry. Trimming removes the oldest entries
+        // first, so while it is there, nothing after it was removed. Where it
+        // is gone, entries after it may be too (trimmed, or lost with a
+        // master that failed before replicating them): reset, never a gap.
+        let own: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(stream)
+            .arg(last.to_string())
+            .arg(last.to_string())
+            .query_async(&mut *connection)
+            .await?;
+        if !own.is_empty() || last == generated {
+            // There, or the newest ever written (emptied by age since):
+            // nothing after it can be missing.
+            return Ok(Ok(()));
+        }
         let first: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
             .arg(stream)
             .arg("-")
@@ -173,17 +197,13 @@ impl Inner {
             .arg(1)
             .query_async(connection)
             .await?;
-        let covered = match first.first().and_then(|(id, _)| EntryId::parse(id)) {
-            // From before everything: covered while nothing was ever trimmed.
-            Some(_) if before_everything => count_field("entries-added") == count_field("length"),
-            Some(first) => last >= first,
-            None => last == generated,
-        };
-        Ok(if covered {
-            Ok(())
-        } else {
-            Err(ResetReason::HistoryExpired)
-        })
+        let first = first.first().and_then(|(id, _)| EntryId::parse(id));
+        Ok(Err(match first {
+            // Inside what the stream holds, yet not in it: an id it never
+            // had (made up, or lost in a failover that dropped it).
+            Some(first) if last > first => ResetReason::UnknownId,
+            _ => ResetReason::HistoryExpired,
+        }))
     }
 
     /// Whether the key's history and the broadcast history both still hold

@@ -15,6 +15,7 @@ use super::history::{is_wrong_type, stored_fields};
 use super::ids::EntryId;
 use super::local::Local;
 use super::{BELL_LEN, Inner};
+use crate::registry::broker::ResetReason;
 use crate::sync::lock;
 
 /// How long the reader's `XREAD` blocks waiting for entries.
@@ -51,6 +52,27 @@ impl Inner {
         for (stream, read_from) in keys {
             match self.covers(&stream, read_from).await? {
                 Ok(()) => self.deliver_from_stream(&stream, read_from).await?,
+                Err(ResetReason::UnknownId) => {
+                    // The last entry delivered is gone while later ones are
+                    // there: lost with a failed master, with whatever else it
+                    // had not replicated. Subscribers are told, then get
+                    // everything Redis kept after it.
+                    tracing::warn!(
+                        stream = &*stream,
+                        "SSE Redis lost entries of a key (a failover?); its subscribers get the \
+                         reset signal, then what Redis kept"
+                    );
+                    let reset = self.reset_signal(ResetReason::UnknownId);
+                    {
+                        let mut local = lock(&self.local);
+                        let broadcast_at = local.broadcast_at;
+                        if let Some(key) = local.get_mut(&stream) {
+                            key.push_reset(key.position(broadcast_at), &reset);
+                            key.flush();
+                        }
+                    }
+                    self.deliver_from_stream(&stream, read_from).await?;
+                }
                 Err(reason) => {
                     let position = self.last_id(&stream).await?;
                     tracing::warn!(
@@ -125,12 +147,18 @@ impl Inner {
                 Ok(()) => continue,
                 Err(reason) => reason,
             };
-            let position = self.last_id(&stream).await?;
+            // Lost with a failed master (later entries are there): told,
+            // then read on from here. Trimmed or gone: from the end.
+            let position = if reason == ResetReason::UnknownId {
+                read_from
+            } else {
+                self.last_id(&stream).await?
+            };
             tracing::warn!(
                 stream = &*stream,
                 reason = reason.as_str(),
                 "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
-                 restart); its subscribers get the reset signal"
+                 restart or a failover); its subscribers get the reset signal"
             );
             let reset = self.reset_signal(reason);
             let mut local = lock(&self.local);

@@ -147,7 +147,10 @@ impl<K: Display> RedisBroker<K> {
             };
             match subscription.start(last_event_id.as_deref()).await {
                 Start::With(first) => yield first,
-                Start::Replay => {
+                Start::Replay { reset } => {
+                    if let Some(reset) = reset {
+                        yield reset;
+                    }
                     while let Some(page) = subscription.next_replay_page().await {
                         for event in page {
                             yield event;
@@ -173,8 +176,12 @@ enum Start {
     /// With this event: the resume point of a new client, or the reset
     /// signal where the client's position cannot be resumed.
     With(EncodedEvent),
-    /// With the replay of what the client missed ([`Subscription::next_replay_page`]).
-    Replay,
+    /// With the replay of what the client missed ([`Subscription::next_replay_page`]),
+    /// after the reset signal where its own last entry is not in the stream
+    /// (lost with a failed master, or an id the stream never had): what it
+    /// missed may include events Redis lost, and then comes everything Redis
+    /// kept after it.
+    Replay { reset: Option<EncodedEvent> },
     /// It ended before it started (Redis failed while checking the history).
     Ended,
 }
@@ -278,13 +285,10 @@ impl Subscription {
             Err(reason) => Err(reason),
         };
         match covered {
-            Ok(last) => {
-                self.delivered = last;
-                self.replay_sources.push_back(Source::Key);
-                if self.with_broadcasts {
-                    self.replay_sources.push_back(Source::Broadcasts);
-                }
-                Start::Replay
+            Ok(last) => self.replay_after(last, None),
+            Err(ResetReason::UnknownId) if let Ok(last) = resume => {
+                let reset = self.inner.reset_event(ResetReason::UnknownId, last);
+                self.replay_after(last, Some(reset))
             }
             Err(reason) => match self.inner.current_position(&self.stream).await {
                 Ok(position) => {
@@ -294,6 +298,16 @@ impl Subscription {
                 Err(_) => Start::Ended,
             },
         }
+    }
+
+    /// Replays from `last`, after `reset` if there is one.
+    fn replay_after(&mut self, last: Position, reset: Option<EncodedEvent>) -> Start {
+        self.delivered = last;
+        self.replay_sources.push_back(Source::Key);
+        if self.with_broadcasts {
+            self.replay_sources.push_back(Source::Broadcasts);
+        }
+        Start::Replay { reset }
     }
 
     /// Whether the history still holds everything after `last`.
