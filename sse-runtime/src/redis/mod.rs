@@ -136,8 +136,18 @@ struct Inner {
 #[error("could not connect to Redis: {0}")]
 pub struct RedisConnectError(#[from] redis::RedisError);
 
+/// What a failed send tells its caller: whether Redis surely did not write
+/// it ([`BrokerError::Unavailable`]: refused, unreachable, or a server
+/// error before any write), or may have ([`BrokerError::OutcomeUnknown`]:
+/// no answer in time, or the connection broke with the command sent).
 fn unavailable(error: redis::RedisError) -> BrokerError {
-    BrokerError::Unavailable(error.to_string())
+    let unknown = !error.is_connection_refusal()
+        && (error.is_timeout() || error.is_io_error() || error.is_connection_dropped());
+    if unknown {
+        BrokerError::OutcomeUnknown(error.to_string())
+    } else {
+        BrokerError::Unavailable(error.to_string())
+    }
 }
 
 impl<K> RedisBroker<K> {
@@ -399,5 +409,34 @@ where
             }
         }
         self.inner.keys_changed.notify_waiters();
+    }
+}
+
+#[cfg(test)]
+mod send_error_tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_send_says_whether_it_may_have_been_written() {
+        let io = |kind| redis::RedisError::from(std::io::Error::new(kind, "x"));
+        let unknown = |error| matches!(unavailable(error), BrokerError::OutcomeUnknown(_));
+        assert!(
+            unknown(io(std::io::ErrorKind::TimedOut)),
+            "no answer in time"
+        );
+        assert!(
+            unknown(io(std::io::ErrorKind::BrokenPipe)),
+            "broke mid-request"
+        );
+        assert!(unknown(io(std::io::ErrorKind::ConnectionReset)));
+        assert!(
+            !unknown(io(std::io::ErrorKind::ConnectionRefused)),
+            "never reached"
+        );
+        let refused = redis::RedisError::from((
+            redis::ErrorKind::Server(redis::ServerErrorKind::ReadOnly),
+            "You can't write against a read only replica.",
+        ));
+        assert!(!unknown(refused), "refused: not written");
     }
 }

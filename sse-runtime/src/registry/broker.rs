@@ -137,9 +137,17 @@ pub enum BrokerError {
     /// The registry was shut down.
     #[error("the SSE registry is shut down")]
     ShutDown,
-    /// The broker's backing service could not record the event.
+    /// The broker's backing service did not record the event: it refused
+    /// it, or could not be reached. Nothing was written; a retry cannot make
+    /// a duplicate.
     #[error("the SSE broker is unavailable: {0}")]
     Unavailable(String),
+    /// The event went to the backing service and no answer came (a timeout,
+    /// or the connection broke mid-request): it may have been recorded, and
+    /// delivered, or not. A blind retry may duplicate it; a client should
+    /// retry with the same idempotency key, or check.
+    #[error("the SSE broker may or may not have recorded the event: {0}")]
+    OutcomeUnknown(String),
     /// A typed event could not be made into an event (its payload's
     /// `Serialize` failed); nothing was sent.
     #[error("the event could not be encoded: {0}")]
@@ -152,15 +160,18 @@ impl BrokerError {
         match self {
             BrokerError::ShutDown => "shut_down",
             BrokerError::Unavailable(_) => "unavailable",
+            BrokerError::OutcomeUnknown(_) => "outcome_unknown",
             BrokerError::InvalidEvent(_) => "invalid_event",
         }
     }
 }
 
 /// A registry that cannot take an event answers `503 Service Unavailable`
-/// with the reason (the broker's service is down, or the server is shutting
-/// down), or `500` for a typed event whose payload would not serialise, so
-/// `?` works in an axum handler:
+/// with the reason when nothing was written (the broker's service is down
+/// or refused it, or the server is shutting down: safe to retry), `504
+/// Gateway Timeout` when the outcome is unknown (it may have been written:
+/// retry only with the same idempotency key), or `500` for a typed event
+/// whose payload would not serialise, so `?` works in an axum handler:
 ///
 /// ```
 /// use axum::{http::StatusCode, response::IntoResponse};
@@ -177,6 +188,7 @@ impl axum::response::IntoResponse for BrokerError {
         let status = match self {
             // The application's event, not the service, is at fault.
             BrokerError::InvalidEvent(_) => http::StatusCode::INTERNAL_SERVER_ERROR,
+            BrokerError::OutcomeUnknown(_) => http::StatusCode::GATEWAY_TIMEOUT,
             _ => http::StatusCode::SERVICE_UNAVAILABLE,
         };
         (status, format!("{self}\n")).into_response()
