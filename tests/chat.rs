@@ -236,3 +236,41 @@ async fn several_rooms_share_one_stream_and_unknown_rooms_get_204() {
         .unwrap();
     assert!(id.contains(':') && id.contains('_'), "a combined id: {id}");
 }
+
+/// A post with `Idempotency-Key` and its repeat (a client retrying after a
+/// timeout): one message, and the repeat answers the first one's id,
+/// marked a duplicate. A malformed key is refused with `400`.
+#[tokio::test]
+async fn a_post_repeated_with_its_idempotency_key_is_posted_once() {
+    let (server, _) = chat().await;
+    let mut general = events(open(&server.url("/rooms/general/events")).await);
+    let post = |key: &'static str, text: &'static str| {
+        reqwest::Client::new()
+            .post(server.url("/rooms/general/messages"))
+            .header("idempotency-key", key)
+            .json(&ChatMessage {
+                user: "ann".into(),
+                text: text.into(),
+            })
+            .send()
+    };
+    let first = within(post("\"msg-1\"", "once")).await.unwrap();
+    assert_eq!(first.status(), 202);
+    let first: serde_json::Value = first.json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+    let repeat = within(post("msg-1", "once")).await.unwrap();
+    assert_eq!(repeat.status(), 202);
+    let repeat: serde_json::Value = repeat.json().await.unwrap();
+    assert_eq!(repeat["duplicate"], true);
+    assert_eq!(repeat["id"], first["id"]);
+    let refused = within(post("has space", "never")).await.unwrap();
+    assert_eq!(refused.status(), 400);
+    assert_eq!(say(&server, "general", "ann", "next").await, 202);
+
+    let event = next_event(&mut general).await;
+    assert_eq!(Some(event.id.as_str()), first["id"].as_str());
+    let message: ChatMessage = serde_json::from_str(&event.data).unwrap();
+    assert_eq!(message.text, "once");
+    let message: ChatMessage = serde_json::from_str(&next_event(&mut general).await.data).unwrap();
+    assert_eq!(message.text, "next", "the repeat was not posted");
+}

@@ -513,3 +513,31 @@ async fn sse_runtime_serve_gives_handlers_the_peer_address() {
     assert_eq!(response.status(), 200);
     assert_eq!(response.text().await.unwrap(), "127.0.0.1");
 }
+
+/// A push with `Idempotency-Key` repeated (a retry after a timeout) is
+/// sent once; the repeat answers the first push's id.
+#[tokio::test]
+async fn a_push_repeated_with_its_idempotency_key_is_sent_once() {
+    let server = basic().await;
+    let mut alice = events(open(&user_url(&server, "alice").await).await);
+    let push = |text: &'static str| {
+        reqwest::Client::new()
+            .post(server.url("/events/user/alice"))
+            .bearer_auth(ADMIN_TOKEN)
+            .header("idempotency-key", "push-1")
+            .body(text)
+            .send()
+    };
+    let first: serde_json::Value = within(push("once")).await.unwrap().json().await.unwrap();
+    let repeat: serde_json::Value = within(push("once")).await.unwrap().json().await.unwrap();
+    assert_eq!(first["duplicate"], false);
+    assert_eq!(repeat["duplicate"], true);
+    assert_eq!(repeat["id"], first["id"]);
+    assert_eq!(post(&server, "alice", "text/plain", "next").await.0, 202);
+    let event = next_event(&mut alice).await;
+    assert_eq!(
+        (Some(event.id.as_str()), event.data.as_str()),
+        (first["id"].as_str(), "once")
+    );
+    assert_eq!(next_event(&mut alice).await.data, "next");
+}

@@ -89,6 +89,9 @@ pub use event::{EncodedEvent, EventError, EventField, EventType, MessageEvent};
 #[cfg(feature = "redis")]
 pub use redis::{RedisBroker, RedisConnectError};
 pub use registry::broker::{Broker, BrokerError, Key, LagPolicy, RegistryConfig, ResetReason};
+pub use registry::idempotency::{
+    IDEMPOTENCY_KEY_HEADER, IdempotencyKey, InvalidIdempotencyKey, Sent,
+};
 pub use registry::memory::MemoryBroker;
 pub use registry::{Registry, Subscription};
 pub use response::{KeepAlive, Sse};

@@ -24,7 +24,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use futures_util::{Stream, StreamExt};
 use sse_runtime::{
-    EventType, LastEventId, MessageEvent, Registry, Subscription, post, sse, sse_controller,
+    EventType, IdempotencyKey, LastEventId, MessageEvent, Registry, Subscription, post, sse,
+    sse_controller,
 };
 use tokio_stream::wrappers::IntervalStream;
 
@@ -210,7 +211,8 @@ pub fn is_valid_user_id(user_id: &str) -> bool {
 /// `POST /events/user/{userId}`: a JSON body (by content type) is sent as JSON
 /// data, any other body as text. Answers how many open streams got it. In a
 /// real app the server itself sends (`registry.send`); this endpoint stands in
-/// for that, as in the tutorial.
+/// for that, as in the tutorial. With an `Idempotency-Key` header, a repeat
+/// of the request is sent once, and answers the first send's id.
 async fn push(
     users: &Registry<String>,
     user_id: &str,
@@ -224,6 +226,10 @@ async fn push(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/json"));
+    let idempotency = match IdempotencyKey::from_headers(headers) {
+        Ok(idempotency) => idempotency,
+        Err(invalid) => return invalid.into_response(),
+    };
     let event = if is_json {
         match serde_json::from_str::<serde_json::Value>(&body)
             .map(|value| MessageEvent::json(&value))
@@ -244,13 +250,28 @@ async fn push(
     } else {
         MessageEvent::new(body)
     };
-    match users.send(&user_id.to_owned(), event).await {
-        Ok(delivered) => (
-            StatusCode::ACCEPTED,
-            axum::Json(serde_json::json!({ "delivered": delivered })),
-        )
-            .into_response(),
-        Err(error) => (StatusCode::SERVICE_UNAVAILABLE, format!("{error}\n")).into_response(),
+    let user = user_id.to_owned();
+    let answer = match idempotency {
+        Some(idempotency) => users
+            .send_idempotent(&user, event, &idempotency)
+            .await
+            .map(|sent| {
+                serde_json::json!({
+                    "delivered": sent.reached,
+                    "id": sent.id,
+                    "duplicate": sent.duplicate,
+                })
+            }),
+        None => users
+            .send(&user, event)
+            .await
+            .map(|delivered| serde_json::json!({ "delivered": delivered })),
+    };
+    match answer {
+        Ok(answer) => (StatusCode::ACCEPTED, axum::Json(answer)).into_response(),
+        // 503 when nothing was sent, 504 when it may have been, 500 for an
+        // event that could not be made.
+        Err(error) => error.into_response(),
     }
 }
 

@@ -31,7 +31,9 @@ use axum::{Json, Router};
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use sse_runtime::typescript::TS;
-use sse_runtime::{EncodedEvent, LastEventId, Registry, SseEvent, get, post, sse, sse_controller};
+use sse_runtime::{
+    EncodedEvent, IdempotencyKey, LastEventId, Registry, SseEvent, get, post, sse, sse_controller,
+};
 
 /// The longest user name and message text accepted.
 pub const MAX_USER_LEN: usize = 32;
@@ -151,13 +153,17 @@ impl ChatController {
     }
 
     /// `POST /rooms/{room}/messages` with `{"user": "...", "text": "..."}`.
+    /// With an `Idempotency-Key` header, a repeat of the request (a client
+    /// retrying after a timeout or a `504`) is posted once: it answers the
+    /// first post's id with `"duplicate": true`.
     #[post("/:room/messages")]
     async fn post_message(
         &self,
         Path(room): Path<String>,
+        idempotency: Option<IdempotencyKey>,
         Json(message): Json<ChatMessage>,
     ) -> Response {
-        post_to_room(self, &room, message).await
+        post_to_room(self, &room, message, idempotency.as_ref()).await
     }
 }
 
@@ -309,7 +315,12 @@ fn check_admin(chat: &ChatController, headers: &HeaderMap) -> Result<(), StatusC
 }
 
 /// Checks and sends one message to a room; answers how many streams got it.
-async fn post_to_room(chat: &ChatController, room: &String, message: ChatMessage) -> Response {
+async fn post_to_room(
+    chat: &ChatController,
+    room: &String,
+    message: ChatMessage,
+    idempotency: Option<&IdempotencyKey>,
+) -> Response {
     if !chat.known_rooms.contains(room) {
         return (StatusCode::NOT_FOUND, "no such room\n").into_response();
     }
@@ -335,12 +346,27 @@ async fn post_to_room(chat: &ChatController, room: &String, message: ChatMessage
         user: message.user,
         text: message.text,
     };
-    match chat.rooms.send(room, ChatEvent::Said(said)).await {
-        Ok(delivered) => (
-            StatusCode::ACCEPTED,
-            Json(serde_json::json!({ "delivered": delivered })),
-        )
-            .into_response(),
+    let event = ChatEvent::Said(said);
+    let answer = match idempotency {
+        Some(idempotency) => chat
+            .rooms
+            .send_idempotent(room, event, idempotency)
+            .await
+            .map(|sent| {
+                serde_json::json!({
+                    "delivered": sent.reached,
+                    "id": sent.id,
+                    "duplicate": sent.duplicate,
+                })
+            }),
+        None => chat
+            .rooms
+            .send(room, event)
+            .await
+            .map(|delivered| serde_json::json!({ "delivered": delivered })),
+    };
+    match answer {
+        Ok(answer) => (StatusCode::ACCEPTED, Json(answer)).into_response(),
         Err(error) => error.into_response(),
     }
 }

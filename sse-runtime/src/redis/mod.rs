@@ -64,6 +64,7 @@ use tokio::sync::Notify;
 
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::registry::broker::{Broker, BrokerError, Key, RegistryConfig};
+use crate::registry::idempotency::{IdempotencyKey, Sent};
 use crate::sync::lock;
 use connection::{Client, Connection};
 use history::is_wrong_type;
@@ -249,6 +250,37 @@ impl<K> RedisBroker<K> {
 }
 
 impl Inner {
+    /// Sends `fields` to `stream` (under `record`'s idempotency key, if
+    /// given): the entry's id, whether it was a repeat, and how many
+    /// subscriptions here it reached.
+    async fn publish(
+        &self,
+        stream: &str,
+        fields: &[u8],
+        record: Option<&str>,
+    ) -> Result<(String, bool, usize), BrokerError> {
+        match self.send(stream, fields, record).await {
+            Ok((id, true)) => Ok((id, true, 0)),
+            Ok((id, false)) => Ok((id, false, self.local_subscribers(stream))),
+            Err(error) => {
+                if is_wrong_type(&error) {
+                    // The key holds another type: its streams here end
+                    // (another instance's end when it sends to it).
+                    tracing::warn!(
+                        stream,
+                        "SSE Redis key is not a stream; its subscriptions are ended"
+                    );
+                    let ended = self.local_subscribers(stream);
+                    if let Some(key) = lock(&self.local).remove(stream) {
+                        key.fanout.close();
+                        crate::telemetry::broker_ended_streams("not_a_stream", ended);
+                    }
+                }
+                Err(unavailable(error))
+            }
+        }
+    }
+
     fn stream_key(&self, key: &impl Display) -> String {
         if self.client.is_cluster() {
             let key = key.to_string();
@@ -256,6 +288,26 @@ impl Inner {
             format!("{}:{{{tag}}}:{key}", self.prefix)
         } else {
             format!("{}:{key}", self.prefix)
+        }
+    }
+
+    /// Where the record of `idempotency_key` for `key` lives: beside the
+    /// key's stream (the same hash tag on a cluster, so the send script
+    /// touches one slot), in a name space of its own. The idempotency key
+    /// comes before the app's key, with its length, so no two pairs share
+    /// a name, and after the tag, so its braces cannot pick the slot.
+    fn idempotency_record(&self, key: &impl Display, idempotency_key: &IdempotencyKey) -> String {
+        let idempotency_key = idempotency_key.as_str();
+        let length = idempotency_key.len();
+        let key = key.to_string();
+        if self.client.is_cluster() {
+            let tag = fixed_hash(&key) % BUCKETS as u64;
+            format!(
+                "{}!idem:{{{tag}}}:{length}:{idempotency_key}:{key}",
+                self.prefix
+            )
+        } else {
+            format!("{}!idem:{length}:{idempotency_key}:{key}", self.prefix)
         }
     }
 
@@ -318,25 +370,30 @@ where
             inner.config.check_size(&event)?;
             let stream = inner.stream_key(key);
             let fields: Bytes = event.encode_without_id();
-            match inner.send(&stream, &fields).await {
-                Ok(_id) => Ok(inner.local_subscribers(&stream)),
-                Err(error) => {
-                    if is_wrong_type(&error) {
-                        // The key holds another type: its streams here end
-                        // (another instance's end when it sends to it).
-                        tracing::warn!(
-                            stream,
-                            "SSE Redis key is not a stream; its subscriptions are ended"
-                        );
-                        let ended = inner.local_subscribers(&stream);
-                        if let Some(key) = lock(&inner.local).remove(&stream) {
-                            key.fanout.close();
-                            crate::telemetry::broker_ended_streams("not_a_stream", ended);
-                        }
-                    }
-                    Err(unavailable(error))
-                }
+            inner
+                .publish(&stream, &fields, None)
+                .await
+                .map(|(_, _, reached)| reached)
+        })
+    }
+
+    fn publish_idempotent<'a>(
+        &'a self,
+        key: &'a K,
+        event: MessageEvent,
+        idempotency_key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Sent, BrokerError>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if inner.shut_down.load(Ordering::SeqCst) {
+                return Err(BrokerError::ShutDown);
             }
+            inner.config.check_size(&event)?;
+            let stream = inner.stream_key(key);
+            let record = inner.idempotency_record(key, idempotency_key);
+            let fields: Bytes = event.encode_without_id();
+            let (id, duplicate, reached) = inner.publish(&stream, &fields, Some(&record)).await?;
+            Ok(Sent::new(id, duplicate, reached))
         })
     }
 

@@ -12,15 +12,26 @@ const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// `send`, atomically (so a bell's order is its keys' order): the entry, its
 /// bounds by count, age and key expiry, and its copy on the bucket's bell
 /// (which expires as its keys do, so nothing stays that nobody writes to).
-/// KEYS: the key's stream, its bell. ARGV: history length, the fields, the
-/// oldest id kept, the key's expiry in ms, the bell's length.
+/// With an idempotency record (KEYS[3]), a send whose record exists writes
+/// nothing and answers the id it holds; one that writes leaves the record,
+/// expiring after ARGV[6] ms. KEYS: the key's stream, its bell, and the
+/// record if any. ARGV: history length, the fields, the oldest id kept, the
+/// key's expiry in ms, the bell's length, the record's expiry in ms.
+/// Answers `{id, 1 if a repeat else 0}`.
 pub(super) const SEND_SCRIPT: &str = r"
+if KEYS[3] then
+  local first = redis.call('GET', KEYS[3])
+  if first then return {first, 1} end
+end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', KEYS[1], 'i', id, 'e', ARGV[2])
 redis.call('PEXPIRE', KEYS[2], ARGV[4])
-return id
+if KEYS[3] then
+  redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
+end
+return {id, 0}
 ";
 
 impl Inner {
@@ -41,9 +52,18 @@ impl Inner {
     /// Sends one event to `stream` ([`SEND_SCRIPT`]): `XADD … MAXLEN ~
     /// <history_len>`, `XTRIM … MINID <now - history_ttl>`, `PEXPIRE`, and
     /// the copy on the bell, in one round trip (retried as [`until_run`]
-    /// says).
-    pub(super) async fn send(&self, stream: &str, fields: &[u8]) -> redis::RedisResult<String> {
-        until_run(self.config.send_timeout, || self.send_once(stream, fields)).await
+    /// says); with an idempotency `record`, only if it is not there. The
+    /// entry's id, and whether the send was a repeat.
+    pub(super) async fn send(
+        &self,
+        stream: &str,
+        fields: &[u8],
+        record: Option<&str>,
+    ) -> redis::RedisResult<(String, bool)> {
+        until_run(self.config.send_timeout, || {
+            self.send_once(stream, fields, record)
+        })
+        .await
     }
 
     /// One try of [`send`](Self::send): `EVALSHA`, or, where the node does
@@ -54,28 +74,37 @@ impl Inner {
         &self,
         stream: &str,
         fields: &[u8],
-    ) -> redis::RedisResult<String> {
+        record: Option<&str>,
+    ) -> redis::RedisResult<(String, bool)> {
         let bucket = lock(&self.local).bucket_of(stream);
         let (min_id, ttl_ms) = self.age_bounds();
+        let record_ttl_ms = u64::try_from(self.config.idempotency_ttl.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
         let mut connection = self.commands.clone();
         let command = |verb: &str, script: &str| {
             let mut command = redis::cmd(verb);
             command
                 .arg(script)
-                .arg(2)
+                .arg(if record.is_some() { 3 } else { 2 })
                 .arg(stream)
-                .arg(&*self.bells[bucket])
+                .arg(&*self.bells[bucket]);
+            if let Some(record) = record {
+                command.arg(record);
+            }
+            command
                 .arg(self.config.history_len)
                 .arg(fields)
                 .arg(min_id)
                 .arg(ttl_ms)
-                .arg(BELL_LEN);
+                .arg(BELL_LEN)
+                .arg(record_ttl_ms);
             command
         };
         let by_hash = command("EVALSHA", self.send_script.get_hash())
             .query_async(&mut connection)
             .await;
-        let answer = match by_hash {
+        let answer: redis::RedisResult<(String, i64)> = match by_hash {
             Err(error) if error.code() == Some("NOSCRIPT") => {
                 command("EVAL", SEND_SCRIPT)
                     .query_async(&mut connection)
@@ -91,7 +120,7 @@ impl Inner {
             // the retry goes where the slot map says after a refresh.
             self.commands.refresh_topology();
         }
-        answer
+        answer.map(|(id, repeat)| (id, repeat == 1))
     }
 
     /// Appends one broadcast to `pipeline`, with the history's bounds by

@@ -9,6 +9,7 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::BoxStream;
 
 use crate::event::{EncodedEvent, MessageEvent};
+use crate::registry::idempotency::{IdempotencyKey, Sent};
 
 /// What a registry key can be: any type that hashes, compares, clones and
 /// crosses threads (`String`, `u64`, a tuple, an id type of your own). It is
@@ -82,6 +83,19 @@ pub trait Broker<K>: Send + Sync + 'static {
     /// Returns how many streams of this instance it reached (see
     /// [`total_streams`](Broker::total_streams)).
     fn publish_to_all(&self, event: MessageEvent) -> BoxFuture<'_, Result<usize, BrokerError>>;
+
+    /// As [`publish`](Broker::publish), at most once per
+    /// `idempotency_key` and `key` within
+    /// [`RegistryConfig::idempotency_ttl`]: a repeat records and delivers
+    /// nothing and answers the first publish's id, marked a duplicate.
+    /// Atomic with the publish itself, so concurrent repeats (two instances
+    /// retrying the same request) write once.
+    fn publish_idempotent<'a>(
+        &'a self,
+        key: &'a K,
+        event: MessageEvent,
+        idempotency_key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Sent, BrokerError>>;
 
     /// A subscription to `key`: the replay after `last_event_id` (if given),
     /// then live events.
@@ -290,6 +304,8 @@ pub struct RegistryConfig {
     pub(crate) reset_event_type: String,
     pub(crate) send_timeout: Duration,
     pub(crate) max_event_bytes: usize,
+    pub(crate) idempotency_ttl: Duration,
+    pub(crate) max_idempotency_records: usize,
 }
 
 impl Default for RegistryConfig {
@@ -304,6 +320,8 @@ impl Default for RegistryConfig {
             reset_event_type: "reset".to_owned(),
             send_timeout: Duration::from_secs(5),
             max_event_bytes: Self::DEFAULT_MAX_EVENT_BYTES,
+            idempotency_ttl: Duration::from_secs(300),
+            max_idempotency_records: Self::DEFAULT_MAX_IDEMPOTENCY_RECORDS,
         }
     }
 }
@@ -315,6 +333,27 @@ impl RegistryConfig {
     pub const DEFAULT_HISTORY_BYTES_TOTAL: usize = 256 << 20;
     /// The default [`max_event_bytes`](Self::max_event_bytes): 1 MiB.
     pub const DEFAULT_MAX_EVENT_BYTES: usize = 1 << 20;
+    /// The default [`max_idempotency_records`](Self::max_idempotency_records): 100,000.
+    pub const DEFAULT_MAX_IDEMPOTENCY_RECORDS: usize = 100_000;
+
+    /// How long a send's idempotency key is remembered (default 5 minutes,
+    /// as Centrifugo's publish API; at least 1 ms): a send repeated with
+    /// the same key within it is not written again (see
+    /// [`Registry::send_idempotent`](crate::Registry::send_idempotent)).
+    pub fn idempotency_ttl(mut self, ttl: Duration) -> Self {
+        self.idempotency_ttl = ttl.max(Duration::from_millis(1));
+        self
+    }
+
+    /// The most idempotency keys the in-memory broker remembers at once
+    /// (default 100,000, about 25 MB at their largest; at least 1): past
+    /// it, the oldest are forgotten before their time, so a flood of keys
+    /// cannot grow memory. Redis keeps each for
+    /// [`idempotency_ttl`](Self::idempotency_ttl), about 150 bytes apiece.
+    pub fn max_idempotency_records(mut self, records: usize) -> Self {
+        self.max_idempotency_records = records.max(1);
+        self
+    }
 
     /// The most bytes one event may carry in its data, event type and
     /// comment together (default 1 MiB; at least 1). A larger one is
@@ -322,7 +361,7 @@ impl RegistryConfig {
     /// [`BrokerError::InvalidEvent`] ([`EventError::TooLarge`](crate::EventError::TooLarge),
     /// answered `500`) and nothing is stored. It bounds what one event can
     /// make a broker keep: on Redis, a key's history holds at most
-    /// `history_len` of them, and each bucket's bell 10,000.
+    /// `history_len` of them, and each bucket's bell about 1,000.
     ///
     /// ```
     /// use sse_runtime::RegistryConfig;
@@ -401,8 +440,10 @@ impl RegistryConfig {
     }
 
     /// How long a `send` or `broadcast` may wait for an external broker
-    /// before it fails with [`BrokerError::Unavailable`] (default 5 s; at
-    /// least 1 ms). On Redis this covers the retries through a failover:
+    /// before it fails (default 5 s; at least 1 ms): with
+    /// [`BrokerError::Unavailable`] if nothing was written, or
+    /// [`BrokerError::OutcomeUnknown`] if the command went out and no answer
+    /// came. On Redis this covers the retries through a failover:
     /// answers that say Redis did not run the command (a replica not yet
     /// promoted, a cluster that is down) are retried within it, nothing else.
     /// Raise it above the failover time (about `cluster-node-timeout` plus a

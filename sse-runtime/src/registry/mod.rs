@@ -3,6 +3,7 @@
 
 pub(crate) mod broker;
 pub(crate) mod history;
+pub(crate) mod idempotency;
 pub(crate) mod memory;
 pub(crate) mod multi;
 pub(crate) mod reset;
@@ -23,6 +24,7 @@ use futures_util::stream::BoxStream;
 use crate::event::typed::IntoEvent;
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::registry::broker::{Broker, BrokerError, Key, RegistryConfig};
+use crate::registry::idempotency::{IdempotencyKey, Sent};
 use crate::registry::memory::MemoryBroker;
 use crate::telemetry;
 
@@ -202,6 +204,30 @@ where
             .inspect_err(|error| telemetry::broker_error(error.kind()))?;
         self.broker
             .publish(key, event)
+            .await
+            .inspect_err(|error| telemetry::broker_error(error.kind()))
+    }
+
+    /// As [`send`](Registry::send), written at most once per
+    /// `idempotency_key` and `key` (within
+    /// [`RegistryConfig::idempotency_ttl`], 5 minutes by default): a
+    /// repeat writes and delivers nothing and answers the first send's id,
+    /// with [`Sent::duplicate`] set. So a publisher that got no answer
+    /// ([`BrokerError::OutcomeUnknown`], `504`) retries safely, on any
+    /// instance. The key's check and the write are one atomic step, on Redis
+    /// too.
+    pub async fn send_idempotent(
+        &self,
+        key: &K,
+        event: impl IntoEvent,
+        idempotency_key: &IdempotencyKey,
+    ) -> Result<Sent, BrokerError> {
+        let event = event
+            .into_event()
+            .map_err(BrokerError::InvalidEvent)
+            .inspect_err(|error| telemetry::broker_error(error.kind()))?;
+        self.broker
+            .publish_idempotent(key, event, idempotency_key)
             .await
             .inspect_err(|error| telemetry::broker_error(error.kind()))
     }

@@ -33,6 +33,7 @@ use crate::event::id::IdSpace;
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::registry::broker::{Broker, BrokerError, Key, RegistryConfig, ResetReason};
 use crate::registry::history::{Entry, HistoryRing};
+use crate::registry::idempotency::{IdempotencyKey, IdempotencyRecords, Sent};
 use crate::registry::reset;
 use crate::registry::waiters::Waiters;
 
@@ -70,6 +71,9 @@ struct Inner<K> {
     /// Every broadcast, bounded as one key's history. Locked after shard
     /// locks, never before.
     broadcasts: Mutex<HistoryRing>,
+    /// The idempotency keys written, with their ids. Locked before shard
+    /// locks, so a repeat waits for the first send to finish.
+    idempotency: Mutex<IdempotencyRecords<K>>,
 }
 
 struct KeyState {
@@ -133,13 +137,17 @@ where
                 sequence: AtomicU64::new(0),
                 removed_watermark: AtomicU64::new(0),
                 ids: IdSpace::random(),
-                config,
                 shut_down: AtomicBool::new(false),
                 next_subscriber: AtomicU64::new(0),
                 sweeper_started: AtomicBool::new(false),
                 retained_bytes: AtomicUsize::new(0),
                 evicting: AtomicBool::new(false),
                 broadcasts: Mutex::new(HistoryRing::new(0)),
+                idempotency: Mutex::new(IdempotencyRecords::new(
+                    config.idempotency_ttl,
+                    config.max_idempotency_records,
+                )),
+                config,
             }),
         }
     }
@@ -159,15 +167,27 @@ where
 
     /// Appends `event` to `state` with a fresh sequence number. Must be called
     /// under the lock of the state's shard.
-    fn append(&self, state: &mut KeyState, event: &MessageEvent, now: Instant) -> usize {
+    /// Appends `event` to `key`: how many subscriptions it reached, and its id.
+    fn append(&self, state: &mut KeyState, event: &MessageEvent, now: Instant) -> (usize, String) {
         let sequence = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
-        self.append_encoded(
-            state,
-            sequence,
-            event.encode_with_id(&self.ids.format(sequence)),
-            now,
-            false,
-        )
+        let id = self.ids.format(sequence);
+        let reached = self.append_encoded(state, sequence, event.encode_with_id(&id), now, false);
+        (reached, id)
+    }
+
+    /// Publishes `event` to `key` (checked and bounded as every publish):
+    /// how many subscriptions it reached, and its id.
+    fn publish(&self, key: &K, event: &MessageEvent) -> Result<(usize, String), BrokerError> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(BrokerError::ShutDown);
+        }
+        self.config.check_size(event)?;
+        let mut shard = lock(self.shard(key));
+        let state = self.key_state(&mut shard, key);
+        let published = self.append(state, event, Instant::now());
+        drop(shard);
+        self.enforce_total_bound();
+        Ok(published)
     }
 
     fn append_encoded(
@@ -362,19 +382,26 @@ where
         key: &'a K,
         event: MessageEvent,
     ) -> BoxFuture<'a, Result<usize, BrokerError>> {
-        let inner = &self.inner;
-        let result = if inner.shut_down.load(Ordering::SeqCst) {
-            Err(BrokerError::ShutDown)
-        } else if let Err(refused) = inner.config.check_size(&event) {
-            Err(refused)
-        } else {
-            start_sweeper(inner);
-            let mut shard = lock(inner.shard(key));
-            let state = inner.key_state(&mut shard, key);
-            let reached = inner.append(state, &event, Instant::now());
-            drop(shard);
-            inner.enforce_total_bound();
-            Ok(reached)
+        start_sweeper(&self.inner);
+        let result = self.inner.publish(key, &event).map(|(reached, _)| reached);
+        Box::pin(future::ready(result))
+    }
+
+    fn publish_idempotent<'a>(
+        &'a self,
+        key: &'a K,
+        event: MessageEvent,
+        idempotency_key: &'a IdempotencyKey,
+    ) -> BoxFuture<'a, Result<Sent, BrokerError>> {
+        start_sweeper(&self.inner);
+        let now = Instant::now();
+        let mut records = lock(&self.inner.idempotency);
+        let result = match records.get(key, idempotency_key, now) {
+            Some(id) => Ok(Sent::new(id, true, 0)),
+            None => self.inner.publish(key, &event).map(|(reached, id)| {
+                records.insert(key, idempotency_key, id.clone(), now);
+                Sent::new(id, false, reached)
+            }),
         };
         Box::pin(future::ready(result))
     }

@@ -436,3 +436,66 @@ pub async fn an_event_over_the_size_limit_is_refused_and_nothing_is_kept(
         "the refused events were neither stored nor delivered"
     );
 }
+
+/// Idempotency: a send repeated with its idempotency key is written and
+/// delivered once, and every repeat (concurrent ones too) answers the first
+/// send's id; the same idempotency key on another key, and another
+/// idempotency key, are sends of their own.
+pub async fn a_send_repeated_with_its_idempotency_key_is_written_once(
+    backend: &impl BrokerUnderTest,
+) {
+    use crate::IdempotencyKey;
+    let registry = backend.registry(RegistryConfig::default()).await;
+    let a = "a".to_owned();
+    let mut subscription = registry.subscribe(&a);
+    joined(&registry, &mut subscription, "a", 1).await;
+    let order = IdempotencyKey::new("order-1").unwrap();
+    let first = registry
+        .send_idempotent(&"a".to_owned(), MessageEvent::new("first"), &order)
+        .await
+        .unwrap();
+    assert!(!first.duplicate);
+    assert_eq!(first.reached, 1);
+    let repeats = futures_util::future::join_all(
+        (0..5).map(|_| registry.send_idempotent(&a, MessageEvent::new("repeat"), &order)),
+    )
+    .await;
+    for repeat in repeats {
+        let repeat = repeat.unwrap();
+        assert!(repeat.duplicate, "a repeat is marked so");
+        assert_eq!(repeat.id, first.id, "a repeat answers the first id");
+        assert_eq!(repeat.reached, 0);
+    }
+    let elsewhere = registry
+        .send_idempotent(&"b".to_owned(), MessageEvent::new("b"), &order)
+        .await
+        .unwrap();
+    assert!(!elsewhere.duplicate, "idempotency keys are per key");
+    // Concurrent first sends under one new idempotency key: one writes.
+    let race = IdempotencyKey::new("order-2").unwrap();
+    let racing = futures_util::future::join_all(
+        (0..8).map(|_| registry.send_idempotent(&a, MessageEvent::new("second"), &race)),
+    )
+    .await;
+    let racing: Vec<_> = racing.into_iter().map(Result::unwrap).collect();
+    assert_eq!(
+        racing.iter().filter(|sent| !sent.duplicate).count(),
+        1,
+        "one of the racing sends writes"
+    );
+    assert!(racing.iter().all(|sent| sent.id == racing[0].id));
+
+    let (id, _, data) = next_fields(&mut subscription).await;
+    assert_eq!((id.as_str(), data.as_str()), (first.id.as_str(), "first"));
+    let (id, _, data) = next_fields(&mut subscription).await;
+    assert_eq!(
+        (id.as_str(), data.as_str()),
+        (racing[0].id.as_str(), "second")
+    );
+    send(&registry, "a", "after").await;
+    assert_eq!(
+        next_fields(&mut subscription).await.2,
+        "after",
+        "no repeat was delivered"
+    );
+}

@@ -127,6 +127,7 @@ macro_rules! broker_contract_tests {
             dropped_subscriptions_are_released,
             shutdown_ends_every_subscription_and_refuses_sends,
             an_event_over_the_size_limit_is_refused_and_nothing_is_kept,
+            a_send_repeated_with_its_idempotency_key_is_written_once,
             broadcast_neither_touches_nor_keeps_alive_idle_keys,
             a_client_away_during_broadcasts_gets_them_on_resume_once,
             broadcast_reaches_every_subscribed_key_once,
