@@ -2,6 +2,7 @@
 //! port, and read it with clients we did not write (reqwest + eventsource-stream)
 //! or with a raw socket when the exact bytes on the wire matter.
 
+pub mod chaos;
 pub mod conformance;
 pub mod external;
 pub mod redis_cluster;

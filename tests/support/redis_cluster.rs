@@ -19,6 +19,8 @@ pub struct RedisCluster {
     pub ports: Vec<u16>,
     /// Frozen nodes, killed when the cluster is dropped.
     frozen: Vec<tokio::process::Child>,
+    /// The port of each frozen node, by process id.
+    frozen_ports: std::collections::HashMap<u32, u16>,
     dir: PathBuf,
 }
 
@@ -62,21 +64,11 @@ pub async fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
         nodes: Vec::new(),
         ports: ports.clone(),
         frozen: Vec::new(),
+        frozen_ports: std::collections::HashMap::new(),
         dir,
     };
     for port in &ports {
-        let child = tokio::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--cluster-enabled", "yes"])
-            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-            .arg("--cluster-config-file")
-            .arg(cluster.dir.join(format!("nodes-{port}.conf")))
-            .args(["--save", "", "--appendonly", "no", "--dir"])
-            .arg(&cluster.dir)
-            .stdout(std::process::Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start redis-server");
+        let child = cluster.spawn_node(*port);
         cluster.nodes.push(child);
         wait_for_port(*port).await;
     }
@@ -101,6 +93,87 @@ pub async fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
 }
 
 impl RedisCluster {
+    /// Starts the node of `port` (its cluster config file in the cluster's
+    /// directory: a node started again rejoins with its identity).
+    fn spawn_node(&self, port: u16) -> tokio::process::Child {
+        tokio::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--cluster-enabled", "yes"])
+            .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+            .arg("--cluster-config-file")
+            .arg(self.dir.join(format!("nodes-{port}.conf")))
+            .args(["--save", "", "--appendonly", "no", "--dir"])
+            .arg(&self.dir)
+            .stdout(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start redis-server")
+    }
+
+    /// Starts a killed node again, with no data: it rejoins the cluster
+    /// (as a replica, once another node took its slots).
+    pub async fn restart(&mut self, port: u16) {
+        assert!(!self.ports.contains(&port), "{port} is running");
+        let child = self.spawn_node(port);
+        self.nodes.push(child);
+        self.ports.push(port);
+        wait_for_port(port).await;
+    }
+
+    /// Wakes a frozen node (SIGCONT): it finds its slots taken over, if
+    /// they were, and becomes a replica.
+    pub async fn thaw(&mut self, port: u16) {
+        let index = self
+            .frozen
+            .iter()
+            .position(|node| self.frozen_ports.get(&node.id().unwrap_or(0)) == Some(&port))
+            .expect("a frozen node of this cluster");
+        let node = self.frozen.remove(index);
+        let pid = node.id().expect("a frozen redis-server");
+        self.frozen_ports.remove(&pid);
+        let resumed = tokio::process::Command::new("kill")
+            .args(["-CONT", &pid.to_string()])
+            .status()
+            .await
+            .expect("run kill");
+        assert!(resumed.success(), "kill -CONT {pid}");
+        self.nodes.push(node);
+        self.ports.push(port);
+    }
+
+    /// Cuts `master`'s replication for good (until it restarts): its
+    /// replicas' links are closed and may not come back, so what it writes
+    /// from now on is lost when it fails.
+    pub async fn cut_replication(&self, master: u16) {
+        self.cli(master, &["ACL", "SETUSER", "default", "-psync", "-sync"])
+            .await;
+        self.cli(master, &["CLIENT", "KILL", "TYPE", "replica"])
+            .await;
+    }
+
+    /// Waits until every running node reports the cluster healthy, with
+    /// three masters and every running replica in sync.
+    pub async fn wait_until_settled(&self) {
+        self.wait_until_ok().await;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let masters = self.masters().await;
+            let running_masters = masters
+                .iter()
+                .filter(|port| self.ports.contains(port))
+                .count();
+            if running_masters == MASTERS && self.is_ok().await {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the cluster did not settle: masters {masters:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        self.wait_for_replicas(self.ports.len() - MASTERS).await;
+    }
+
     pub fn urls(&self) -> Vec<String> {
         self.ports
             .iter()
@@ -202,6 +275,7 @@ impl RedisCluster {
             .await
             .expect("run kill");
         assert!(stopped.success(), "kill -STOP {pid}");
+        self.frozen_ports.insert(pid, port);
         self.frozen.push(node);
     }
 
@@ -246,7 +320,7 @@ impl RedisCluster {
     }
 
     /// Waits until `count` replicas are in sync with their masters.
-    async fn wait_for_replicas(&self, count: usize) {
+    pub async fn wait_for_replicas(&self, count: usize) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
             let mut synced = 0;

@@ -315,6 +315,16 @@ async fn read_once(
         Err(error) => return Err(error),
     };
     state.last_read = Some(std::time::Instant::now());
+    if broker.commands.topology_generation() != state.topology {
+        // The cluster failed over while the read waited: the node that
+        // answered may be a master no more (a frozen one, woken, answers
+        // with what it wrote on waking and then drops as it becomes a
+        // replica). Nothing of it is handed on; the reader reconnects,
+        // checks for gaps, and reads again where the slots are now.
+        state.connection = None;
+        state.check_gaps = true;
+        return Ok(());
+    }
     let reply = reply.unwrap_or_default();
     // A reply that took far longer than the block (this process or Redis
     // was paused meanwhile), or one as long as the history (only then can

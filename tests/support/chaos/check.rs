@@ -1,0 +1,215 @@
+//! What the checker finds: every subscriber against the acknowledged
+//! posts, and a table per fault kind.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fmt::Write as _;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::ChaosSettings;
+use super::clients::{Acked, Seen, SubscriberLog};
+use super::faults::{FaultKind, Injected};
+
+/// The findings for one kind of fault: what followed its injections, up
+/// to the next fault.
+#[derive(Debug, Clone, Default)]
+pub struct FaultRow {
+    pub injected: usize,
+    pub longest_recovery: Duration,
+    pub resets: usize,
+    pub duplicates: usize,
+    pub out_of_order: usize,
+    pub silent_gaps: usize,
+    /// Acknowledged posts no subscriber saw: lost by Redis with a master.
+    pub lost: usize,
+}
+
+/// What a run found.
+#[derive(Debug, Clone)]
+pub struct ChaosReport {
+    pub seed: u64,
+    pub elapsed: Duration,
+    pub subscribers: usize,
+    pub connections: usize,
+    pub acknowledged: usize,
+    /// Posts given up on after 60 s of retries.
+    pub unacknowledged: usize,
+    pub delivered: usize,
+    /// By fault kind; `None`: before the first fault.
+    pub faults: BTreeMap<Option<FaultKind>, FaultRow>,
+    pub stuck_slots: usize,
+}
+
+impl ChaosReport {
+    fn total(&self, field: impl Fn(&FaultRow) -> usize) -> usize {
+        self.faults.values().map(field).sum()
+    }
+
+    pub fn duplicates(&self) -> usize {
+        self.total(|row| row.duplicates)
+    }
+
+    pub fn out_of_order(&self) -> usize {
+        self.total(|row| row.out_of_order)
+    }
+
+    pub fn silent_gaps(&self) -> usize {
+        self.total(|row| row.silent_gaps)
+    }
+
+    /// Everything that breaks the promise: duplicates, disorder, silent
+    /// gaps, stuck slots, and posts never acknowledged.
+    pub fn violations(&self) -> usize {
+        self.duplicates()
+            + self.out_of_order()
+            + self.silent_gaps()
+            + self.stuck_slots
+            + self.unacknowledged
+    }
+
+    /// The report as Markdown: a table per fault kind, then the totals.
+    pub fn table(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| fault | injected | longest recovery | resets | duplicates | out of order | silent gaps | acknowledged, lost by Redis |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        for (kind, row) in &self.faults {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {:.1} s | {} | {} | {} | {} | {} |",
+                kind.map_or("(before any fault)", FaultKind::name),
+                row.injected,
+                row.longest_recovery.as_secs_f64(),
+                row.resets,
+                row.duplicates,
+                row.out_of_order,
+                row.silent_gaps,
+                row.lost,
+            );
+        }
+        let _ = writeln!(
+            out,
+            "\nseed {}, {:.0} s: {} posts acknowledged ({} given up), {} deliveries to {} \
+             subscribers over {} connections; {} duplicates, {} out of order, {} silent gaps, \
+             {} stuck slots",
+            self.seed,
+            self.elapsed.as_secs_f64(),
+            self.acknowledged,
+            self.unacknowledged,
+            self.delivered,
+            self.subscribers,
+            self.connections,
+            self.duplicates(),
+            self.out_of_order(),
+            self.silent_gaps(),
+            self.stuck_slots,
+        );
+        out
+    }
+}
+
+/// The fault in force at `at`: the last one injected at or before it.
+fn fault_at(injected: &[Injected], at: Instant) -> Option<FaultKind> {
+    injected
+        .iter()
+        .rev()
+        .find(|fault| fault.at <= at)
+        .map(|fault| fault.kind)
+}
+
+pub fn report(
+    settings: &ChaosSettings,
+    started: Instant,
+    injected: &[Injected],
+    acknowledged: &[Acked],
+    unacknowledged: usize,
+    logs: &[SubscriberLog],
+    stuck_slots: usize,
+) -> ChaosReport {
+    let mut faults: BTreeMap<Option<FaultKind>, FaultRow> = BTreeMap::new();
+    for fault in injected {
+        let row = faults.entry(Some(fault.kind)).or_default();
+        row.injected += 1;
+        row.longest_recovery = row.longest_recovery.max(fault.recovered_after);
+    }
+    let mut seen_by_anyone: HashSet<(usize, u64)> = HashSet::new();
+    let mut delivered = 0;
+    for log in logs {
+        let mut once: HashSet<(usize, u64)> = HashSet::new();
+        let mut last_seq: HashMap<usize, u64> = HashMap::new();
+        for (seen, at) in &log.seen {
+            let row = faults.entry(fault_at(injected, *at)).or_default();
+            match *seen {
+                Seen::Reset => row.resets += 1,
+                Seen::Message { publisher, seq } => {
+                    delivered += 1;
+                    seen_by_anyone.insert((publisher, seq));
+                    if !once.insert((publisher, seq)) {
+                        row.duplicates += 1;
+                        continue;
+                    }
+                    let last = last_seq.entry(publisher).or_insert(seq);
+                    if seq < *last {
+                        row.out_of_order += 1;
+                    }
+                    *last = (*last).max(seq);
+                }
+            }
+        }
+        for acked in acknowledged.iter().filter(|acked| acked.room == log.room) {
+            let (publisher, seq) = (acked.publisher, acked.seq);
+            if once.contains(&(publisher, seq)) {
+                continue;
+            }
+            if !gap_is_signalled(&log.seen, publisher, seq) {
+                faults
+                    .entry(fault_at(injected, acked.at))
+                    .or_default()
+                    .silent_gaps += 1;
+            }
+        }
+    }
+    for acked in acknowledged {
+        if !seen_by_anyone.contains(&(acked.publisher, acked.seq)) {
+            faults.entry(fault_at(injected, acked.at)).or_default().lost += 1;
+        }
+    }
+    ChaosReport {
+        seed: settings.seed,
+        elapsed: started.elapsed(),
+        subscribers: logs.len(),
+        connections: logs.iter().map(|log| log.connections).sum(),
+        acknowledged: acknowledged.len(),
+        unacknowledged,
+        delivered,
+        faults,
+        stuck_slots,
+    }
+}
+
+/// Whether a subscriber that missed `publisher`'s post `seq` was told: a
+/// reset between the last post of that publisher it saw before `seq` and
+/// the first it saw after (or the end).
+fn gap_is_signalled(seen: &[(Seen, Instant)], publisher: usize, seq: u64) -> bool {
+    let of_publisher = |index: &usize| matches!(seen[*index].0, Seen::Message { publisher: p, .. } if p == publisher);
+    let seq_at = |index: usize| match seen[index].0 {
+        Seen::Message { seq, .. } => seq,
+        Seen::Reset => unreachable!("filtered to messages"),
+    };
+    let before = (0..seen.len())
+        .filter(of_publisher)
+        .filter(|index| seq_at(*index) < seq)
+        .max();
+    let after = (0..seen.len())
+        .filter(of_publisher)
+        .filter(|index| seq_at(*index) > seq)
+        .min()
+        .unwrap_or(seen.len());
+    let from = before.map_or(0, |index| index + 1);
+    seen[from..after.max(from)]
+        .iter()
+        .any(|(seen, _)| *seen == Seen::Reset)
+}

@@ -1,0 +1,92 @@
+//! App instances: the chat over the cluster, each on a runtime of its own,
+//! so that killing one ends all of its tasks and sockets at once, as the
+//! death of its process would.
+
+use std::time::Duration;
+
+use chat::ChatController;
+use sse_runtime::testing::free_port;
+use sse_runtime::{MessageEvent, RedisBroker, Registry, RegistryConfig};
+
+pub struct Instance {
+    pub port: u16,
+    pub registry: Registry<String>,
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl Instance {
+    /// The chat with `rooms` over the cluster at `urls`, serving on a free
+    /// loopback port.
+    pub async fn start(urls: &[String], rooms: &[String]) -> Instance {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("an instance's runtime");
+        let port = free_port();
+        let urls = urls.to_vec();
+        let rooms = rooms.to_vec();
+        let (started, registry) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
+            let broker = RedisBroker::connect_cluster(&urls, RegistryConfig::default())
+                .await
+                .expect("connect an instance to the cluster");
+            let registry = Registry::with_broker(broker);
+            let app = ChatController::with_registry(rooms, registry.clone()).app();
+            let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+                .await
+                .expect("bind an instance's port");
+            let _ = started.send(registry);
+            let _ = sse_runtime::serve(listener, app).await;
+        });
+        let registry = tokio::time::timeout(Duration::from_secs(30), registry)
+            .await
+            .expect("an instance started within 30 s")
+            .expect("an instance started");
+        Instance {
+            port,
+            registry,
+            runtime: Some(runtime),
+        }
+    }
+}
+
+impl Drop for Instance {
+    /// The instance dies: every task of its runtime ends where it is, and
+    /// its sockets close.
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// Keys of the chaos run's own, one in each of the broker's 16 buckets at
+/// least (32 spread by hash).
+const PROBES: usize = 32;
+
+/// How many of the probe keys a send fails on, through each live instance,
+/// once the cluster has settled: a slot left failing after a fault (stuck)
+/// counts once per instance.
+pub async fn stuck_slots(instances: &[Instance]) -> usize {
+    let mut stuck = 0;
+    for instance in instances {
+        for probe in 0..PROBES {
+            let key = format!("probe-{probe}");
+            let sent = tokio::time::timeout(
+                Duration::from_secs(10),
+                instance.registry.send(&key, MessageEvent::new("probe")),
+            )
+            .await;
+            if !matches!(sent, Ok(Ok(_))) {
+                eprintln!(
+                    "chaos: a probe send to {key} on port {} failed: {sent:?}",
+                    instance.port
+                );
+                stuck += 1;
+            }
+        }
+    }
+    stuck
+}
