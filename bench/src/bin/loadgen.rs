@@ -5,6 +5,7 @@
 //! cargo build --release -p bench && target/release/loadgen compare            # writes BENCHMARKS.md
 //! cargo build --release -p bench && target/release/loadgen sweep              # the curves, into BENCHMARKS.md
 //! cargo build --release -p bench && target/release/loadgen compare --smoke    # tiny sizes (CI smoke test)
+//! cargo build --release -p bench && target/release/loadgen chaos --seed 7 --faults 50   # the fault checker
 //! ```
 //!
 //! Each scenario starts a fresh server process on a free 127.0.0.1 port,
@@ -20,7 +21,8 @@ use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
-    | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s>";
+    | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s> \
+    | loadgen chaos [--seed N] [--faults N] [--kinds kill-master,freeze-master,cut-replication-then-kill,kill-instance]";
 
 #[tokio::main]
 async fn main() {
@@ -136,10 +138,44 @@ async fn main() {
                 "  redis, {instances} instance(s) {figures:?}; {commands:.2} Redis commands per event"
             );
         }
+        ["chaos", ..] => chaos(&words, &command).await,
         _ => {
             eprintln!("{USAGE}");
             std::process::exit(2);
         }
+    }
+}
+
+/// `loadgen chaos`: the fault checker (see `tests/support/chaos`), with a
+/// seeded schedule of `--faults` faults of `--kinds`; prints the report and
+/// exits non-zero on any violation.
+async fn chaos(words: &[&str], command: &str) {
+    use sse_tests::chaos::{self, ChaosSettings, FaultKind};
+    let value = |flag: &str| {
+        words
+            .iter()
+            .position(|word| *word == flag)
+            .and_then(|at| words.get(at + 1))
+            .copied()
+    };
+    let seed = value("--seed").map_or(1, |seed| seed.parse().expect("--seed N"));
+    let mut settings = ChaosSettings::short(seed);
+    if let Some(faults) = value("--faults") {
+        settings.faults = faults.parse().expect("--faults N");
+    }
+    if let Some(kinds) = value("--kinds") {
+        settings.kinds = kinds
+            .split(',')
+            .map(|kind| FaultKind::parse(kind).unwrap_or_else(|| panic!("no fault kind {kind}")))
+            .collect();
+    }
+    let Some(report) = chaos::run(settings).await else {
+        eprintln!("redis-server and redis-cli are needed");
+        std::process::exit(2);
+    };
+    println!("{command}\n\n{}", report.table());
+    if report.violations() > 0 {
+        std::process::exit(1);
     }
 }
 

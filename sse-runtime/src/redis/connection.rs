@@ -16,7 +16,9 @@ use crate::sync::lock;
 #[derive(Clone)]
 pub(crate) enum Client {
     Node(redis::Client),
-    Cluster(ClusterClient),
+    /// The cluster, and the nodes it was reached through (asked one by one
+    /// for the cluster's epoch: see [`watch_topology`]).
+    Cluster(ClusterClient, Arc<[String]>),
 }
 
 /// A connection to a node, or to a whole cluster, which routes each command
@@ -63,11 +65,13 @@ pub(crate) struct SharedCluster {
     rebuilds: AtomicU64,
 }
 
-/// How often the cluster's epoch is checked (one `CLUSTER INFO`).
-const TOPOLOGY_CHECK_EVERY: Duration = Duration::from_secs(1);
+/// How often the cluster's epoch is checked (one `CLUSTER INFO` per seed
+/// node, at once): soon enough that a master frozen past its failover is
+/// off the slot map before it wakes.
+const TOPOLOGY_CHECK_EVERY: Duration = Duration::from_millis(250);
 
 /// At most one rebuild per this long, however many commands are slow.
-const REBUILD_AT_MOST_EVERY: Duration = Duration::from_secs(1);
+const REBUILD_AT_MOST_EVERY: Duration = Duration::from_millis(250);
 
 impl SharedCluster {
     fn connection(&self) -> ClusterConnection {
@@ -127,29 +131,27 @@ impl SharedCluster {
 }
 
 /// Checks the cluster's epoch every [`TOPOLOGY_CHECK_EVERY`] while
-/// `shared` lives, and rebuilds its connection when the epoch rose (a
-/// failover, or slots moved), so commands follow the new masters even when
-/// none of them failed.
-async fn watch_topology(shared: std::sync::Weak<SharedCluster>) {
-    let mut epoch_seen = None;
+/// `shared` lives, asking each of the `seeds` directly (a frozen node does
+/// not answer, so the others' word counts), and rebuilds the connection
+/// when the highest epoch rose (a failover, or slots moved): commands then
+/// follow the new masters even when none of them failed, and before a
+/// frozen old master wakes.
+async fn watch_topology(shared: std::sync::Weak<SharedCluster>, seeds: Arc<[String]>) {
+    let mut epoch_seen: Option<u64> = None;
+    let mut nodes: Vec<Option<MultiplexedConnection>> = vec![None; seeds.len()];
     loop {
         tokio::time::sleep(TOPOLOGY_CHECK_EVERY).await;
         let Some(shared) = shared.upgrade() else {
             return;
         };
-        let mut connection = shared.connection();
-        let info = tokio::time::timeout(
-            CLUSTER_ATTEMPT_TIMEOUT,
-            redis::cmd("CLUSTER")
-                .arg("INFO")
-                .query_async::<String>(&mut connection),
+        let epochs = futures_util::future::join_all(
+            seeds
+                .iter()
+                .zip(&mut nodes)
+                .map(|(seed, node)| node_epoch(seed, node)),
         )
         .await;
-        let Some(epoch) = info.ok().and_then(Result::ok).and_then(|info| {
-            info.lines()
-                .find_map(|line| line.strip_prefix("cluster_current_epoch:"))
-                .and_then(|epoch| epoch.trim().parse::<u64>().ok())
-        }) else {
+        let Some(epoch) = epochs.into_iter().flatten().max() else {
             continue;
         };
         if epoch_seen.is_some_and(|seen| epoch > seen) {
@@ -159,8 +161,36 @@ async fn watch_topology(shared: std::sync::Weak<SharedCluster>) {
             );
             shared.rebuild_in_background();
         }
-        epoch_seen = Some(epoch_seen.map_or(epoch, |seen: u64| seen.max(epoch)));
+        epoch_seen = Some(epoch_seen.map_or(epoch, |seen| seen.max(epoch)));
     }
+}
+
+/// `cluster_current_epoch` of the node at `url`, through `node` (connected
+/// when missing, dropped on any failure); `None` if it does not answer in
+/// [`CLUSTER_ATTEMPT_TIMEOUT`].
+async fn node_epoch(url: &str, node: &mut Option<MultiplexedConnection>) -> Option<u64> {
+    let asked = async {
+        if node.is_none() {
+            let client = redis::Client::open(url).ok()?;
+            *node = Some(client.get_multiplexed_async_connection().await.ok()?);
+        }
+        let connection = node.as_mut()?;
+        redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async::<String>(connection)
+            .await
+            .ok()
+    };
+    let info = match tokio::time::timeout(CLUSTER_ATTEMPT_TIMEOUT, asked).await {
+        Ok(Some(info)) => info,
+        _ => {
+            *node = None;
+            return None;
+        }
+    };
+    info.lines()
+        .find_map(|line| line.strip_prefix("cluster_current_epoch:"))
+        .and_then(|epoch| epoch.trim().parse().ok())
 }
 
 impl Connection {
@@ -196,25 +226,26 @@ impl Client {
                 .min_retry_wait(100)
                 .max_retry_wait(1_000)
                 .build()?,
+            urls.iter().map(|url| (*url).to_owned()).collect(),
         ))
     }
 
     pub(crate) fn is_cluster(&self) -> bool {
-        matches!(self, Client::Cluster(_))
+        matches!(self, Client::Cluster(..))
     }
 
     /// The connection commands share: it reconnects by itself.
     pub(crate) async fn shared_connection(&self) -> redis::RedisResult<Connection> {
         match self {
             Client::Node(client) => Ok(Connection::Managed(client.get_connection_manager().await?)),
-            Client::Cluster(client) => {
+            Client::Cluster(client, seeds) => {
                 let shared = Arc::new(SharedCluster {
                     current: std::sync::Mutex::new(client.get_async_connection().await?),
                     client: client.clone(),
                     rebuilt_at: tokio::sync::Mutex::new(Instant::now()),
                     rebuilds: AtomicU64::new(0),
                 });
-                tokio::spawn(watch_topology(Arc::downgrade(&shared)));
+                tokio::spawn(watch_topology(Arc::downgrade(&shared), Arc::clone(seeds)));
                 Ok(Connection::SharedCluster(shared))
             }
         }
@@ -237,7 +268,7 @@ impl Client {
                         .await?,
                 ))
             }
-            Client::Cluster(client) => {
+            Client::Cluster(client, _) => {
                 let config = ClusterConfig::new().set_response_timeout(response_timeout);
                 Ok(Connection::Cluster(
                     client.get_async_connection_with_config(config).await?,

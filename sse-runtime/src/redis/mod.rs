@@ -137,6 +137,20 @@ struct Inner {
 #[error("could not connect to Redis: {0}")]
 pub struct RedisConnectError(#[from] redis::RedisError);
 
+/// An answer that came after the broker saw the cluster change (a slow
+/// node, a failover): the node that wrote may be a master no more. A master
+/// frozen past the failover runs what was waiting for it when it wakes,
+/// answers, and then becomes a replica, dropping it: such a send is
+/// reported as unknown, so that a retry with its idempotency key writes it
+/// where the slots are now.
+fn changed_while_waiting() -> BrokerError {
+    BrokerError::OutcomeUnknown(
+        "the Redis Cluster changed while the send waited for its answer: it may be lost with \
+         a demoted master; retry with its idempotency key"
+            .to_owned(),
+    )
+}
+
 /// What a failed send tells its caller: whether Redis surely did not write
 /// it ([`BrokerError::Unavailable`]: refused, unreachable, or a server
 /// error before any write), or may have ([`BrokerError::OutcomeUnknown`]:
@@ -259,7 +273,12 @@ impl Inner {
         fields: &[u8],
         record: Option<&str>,
     ) -> Result<(String, bool, usize), BrokerError> {
-        match self.send(stream, fields, record).await {
+        let topology = self.commands.topology_generation();
+        let sent = self.send(stream, fields, record).await;
+        if sent.is_ok() && self.commands.topology_generation() != topology {
+            return Err(changed_while_waiting());
+        }
+        match sent {
             Ok((id, true)) => Ok((id, true, 0)),
             Ok((id, false)) => Ok((id, false, self.local_subscribers(stream))),
             Err(error) => {
@@ -407,6 +426,7 @@ where
             let fields: Bytes = event.encode_without_id();
             let mut pipeline = redis::pipe();
             inner.append_broadcast(&mut pipeline, &fields);
+            let topology = inner.commands.topology_generation();
             let (_id,): (String,) = until_run(inner.config.send_timeout, || {
                 let mut connection = inner.commands.clone();
                 let pipeline = &pipeline;
@@ -414,6 +434,9 @@ where
             })
             .await
             .map_err(unavailable)?;
+            if inner.commands.topology_generation() != topology {
+                return Err(changed_while_waiting());
+            }
             Ok(self.total_streams())
         })
     }

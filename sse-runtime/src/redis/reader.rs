@@ -74,7 +74,9 @@ impl Inner {
                     self.deliver_from_stream(&stream, read_from).await?;
                 }
                 Err(reason) => {
-                    let position = self.last_id(&stream).await?;
+                    // Never behind where the key was: a stream found missing
+                    // would put it at 0-0, from which a resume replays all.
+                    let position = self.last_id(&stream).await?.max(read_from);
                     tracing::warn!(
                         stream = &*stream,
                         reason = reason.as_str(),
@@ -100,6 +102,33 @@ impl Inner {
         Ok(())
     }
 
+    /// Those of `entries` (a stream and an entry id each) whose entry is not
+    /// in its stream.
+    async fn missing_entries(
+        &self,
+        entries: &[(Arc<str>, EntryId)],
+    ) -> redis::RedisResult<Vec<(Arc<str>, EntryId)>> {
+        if entries.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut connection = self.commands.clone();
+        let mut pipeline = redis::pipe();
+        for (stream, id) in entries {
+            pipeline
+                .cmd("XRANGE")
+                .arg(&**stream)
+                .arg(id.to_string())
+                .arg(id.to_string());
+        }
+        let found: Vec<Vec<(String, Vec<Vec<u8>>)>> = pipeline.query_async(&mut connection).await?;
+        Ok(entries
+            .iter()
+            .zip(found)
+            .filter(|(_, found)| found.is_empty())
+            .map(|(entry, _)| entry.clone())
+            .collect())
+    }
+
     /// After a reader error, a reconnect or a pause: for each key, whether
     /// the last entry the reader delivered is still in its stream. Trimming
     /// removes the oldest entries first, so while it is there nothing after it
@@ -111,29 +140,20 @@ impl Inner {
         &self,
         positions: &mut [(Arc<str>, EntryId)],
     ) -> redis::RedisResult<()> {
-        let mut connection = self.commands.clone();
-        let checked: Vec<&(Arc<str>, EntryId)> = positions
+        let checked: Vec<(Arc<str>, EntryId)> = positions
             .iter()
             .filter(|(_, read_from)| *read_from != EntryId::default())
+            .cloned()
             .collect();
-        if checked.is_empty() {
-            return Ok(());
+        let mut gone = self.missing_entries(&checked).await?;
+        if !gone.is_empty() {
+            // Asked again after a fresh slot map, as a resume is (see
+            // `Subscription::confirmed_cover`): a node that is behind for a
+            // moment after a failover must not cost subscribers a reset.
+            self.commands.refresh_topology();
+            tokio::time::sleep(super::subscription::RECHECK_AFTER).await;
+            gone = self.missing_entries(&gone).await?;
         }
-        let mut pipeline = redis::pipe();
-        for (stream, read_from) in &checked {
-            pipeline
-                .cmd("XRANGE")
-                .arg(&**stream)
-                .arg(read_from.to_string())
-                .arg(read_from.to_string());
-        }
-        let found: Vec<Vec<(String, Vec<Vec<u8>>)>> = pipeline.query_async(&mut connection).await?;
-        let gone: Vec<(Arc<str>, EntryId)> = checked
-            .iter()
-            .zip(found)
-            .filter(|(_, found)| found.is_empty())
-            .map(|((stream, read_from), _)| (stream.clone(), *read_from))
-            .collect();
         for (stream, read_from) in gone {
             if let Some(bucket) = self.bells.iter().position(|bell| **bell == *stream) {
                 self.catch_up_bucket(bucket).await?;
@@ -152,7 +172,7 @@ impl Inner {
             let position = if reason == ResetReason::UnknownId {
                 read_from
             } else {
-                self.last_id(&stream).await?
+                self.last_id(&stream).await?.max(read_from)
             };
             tracing::warn!(
                 stream = &*stream,

@@ -32,9 +32,15 @@ impl ReplayReads {
         })
     }
 
+    /// See [`Connection::refresh_topology`].
+    pub(super) fn refresh_topology(&self) {
+        self.connection.refresh_topology();
+    }
+
     /// Runs `read` in a place of its own, once more if the connection
-    /// broke under it: reads are safe to repeat, and a connection idle
-    /// through a Redis restart fails its first command while it reconnects.
+    /// broke under it or the cluster changed while it waited: reads are safe
+    /// to repeat, and a connection idle through a Redis restart fails its
+    /// first command while it reconnects.
     pub(super) async fn read<T, F>(&self, read: impl Fn(Connection) -> F) -> redis::RedisResult<T>
     where
         F: Future<Output = redis::RedisResult<T>>,
@@ -44,8 +50,14 @@ impl ReplayReads {
             .acquire()
             .await
             .expect("the replay places are never closed");
+        let topology = self.connection.topology_generation();
         match read(self.connection.clone()).await {
             Err(error) if error.is_io_error() || error.is_connection_dropped() => {
+                read(self.connection.clone()).await
+            }
+            // The cluster changed while the read waited: its answer may come
+            // from a master no more (behind the new one). Read again.
+            Ok(_) if self.connection.topology_generation() != topology => {
                 read(self.connection.clone()).await
             }
             answer => answer,

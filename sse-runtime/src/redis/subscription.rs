@@ -168,6 +168,11 @@ impl<K: Display> RedisBroker<K> {
     }
 }
 
+/// How long a resume's "not covered" waits to be asked again (see
+/// [`Subscription::confirmed_cover`]): about a cluster's time to settle
+/// after a node rejoins.
+pub(super) const RECHECK_AFTER: Duration = Duration::from_secs(1);
+
 /// The most deliveries' room a subscription keeps between wake-ups.
 const RETAINED_BATCH: usize = 32;
 
@@ -274,7 +279,7 @@ impl Subscription {
             None => Err(ResetReason::InvalidId),
         };
         let covered = match resume {
-            Ok(last) => match self.covers(last).await {
+            Ok(last) => match self.confirmed_cover(last).await {
                 Ok(covered) => covered.map(|()| last),
                 Err(error) => {
                     // Cannot tell: end, and let the client retry.
@@ -292,6 +297,14 @@ impl Subscription {
             }
             Err(reason) => match self.inner.current_position(&self.stream).await {
                 Ok(position) => {
+                    // Never behind the client's own position: a stream
+                    // found missing (expired, or read from a node still
+                    // empty after a restart) would put it at 0-0, from
+                    // which a later resume replays what it had.
+                    let position = match resume {
+                        Ok(last) => position.max(last),
+                        Err(_) => position,
+                    };
                     self.delivered = position;
                     Start::With(self.inner.reset_event(reason, position))
                 }
@@ -308,6 +321,25 @@ impl Subscription {
             self.replay_sources.push_back(Source::Broadcasts);
         }
         Start::Replay { reset }
+    }
+
+    /// [`covers`](Self::covers), asked again before a reset: during a
+    /// failover, a read may reach a node that is behind (a replica still
+    /// syncing, an old master restarted empty that still claims its slots
+    /// for a moment), and a reset sent on its word skips what the real
+    /// master holds. So a "no" is checked once more, after
+    /// [`RECHECK_AFTER`] and a fresh slot map; what is really gone is gone
+    /// then too.
+    async fn confirmed_cover(&self, last: Position) -> redis::RedisResult<Result<(), ResetReason>> {
+        match self.covers(last).await? {
+            Ok(()) => Ok(Ok(())),
+            Err(_) => {
+                self.inner.commands.refresh_topology();
+                self.inner.replays.refresh_topology();
+                tokio::time::sleep(RECHECK_AFTER).await;
+                self.covers(last).await
+            }
+        }
     }
 
     /// Whether the history still holds everything after `last`.

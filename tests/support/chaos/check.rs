@@ -21,6 +21,9 @@ pub struct FaultRow {
     pub duplicates: usize,
     pub out_of_order: usize,
     pub silent_gaps: usize,
+    /// Messages seen again after a reset: delivered, lost with their
+    /// master, and sent again by their publisher's retry.
+    pub resent_after_reset: usize,
     /// Acknowledged posts no subscriber saw: lost by Redis with a master.
     pub lost: usize,
 }
@@ -73,17 +76,18 @@ impl ChaosReport {
         let mut out = String::new();
         let _ = writeln!(
             out,
-            "| fault | injected | longest recovery | resets | duplicates | out of order | silent gaps | acknowledged, lost by Redis |"
+            "| fault | injected | longest recovery | resets | seen again after a reset | duplicates | out of order | silent gaps | acknowledged, seen by nobody |"
         );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|---|---|");
         for (kind, row) in &self.faults {
             let _ = writeln!(
                 out,
-                "| {} | {} | {:.1} s | {} | {} | {} | {} | {} |",
+                "| {} | {} | {:.1} s | {} | {} | {} | {} | {} | {} |",
                 kind.map_or("(before any fault)", FaultKind::name),
                 row.injected,
                 row.longest_recovery.as_secs_f64(),
                 row.resets,
+                row.resent_after_reset,
                 row.duplicates,
                 row.out_of_order,
                 row.silent_gaps,
@@ -139,18 +143,31 @@ pub fn report(
     let mut delivered = 0;
     for log in logs {
         let mut once: HashSet<(usize, u64)> = HashSet::new();
+        // Messages seen before the latest reset.
+        let mut reset_since: HashSet<(usize, u64)> = HashSet::new();
         let mut last_seq: HashMap<usize, u64> = HashMap::new();
         for (seen, at) in &log.seen {
             let row = faults.entry(fault_at(injected, *at)).or_default();
             match *seen {
-                Seen::Reset => row.resets += 1,
+                Seen::Reset => {
+                    row.resets += 1;
+                    reset_since.extend(once.iter().copied());
+                }
                 Seen::Message { publisher, seq } => {
                     delivered += 1;
                     seen_by_anyone.insert((publisher, seq));
                     if !once.insert((publisher, seq)) {
-                        row.duplicates += 1;
+                        // Seen before: a duplicate, unless a reset came
+                        // between (delivered, then lost with its master,
+                        // then sent again by its publisher's retry).
+                        if reset_since.contains(&(publisher, seq)) {
+                            row.resent_after_reset += 1;
+                        } else {
+                            row.duplicates += 1;
+                        }
                         continue;
                     }
+                    reset_since.remove(&(publisher, seq));
                     let last = last_seq.entry(publisher).or_insert(seq);
                     if seq < *last {
                         row.out_of_order += 1;

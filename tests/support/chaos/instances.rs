@@ -66,25 +66,34 @@ impl Drop for Instance {
 /// least (32 spread by hash).
 const PROBES: usize = 32;
 
-/// How many of the probe keys a send fails on, through each live instance,
-/// once the cluster has settled: a slot left failing after a fault (stuck)
-/// counts once per instance.
+/// How many of the probe keys a send keeps failing on for 10 s (retried
+/// as a client would, every 100 ms), through each live instance, once the
+/// cluster has settled: a slot left failing after a fault (stuck) counts
+/// once per instance.
 pub async fn stuck_slots(instances: &[Instance]) -> usize {
     let mut stuck = 0;
     for instance in instances {
         for probe in 0..PROBES {
             let key = format!("probe-{probe}");
-            let sent = tokio::time::timeout(
-                Duration::from_secs(10),
-                instance.registry.send(&key, MessageEvent::new("probe")),
-            )
-            .await;
-            if !matches!(sent, Ok(Ok(_))) {
-                eprintln!(
-                    "chaos: a probe send to {key} on port {} failed: {sent:?}",
-                    instance.port
-                );
-                stuck += 1;
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+            loop {
+                let sent = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    instance.registry.send(&key, MessageEvent::new("probe")),
+                )
+                .await;
+                if matches!(sent, Ok(Ok(_))) {
+                    break;
+                }
+                if tokio::time::Instant::now() >= deadline {
+                    eprintln!(
+                        "chaos: sends to {key} on port {} still fail: {sent:?}",
+                        instance.port
+                    );
+                    stuck += 1;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
     }

@@ -3,8 +3,12 @@
 //! idempotency keys, subscribers that drop and reconnect with
 //! `Last-Event-ID` at random, and a seeded random schedule of faults.
 //! Every subscriber is then checked against the acknowledged sends: no
-//! duplicate, nothing out of order, no silent gap (every acknowledged
-//! message a subscriber missed follows a `reset`), no stuck slot.
+//! duplicate (a message seen twice with no `reset` between), nothing out of
+//! order, no silent gap (every acknowledged message a subscriber missed
+//! falls where a `reset` told it so), no stuck slot. A message seen again
+//! after a reset (delivered, lost with its master before it was
+//! replicated, and sent again by its publisher's retry) is counted apart:
+//! the reset told the client to trust nothing from before it.
 //!
 //! `tests/chaos.rs` runs a short schedule in CI; `loadgen chaos` runs
 //! long ones (`RELIABILITY.md`). Everything talks to 127.0.0.1 only, and
