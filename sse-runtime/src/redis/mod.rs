@@ -264,6 +264,25 @@ impl<K> RedisBroker<K> {
 }
 
 impl Inner {
+    /// Publishes `event` to `key` (under `idempotency_key`, if given),
+    /// checked as every publish is: see [`publish`](Self::publish).
+    async fn publish_event(
+        &self,
+        key: &impl Display,
+        event: &MessageEvent,
+        idempotency_key: Option<&IdempotencyKey>,
+    ) -> Result<(String, bool, usize), BrokerError> {
+        if self.shut_down.load(Ordering::SeqCst) {
+            return Err(BrokerError::ShutDown);
+        }
+        self.config.check_size(event)?;
+        let stream = self.stream_key(key);
+        let record =
+            idempotency_key.map(|idempotency_key| self.idempotency_record(key, idempotency_key));
+        let fields: Bytes = event.encode_without_id();
+        self.publish(&stream, &fields, record.as_deref()).await
+    }
+
     /// Sends `fields` to `stream` (under `record`'s idempotency key, if
     /// given): the entry's id, whether it was a repeat, and how many
     /// subscriptions here it reached.
@@ -382,17 +401,8 @@ where
         event: MessageEvent,
     ) -> BoxFuture<'a, Result<usize, BrokerError>> {
         Box::pin(async move {
-            let inner = &self.inner;
-            if inner.shut_down.load(Ordering::SeqCst) {
-                return Err(BrokerError::ShutDown);
-            }
-            inner.config.check_size(&event)?;
-            let stream = inner.stream_key(key);
-            let fields: Bytes = event.encode_without_id();
-            inner
-                .publish(&stream, &fields, None)
-                .await
-                .map(|(_, _, reached)| reached)
+            let (_, _, reached) = self.inner.publish_event(key, &event, None).await?;
+            Ok(reached)
         })
     }
 
@@ -403,15 +413,10 @@ where
         idempotency_key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<Sent, BrokerError>> {
         Box::pin(async move {
-            let inner = &self.inner;
-            if inner.shut_down.load(Ordering::SeqCst) {
-                return Err(BrokerError::ShutDown);
-            }
-            inner.config.check_size(&event)?;
-            let stream = inner.stream_key(key);
-            let record = inner.idempotency_record(key, idempotency_key);
-            let fields: Bytes = event.encode_without_id();
-            let (id, duplicate, reached) = inner.publish(&stream, &fields, Some(&record)).await?;
+            let (id, duplicate, reached) = self
+                .inner
+                .publish_event(key, &event, Some(idempotency_key))
+                .await?;
             Ok(Sent::new(id, duplicate, reached))
         })
     }
