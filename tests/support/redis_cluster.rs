@@ -239,7 +239,7 @@ impl RedisCluster {
                 "CLUSTER FAILOVER on {replica}: {answer}"
             );
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let mut now: Vec<u16> = self.masters().await;
             now.sort_unstable();
@@ -292,7 +292,7 @@ impl RedisCluster {
     /// Waits until every remaining node reports the cluster healthy again
     /// (after a kill: a replica took over its master's slots).
     pub async fn wait_until_ok(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             if self.is_ok().await {
                 return;
@@ -321,7 +321,7 @@ impl RedisCluster {
 
     /// Waits until `count` replicas are in sync with their masters.
     pub async fn wait_for_replicas(&self, count: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         loop {
             let mut synced = 0;
             for port in &self.ports {

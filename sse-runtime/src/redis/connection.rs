@@ -40,7 +40,7 @@ pub(crate) enum Connection {
 /// time, retries through a failover included, is bounded by
 /// [`Client::cluster`]'s `timeout`, so a node that stops answering fails the
 /// command in bounded time instead of holding it.
-const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
+pub(super) const CLUSTER_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// The cluster connection that commands share, rebuilt (with a fresh slot
 /// map from the seed nodes) when a command is slow or times out. The Redis

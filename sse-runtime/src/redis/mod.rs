@@ -293,8 +293,9 @@ impl Inner {
         record: Option<&str>,
     ) -> Result<(String, bool, usize), BrokerError> {
         let topology = self.commands.topology_generation();
+        let asked = std::time::Instant::now();
         let sent = self.send(stream, fields, record).await;
-        if sent.is_ok() && self.commands.topology_generation() != topology {
+        if sent.is_ok() && self.answered_across_a_change(topology, asked) {
             return Err(changed_while_waiting());
         }
         match sent {
@@ -317,6 +318,16 @@ impl Inner {
                 Err(unavailable(error))
             }
         }
+    }
+
+    /// Whether an answer to a command asked at `asked` came slowly (past
+    /// one attempt's timeout: the node stalled) and after the broker saw
+    /// the cluster change since `topology`: then the node that answered may
+    /// be a master no more. A quick answer, or one with no change, is
+    /// trusted, so a failover elsewhere costs healthy slots nothing.
+    fn answered_across_a_change(&self, topology: u64, asked: std::time::Instant) -> bool {
+        asked.elapsed() > connection::CLUSTER_ATTEMPT_TIMEOUT
+            && self.commands.topology_generation() != topology
     }
 
     fn stream_key(&self, key: &impl Display) -> String {
@@ -432,6 +443,7 @@ where
             let mut pipeline = redis::pipe();
             inner.append_broadcast(&mut pipeline, &fields);
             let topology = inner.commands.topology_generation();
+            let asked = std::time::Instant::now();
             let (_id,): (String,) = until_run(inner.config.send_timeout, || {
                 let mut connection = inner.commands.clone();
                 let pipeline = &pipeline;
@@ -439,7 +451,7 @@ where
             })
             .await
             .map_err(unavailable)?;
-            if inner.commands.topology_generation() != topology {
+            if inner.answered_across_a_change(topology, asked) {
                 return Err(changed_while_waiting());
             }
             Ok(self.total_streams())
