@@ -35,7 +35,29 @@ pub(super) fn replay_page_entries(largest: Option<usize>) -> usize {
     }
 }
 
+/// How long a "not covered" waits before it is asked again on a cluster
+/// (see [`Inner::settled_for_recheck`]): about a cluster's time to settle
+/// after a node rejoins.
+const RECHECK_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
 impl Inner {
+    /// Readies a "not covered" to be asked again, and says whether to: on a
+    /// cluster, a read during a failover may reach a node that is behind (a
+    /// replica still syncing, an old master restarted empty that still
+    /// claims its slots for a moment), and a reset sent on its word skips
+    /// what the real master holds; so the slot maps are refreshed and the
+    /// check waits [`RECHECK_AFTER`]. What is really gone is gone then too.
+    /// Off a cluster the one node's answer is the truth: `false`, at once.
+    pub(super) async fn settled_for_recheck(&self) -> bool {
+        if !self.client.is_cluster() {
+            return false;
+        }
+        self.commands.refresh_topology();
+        self.replays.refresh_topology();
+        tokio::time::sleep(RECHECK_AFTER).await;
+        true
+    }
+
     /// The last entry id of `stream` (0-0 when it is empty or missing).
     pub(super) async fn last_id(&self, stream: &str) -> redis::RedisResult<EntryId> {
         let mut connection = self.commands.clone();

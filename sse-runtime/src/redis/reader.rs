@@ -57,41 +57,14 @@ impl Inner {
                     // there: lost with a failed master, with whatever else it
                     // had not replicated. Subscribers are told, then get
                     // everything Redis kept after it.
-                    tracing::warn!(
-                        stream = &*stream,
-                        "SSE Redis lost entries of a key (a failover?); its subscribers get the \
-                         reset signal, then what Redis kept"
-                    );
-                    let reset = self.reset_signal(ResetReason::UnknownId);
-                    {
-                        let mut local = lock(&self.local);
-                        let broadcast_at = local.broadcast_at;
-                        if let Some(key) = local.get_mut(&stream) {
-                            key.push_reset(key.position(broadcast_at), &reset);
-                            key.flush();
-                        }
-                    }
+                    self.reset_key(&stream, ResetReason::UnknownId, None);
                     self.deliver_from_stream(&stream, read_from).await?;
                 }
                 Err(reason) => {
                     // Never behind where the key was: a stream found missing
                     // would put it at 0-0, from which a resume replays all.
                     let position = self.last_id(&stream).await?.max(read_from);
-                    tracing::warn!(
-                        stream = &*stream,
-                        reason = reason.as_str(),
-                        "SSE Redis reader missed entries of a key (trimmed while it lagged, or \
-                         lost in a restart); its subscribers get the reset signal"
-                    );
-                    let reset = self.reset_signal(reason);
-                    let mut local = lock(&self.local);
-                    let broadcast_at = local.broadcast_at;
-                    if let Some(key) = local.get_mut(&stream) {
-                        key.read_from = position;
-                        key.catching_up = None;
-                        key.push_reset(key.position(broadcast_at), &reset);
-                        key.flush();
-                    }
+                    self.reset_key(&stream, reason, Some(position));
                 }
             }
         }
@@ -100,6 +73,29 @@ impl Inner {
             local.bells_at[bucket] = Some(end);
         }
         Ok(())
+    }
+
+    /// Gives the subscribers of `stream` here the reset signal for `reason`
+    /// (logged); with `move_to`, the key goes on from there, passing over
+    /// what it had staged while catching up.
+    fn reset_key(&self, stream: &str, reason: ResetReason, move_to: Option<EntryId>) {
+        tracing::warn!(
+            stream,
+            reason = reason.as_str(),
+            "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
+             restart or a failover); its subscribers get the reset signal"
+        );
+        let reset = self.reset_signal(reason);
+        let mut local = lock(&self.local);
+        let broadcast_at = local.broadcast_at;
+        if let Some(key) = local.get_mut(stream) {
+            if let Some(position) = move_to {
+                key.read_from = position;
+                key.catching_up = None;
+            }
+            key.push_reset(key.position(broadcast_at), &reset);
+            key.flush();
+        }
     }
 
     /// Those of `entries` (a stream and an entry id each) whose entry is not
@@ -146,12 +142,9 @@ impl Inner {
             .cloned()
             .collect();
         let mut gone = self.missing_entries(&checked).await?;
-        if !gone.is_empty() {
-            // Asked again after a fresh slot map, as a resume is (see
-            // `Subscription::confirmed_cover`): a node that is behind for a
-            // moment after a failover must not cost subscribers a reset.
-            self.commands.refresh_topology();
-            tokio::time::sleep(super::subscription::RECHECK_AFTER).await;
+        if !gone.is_empty() && self.settled_for_recheck().await {
+            // A node that is behind for a moment after a failover must not
+            // cost subscribers a reset: asked again, as a resume is.
             gone = self.missing_entries(&gone).await?;
         }
         for (stream, read_from) in gone {

@@ -168,11 +168,6 @@ impl<K: Display> RedisBroker<K> {
     }
 }
 
-/// How long a resume's "not covered" waits to be asked again (see
-/// [`Subscription::confirmed_cover`]): about a cluster's time to settle
-/// after a node rejoins.
-pub(super) const RECHECK_AFTER: Duration = Duration::from_secs(1);
-
 /// The most deliveries' room a subscription keeps between wake-ups.
 const RETAINED_BATCH: usize = 32;
 
@@ -323,22 +318,12 @@ impl Subscription {
         Start::Replay { reset }
     }
 
-    /// [`covers`](Self::covers), asked again before a reset: during a
-    /// failover, a read may reach a node that is behind (a replica still
-    /// syncing, an old master restarted empty that still claims its slots
-    /// for a moment), and a reset sent on its word skips what the real
-    /// master holds. So a "no" is checked once more, after
-    /// [`RECHECK_AFTER`] and a fresh slot map; what is really gone is gone
-    /// then too.
+    /// [`covers`](Self::covers), asked again on a cluster before a reset
+    /// (see [`Inner::settled_for_recheck`]).
     async fn confirmed_cover(&self, last: Position) -> redis::RedisResult<Result<(), ResetReason>> {
         match self.covers(last).await? {
-            Ok(()) => Ok(Ok(())),
-            Err(_) => {
-                self.inner.commands.refresh_topology();
-                self.inner.replays.refresh_topology();
-                tokio::time::sleep(RECHECK_AFTER).await;
-                self.covers(last).await
-            }
+            Err(_) if self.inner.settled_for_recheck().await => self.covers(last).await,
+            covered => Ok(covered),
         }
     }
 
