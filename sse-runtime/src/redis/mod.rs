@@ -271,7 +271,7 @@ impl Inner {
         key: &impl Display,
         event: &MessageEvent,
         idempotency_key: Option<&IdempotencyKey>,
-    ) -> Result<(String, bool, usize), BrokerError> {
+    ) -> Result<Sent, BrokerError> {
         if self.shut_down.load(Ordering::SeqCst) {
             return Err(BrokerError::ShutDown);
         }
@@ -284,14 +284,13 @@ impl Inner {
     }
 
     /// Sends `fields` to `stream` (under `record`'s idempotency key, if
-    /// given): the entry's id, whether it was a repeat, and how many
-    /// subscriptions here it reached.
+    /// given).
     async fn publish(
         &self,
         stream: &str,
         fields: &[u8],
         record: Option<&str>,
-    ) -> Result<(String, bool, usize), BrokerError> {
+    ) -> Result<Sent, BrokerError> {
         let topology = self.commands.topology_generation();
         let asked = std::time::Instant::now();
         let sent = self.send(stream, fields, record).await;
@@ -299,8 +298,8 @@ impl Inner {
             return Err(changed_while_waiting());
         }
         match sent {
-            Ok((id, true)) => Ok((id, true, 0)),
-            Ok((id, false)) => Ok((id, false, self.local_subscribers(stream))),
+            Ok((id, true)) => Ok(Sent::new(id, true, 0)),
+            Ok((id, false)) => Ok(Sent::new(id, false, self.local_subscribers(stream))),
             Err(error) => {
                 if is_wrong_type(&error) {
                     // The key holds another type: its streams here end
@@ -331,13 +330,19 @@ impl Inner {
     }
 
     fn stream_key(&self, key: &impl Display) -> String {
-        if self.client.is_cluster() {
-            let key = key.to_string();
-            let tag = fixed_hash(&key) % BUCKETS as u64;
-            format!("{}:{{{tag}}}:{key}", self.prefix)
-        } else {
-            format!("{}:{key}", self.prefix)
+        match self.hash_tag(key) {
+            Some(tag) => format!("{}:{{{tag}}}:{key}", self.prefix),
+            None => format!("{}:{key}", self.prefix),
         }
+    }
+
+    /// On a cluster, the hash tag (`{<bucket>}`) that puts `key`'s Redis
+    /// keys in its bucket's slot, so a reader's `XREAD` names one slot;
+    /// `None` on one node.
+    fn hash_tag(&self, key: &impl Display) -> Option<u64> {
+        self.client
+            .is_cluster()
+            .then(|| fixed_hash(&key.to_string()) % BUCKETS as u64)
     }
 
     /// Where the record of `idempotency_key` for `key` lives: beside the
@@ -348,15 +353,12 @@ impl Inner {
     fn idempotency_record(&self, key: &impl Display, idempotency_key: &IdempotencyKey) -> String {
         let idempotency_key = idempotency_key.as_str();
         let length = idempotency_key.len();
-        let key = key.to_string();
-        if self.client.is_cluster() {
-            let tag = fixed_hash(&key) % BUCKETS as u64;
-            format!(
+        match self.hash_tag(key) {
+            Some(tag) => format!(
                 "{}!idem:{{{tag}}}:{length}:{idempotency_key}:{key}",
                 self.prefix
-            )
-        } else {
-            format!("{}!idem:{length}:{idempotency_key}:{key}", self.prefix)
+            ),
+            None => format!("{}!idem:{length}:{idempotency_key}:{key}", self.prefix),
         }
     }
 
@@ -412,8 +414,8 @@ where
         event: MessageEvent,
     ) -> BoxFuture<'a, Result<usize, BrokerError>> {
         Box::pin(async move {
-            let (_, _, reached) = self.inner.publish_event(key, &event, None).await?;
-            Ok(reached)
+            let sent = self.inner.publish_event(key, &event, None).await?;
+            Ok(sent.reached)
         })
     }
 
@@ -424,11 +426,9 @@ where
         idempotency_key: &'a IdempotencyKey,
     ) -> BoxFuture<'a, Result<Sent, BrokerError>> {
         Box::pin(async move {
-            let (id, duplicate, reached) = self
-                .inner
+            self.inner
                 .publish_event(key, &event, Some(idempotency_key))
-                .await?;
-            Ok(Sent::new(id, duplicate, reached))
+                .await
         })
     }
 

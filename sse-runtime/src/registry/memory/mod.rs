@@ -165,9 +165,9 @@ where
         (self.hasher.hash_one(key) as usize) % SHARDS
     }
 
-    /// Appends `event` to `state` with a fresh sequence number. Must be called
-    /// under the lock of the state's shard.
-    /// Appends `event` to `key`: how many subscriptions it reached, and its id.
+    /// Appends `event` to `state` with a fresh sequence number: how many
+    /// subscriptions it reached, and its id. Must be called under the lock
+    /// of the state's shard.
     fn append(&self, state: &mut KeyState, event: &MessageEvent, now: Instant) -> (usize, String) {
         let sequence = self.sequence.fetch_add(1, Ordering::SeqCst) + 1;
         let id = self.ids.format(sequence);
