@@ -155,22 +155,18 @@ impl RedisCluster {
     /// three masters and every running replica in sync.
     pub async fn wait_until_settled(&self) {
         self.wait_until_ok().await;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        poll_until(async || {
             let masters = self.masters().await;
             let running_masters = masters
                 .iter()
                 .filter(|port| self.ports.contains(port))
                 .count();
             if running_masters == MASTERS && self.is_ok().await {
-                break;
+                return Ok(());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the cluster did not settle: masters {masters:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(format!("the cluster did not settle: masters {masters:?}"))
+        })
+        .await;
         self.wait_for_replicas(self.ports.len() - MASTERS).await;
     }
 
@@ -239,21 +235,19 @@ impl RedisCluster {
                 "CLUSTER FAILOVER on {replica}: {answer}"
             );
         }
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        let mut expected = replicas.clone();
+        expected.sort_unstable();
+        poll_until(async || {
             let mut now: Vec<u16> = self.masters().await;
             now.sort_unstable();
-            let mut expected = replicas.clone();
-            expected.sort_unstable();
             if now == expected && self.is_ok().await {
-                break;
+                return Ok(());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
+            Err(format!(
                 "the failovers did not complete: masters {now:?}, expected {expected:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            ))
+        })
+        .await;
         self.wait_for_replicas(masters.len()).await;
     }
 
@@ -292,17 +286,13 @@ impl RedisCluster {
     /// Waits until every remaining node reports the cluster healthy again
     /// (after a kill: a replica took over its master's slots).
     pub async fn wait_until_ok(&self) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        poll_until(async || {
             if self.is_ok().await {
-                return;
+                return Ok(());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the redis cluster did not reach cluster_state:ok"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err("the redis cluster did not reach cluster_state:ok".to_owned())
+        })
+        .await;
     }
 
     /// Whether every remaining node reports the cluster healthy.
@@ -321,8 +311,7 @@ impl RedisCluster {
 
     /// Waits until `count` replicas are in sync with their masters.
     pub async fn wait_for_replicas(&self, count: usize) {
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        loop {
+        poll_until(async || {
             let mut synced = 0;
             for port in &self.ports {
                 let info = self.cli(*port, &["INFO", "replication"]).await;
@@ -331,14 +320,11 @@ impl RedisCluster {
                 );
             }
             if synced >= count {
-                return;
+                return Ok(());
             }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "the replicas did not sync"
-            );
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            Err(format!("the replicas did not sync: {synced} of {count}"))
+        })
+        .await;
     }
 
     /// Runs `redis-cli` against the node on `port` and returns what it printed.
@@ -350,6 +336,21 @@ impl RedisCluster {
             .await
             .expect("run redis-cli");
         String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+/// Asks `reached` every 50 ms until it answers `Ok`, failing with its last
+/// answer after 60 s (generous: a cluster settles in a few seconds, slower
+/// with every core busy).
+async fn poll_until(mut reached: impl AsyncFnMut() -> Result<(), String>) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let not_yet = match reached().await {
+            Ok(()) => return,
+            Err(not_yet) => not_yet,
+        };
+        assert!(tokio::time::Instant::now() < deadline, "{not_yet}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -75,10 +75,7 @@ pub async fn inject(
     match kind {
         FaultKind::KillMaster => {
             let master = running_master(cluster, random).await;
-            cluster.kill(master).await;
-            cluster.wait_until_settled().await;
-            cluster.restart(master).await;
-            cluster.wait_until_settled().await;
+            kill_until_it_rejoins(cluster, master).await;
         }
         FaultKind::FreezeMaster => {
             let master = running_master(cluster, random).await;
@@ -91,10 +88,7 @@ pub async fn inject(
             let master = running_master(cluster, random).await;
             cluster.cut_replication(master).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
-            cluster.kill(master).await;
-            cluster.wait_until_settled().await;
-            cluster.restart(master).await;
-            cluster.wait_until_settled().await;
+            kill_until_it_rejoins(cluster, master).await;
         }
         FaultKind::KillInstance => {
             let victim = (random.next() % instances.len() as u64) as usize;
@@ -112,6 +106,15 @@ pub async fn inject(
         at,
         recovered_after: at.elapsed(),
     }
+}
+
+/// Kills `master`, waits for its replica to take over, then restarts it
+/// (empty) and waits until it has rejoined as a replica, in sync.
+async fn kill_until_it_rejoins(cluster: &mut RedisCluster, master: u16) {
+    cluster.kill(master).await;
+    cluster.wait_until_settled().await;
+    cluster.restart(master).await;
+    cluster.wait_until_settled().await;
 }
 
 async fn running_master(cluster: &RedisCluster, random: &mut Random) -> u16 {
