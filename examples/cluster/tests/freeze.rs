@@ -93,9 +93,11 @@ async fn a_frozen_instance_resumes_its_open_streams_within_and_beyond_the_histor
         );
     }
 
-    // Beyond the history (1,000 by default): frozen while 3,000 are. The
-    // instance's reader finds them on the bucket's bell (which keeps 10,000)
-    // and hands them on in order; more than the subscriber's buffer at once
+    // Beyond the history (1,000 by default): frozen while 3,000 are. Redis
+    // keeps the PUB/SUB messages for the frozen instance (within its output
+    // buffer limit; past it the connection is closed and the key catches up
+    // from its stream or resets), which hands them on in order when it
+    // wakes; more than the subscriber's buffer at once
     // ends the open stream (the lag policy). What the stream got must be a
     // contiguous run, and a reconnection with its last id must continue it
     // exactly or start with the reset signal: never a silent gap.

@@ -272,7 +272,7 @@ impl Inner {
     }
 
     /// Hands on `stream`'s entries after `from`, read page by page from the
-    /// stream itself, then what the reader took for it while it caught up.
+    /// stream itself (the live messages kept meanwhile are the caller's).
     pub(super) async fn deliver_from_stream(
         &self,
         stream: &str,
@@ -294,9 +294,6 @@ impl Inner {
                     from = read_to;
                 }
                 None => {
-                    for (id, fields) in key.catching_up.take().unwrap_or_default() {
-                        key.deliver(id, &fields, broadcast_at);
-                    }
                     key.flush();
                     return Ok(());
                 }

@@ -6,25 +6,22 @@
 //!   instance, so a `Last-Event-ID` from one instance resumes on any other.
 //!   In the same script (one round trip, atomic), `XTRIM … MINID` drops
 //!   entries older than `history_ttl`, `PEXPIRE` removes the key once nothing
-//!   in it is younger, and the event is appended, with its key and entry id,
-//!   to its bucket's bell (`<prefix>!bell:<n>`, one of 16).
+//!   in it is younger, and the entry is published, with its id and the id of
+//!   the entry before it, on the key's channel (`SPUBLISH`, sharded PUB/SUB:
+//!   on a cluster the channel lives on the key's master).
 //! - `broadcast` is one `XADD` to the broadcast stream (`<prefix>!broadcast`),
 //!   whatever the number of keys: it touches no key and keeps none alive.
-//!   Every instance's readers follow that stream too and hand each entry to
+//!   Every instance's reader follows that stream and hands each entry to
 //!   every key subscribed on the instance. A subscription's SSE id is its
 //!   position in both streams (`<key entry>.<broadcast entry>`, or the key
 //!   entry alone before any broadcast), so a resume replays both exactly.
-//! - Live delivery: one reader task (one connection; on a cluster one per
-//!   bucket) runs `XREAD BLOCK` over the bells of the buckets that have keys
-//!   on this instance and fans each entry of those keys out locally. A read
-//!   names at most 16 bells, whatever the number of keys, and a reply carries
-//!   the entries of every key, so a busy instance reads in large batches.
-//!   Bells keep about 1,000 entries (a copy is only for the readers, which
-//!   are milliseconds behind): a reader held back further catches each key
-//!   up from its own stream, or gives it the reset signal where that no
-//!   longer holds what it missed. Every instance that follows a bucket reads
-//!   all of its bell, keys it does not follow included: the price of a read
-//!   that does not grow with the keys (see `SCALING.md`).
+//! - Live delivery, by interest: an instance subscribes (`SSUBSCRIBE`) to the
+//!   channels of the keys it has subscribers for, and to nothing else, so it
+//!   receives only their events; a key's channel is left when its last
+//!   subscriber here leaves. PUB/SUB delivers at most once, so every message
+//!   names the entry before it: a key that receives one it cannot follow on
+//!   from catches up from its stream, and a lost link or a moved slot makes
+//!   its keys catch up once they are subscribed again (see `live.rs`).
 //! - Resume: the subscription first joins the local fan-out, then reads what it
 //!   missed with `XRANGE`, and skips live entries it already replayed: no gap, no
 //!   duplicate. The history covers the client's id while the client's own last
@@ -36,6 +33,9 @@
 //!   unreachable; the reader reconnects by itself and resumes from the last id
 //!   it delivered, so entries that Redis kept are delivered once it is back.
 //!
+//! Redis 7.0 or newer is needed (sharded PUB/SUB): `connect` to an older
+//! server fails with an error that says so.
+//!
 //! Guarantees by Redis setting: with `appendonly yes` and `appendfsync always`,
 //! an event acknowledged by `send` survives a Redis restart and a client that
 //! resumes gets it. With persistence off, a restart loses the history, and a
@@ -46,6 +46,9 @@ mod connection;
 mod fanout;
 mod history;
 mod ids;
+mod interest;
+mod links;
+mod live;
 mod local;
 mod reader;
 mod replays;
@@ -55,7 +58,7 @@ mod subscription;
 use std::fmt::Display;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
@@ -68,26 +71,13 @@ use crate::registry::idempotency::{IdempotencyKey, Sent};
 use crate::sync::lock;
 use connection::{Client, Connection};
 use history::is_wrong_type;
+use interest::{Interest, interest_loop};
+use links::Links;
+use live::dispatch_loop;
 use local::Fanouts;
 use reader::read_loop;
 use replays::ReplayReads;
 use send::{SEND_SCRIPT, until_run};
-
-/// Keys fall in this many buckets (by a fixed hash; on a Redis Cluster, by
-/// hash tag, `<prefix>:{<n>}:<key>`, so a bucket's keys share a slot and the
-/// buckets spread over the nodes). Each bucket has a bell stream that every
-/// `send` to one of its keys also appends the event to, with the key and its
-/// entry id: readers follow the bells, never the keys, so a read costs the
-/// same whatever the number of keys.
-const BUCKETS: usize = 16;
-/// The entries a bell keeps (`MAXLEN ~`): how far a reader may fall behind
-/// before it catches up from the keys' own streams. A bell's copies serve
-/// only the readers, which follow within milliseconds; the history is the
-/// keys' own streams. One reader's full read (`READ_COUNT`) long, so a
-/// reader that falls behind finds out at its next read (it checks after
-/// every full one); at 1,000 rather than the 10,000 it was, a bucket's
-/// copies of 12 KB messages take 12 MB of Redis, not 126 MB.
-const BELL_LEN: usize = 1_000;
 
 /// A [`Broker`] on Redis Streams. Connection settings come from a URL such
 /// as `redis://127.0.0.1:6379/` (for example `REDIS_URL`).
@@ -120,11 +110,12 @@ struct Inner {
     /// The stream every broadcast goes to.
     broadcast_stream: Arc<str>,
     /// Set when the broadcast key holds another type (someone wrote it):
-    /// readers stop naming it, so keys keep flowing.
+    /// the reader stops naming it, so keys keep flowing.
     broadcast_unreadable: AtomicBool,
-    /// Each bucket's bell stream, and whether it holds another type.
-    bells: Vec<Arc<str>>,
-    bells_unreadable: Vec<AtomicBool>,
+    /// Subscribes and unsubscribes the keys' channels.
+    interest: Interest,
+    /// This broker, for the tasks it starts.
+    me: Weak<Inner>,
     /// `send`: the entry, its bounds, and its copy on the bell, atomically.
     send_script: redis::Script,
     /// Wakes the readers when the set of keys changes.
@@ -184,9 +175,11 @@ impl<K> RedisBroker<K> {
     /// Connects to a Redis Cluster through any of its nodes (`urls`, such as
     /// `redis://10.0.0.1:7000/`) and starts this instance's readers.
     ///
-    /// Keys are spread over 16 hash tags (`<prefix>:{<n>}:<key>`), so the
-    /// keys an `XREAD` names share one slot, and commands follow the slots as
-    /// they move. When a master fails, `send` to its slots waits for the
+    /// Each key has a hash tag of its own (`<prefix>:{<hash>}:<key>`, a
+    /// fixed 64-bit hash of the key), so keys spread evenly over every slot
+    /// and so over any number of masters, and a key's stream, channel and
+    /// idempotency records share its slot. Commands follow the slots as they
+    /// move. When a master fails, `send` to its slots waits for the
     /// replica that takes over, up to [`RegistryConfig::send_timeout`]
     /// (default 5 s), then fails with [`BrokerError::Unavailable`] (only answers that say Redis did not run
     /// the command are retried, so an event is never written twice). A
@@ -220,42 +213,40 @@ impl<K> RedisBroker<K> {
         config: RegistryConfig,
         prefix: &str,
     ) -> Result<Self, RedisConnectError> {
+        links::require_sharded_pubsub(&client).await?;
         let commands = client.shared_connection().await?;
         let replays = ReplayReads::connect(&client).await?;
-        let cluster = client.is_cluster();
         let broadcast_stream = if client.is_cluster() {
-            // Under the hash tag 0: read by the reader of tag 0.
+            // Under a hash tag of its own: one slot, one master.
             format!("{prefix}!broadcast:{{0}}")
         } else {
             format!("{prefix}!broadcast")
         };
-        let inner = Arc::new(Inner {
+        let (received_sender, received) = tokio::sync::mpsc::unbounded_channel();
+        let (request_sender, requests) = tokio::sync::mpsc::unbounded_channel();
+        let links = Links::new(client.clone(), received_sender)?;
+        let inner = Arc::new_cyclic(|me| Inner {
             client,
             commands,
             replays,
             prefix: prefix.to_owned(),
             config,
-            local: Mutex::new(Fanouts::new(cluster)),
+            local: Mutex::new(Fanouts::new()),
             broadcast_stream: Arc::from(broadcast_stream),
             broadcast_unreadable: AtomicBool::new(false),
-            bells: (0..BUCKETS)
-                .map(|bucket| {
-                    // The bucket's hash tag on a cluster: the slot of its keys.
-                    Arc::from(if cluster {
-                        format!("{prefix}!bell:{{{bucket}}}")
-                    } else {
-                        format!("{prefix}!bell:{bucket}")
-                    })
-                })
-                .collect(),
-            bells_unreadable: (0..BUCKETS).map(|_| AtomicBool::new(false)).collect(),
+            interest: Interest::new(request_sender.clone()),
+            me: me.clone(),
             send_script: redis::Script::new(SEND_SCRIPT),
             keys_changed: Notify::new(),
             shut_down: AtomicBool::new(false),
         });
-        for reader in 0..inner.readers() {
-            tokio::spawn(read_loop(Arc::downgrade(&inner), reader));
-        }
+        tokio::spawn(interest_loop(Arc::downgrade(&inner), links, requests));
+        tokio::spawn(dispatch_loop(
+            Arc::downgrade(&inner),
+            received,
+            request_sender,
+        ));
+        tokio::spawn(read_loop(Arc::downgrade(&inner)));
         Ok(RedisBroker {
             inner,
             _keys: PhantomData,
@@ -308,11 +299,8 @@ impl Inner {
                         stream,
                         "SSE Redis key is not a stream; its subscriptions are ended"
                     );
-                    let ended = self.local_subscribers(stream);
-                    if let Some(key) = lock(&self.local).remove(stream) {
-                        key.fanout.close();
-                        crate::telemetry::broker_ended_streams("not_a_stream", ended);
-                    }
+                    let ended = self.end_key(stream);
+                    crate::telemetry::broker_ended_streams("not_a_stream", ended);
                 }
                 Err(unavailable(error))
             }
@@ -336,13 +324,14 @@ impl Inner {
         }
     }
 
-    /// On a cluster, the hash tag (`{<bucket>}`) that puts `key`'s Redis
-    /// keys in its bucket's slot, so a reader's `XREAD` names one slot;
-    /// `None` on one node.
-    fn hash_tag(&self, key: &impl Display) -> Option<u64> {
+    /// On a cluster, the hash tag that puts `key`'s Redis keys (its
+    /// stream, its channel, its idempotency records) in one slot: a fixed
+    /// hash of the key, so keys spread evenly over all the slots; `None` on
+    /// one node.
+    fn hash_tag(&self, key: &impl Display) -> Option<String> {
         self.client
             .is_cluster()
-            .then(|| fixed_hash(&key.to_string()) % BUCKETS as u64)
+            .then(|| format!("{:016x}", fixed_hash(&key.to_string())))
     }
 
     /// Where the record of `idempotency_key` for `key` lives: beside the
@@ -362,32 +351,43 @@ impl Inner {
         }
     }
 
-    /// How many readers there are: one, which follows every bell in one
-    /// `XREAD`; on a cluster one per bucket (a bell per slot), each opening
-    /// its connection once its bucket has a key here.
-    fn readers(&self) -> usize {
-        if self.client.is_cluster() { BUCKETS } else { 1 }
+    /// This broker, for a task it starts.
+    fn weak_self(&self) -> Weak<Inner> {
+        self.me.clone()
     }
 
-    /// The buckets reader `shard` follows.
-    fn buckets_of_reader(&self, shard: usize) -> std::ops::Range<usize> {
-        if self.client.is_cluster() {
-            shard..shard + 1
-        } else {
-            0..BUCKETS
-        }
-    }
-
-    /// How many subscriptions on this instance have joined `stream`.
+    /// How many subscriptions on this instance have joined `stream` (a key
+    /// still opening has none yet: its subscriptions have no position).
     fn local_subscribers(&self, stream: &str) -> usize {
         lock(&self.local)
             .get(stream)
+            .filter(|local| local.ready)
             .map_or(0, |local| local.fanout.subscriber_count())
     }
 
-    /// Drops the local fan-out of keys nobody on this instance listens to.
+    /// Drops the local fan-out of keys nobody on this instance listens to,
+    /// and answers their channels (the caller leaves them).
+    fn forget_idle_keys(&self) -> Vec<Arc<str>> {
+        lock(&self.local).forget_idle()
+    }
+
+    /// Drops the keys nobody on this instance listens to, and leaves
+    /// their channels.
     fn forget_idle(&self) {
-        lock(&self.local).forget_idle_in(0..BUCKETS);
+        for channel in self.forget_idle_keys() {
+            self.interest.leave(channel);
+        }
+    }
+
+    /// Ends every subscription of `stream` here, and leaves its channel.
+    fn end_key(&self, stream: &str) -> usize {
+        let Some(key) = lock(&self.local).remove(stream) else {
+            return 0;
+        };
+        let ended = key.fanout.subscriber_count();
+        key.fanout.close();
+        self.interest.leave(Arc::from(stream));
+        ended
     }
 }
 
@@ -486,6 +486,7 @@ where
     fn total_streams(&self) -> usize {
         lock(&self.inner.local)
             .values()
+            .filter(|local| local.ready)
             .map(|local| local.fanout.stream_count())
             .sum()
     }
@@ -493,6 +494,7 @@ where
     fn total_subscribers(&self) -> usize {
         lock(&self.inner.local)
             .values()
+            .filter(|local| local.ready)
             .map(|local| local.fanout.subscriber_count())
             .sum()
     }
@@ -500,10 +502,8 @@ where
     fn shutdown(&self) {
         self.inner.shut_down.store(true, Ordering::SeqCst);
         // Closing every key ends every live subscription.
-        for bucket in &mut lock(&self.inner.local).buckets {
-            for (_, local) in bucket.drain() {
-                local.fanout.close();
-            }
+        for (_, local) in lock(&self.inner.local).drain() {
+            local.fanout.close();
         }
         self.inner.keys_changed.notify_waiters();
     }

@@ -1,20 +1,17 @@
-//! The instance's readers: `XREAD BLOCK` over the bells of the buckets with
-//! keys here (and the broadcast stream), fanning entries out; the gap checks
-//! after an error, a reconnect or a pause.
+//! The instance's broadcast reader: `XREAD BLOCK` on the broadcast stream
+//! while any key is subscribed here, handing each entry to every key; the
+//! gap checks after an error, a reconnect or a pause. (Keys' own entries
+//! come live, by interest: see `live.rs`.)
 
-use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use bytes::Bytes;
-
+use super::Inner;
 use super::connection::Connection;
 use super::fanout::DeliveryKind;
 use super::history::{is_wrong_type, stored_fields};
 use super::ids::EntryId;
 use super::local::Local;
-use super::{BELL_LEN, Inner};
 use crate::registry::broker::ResetReason;
 use crate::sync::lock;
 
@@ -28,167 +25,62 @@ const READER_RESPONSE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A gap this long between two reads means the instance was paused (a VM
 /// pause, a stalled host): the reader checks that it missed nothing.
 const PAUSE: Duration = Duration::from_secs(1);
-/// A reader drops the keys nobody here listens to at most this often.
-const FORGET_IDLE_EVERY: Duration = Duration::from_millis(250);
-/// An entry the broker did not write is logged at most once per key per this.
+/// An entry the broker did not write is logged at most once per this.
 const FOREIGN_ENTRY_LOG_EVERY: Duration = Duration::from_secs(60);
 
 impl Inner {
-    /// The reader lost its place in a bucket's bell (trimmed while it
-    /// lagged, or lost in a restart): it goes on from the bell's end, and
-    /// each of the bucket's keys here catches up from its own stream, or,
-    /// where that no longer holds what the key missed, gets the reset
-    /// signal.
-    ///
-    /// The reader's place moves to the bell's end only once every key has
-    /// caught up: if a step fails, the reader's next try finds the same gap
-    /// and does it again (keys pass over what they were given already).
-    pub(super) async fn catch_up_bucket(&self, bucket: usize) -> redis::RedisResult<()> {
-        let end = self.last_id(&self.bells[bucket]).await?;
-        let keys: Vec<(Arc<str>, EntryId)> = lock(&self.local).buckets[bucket]
-            .iter()
-            .map(|(stream, key)| (Arc::clone(stream), key.read_from))
-            .collect();
-        for (stream, read_from) in keys {
-            match self.covers(&stream, read_from).await? {
-                Ok(()) => self.deliver_from_stream(&stream, read_from).await?,
-                Err(ResetReason::UnknownId) => {
-                    // The last entry delivered is gone while later ones are
-                    // there: lost with a failed master, with whatever else it
-                    // had not replicated. Subscribers are told, then get
-                    // everything Redis kept after it.
-                    self.reset_key(&stream, ResetReason::UnknownId, None);
-                    self.deliver_from_stream(&stream, read_from).await?;
-                }
-                Err(reason) => {
-                    // Never behind where the key was: a stream found missing
-                    // would put it at 0-0, from which a resume replays all.
-                    let position = self.last_id(&stream).await?.max(read_from);
-                    self.reset_key(&stream, reason, Some(position));
-                }
-            }
-        }
-        let mut local = lock(&self.local);
-        if local.bells_at[bucket].is_some() {
-            local.bells_at[bucket] = Some(end);
-        }
-        Ok(())
+    /// Whether the broadcast stream still holds entry `at`.
+    async fn broadcast_holds(&self, at: EntryId) -> redis::RedisResult<bool> {
+        let mut connection = self.commands.clone();
+        let found: Vec<(String, Vec<Vec<u8>>)> = redis::cmd("XRANGE")
+            .arg(&*self.broadcast_stream)
+            .arg(at.to_string())
+            .arg(at.to_string())
+            .query_async(&mut connection)
+            .await?;
+        Ok(!found.is_empty())
     }
 
-    /// Gives the subscribers of `stream` here the reset signal for `reason`
-    /// (logged); with `move_to`, the key goes on from there, passing over
-    /// what it had staged while catching up.
-    fn reset_key(&self, stream: &str, reason: ResetReason, move_to: Option<EntryId>) {
+    /// After a reader error, a reconnect or a pause: whether the last
+    /// broadcast the reader handed on is still in the broadcast stream.
+    /// Trimming removes the oldest entries first, so while it is there
+    /// nothing after it was lost; where it is gone (trimmed while the reader
+    /// lagged, or lost in a restart without persistence), every key here
+    /// gets the reset signal that a reconnecting client would get. Answers
+    /// where to read on from.
+    async fn check_broadcast_gap(&self, at: EntryId) -> redis::RedisResult<EntryId> {
+        if at.is_start() || self.broadcast_holds(at).await? {
+            return Ok(at);
+        }
+        // A node that is behind for a moment after a failover must not cost
+        // subscribers a reset: asked again, as a resume is.
+        if self.settled_for_recheck().await && self.broadcast_holds(at).await? {
+            return Ok(at);
+        }
+        let reason = match self.covers(&self.broadcast_stream, at).await? {
+            Ok(()) => return Ok(at),
+            Err(reason) => reason,
+        };
+        // Lost with a failed master (later entries are there): told, then
+        // read on from here. Trimmed or gone: from the end.
+        let position = if reason == ResetReason::UnknownId {
+            at
+        } else {
+            self.last_id(&self.broadcast_stream).await?.max(at)
+        };
         tracing::warn!(
-            stream,
             reason = reason.as_str(),
-            "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
-             restart or a failover); its subscribers get the reset signal"
+            "SSE Redis reader missed broadcasts (trimmed while it lagged, or lost in a restart \
+             or a failover); every subscriber here gets the reset signal"
         );
         let reset = self.reset_signal(reason);
         let mut local = lock(&self.local);
-        let broadcast_at = local.broadcast_at;
-        if let Some(key) = local.get_mut(stream) {
-            if let Some(position) = move_to {
-                key.read_from = position;
-                key.catching_up = None;
-            }
-            key.push_reset(key.position(broadcast_at), &reset);
+        local.broadcast_at = Some(position);
+        for key in local.values_mut() {
+            key.push_reset(key.position(Some(position)), &reset);
             key.flush();
         }
-    }
-
-    /// Those of `entries` (a stream and an entry id each) whose entry is not
-    /// in its stream.
-    async fn missing_entries(
-        &self,
-        entries: &[(Arc<str>, EntryId)],
-    ) -> redis::RedisResult<Vec<(Arc<str>, EntryId)>> {
-        if entries.is_empty() {
-            return Ok(Vec::new());
-        }
-        let mut connection = self.commands.clone();
-        let mut pipeline = redis::pipe();
-        for (stream, id) in entries {
-            pipeline
-                .cmd("XRANGE")
-                .arg(&**stream)
-                .arg(id.to_string())
-                .arg(id.to_string());
-        }
-        let found: Vec<Vec<(String, Vec<Vec<u8>>)>> = pipeline.query_async(&mut connection).await?;
-        Ok(entries
-            .iter()
-            .zip(found)
-            .filter(|(_, found)| found.is_empty())
-            .map(|(entry, _)| entry.clone())
-            .collect())
-    }
-
-    /// After a reader error, a reconnect or a pause: for each key, whether
-    /// the last entry the reader delivered is still in its stream. Trimming
-    /// removes the oldest entries first, so while it is there nothing after it
-    /// was lost; where it is gone (trimmed while the reader lagged, or lost in
-    /// a restart without persistence), the key's subscribers get the reset
-    /// signal that a reconnecting client would get, and the reader carries on
-    /// from the stream's current end.
-    pub(super) async fn check_for_gaps(
-        &self,
-        positions: &mut [(Arc<str>, EntryId)],
-    ) -> redis::RedisResult<()> {
-        let checked: Vec<(Arc<str>, EntryId)> = positions
-            .iter()
-            .filter(|(_, read_from)| *read_from != EntryId::default())
-            .cloned()
-            .collect();
-        let mut gone = self.missing_entries(&checked).await?;
-        if !gone.is_empty() && self.settled_for_recheck().await {
-            // A node that is behind for a moment after a failover must not
-            // cost subscribers a reset: asked again, as a resume is.
-            gone = self.missing_entries(&gone).await?;
-        }
-        for (stream, read_from) in gone {
-            if let Some(bucket) = self.bells.iter().position(|bell| **bell == *stream) {
-                self.catch_up_bucket(bucket).await?;
-                let at = lock(&self.local).bells_at[bucket].unwrap_or_default();
-                if let Some(entry) = positions.iter_mut().find(|(key, _)| **key == *stream) {
-                    entry.1 = at;
-                }
-                continue;
-            }
-            let reason = match self.covers(&stream, read_from).await? {
-                Ok(()) => continue,
-                Err(reason) => reason,
-            };
-            // Lost with a failed master (later entries are there): told,
-            // then read on from here. Trimmed or gone: from the end.
-            let position = if reason == ResetReason::UnknownId {
-                read_from
-            } else {
-                self.last_id(&stream).await?.max(read_from)
-            };
-            tracing::warn!(
-                stream = &*stream,
-                reason = reason.as_str(),
-                "SSE Redis reader missed entries of a key (trimmed while it lagged, or lost in a \
-                 restart or a failover); its subscribers get the reset signal"
-            );
-            let reset = self.reset_signal(reason);
-            let mut local = lock(&self.local);
-            if *stream == *self.broadcast_stream {
-                // Broadcasts were lost: every key subscribed here is told.
-                local.broadcast_at = Some(position);
-                for key in local.values_mut() {
-                    key.push_reset(key.position(Some(position)), &reset);
-                    key.flush();
-                }
-            }
-            drop(local);
-            if let Some(entry) = positions.iter_mut().find(|(key, _)| **key == *stream) {
-                entry.1 = position;
-            }
-        }
-        Ok(())
+        Ok(position)
     }
 }
 
@@ -199,28 +91,25 @@ struct ReaderState {
     connection: Option<Connection>,
     /// The commands' topology generation when the connection was made: on
     /// a cluster, a change (a failover seen) makes the reader reconnect, so
-    /// it reads from the new masters, not from demoted ones.
+    /// it reads from the new master, not from a demoted one.
     topology: u64,
-    /// Set after an error or a reconnect: check for gaps before reading on.
+    /// Set after an error or a reconnect: check for a gap before reading on.
     check_gaps: bool,
     last_read: Option<std::time::Instant>,
-    /// When each key's foreign entries were last logged.
-    foreign_logged: HashMap<String, std::time::Instant>,
-    /// When this reader last dropped its keys nobody listens to.
-    forgot_idle_at: Option<std::time::Instant>,
+    /// When a foreign entry was last logged.
+    foreign_logged: Option<std::time::Instant>,
 }
 
-/// One of the instance's readers, started with the broker: `XREAD BLOCK`
-/// over the bells of its buckets that have keys here (and the broadcast
-/// stream), fanning entries out. Reconnects by itself; stops with the broker.
-pub(super) async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
+/// The instance's broadcast reader, started with the broker: `XREAD BLOCK`
+/// on the broadcast stream while any key is subscribed here, handing each
+/// entry to every key. Reconnects by itself; stops with the broker.
+pub(super) async fn read_loop(inner: std::sync::Weak<Inner>) {
     let mut state = ReaderState {
         connection: None,
         topology: 0,
         check_gaps: false,
         last_read: None,
-        foreign_logged: HashMap::new(),
-        forgot_idle_at: None,
+        foreign_logged: None,
     };
     loop {
         let Some(broker) = inner.upgrade() else {
@@ -229,7 +118,7 @@ pub(super) async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
         if broker.shut_down.load(Ordering::SeqCst) {
             return;
         }
-        if let Err(error) = read_once(&broker, &mut state, shard).await {
+        if let Err(error) = read_once(&broker, &mut state).await {
             tracing::warn!(%error, "SSE Redis reader failed; reconnecting");
             crate::telemetry::redis_reader_error();
             state.connection = None;
@@ -240,46 +129,16 @@ pub(super) async fn read_loop(inner: std::sync::Weak<Inner>, shard: usize) {
     }
 }
 
-async fn read_once(
-    broker: &Inner,
-    state: &mut ReaderState,
-    shard: usize,
-) -> redis::RedisResult<()> {
-    let mine = broker.buckets_of_reader(shard);
-    let mut positions: Vec<(Arc<str>, EntryId)> = {
-        let mut local = lock(&broker.local);
-        // Not at every read: a busy reader reads thousands of times a second.
-        if state
-            .forgot_idle_at
-            .is_none_or(|at| at.elapsed() >= FORGET_IDLE_EVERY)
-        {
-            local.forget_idle_in(mine.clone());
-            state.forgot_idle_at = Some(std::time::Instant::now());
-        }
-        // The bells of this reader's buckets that have keys here.
-        let mut positions: Vec<(Arc<str>, EntryId)> = mine
-            .clone()
-            .filter(|bucket| !broker.bells_unreadable[*bucket].load(Ordering::SeqCst))
-            .filter_map(|bucket| Some((Arc::clone(&broker.bells[bucket]), local.bells_at[bucket]?)))
-            .collect();
-        // The broadcast stream is followed while any key is subscribed here,
-        // by the reader of its bucket.
-        if let Some(at) = local.broadcast_at {
-            if mine.contains(&local.bucket_of(&broker.broadcast_stream))
-                && !broker.broadcast_unreadable.load(Ordering::SeqCst)
-            {
-                positions.push((Arc::clone(&broker.broadcast_stream), at));
-            }
-        }
-        positions
-    };
-    if positions.is_empty() {
+async fn read_once(broker: &Inner, state: &mut ReaderState) -> redis::RedisResult<()> {
+    // The broadcast stream is followed while any key is subscribed here.
+    let at = lock(&broker.local).broadcast_at;
+    let Some(mut at) = at.filter(|_| !broker.broadcast_unreadable.load(Ordering::SeqCst)) else {
         // Re-check now and then: the broker may be dropped meanwhile.
         let _ =
             tokio::time::timeout(Duration::from_millis(500), broker.keys_changed.notified()).await;
         state.last_read = None;
         return Ok(());
-    }
+    };
     let topology = broker.commands.topology_generation();
     if state.connection.is_some() && state.topology != topology {
         state.connection = None;
@@ -294,36 +153,28 @@ async fn read_once(
                 .await?,
         );
     }
-    let paused = state.last_read.is_some_and(|at| at.elapsed() > PAUSE);
+    let paused = state.last_read.is_some_and(|read| read.elapsed() > PAUSE);
     if state.check_gaps || paused {
-        broker.check_for_gaps(&mut positions).await?;
+        at = broker.check_broadcast_gap(at).await?;
         state.check_gaps = false;
     }
-    let mut command = redis::Cmd::with_capacity(6 + 2 * positions.len(), 48 * positions.len());
-    command
-        .arg("XREAD")
+    let connection = state.connection.as_mut().expect("connected above");
+    let asked = std::time::Instant::now();
+    let reply: StreamReply = match redis::cmd("XREAD")
         .arg("COUNT")
         .arg(READ_COUNT)
         .arg("BLOCK")
         .arg(READ_BLOCK.as_millis() as u64)
-        .arg("STREAMS");
-    for (key, _) in &positions {
-        command.arg(&**key);
-    }
-    let mut id_text = String::with_capacity(48);
-    for (_, id) in &positions {
-        use std::fmt::Write;
-        id_text.clear();
-        let _ = write!(id_text, "{id}");
-        command.arg(id_text.as_str());
-    }
-    let connection = state.connection.as_mut().expect("connected above");
-    let asked = std::time::Instant::now();
-    let reply: StreamReply = match command.query_async(connection).await {
+        .arg("STREAMS")
+        .arg(&*broker.broadcast_stream)
+        .arg(at.to_string())
+        .query_async(connection)
+        .await
+    {
         Ok(reply) => reply,
         Err(error) if is_wrong_type(&error) => {
-            let keys: Vec<Arc<str>> = positions.into_iter().map(|(key, _)| key).collect();
-            return stop_reading_the_wrong_type(broker, &keys).await;
+            broker.mark_broadcast_unreadable();
+            return Ok(());
         }
         Err(error) => return Err(error),
     };
@@ -333,167 +184,64 @@ async fn read_once(
         // answered may be a master no more (a frozen one, woken, answers
         // with what it wrote on waking and then drops as it becomes a
         // replica). Nothing of it is handed on; the reader reconnects,
-        // checks for gaps, and reads again where the slots are now.
+        // checks for a gap, and reads again where the slot is now.
         state.connection = None;
         state.check_gaps = true;
         return Ok(());
     }
-    let reply = reply.unwrap_or_default();
+    let entries = reply
+        .unwrap_or_default()
+        .into_iter()
+        .flat_map(|(_, entries)| entries)
+        .collect::<Vec<_>>();
     // A reply that took far longer than the block (this process or Redis
     // was paused meanwhile), or one as long as the history (only then can
-    // trimming have passed the reader: what `MAXLEN ~` keeps would all be
-    // after it), may start after entries trimmed before the read: check
-    // each replying key's last delivered entry before handing any of the
-    // reply on. A key found short gets the reset signal and its position
-    // moves to the stream's end, so the reply's entries for it are passed
-    // over below.
+    // trimming have passed the reader), may start after entries trimmed
+    // before the read: check before handing any of it on.
     let slow = asked.elapsed() > READ_BLOCK + PAUSE;
-    let full = reply.iter().any(|(stream, entries)| {
-        let kept = if **stream == *broker.broadcast_stream {
-            broker.config.history_len
-        } else {
-            BELL_LEN
-        };
-        entries.len() >= READ_COUNT.min(kept)
-    });
-    if slow || full {
-        let mut replied: Vec<(Arc<str>, EntryId)> = positions
-            .iter()
-            .filter(|(key, _)| reply.iter().any(|(stream, _)| **stream == **key))
-            .cloned()
-            .collect();
-        broker.check_for_gaps(&mut replied).await?;
+    let full = entries.len() >= READ_COUNT.min(broker.config.history_len);
+    state.check_gaps |= entries.len() >= READ_COUNT;
+    if (slow || full) && broker.check_broadcast_gap(at).await? != at {
+        // Reset past them: read again from the end.
+        return Ok(());
     }
     let mut local = lock(&broker.local);
-    // Keys given deliveries by this reply: each gets them as one batch.
-    let mut touched: Vec<String> = Vec::new();
-    let mut flush_all = false;
-    for (stream, entries) in reply {
-        // A full read means the reader is behind: check before the next.
-        state.check_gaps |= entries.len() >= READ_COUNT;
-        let bell = broker.bells.iter().position(|bell| **bell == *stream);
-        for (id, fields) in entries {
-            let Some(entry_id) = EntryId::parse(&id) else {
-                continue;
-            };
-            // The next XREAD starts after the last entry seen, whether it is
-            // one of ours or not: an entry that does not decode is passed,
-            // never read again and again.
-            match bell {
-                Some(bucket) => {
-                    if local.bells_at[bucket].is_none_or(|at| entry_id <= at) {
-                        continue;
-                    }
-                    local.bells_at[bucket] = Some(entry_id);
-                    let Some((key, key_entry, fields)) = rung(&fields) else {
-                        log_foreign_entry(&mut state.foreign_logged, &stream, &id);
-                        continue;
-                    };
-                    let broadcast_at = local.broadcast_at;
-                    // A key nobody follows here is passed over.
-                    if let Some(local_key) = local.get_mut(&key) {
-                        match &mut local_key.catching_up {
-                            Some(pending) => pending.push((key_entry, fields)),
-                            None => {
-                                local_key.deliver(key_entry, &fields, broadcast_at);
-                                touched.push(key);
-                            }
-                        }
-                    }
-                }
-                None => {
-                    if local.broadcast_at.is_none_or(|at| entry_id <= at) {
-                        continue;
-                    }
-                    local.broadcast_at = Some(entry_id);
-                    let Some(fields) = stored_fields(&fields) else {
-                        log_foreign_entry(&mut state.foreign_logged, &stream, &id);
-                        continue;
-                    };
-                    for key in local.values_mut() {
-                        key.push(
-                            DeliveryKind::Broadcast,
-                            key.position(Some(entry_id)),
-                            &fields,
-                        );
-                    }
-                    flush_all = true;
-                }
-            }
+    for (id, fields) in entries {
+        let Some(entry_id) = EntryId::parse(&id) else {
+            continue;
+        };
+        // The next XREAD starts after the last entry seen, whether it is
+        // one of ours or not: an entry that does not decode is passed,
+        // never read again and again.
+        if local.broadcast_at.is_none_or(|at| entry_id <= at) {
+            continue;
+        }
+        local.broadcast_at = Some(entry_id);
+        let Some(fields) = stored_fields(&fields) else {
+            log_foreign_entry(&mut state.foreign_logged, &broker.broadcast_stream, &id);
+            continue;
+        };
+        for key in local.values_mut() {
+            key.push(
+                DeliveryKind::Broadcast,
+                key.position(Some(entry_id)),
+                &fields,
+            );
         }
     }
-    if flush_all {
-        local.values_mut().for_each(Local::flush);
-    } else {
-        for key in touched {
-            if let Some(key) = local.get_mut(&key) {
-                key.flush();
-            }
-        }
-    }
+    local.values_mut().for_each(Local::flush);
     Ok(())
 }
 
-/// A bell entry: the key's stream, its entry id, the event's fields; `None`
-/// for an entry another program wrote.
-fn rung(fields: &[Vec<u8>]) -> Option<(String, EntryId, Bytes)> {
-    let field = |name: &[u8]| {
-        fields.chunks(2).find_map(|pair| match pair {
-            [field, value] if field == name => Some(value),
-            _ => None,
-        })
-    };
-    let key = String::from_utf8(field(b"k")?.clone()).ok()?;
-    let id = EntryId::parse(std::str::from_utf8(field(b"i")?).ok()?)?;
-    Some((key, id, Bytes::copy_from_slice(field(b"e")?)))
-}
-
-fn log_foreign_entry(logged: &mut HashMap<String, std::time::Instant>, key: &str, id: &str) {
+fn log_foreign_entry(logged: &mut Option<std::time::Instant>, stream: &str, id: &str) {
     let now = std::time::Instant::now();
-    let due = logged
-        .get(key)
-        .is_none_or(|at| now.duration_since(*at) >= FOREIGN_ENTRY_LOG_EVERY);
-    if due {
-        logged.insert(key.to_owned(), now);
+    if logged.is_none_or(|at| now.duration_since(at) >= FOREIGN_ENTRY_LOG_EVERY) {
+        *logged = Some(now);
         tracing::warn!(
-            stream = key,
+            stream,
             id,
             "SSE Redis stream holds an entry without the broker's `e` field (written by another \
              program?); it is skipped"
         );
     }
-}
-
-/// `XREAD` failed because a stream it names is not a stream (`WRONGTYPE`):
-/// finds which bell or broadcast key, and stops reading it (logged once), so
-/// every other bucket keeps flowing.
-async fn stop_reading_the_wrong_type(
-    broker: &Inner,
-    streams: &[Arc<str>],
-) -> redis::RedisResult<()> {
-    let mut connection = broker.commands.clone();
-    let mut pipeline = redis::pipe();
-    for stream in streams {
-        pipeline.cmd("TYPE").arg(&**stream);
-    }
-    let types: Vec<String> = pipeline.query_async(&mut connection).await?;
-    for (stream, kind) in streams.iter().zip(types) {
-        if kind == "stream" || kind == "none" {
-            continue;
-        }
-        if **stream == *broker.broadcast_stream {
-            broker.mark_broadcast_unreadable();
-        } else if let Some(bucket) = broker.bells.iter().position(|bell| bell == stream) {
-            if !broker.bells_unreadable[bucket].swap(true, Ordering::SeqCst) {
-                tracing::error!(
-                    stream = &**stream,
-                    kind,
-                    "SSE Redis bell key holds a {kind}, not a stream: live events of its \
-                     bucket's keys are not delivered until it is deleted and the instance \
-                     restarted"
-                );
-            }
-        }
-    }
-    Ok(())
 }

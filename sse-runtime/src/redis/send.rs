@@ -3,33 +3,35 @@
 
 use std::time::Duration;
 
-use super::{BELL_LEN, Inner};
-use crate::sync::lock;
+use super::Inner;
 
 /// How long `send` waits between tries of a command Redis did not run.
 const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 
-/// `send`, atomically (so a bell's order is its keys' order): the entry, its
-/// bounds by count, age and key expiry, and its copy on the bucket's bell
-/// (which expires as its keys do, so nothing stays that nobody writes to).
-/// With an idempotency record (KEYS[3]), a send whose record exists writes
-/// nothing and answers the id it holds; one that writes leaves the record,
-/// expiring after ARGV[6] ms. KEYS: the key's stream, its bell, and the
-/// record if any. ARGV: history length, the fields, the oldest id kept, the
-/// key's expiry in ms, the bell's length, the record's expiry in ms.
-/// Answers `{id, 1 if a repeat else 0}`.
+/// `send`, atomically: the entry, its bounds by count, age and key expiry,
+/// and its live message on the key's channel (named as the key's stream,
+/// so it shares its slot): `<entry before> <entry>\n<fields>`, the entry
+/// before being the stream's last (`0-0` when it was empty or gone), so a
+/// receiver knows whether it missed one (see `live.rs`). With an
+/// idempotency record (KEYS[2]), a send whose record exists writes nothing
+/// and answers the id it holds; one that writes leaves the record, expiring
+/// after ARGV[5] ms. KEYS: the key's stream, and the record if any. ARGV:
+/// history length, the fields, the oldest id kept, the key's expiry in ms,
+/// the record's expiry in ms. Answers `{id, 1 if a repeat else 0}`.
 pub(super) const SEND_SCRIPT: &str = r"
-if KEYS[3] then
-  local first = redis.call('GET', KEYS[3])
+if KEYS[2] then
+  local first = redis.call('GET', KEYS[2])
   if first then return {first, 1} end
 end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+local before = '0-0'
+if last[1] then before = last[1][1] end
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
 redis.call('XTRIM', KEYS[1], 'MINID', ARGV[3])
 redis.call('PEXPIRE', KEYS[1], ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'k', KEYS[1], 'i', id, 'e', ARGV[2])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-if KEYS[3] then
-  redis.call('SET', KEYS[3], id, 'PX', ARGV[6])
+redis.call('SPUBLISH', KEYS[1], before .. ' ' .. id .. '\n' .. ARGV[2])
+if KEYS[2] then
+  redis.call('SET', KEYS[2], id, 'PX', ARGV[5])
 end
 return {id, 0}
 ";
@@ -51,7 +53,7 @@ impl Inner {
 
     /// Sends one event to `stream` ([`SEND_SCRIPT`]): `XADD … MAXLEN ~
     /// <history_len>`, `XTRIM … MINID <now - history_ttl>`, `PEXPIRE`, and
-    /// the copy on the bell, in one round trip (retried as [`until_run`]
+    /// the live message, in one round trip (retried as [`until_run`]
     /// says); with an idempotency `record`, only if it is not there. The
     /// entry's id, and whether the send was a repeat.
     pub(super) async fn send(
@@ -76,7 +78,6 @@ impl Inner {
         fields: &[u8],
         record: Option<&str>,
     ) -> redis::RedisResult<(String, bool)> {
-        let bucket = lock(&self.local).bucket_of(stream);
         let (min_id, ttl_ms) = self.age_bounds();
         let record_ttl_ms = u64::try_from(self.config.idempotency_ttl.as_millis())
             .unwrap_or(u64::MAX)
@@ -86,9 +87,8 @@ impl Inner {
             let mut command = redis::cmd(verb);
             command
                 .arg(script)
-                .arg(if record.is_some() { 3 } else { 2 })
-                .arg(stream)
-                .arg(&*self.bells[bucket]);
+                .arg(if record.is_some() { 2 } else { 1 })
+                .arg(stream);
             if let Some(record) = record {
                 command.arg(record);
             }
@@ -97,7 +97,6 @@ impl Inner {
                 .arg(fields)
                 .arg(min_id)
                 .arg(ttl_ms)
-                .arg(BELL_LEN)
                 .arg(record_ttl_ms);
             command
         };

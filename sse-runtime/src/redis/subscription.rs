@@ -11,10 +11,11 @@ use std::time::Duration;
 
 use futures_util::stream::BoxStream;
 
-use super::fanout::{Cursor, Delivery, DeliveryKind, Fanout, Next};
+use super::fanout::{Cursor, Delivery, DeliveryKind, Next};
 use super::history::{is_wrong_type, replay_page_entries};
 use super::ids::{EntryId, Position};
-use super::local::Local;
+use super::live::catch_up_key;
+use super::local::{Local, Received};
 use super::{Inner, RedisBroker, shut_down_error};
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::registry::broker::{LagPolicy, ResetReason};
@@ -26,107 +27,105 @@ impl Inner {
     /// position it starts after: every later entry of the key, and every
     /// later broadcast, reaches the cursor.
     ///
-    /// A key new to this instance starts at its stream's last entry, taken
-    /// in one atomic step with its bell's last entry. When the reader
-    /// follows that bell from further on already, it may have passed entries
-    /// of the key: the key then catches up from its own stream before the
-    /// reader's entries for it are handed on.
+    /// A key new to this instance subscribes to its channel first, then
+    /// starts at its stream's last entry: what is published after that comes
+    /// live. A subscription to a key that is joining waits for it.
     pub(super) async fn join(
         &self,
         stream: &str,
         with_broadcasts: bool,
     ) -> redis::RedisResult<(Cursor, Position)> {
-        {
-            let local = lock(&self.local);
-            if let Some(key) = local.get(stream) {
-                return Ok((
-                    key.fanout.subscribe(with_broadcasts),
-                    key.position(local.broadcast_at),
-                ));
-            }
-        }
-        if self.shut_down.load(Ordering::SeqCst) {
-            return Err(shut_down_error());
-        }
-        let (bucket, known) = {
-            let local = lock(&self.local);
-            (local.bucket_of(stream), local.broadcast_at)
-        };
-        let bell = &self.bells[bucket];
-        let snapshot = async {
-            let mut connection = self.commands.clone();
-            let mut both = redis::pipe();
-            both.atomic();
-            for stream in [stream, &**bell] {
-                both.cmd("XREVRANGE")
-                    .arg(stream)
-                    .arg("+")
-                    .arg("-")
-                    .arg("COUNT")
-                    .arg(1);
-            }
-            type Last = Vec<(String, Vec<Vec<u8>>)>;
-            let (key_last, bell_last): (Last, Last) = both.query_async(&mut connection).await?;
-            let last = |entries: Last| {
-                entries
-                    .first()
-                    .and_then(|(id, _)| EntryId::parse(id))
-                    .unwrap_or_default()
-            };
-            redis::RedisResult::Ok((last(key_last), last(bell_last)))
-        };
-        let ((start, bell_start), broadcast_start) = tokio::try_join!(snapshot, async {
-            match known {
-                Some(at) => Ok(at),
-                None => self.last_broadcast_id().await,
-            }
-        })?;
-        let (joined, catch_up) = {
-            let mut local = lock(&self.local);
-            // Checked under the lock that shutdown closes the keys under, so no
-            // key is added after it.
-            if self.shut_down.load(Ordering::SeqCst) {
-                return Err(shut_down_error());
-            }
-            let broadcast_at = *local.broadcast_at.get_or_insert(broadcast_start);
-            let bell_at = *local.bells_at[bucket].get_or_insert(bell_start);
-            let mut created = false;
-            let key = local.buckets[bucket]
-                .entry(Arc::from(stream))
-                .or_insert_with(|| {
-                    created = true;
-                    Local {
-                        fanout: Fanout::new(self.config.buffer),
-                        read_from: start,
-                        catching_up: (bell_at > bell_start).then(Vec::new),
-                        staged: Vec::new(),
+        loop {
+            let changed = self.keys_changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            let opened = {
+                let mut local = lock(&self.local);
+                // Checked under the lock that shutdown closes the keys
+                // under, so no key is added after it.
+                if self.shut_down.load(Ordering::SeqCst) {
+                    return Err(shut_down_error());
+                }
+                let broadcast_at = local.broadcast_at;
+                match local.get(stream) {
+                    Some(key) if key.ready => {
+                        return Ok((
+                            key.fanout.subscribe(with_broadcasts),
+                            key.position(broadcast_at),
+                        ));
                     }
-                });
-            let joined = (
-                key.fanout.subscribe(with_broadcasts),
-                key.position(Some(broadcast_at)),
-            );
-            (joined, created && key.catching_up.is_some())
-        };
-        self.keys_changed.notify_waiters();
-        if catch_up {
-            self.catch_up(stream, start).await?;
+                    // Another subscription is opening it.
+                    Some(_) => None,
+                    None => {
+                        let key =
+                            local.insert(Arc::from(stream), Local::joining(self.config.buffer));
+                        Some(key.fanout.subscribe(with_broadcasts))
+                    }
+                }
+            };
+            match opened {
+                Some(cursor) => {
+                    // Opened in a task of its own, so it goes on while the
+                    // subscription is not polled: its position is taken
+                    // soon after it was first asked for, not when the app
+                    // next reads.
+                    let me = self.me.upgrade().ok_or_else(shut_down_error)?;
+                    let stream: Arc<str> = Arc::from(stream);
+                    let opened = tokio::spawn(async move {
+                        let opened = me.open_key(&stream).await;
+                        me.keys_changed.notify_waiters();
+                        opened
+                    })
+                    .await
+                    .map_err(|_| shut_down_error())?;
+                    return opened.map(|position| (cursor, position));
+                }
+                None => {
+                    // Woken when it is open (or failed), or looked at again.
+                    let _ = tokio::time::timeout(Duration::from_millis(100), changed).await;
+                }
+            }
         }
-        Ok(joined)
     }
 
-    /// Hands on `stream`'s entries after `from`, read from the stream
-    /// itself, then what the reader took for it meanwhile; the reader hands
-    /// the key's entries on directly again from then on.
-    async fn catch_up(&self, stream: &str, from: EntryId) -> redis::RedisResult<()> {
-        let result = self.deliver_from_stream(stream, from).await;
-        if result.is_err() {
-            // Not caught up: let no stream of the key carry on with a gap.
-            if let Some(key) = lock(&self.local).remove(stream) {
-                key.fanout.close();
-            }
+    /// Opens a key new here: its channel, then its position. On failure
+    /// the key is dropped again (a subscription waiting for it opens it
+    /// anew).
+    async fn open_key(&self, stream: &str) -> redis::RedisResult<Position> {
+        let opened = async {
+            self.interest.join(stream).await?;
+            let known = lock(&self.local).broadcast_at;
+            tokio::try_join!(self.last_id(stream), async {
+                match known {
+                    Some(at) => Ok(at),
+                    None => self.last_broadcast_id().await,
+                }
+            })
         }
-        result
+        .await;
+        let mut local = lock(&self.local);
+        let (start, broadcast_start) = match opened {
+            Ok(starts) => starts,
+            Err(error) => {
+                if local.remove(stream).is_some() {
+                    self.interest.leave(Arc::from(stream));
+                }
+                return Err(error);
+            }
+        };
+        let broadcast_at = *local.broadcast_at.get_or_insert(broadcast_start);
+        let Some(key) = local.get_mut(stream) else {
+            return Err(shut_down_error());
+        };
+        key.read_from = start;
+        key.ready = true;
+        let gap = key.hand_on_kept(Some(broadcast_at)) == Received::Gap;
+        key.flush();
+        let position = key.position(Some(broadcast_at));
+        if gap || key.start_catch_up_if_missed() {
+            tokio::spawn(catch_up_key(self.weak_self(), Arc::from(stream)));
+        }
+        Ok(position)
     }
 }
 
