@@ -68,6 +68,16 @@ impl EventStream {
         &mut self,
         mut on_data: impl FnMut(&[u8]) -> bool,
     ) -> std::io::Result<()> {
+        self.for_each_line(|line| handle_line(line, &mut on_data))
+            .await
+    }
+
+    /// Calls `on_line` with each line of the stream (without its line
+    /// end) until the stream ends (`Ok(())`) or `on_line` returns false.
+    pub async fn for_each_line(
+        &mut self,
+        mut on_line: impl FnMut(&[u8]) -> bool,
+    ) -> std::io::Result<()> {
         loop {
             if self.chunk_left == 0 {
                 let size_line = self.read_until(b"\r\n").await?;
@@ -93,11 +103,11 @@ impl EventStream {
             for at in start..start + available {
                 if self.buf[at] == b'\n' {
                     let keep_going = if self.line.is_empty() {
-                        handle_line(&self.buf[from..at], &mut on_data)
+                        on_line(&self.buf[from..at])
                     } else {
                         self.line.extend_from_slice(&self.buf[from..at]);
                         let line = std::mem::take(&mut self.line);
-                        let keep = handle_line(&line, &mut on_data);
+                        let keep = on_line(&line);
                         self.line = line;
                         self.line.clear();
                         keep

@@ -16,6 +16,7 @@ pub mod chart;
 pub mod client;
 pub mod compare;
 pub mod h2_idle;
+pub mod interest;
 pub mod keys;
 pub mod report;
 pub mod scenario;

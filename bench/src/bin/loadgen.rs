@@ -22,6 +22,7 @@ use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
     | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s> \
+    | loadgen interest [--smoke] [--baseline BIN] | loadgen joins <subscribers> <per second> \
     | loadgen chaos [--seed N] [--faults N] [--kinds kill-master,freeze-master,cut-replication-then-kill,kill-instance]";
 
 #[tokio::main]
@@ -80,6 +81,49 @@ async fn main() {
                 run.figures,
                 run.delivery_ns_per_event(),
                 run.idle_cpu_per_second * 100.0
+            );
+        }
+        // Reads by interest: Redis bytes and instance CPU per delivered
+        // event from 1 to 8 instances (`--baseline <bench-ours of an
+        // earlier build>` measures that build in the same run).
+        ["interest", ..] => {
+            let baseline = words
+                .iter()
+                .position(|a| *a == "--baseline")
+                .and_then(|i| words.get(i + 1))
+                .copied();
+            let (counts, keys, events, rate): (&[usize], _, _, _) = if smoke {
+                (&[1, 2], 200, 2_000, 1_000)
+            } else {
+                (&[1, 8], 8_000, 16_000, 2_000)
+            };
+            let report =
+                bench::interest::compare(baseline, counts, keys, events, rate, &command).await;
+            write_section(&out, "interest", &report);
+            println!("{report}");
+        }
+        // Join latency: `loadgen joins <subscribers> <per second>`.
+        ["joins", subscribers, rate] => {
+            let latencies = bench::interest::joins(
+                subscribers.parse().expect("subscribers"),
+                rate.parse().expect("per second"),
+            )
+            .await;
+            let at = |q: f64| {
+                latencies
+                    .get(
+                        ((latencies.len() as f64 * q) as usize)
+                            .min(latencies.len().saturating_sub(1)),
+                    )
+                    .copied()
+                    .unwrap_or_default()
+            };
+            println!(
+                "{} of {subscribers} joined at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                latencies.len(),
+                at(0.5).as_secs_f64() * 1e3,
+                at(0.99).as_secs_f64() * 1e3,
+                latencies.last().copied().unwrap_or_default().as_secs_f64() * 1e3
             );
         }
         ["keys", ..] => {

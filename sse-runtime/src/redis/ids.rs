@@ -29,6 +29,13 @@ impl EntryId {
         Some(EntryId(number(ms)?, number(seq)?))
     }
 
+    /// The entry `distance` milliseconds before this one, with the
+    /// sequence `distance` carries (`<milliseconds back>-<sequence>`);
+    /// `None` when that is before time began.
+    pub(crate) fn back_by(self, distance: EntryId) -> Option<EntryId> {
+        Some(EntryId(self.0.checked_sub(distance.0)?, distance.1))
+    }
+
     /// Whether this is `0-0`: before any entry.
     pub(crate) fn is_start(self) -> bool {
         self == EntryId::default()

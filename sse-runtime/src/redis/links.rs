@@ -192,29 +192,37 @@ pub(super) async fn require_sharded_pubsub(client: &Client) -> redis::RedisResul
                 continue;
             }
         };
-        let version = info
-            .lines()
-            .find_map(|line| line.strip_prefix("redis_version:"))
-            .unwrap_or("")
-            .trim()
-            .to_owned();
-        let major: u32 = version
-            .split('.')
-            .next()
-            .and_then(|major| major.parse().ok())
-            .unwrap_or(0);
-        if major < 7 {
-            return Err(redis::RedisError::from((
+        return has_sharded_pubsub(&info).map_err(|version| {
+            redis::RedisError::from((
                 redis::ErrorKind::Client,
                 "Redis 7.0 or newer is needed (the broker delivers by sharded PUB/SUB)",
                 format!("this server is Redis {version}"),
-            )));
-        }
-        return Ok(());
+            ))
+        });
     }
     Err(last_error.unwrap_or_else(|| {
         redis::RedisError::from((redis::ErrorKind::Client, "no Redis node to connect to"))
     }))
+}
+
+/// Whether the server whose `INFO server` is `info` has sharded PUB/SUB
+/// (Redis 7.0 or newer); if not, its version.
+fn has_sharded_pubsub(info: &str) -> Result<(), String> {
+    let version = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .unwrap_or("unknown")
+        .trim();
+    let major: u32 = version
+        .split('.')
+        .next()
+        .and_then(|major| major.parse().ok())
+        .unwrap_or(0);
+    if major >= 7 {
+        Ok(())
+    } else {
+        Err(version.to_owned())
+    }
 }
 
 /// `node`'s epoch and its slot map (`CLUSTER SLOTS`: each range's master).
@@ -296,6 +304,23 @@ fn crc16(bytes: &[u8]) -> u16 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn redis_before_7_is_refused_with_its_version() {
+        let info = |version: &str| {
+            format!("# Server\r\nredis_version:{version}\r\nredis_mode:standalone\r\n")
+        };
+        assert_eq!(has_sharded_pubsub(&info("7.0.15")), Ok(()));
+        assert_eq!(has_sharded_pubsub(&info("8.2.1")), Ok(()));
+        assert_eq!(
+            has_sharded_pubsub(&info("6.2.14")),
+            Err("6.2.14".to_owned())
+        );
+        assert_eq!(
+            has_sharded_pubsub("# Server\r\n"),
+            Err("unknown".to_owned())
+        );
+    }
 
     #[test]
     fn slots_are_the_ones_redis_reckons() {

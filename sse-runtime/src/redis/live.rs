@@ -33,14 +33,17 @@ const DISPATCH_BATCH: usize = 1024;
 /// How long a catch-up that failed (Redis unreachable) waits to try again.
 const CATCH_UP_RETRY: Duration = Duration::from_millis(200);
 
-/// Parses a live message: `<entry before> <entry>\n<the event's fields>`.
+/// Parses a live message: `<entry before> <entry>\n<the event's fields>`,
+/// the entry before written as its distance back from the entry
+/// (`<milliseconds back>-<its sequence>`; see the send script).
 pub(super) fn parse_live_message(message: &[u8]) -> Option<LiveEntry> {
     let line_end = message.iter().position(|byte| *byte == b'\n')?;
     let line = std::str::from_utf8(&message[..line_end]).ok()?;
     let (before, id) = line.split_once(' ')?;
+    let id = EntryId::parse(id)?;
     Some(LiveEntry {
-        before: EntryId::parse(before)?,
-        id: EntryId::parse(id)?,
+        before: id.back_by(EntryId::parse(before)?)?,
+        id,
         fields: Bytes::copy_from_slice(&message[line_end + 1..]),
     })
 }
@@ -234,11 +237,20 @@ mod tests {
 
     #[test]
     fn a_live_message_reads_back_its_ids_and_fields() {
-        let entry = parse_live_message(b"1-0 2-5\ndata: a\ndata: b\n\n").unwrap();
-        assert_eq!(entry.before, EntryId::new(1, 0));
-        assert_eq!(entry.id, EntryId::new(2, 5));
+        let entry = parse_live_message(b"1-3 1700000000002-5\ndata: a\ndata: b\n\n").unwrap();
+        assert_eq!(entry.before, EntryId::new(1_700_000_000_001, 3));
+        assert_eq!(entry.id, EntryId::new(1_700_000_000_002, 5));
         assert_eq!(&entry.fields[..], b"data: a\ndata: b\n\n");
-        for bad in [&b""[..], b"1-0\n", b"1-0 x\n", b"1-0 2-0", b"\xff 2-0\n"] {
+        let first = parse_live_message(b"1700000000002-0 1700000000002-0\n").unwrap();
+        assert!(first.before.is_start(), "a stream's first entry");
+        for bad in [
+            &b""[..],
+            b"1-0\n",
+            b"1-0 x\n",
+            b"1-0 2-0",
+            b"\xff 2-0\n",
+            b"3-0 2-0\n",
+        ] {
             assert!(parse_live_message(bad).is_none(), "{bad:?}");
         }
     }

@@ -290,6 +290,8 @@ impl Inner {
         }
         match sent {
             Ok((id, true)) => Ok(Sent::new(id, true, 0)),
+            // The id is empty without a record: [`Broker::publish`] does
+            // not answer it.
             Ok((id, false)) => Ok(Sent::new(id, false, self.local_subscribers(stream))),
             Err(error) => {
                 if is_wrong_type(&error) {

@@ -1,0 +1,347 @@
+//! Reads by interest (issue 22): how much Redis sends, and how much CPU the
+//! instances spend, per delivered event, from one instance to many.
+//!
+//! `instances` processes of `bench-ours` over one `redis-server`; `keys`
+//! keys with one subscriber each, key `k`'s subscriber on instance
+//! `k % instances` (each key's subscribers on one instance, as per-user
+//! streams behind a sticky load balancer are); events sent to the keys in
+//! turn at a fixed rate, each POSTed to the instance that serves its key.
+//! Measured: Redis's output bytes (`total_net_output_bytes`) per delivered
+//! event, as a multiple of the event's size (its stored fields), and the
+//! instances' CPU per delivered event, summed over the processes, less what
+//! the same open streams cost with no event.
+//!
+//! `joins` measures the other side: subscribers opening at a fixed rate on
+//! one instance, each timed from its request to its first event (the resume
+//! point, sent once the key's channel is subscribed and its position read).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::client::{EventStream, Publisher};
+use crate::sample_process;
+use crate::scenario::open_retrying;
+use crate::server_process::{ServerProcess, start_redis, start_with};
+
+/// What one run measured.
+#[derive(Debug, Default, Clone)]
+pub struct InterestRun {
+    pub instances: usize,
+    pub delivered: u64,
+    pub expected: u64,
+    /// Redis's output bytes while the events were sent and delivered.
+    pub redis_out_bytes: u64,
+    /// The bytes of one event as a subscriber receives it (its id line,
+    /// its `data:` line and the blank line that ends it).
+    pub event_bytes: usize,
+    /// The instances' CPU seconds while sending and delivering.
+    pub cpu_seconds: f64,
+    /// The instances' CPU seconds per second with the streams open and no
+    /// event sent.
+    pub idle_cpu_per_second: f64,
+    pub seconds: f64,
+}
+
+impl InterestRun {
+    /// Redis output bytes per delivered event, as a multiple of its size.
+    pub fn redis_bytes_ratio(&self) -> f64 {
+        self.redis_bytes_per_event() / self.event_bytes as f64
+    }
+
+    /// Redis output bytes per delivered event.
+    pub fn redis_bytes_per_event(&self) -> f64 {
+        self.redis_out_bytes as f64 / self.delivered.max(1) as f64
+    }
+
+    /// Instance CPU per delivered event, in µs, as measured.
+    pub fn cpu_us_per_event(&self) -> f64 {
+        self.cpu_seconds * 1e6 / self.delivered.max(1) as f64
+    }
+
+    /// The same less the open streams' cost with no event.
+    pub fn delivery_us_per_event(&self) -> f64 {
+        let idle = self.idle_cpu_per_second * self.seconds;
+        (self.cpu_seconds - idle).max(0.0) * 1e6 / self.delivered.max(1) as f64
+    }
+}
+
+/// How long the open streams are watched with no event sent.
+const IDLE_WATCH: Duration = Duration::from_secs(3);
+
+/// The event sent: JSON of about 200 bytes, like a notification.
+fn payload(seq: u64) -> String {
+    format!(
+        r#"{{"seq":{seq:>10},"kind":"notification","user":"u-{:>6}","title":"Your report is ready","body":"The export you asked for finished; it is ready to download for the next 24 hours."}}"#,
+        seq % 1_000_000
+    )
+}
+
+/// The size of one event as delivered: `id: <13-digit ms>-0\ndata: …\n\n`.
+fn delivered_event_bytes() -> usize {
+    format!("id: {}-0\ndata: {}\n\n", 1_800_000_000_000u64, payload(0)).len()
+}
+
+fn redis_output_bytes(port: u16) -> u64 {
+    let output = std::process::Command::new("redis-cli")
+        .args(["-p", &port.to_string(), "info", "stats"])
+        .output();
+    output
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .and_then(|text| {
+            text.lines().find_map(|l| {
+                l.strip_prefix("total_net_output_bytes:")?
+                    .trim()
+                    .parse()
+                    .ok()
+            })
+        })
+        .unwrap_or(0)
+}
+
+fn cpu_of(servers: &[ServerProcess]) -> f64 {
+    servers
+        .iter()
+        .map(|server| sample_process(server.pid).unwrap_or_default().cpu_seconds)
+        .sum()
+}
+
+/// One run: `instances` processes of `binary` over a fresh Redis.
+pub async fn run(
+    binary: &str,
+    instances: usize,
+    keys: usize,
+    events: u64,
+    rate: u64,
+) -> InterestRun {
+    let (mut redis, port) = start_redis().await;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut servers = Vec::with_capacity(instances);
+    for _ in 0..instances {
+        servers.push(start_with(binary, &[("REDIS_URL", url.clone())]).await);
+    }
+    let per_key = events / keys as u64;
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::with_capacity(keys);
+    for key in 0..keys {
+        let server = servers[key % instances].addr;
+        let delivered = Arc::clone(&delivered);
+        tasks.push(tokio::spawn(async move {
+            let path = format!("/events/keys/{key}");
+            let Ok(mut stream) = open_retrying(server, key, &path).await else {
+                return;
+            };
+            let mut received = 0;
+            let _ = stream
+                .for_each_data(|data| {
+                    if data != b"w" {
+                        received += 1;
+                    }
+                    received < per_key
+                })
+                .await;
+            delivered.fetch_add(received, Ordering::Relaxed);
+        }));
+    }
+    let mut publishers = Vec::with_capacity(instances);
+    for server in &servers {
+        publishers.push(
+            Publisher::connect(server.addr)
+                .await
+                .expect("publisher connects"),
+        );
+    }
+    // Until every subscriber is registered: a broadcast answers how many
+    // streams it reached on the instance asked.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let mut reached = 0;
+        for publisher in &mut publishers {
+            reached += publisher
+                .post("/events/keys-warmup", "")
+                .await
+                .ok()
+                .and_then(|answer| answer.trim().parse::<usize>().ok())
+                .unwrap_or(0);
+        }
+        if reached >= keys || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let idle_from = cpu_of(&servers);
+    tokio::time::sleep(IDLE_WATCH).await;
+    let idle_cpu_per_second = (cpu_of(&servers) - idle_from) / IDLE_WATCH.as_secs_f64();
+    let cpu_before = cpu_of(&servers);
+    let bytes_before = redis_output_bytes(port);
+    let started = Instant::now();
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut next_send = Instant::now();
+    for seq in 0..per_key * keys as u64 {
+        tokio::time::sleep_until(next_send.into()).await;
+        next_send += period;
+        let key = (seq % keys as u64) as usize;
+        let path = format!("/events/keys/{key}");
+        if publishers[key % instances]
+            .post(&path, &payload(seq))
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+    let collect = async {
+        for task in tasks {
+            let _ = task.await;
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(60), collect).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let run = InterestRun {
+        instances,
+        delivered: delivered.load(Ordering::Relaxed),
+        expected: per_key * keys as u64,
+        redis_out_bytes: redis_output_bytes(port).saturating_sub(bytes_before),
+        event_bytes: delivered_event_bytes(),
+        cpu_seconds: cpu_of(&servers) - cpu_before,
+        idle_cpu_per_second,
+        seconds,
+    };
+    for server in servers {
+        server.stop().await;
+    }
+    let _ = redis.kill().await;
+    run
+}
+
+/// The report: Redis bytes and instance CPU per delivered event at each
+/// instance count, with ours and, when given, a baseline binary (an earlier
+/// build) measured in the same run, alternating which goes first.
+pub async fn compare(
+    baseline: Option<&str>,
+    instance_counts: &[usize],
+    keys: usize,
+    events: u64,
+    rate: u64,
+    command: &str,
+) -> String {
+    let mut out = format!(
+        "Command: `{command}`\n\n{keys} keys, one subscriber each, key k's on instance k mod N; \
+         {events} events sent to the keys in turn at {rate}/s, each POSTed to the instance \
+         that serves its key; one `redis-server`, everything on this machine's 2 cores. \
+         \"Redis bytes\" is Redis's output (`total_net_output_bytes`) per delivered event, \
+         and as a multiple of the event's size as a subscriber receives it ({} bytes: its \
+         `id:` line, a JSON `data:` line of {} bytes, the blank line); CPU is the \
+         instances' together, per \
+         delivered event, and \"delivery\" less what the same open streams cost with no event \
+         (measured for {idle} s before each run).\n\n\
+         | build | instances | delivered | Redis bytes per event | × event size | CPU per event | delivery CPU per event | idle CPU |\n\
+         |---|---|---|---|---|---|---|---|\n",
+        delivered_event_bytes(),
+        payload(0).len(),
+        idle = IDLE_WATCH.as_secs()
+    );
+    let mut builds = vec![("ours", "bench-ours".to_owned())];
+    if let Some(baseline) = baseline {
+        builds.push(("bells (before)", baseline.to_owned()));
+    }
+    let mut rows = Vec::new();
+    for (round, instances) in instance_counts.iter().enumerate() {
+        let mut order: Vec<usize> = (0..builds.len()).collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for index in order {
+            let (name, binary) = &builds[index];
+            let run = run(binary, *instances, keys, events, rate).await;
+            eprintln!(
+                "  {name}, {instances} instance(s): {}/{} delivered, Redis {:.2}× the event, {:.1} µs CPU/event ({:.1} delivery), idle {:.1}%",
+                run.delivered,
+                run.expected,
+                run.redis_bytes_ratio(),
+                run.cpu_us_per_event(),
+                run.delivery_us_per_event(),
+                run.idle_cpu_per_second * 100.0
+            );
+            rows.push((index, *name, run));
+        }
+    }
+    rows.sort_by_key(|(index, _, run)| (*index, run.instances));
+    for (_, name, run) in &rows {
+        out.push_str(&format!(
+            "| {name} | {} | {}/{} | {:.0} | {:.2}× | {:.1} µs | {:.1} µs | {:.1}% of a core |\n",
+            run.instances,
+            run.delivered,
+            run.expected,
+            run.redis_bytes_per_event(),
+            run.redis_bytes_ratio(),
+            run.cpu_us_per_event(),
+            run.delivery_us_per_event(),
+            run.idle_cpu_per_second * 100.0
+        ));
+    }
+    let ours: Vec<&InterestRun> = rows
+        .iter()
+        .filter(|(index, _, _)| *index == 0)
+        .map(|(_, _, run)| run)
+        .collect();
+    if let (Some(first), Some(last)) = (ours.first(), ours.last()) {
+        out.push_str(&format!(
+            "\nOurs, {} instances against {}: delivery CPU per event {:.2}×, as measured {:.2}×.\n",
+            last.instances,
+            first.instances,
+            last.delivery_us_per_event() / first.delivery_us_per_event().max(1e-9),
+            last.cpu_us_per_event() / first.cpu_us_per_event().max(1e-9),
+        ));
+    }
+    out
+}
+
+/// Join latency: `subscribers` new subscribers (one key each) opening on
+/// one instance over Redis at `rate` per second, each timed from sending
+/// its request to its first event. Answers the sorted latencies.
+pub async fn joins(subscribers: usize, rate: u64) -> Vec<Duration> {
+    let (mut redis, port) = start_redis().await;
+    let url = format!("redis://127.0.0.1:{port}/");
+    let server = start_with("bench-ours", &[("REDIS_URL", url)]).await;
+    let addr = server.addr;
+    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
+    let mut next = Instant::now();
+    let mut tasks = Vec::with_capacity(subscribers);
+    for key in 0..subscribers {
+        tokio::time::sleep_until(next.into()).await;
+        next += period;
+        tasks.push(tokio::spawn(async move {
+            let asked = Instant::now();
+            let path = format!("/events/keys/{key}");
+            let mut stream = EventStream::open(addr, key, &path).await.ok()?;
+            // The resume point is the stream's first line: `id: …`.
+            let mut first = false;
+            let _ = tokio::time::timeout(
+                Duration::from_secs(60),
+                stream.for_each_line(|line| {
+                    first = line.starts_with(b"id:");
+                    !first
+                }),
+            )
+            .await;
+            let took = asked.elapsed();
+            first.then_some((took, stream))
+        }));
+    }
+    let mut latencies = Vec::with_capacity(subscribers);
+    let mut streams = Vec::with_capacity(subscribers);
+    for task in tasks {
+        if let Ok(Some((took, stream))) = task.await {
+            latencies.push(took);
+            streams.push(stream);
+        }
+    }
+    drop(streams);
+    server.stop().await;
+    let _ = redis.kill().await;
+    latencies.sort();
+    latencies
+}
