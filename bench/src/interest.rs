@@ -107,6 +107,43 @@ fn cpu_of(servers: &[ServerProcess]) -> f64 {
         .sum()
 }
 
+/// Where the instances keep their keys.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    /// One `redis-server`.
+    Node,
+    /// The tests' three-master Redis Cluster.
+    Cluster,
+}
+
+/// What keeps a benchmark's Redis running until it is dropped.
+type RedisGuard = Box<dyn std::any::Any + Send>;
+
+/// A fresh Redis of `backend`'s kind: the instances' environment, the ports
+/// whose output is counted, and what keeps it running.
+async fn start_backend(backend: Backend) -> ((&'static str, String), Vec<u16>, RedisGuard) {
+    match backend {
+        Backend::Node => {
+            let (redis, port) = start_redis().await;
+            (
+                ("REDIS_URL", format!("redis://127.0.0.1:{port}/")),
+                vec![port],
+                Box::new(redis),
+            )
+        }
+        Backend::Cluster => {
+            let cluster = sse_tests::redis_cluster::start()
+                .await
+                .expect("redis-server and redis-cli for the cluster");
+            (
+                ("REDIS_CLUSTER_URLS", cluster.urls().join(",")),
+                cluster.ports.clone(),
+                Box::new(cluster),
+            )
+        }
+    }
+}
+
 /// One run: `instances` processes of `binary` over a fresh Redis.
 pub async fn run(
     binary: &str,
@@ -115,33 +152,54 @@ pub async fn run(
     events: u64,
     rate: u64,
 ) -> InterestRun {
-    let (mut redis, port) = start_redis().await;
-    let url = format!("redis://127.0.0.1:{port}/");
+    run_on(Backend::Node, binary, instances, keys, events, rate).await
+}
+
+/// [`run`] on `backend`.
+pub async fn run_on(
+    backend: Backend,
+    binary: &str,
+    instances: usize,
+    keys: usize,
+    events: u64,
+    rate: u64,
+) -> InterestRun {
+    let (environment, ports, redis) = start_backend(backend).await;
     let mut servers = Vec::with_capacity(instances);
     for _ in 0..instances {
-        servers.push(start_with(binary, &[("REDIS_URL", url.clone())]).await);
+        servers.push(start_with(binary, std::slice::from_ref(&environment)).await);
     }
     let per_key = events / keys as u64;
     let delivered = Arc::new(AtomicU64::new(0));
+    let finished = Arc::new(AtomicU64::new(0));
+    // Subscribers stay connected until the figures are taken: leaving (and
+    // the instances unsubscribing) is not part of delivering.
+    let (release, released) = tokio::sync::watch::channel(false);
     let mut tasks = Vec::with_capacity(keys);
     for key in 0..keys {
         let server = servers[key % instances].addr;
-        let delivered = Arc::clone(&delivered);
+        let (delivered, finished) = (Arc::clone(&delivered), Arc::clone(&finished));
+        let mut released = released.clone();
         tasks.push(tokio::spawn(async move {
             let path = format!("/events/keys/{key}");
-            let Ok(mut stream) = open_retrying(server, key, &path).await else {
-                return;
-            };
+            let stream = open_retrying(server, key, &path).await;
             let mut received = 0;
-            let _ = stream
-                .for_each_data(|data| {
-                    if data != b"w" {
-                        received += 1;
-                    }
-                    received < per_key
-                })
-                .await;
-            delivered.fetch_add(received, Ordering::Relaxed);
+            if let Ok(mut stream) = stream {
+                let _ = stream
+                    .for_each_data(|data| {
+                        if data != b"w" {
+                            received += 1;
+                        }
+                        received < per_key
+                    })
+                    .await;
+                delivered.fetch_add(received, Ordering::Relaxed);
+                finished.fetch_add(1, Ordering::Relaxed);
+                let _ = released.wait_for(|released| *released).await;
+                drop(stream);
+            } else {
+                finished.fetch_add(1, Ordering::Relaxed);
+            }
         }));
     }
     let mut publishers = Vec::with_capacity(instances);
@@ -175,7 +233,7 @@ pub async fn run(
     tokio::time::sleep(IDLE_WATCH).await;
     let idle_cpu_per_second = (cpu_of(&servers) - idle_from) / IDLE_WATCH.as_secs_f64();
     let cpu_before = cpu_of(&servers);
-    let bytes_before = redis_output_bytes(port);
+    let bytes_before: u64 = ports.iter().map(|port| redis_output_bytes(*port)).sum();
     let started = Instant::now();
     let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
     let mut next_send = Instant::now();
@@ -192,28 +250,94 @@ pub async fn run(
             break;
         }
     }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while finished.load(Ordering::Relaxed) < keys as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let run = InterestRun {
+        instances,
+        delivered: delivered.load(Ordering::Relaxed),
+        expected: per_key * keys as u64,
+        redis_out_bytes: ports
+            .iter()
+            .map(|port| redis_output_bytes(*port))
+            .sum::<u64>()
+            .saturating_sub(bytes_before),
+        event_bytes: delivered_event_bytes(),
+        cpu_seconds: cpu_of(&servers) - cpu_before,
+        idle_cpu_per_second,
+        seconds,
+    };
+    let _ = release.send(true);
     let collect = async {
         for task in tasks {
             let _ = task.await;
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(60), collect).await;
-    let seconds = started.elapsed().as_secs_f64();
-    let run = InterestRun {
-        instances,
-        delivered: delivered.load(Ordering::Relaxed),
-        expected: per_key * keys as u64,
-        redis_out_bytes: redis_output_bytes(port).saturating_sub(bytes_before),
-        event_bytes: delivered_event_bytes(),
-        cpu_seconds: cpu_of(&servers) - cpu_before,
-        idle_cpu_per_second,
-        seconds,
-    };
     for server in servers {
         server.stop().await;
     }
-    let _ = redis.kill().await;
+    drop(redis);
     run
+}
+
+/// The cluster row: the same load on the tests' three-master Redis Cluster
+/// and on one node, alternating, `rounds` each.
+pub async fn cluster_against_node(
+    instances: usize,
+    keys: usize,
+    events: u64,
+    rate: u64,
+    rounds: usize,
+    command: &str,
+) -> String {
+    let mut out = format!(
+        "Command: `{command}`\n\n{instances} instances, {keys} keys with one subscriber each \
+         (key k's on instance k mod {instances}), {events} events sent to the keys in turn at \
+         {rate}/s, each POSTed to the instance that serves its key; the tests' Redis Cluster \
+         (three masters, no replicas) against one `redis-server`, {rounds} runs each, \
+         alternating; all on this machine's 2 cores.\n\n\
+         | Redis | publishes/s | deliveries/s | delivered | Redis bytes per event | instance CPU per event | ratio to one node |\n\
+         |---|---|---|---|---|---|---|\n"
+    );
+    let mut runs: [Vec<InterestRun>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        let order = if round % 2 == 0 {
+            [Backend::Node, Backend::Cluster]
+        } else {
+            [Backend::Cluster, Backend::Node]
+        };
+        for backend in order {
+            let run = run_on(backend, "bench-ours", instances, keys, events, rate).await;
+            eprintln!(
+                "  {backend:?}: {}/{} delivered in {:.1} s, {:.1} µs CPU/event",
+                run.delivered,
+                run.expected,
+                run.seconds,
+                run.cpu_us_per_event()
+            );
+            runs[usize::from(backend == Backend::Cluster)].push(run);
+        }
+    }
+    let mean = |runs: &[InterestRun], of: fn(&InterestRun) -> f64| {
+        runs.iter().map(of).sum::<f64>() / runs.len().max(1) as f64
+    };
+    let node_cpu = mean(&runs[0], InterestRun::cpu_us_per_event);
+    for (name, runs) in [("one node", &runs[0]), ("cluster, 3 masters", &runs[1])] {
+        let delivered: u64 = runs.iter().map(|run| run.delivered).sum();
+        let expected: u64 = runs.iter().map(|run| run.expected).sum();
+        let cpu = mean(runs, InterestRun::cpu_us_per_event);
+        out.push_str(&format!(
+            "| {name} | {:.0} | {:.0} | {delivered}/{expected} | {:.0} | {cpu:.1} µs | {:.2}× |\n",
+            mean(runs, |run| run.expected as f64 / run.seconds),
+            mean(runs, |run| run.delivered as f64 / run.seconds),
+            mean(runs, InterestRun::redis_bytes_per_event),
+            cpu / node_cpu.max(1e-9),
+        ));
+    }
+    out
 }
 
 /// The report: Redis bytes and instance CPU per delivered event at each
@@ -282,18 +406,33 @@ pub async fn compare(
             run.idle_cpu_per_second * 100.0
         ));
     }
+    // Ours: the mean at the fewest instances against the mean at the most.
     let ours: Vec<&InterestRun> = rows
         .iter()
         .filter(|(index, _, _)| *index == 0)
         .map(|(_, _, run)| run)
         .collect();
-    if let (Some(first), Some(last)) = (ours.first(), ours.last()) {
+    let mean_at = |instances: usize, of: fn(&InterestRun) -> f64| {
+        let at: Vec<f64> = ours
+            .iter()
+            .filter(|run| run.instances == instances)
+            .map(|run| of(run))
+            .collect();
+        at.iter().sum::<f64>() / at.len().max(1) as f64
+    };
+    if let (Some(fewest), Some(most)) = (
+        ours.iter().map(|run| run.instances).min(),
+        ours.iter().map(|run| run.instances).max(),
+    ) {
         out.push_str(&format!(
-            "\nOurs, {} instances against {}: delivery CPU per event {:.2}×, as measured {:.2}×.\n",
-            last.instances,
-            first.instances,
-            last.delivery_us_per_event() / first.delivery_us_per_event().max(1e-9),
-            last.cpu_us_per_event() / first.cpu_us_per_event().max(1e-9),
+            "\nOurs, {most} instances against {fewest} (means of the runs above): delivery CPU per \
+             event {:.2}×, as measured {:.2}×; Redis bytes per event {:.2}×.\n",
+            mean_at(most, InterestRun::delivery_us_per_event)
+                / mean_at(fewest, InterestRun::delivery_us_per_event).max(1e-9),
+            mean_at(most, InterestRun::cpu_us_per_event)
+                / mean_at(fewest, InterestRun::cpu_us_per_event).max(1e-9),
+            mean_at(most, InterestRun::redis_bytes_per_event)
+                / mean_at(fewest, InterestRun::redis_bytes_per_event).max(1e-9),
         ));
     }
     out

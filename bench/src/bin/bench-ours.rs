@@ -55,7 +55,22 @@ async fn main() {
     let config = RegistryConfig::default()
         .history_len(SUBSCRIBER_BUFFER)
         .buffer(SUBSCRIBER_BUFFER);
-    // With REDIS_URL, the same controller over the Redis broker (several instances).
+    // With REDIS_URL, the same controller over the Redis broker (several
+    // instances); with REDIS_CLUSTER_URLS (comma-separated), over a cluster.
+    if let Ok(urls) = std::env::var("REDIS_CLUSTER_URLS") {
+        let urls: Vec<&str> = urls.split(',').collect();
+        let registry = Registry::with_broker(
+            sse_runtime::RedisBroker::connect_cluster_with_prefix(&urls, config.clone(), "sse")
+                .await
+                .expect("connect to the Redis Cluster"),
+        );
+        let keyed = Registry::with_broker(
+            sse_runtime::RedisBroker::connect_cluster_with_prefix(&urls, config, "keys")
+                .await
+                .expect("connect to the Redis Cluster"),
+        );
+        return serve_controller(registry, keyed).await;
+    }
     let (registry, keyed) = match std::env::var("REDIS_URL") {
         Ok(url) => (
             Registry::with_broker(
@@ -74,6 +89,10 @@ async fn main() {
             Registry::with_config(config),
         ),
     };
+    serve_controller(registry, keyed).await;
+}
+
+async fn serve_controller(registry: Registry<&'static str>, keyed: Registry<u32>) {
     let publish = axum::Router::new()
         .route("/events/broadcast", axum::routing::post(bench::publish))
         .with_state(registry.clone());

@@ -22,7 +22,7 @@ use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
     | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s> \
-    | loadgen interest [--smoke] [--baseline BIN] | loadgen joins <subscribers> <per second> \
+    | loadgen interest [--smoke] [--instances 1,8] [--baseline BIN] | loadgen joins <subscribers> <per second> | loadgen cluster-load [--smoke] \
     | loadgen chaos [--seed N] [--faults N] [--kinds kill-master,freeze-master,cut-replication-then-kill,kill-instance]";
 
 #[tokio::main]
@@ -92,14 +92,37 @@ async fn main() {
                 .position(|a| *a == "--baseline")
                 .and_then(|i| words.get(i + 1))
                 .copied();
-            let (counts, keys, events, rate): (&[usize], _, _, _) = if smoke {
-                (&[1, 2], 200, 2_000, 1_000)
+            let (mut counts, keys, events, rate) = if smoke {
+                (vec![1, 2], 200, 2_000, 1_000)
             } else {
-                (&[1, 8], 8_000, 16_000, 2_000)
+                (vec![1, 8], 8_000, 16_000, 2_000)
+            };
+            if let Some(list) = words
+                .iter()
+                .position(|a| *a == "--instances")
+                .and_then(|i| words.get(i + 1))
+            {
+                counts = list
+                    .split(',')
+                    .map(|n| n.parse().expect("--instances 1,8"))
+                    .collect();
+            }
+            let report =
+                bench::interest::compare(baseline, &counts, keys, events, rate, &command).await;
+            write_section(&out, "interest", &report);
+            println!("{report}");
+        }
+        // The same load on the tests' three-master Redis Cluster and on one node.
+        ["cluster-load", ..] => {
+            let (keys, events, rate, rounds) = if smoke {
+                (200, 2_000, 1_000, 1)
+            } else {
+                (2_000, 20_000, 4_000, 2)
             };
             let report =
-                bench::interest::compare(baseline, counts, keys, events, rate, &command).await;
-            write_section(&out, "interest", &report);
+                bench::interest::cluster_against_node(2, keys, events, rate, rounds, &command)
+                    .await;
+            write_section(&out, "cluster-load", &report);
             println!("{report}");
         }
         // Join latency: `loadgen joins <subscribers> <per second>`.

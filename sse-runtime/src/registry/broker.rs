@@ -361,7 +361,7 @@ impl RegistryConfig {
     /// [`BrokerError::InvalidEvent`] ([`EventError::TooLarge`](crate::EventError::TooLarge),
     /// answered `500`) and nothing is stored. It bounds what one event can
     /// make a broker keep: on Redis, a key's history holds at most
-    /// `history_len` of them, and each bucket's bell about 1,000.
+    /// `history_len` of them.
     ///
     /// ```
     /// use sse_runtime::RegistryConfig;

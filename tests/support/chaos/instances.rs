@@ -62,8 +62,9 @@ impl Drop for Instance {
     }
 }
 
-/// Keys of the chaos run's own, one in each of the broker's 16 buckets at
-/// least (32 spread by hash).
+/// Keys of the chaos run's own, spread by their hash tags over the slots:
+/// with 32, each of three masters has some (all but certainly: a master
+/// with none of 32 is a chance of 3 × (2/3)^32, under one in 100,000).
 const PROBES: usize = 32;
 
 /// How many of the probe keys a send keeps failing on for 10 s (retried
