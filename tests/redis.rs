@@ -24,6 +24,31 @@ async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
+/// A stream's position is taken as it opens, not once its key's channel
+/// is subscribed, which can come later on a busy instance: an event sent
+/// right after the stream opened (here before the subscribe could finish)
+/// is the stream's to get. (Found by the fault checker under load: posts
+/// made just after the subscribers connected reached nobody.)
+#[tokio::test]
+async fn an_event_sent_right_after_a_stream_opens_reaches_it() {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let registry = server.registry(RegistryConfig::default()).await;
+    for round in 0..20 {
+        let room = format!("room-{round}");
+        let mut subscription = registry.subscribe(&room);
+        // The first poll opens the stream (as its response goes out)...
+        assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+        // ...and the event is sent at once, before anything else runs.
+        registry
+            .send(&room, MessageEvent::new(format!("first {round}")))
+            .await
+            .unwrap();
+        assert_eq!(next(&mut subscription).await.2, format!("first {round}"));
+    }
+}
+
 #[tokio::test]
 async fn an_event_sent_on_one_instance_reaches_a_subscriber_on_another() {
     let Some(server) = redis_server::start(false).await else {

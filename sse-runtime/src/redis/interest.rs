@@ -151,14 +151,7 @@ impl Task {
                 Request::LinkLost(number) => {
                     if let Some(node) = self.links.node_of_link(number) {
                         tracing::warn!(node = &*node, "SSE Redis PUB/SUB link lost; resubscribing");
-                        self.links.drop_link(&node);
-                        let lost: Vec<Arc<str>> = self
-                            .homes
-                            .iter()
-                            .filter(|(_, home)| **home == node)
-                            .map(|(channel, _)| Arc::clone(channel))
-                            .collect();
-                        self.mark_lost(lost);
+                        self.lose_link(&node);
                         moved = true;
                     }
                 }
@@ -173,6 +166,21 @@ impl Task {
             let _ = self.links.refresh_slots().await;
         }
         self.run(steps).await;
+    }
+
+    /// Closes the link to `node` (broken, or not answering) and marks every
+    /// channel subscribed through it lost: they are subscribed again and
+    /// their keys catch up. Never a link closed with channels still counting
+    /// on it, which would leave them silent.
+    fn lose_link(&mut self, node: &Arc<str>) {
+        self.links.drop_link(node);
+        let lost: Vec<Arc<str>> = self
+            .homes
+            .iter()
+            .filter(|(_, home)| *home == node)
+            .map(|(channel, _)| Arc::clone(channel))
+            .collect();
+        self.mark_lost(lost);
     }
 
     /// Marks `channels` lost: their keys pass over messages until their
@@ -286,7 +294,7 @@ impl Task {
             let connection = match self.links.link(&node).await {
                 Ok(link) => link.connection.clone(),
                 Err(error) => {
-                    self.links.drop_link(&node);
+                    self.lose_link(&node);
                     for step in steps {
                         if let Step::Subscribe(channel, joined) = step {
                             self.failed(channel, joined, error.clone());
@@ -312,7 +320,7 @@ impl Task {
         for (node, steps, answer) in futures_util::future::join_all(rounds).await {
             if let Err(error) = &answer {
                 tracing::warn!(%error, node = &*node, "SSE Redis (un)subscribe failed");
-                self.links.drop_link(&node);
+                self.lose_link(&node);
             }
             for step in steps {
                 let Step::Subscribe(channel, joined) = step else {

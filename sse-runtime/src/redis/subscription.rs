@@ -65,19 +65,27 @@ impl Inner {
             };
             match opened {
                 Some(cursor) => {
-                    // Opened in a task of its own, so it goes on while the
-                    // subscription is not polled: its position is taken
-                    // soon after it was first asked for, not when the app
-                    // next reads.
+                    // Polled once here, in the subscription's own first
+                    // poll, so the key's position is asked for before its
+                    // response goes out; then opened in a task of its own,
+                    // so it goes on while the subscription is not polled.
                     let me = self.me.upgrade().ok_or_else(shut_down_error)?;
                     let stream: Arc<str> = Arc::from(stream);
-                    let opened = tokio::spawn(async move {
+                    let mut opening = Box::pin(async move {
                         let opened = me.open_key(&stream).await;
                         me.keys_changed.notify_waiters();
                         opened
+                    });
+                    let first = std::future::poll_fn(|cx| {
+                        std::task::Poll::Ready(opening.as_mut().poll(cx))
                     })
-                    .await
-                    .map_err(|_| shut_down_error())?;
+                    .await;
+                    let opened = match first {
+                        std::task::Poll::Ready(opened) => opened,
+                        std::task::Poll::Pending => {
+                            tokio::spawn(opening).await.map_err(|_| shut_down_error())?
+                        }
+                    };
                     return opened.map(|position| (cursor, position));
                 }
                 None => {
@@ -88,23 +96,35 @@ impl Inner {
         }
     }
 
-    /// Opens a key new here: its channel, then its position. On failure
-    /// the key is dropped again (a subscription waiting for it opens it
-    /// anew).
+    /// Opens a key new here. Its position is the stream's last entry read
+    /// as the subscription is first polled (as its response goes out), not
+    /// once its channel is confirmed, which may be later: an event published
+    /// in between, after the client saw its stream open, is its to get. So
+    /// the position is read beside the subscribe, and read again once the
+    /// channel is confirmed: where the two differ, something was published
+    /// in between, and the key catches up from its stream (where they are
+    /// equal, nothing was, and the live messages follow on). On failure the
+    /// key is dropped again (a subscription waiting for it opens it anew).
     async fn open_key(&self, stream: &str) -> redis::RedisResult<Position> {
         let opened = async {
-            self.interest.join(stream).await?;
             let known = lock(&self.local).broadcast_at;
-            tokio::try_join!(self.last_id(stream), async {
-                match known {
-                    Some(at) => Ok(at),
-                    None => self.last_broadcast_id().await,
-                }
-            })
+            let early = async {
+                tokio::try_join!(self.last_id(stream), async {
+                    match known {
+                        Some(at) => Ok(at),
+                        None => self.last_broadcast_id().await,
+                    }
+                })
+            };
+            let (joined, early) = tokio::join!(self.interest.join(stream), early);
+            joined?;
+            let (start, broadcast_start) = early?;
+            let confirmed_at = self.last_id(stream).await?;
+            redis::RedisResult::Ok((start, broadcast_start, confirmed_at))
         }
         .await;
         let mut local = lock(&self.local);
-        let (start, broadcast_start) = match opened {
+        let (start, broadcast_start, confirmed_at) = match opened {
             Ok(starts) => starts,
             Err(error) => {
                 if local.remove(stream).is_some() {
@@ -119,10 +139,17 @@ impl Inner {
         };
         key.read_from = start;
         key.ready = true;
-        let gap = key.hand_on_kept(Some(broadcast_at)) == Received::Gap;
-        key.flush();
         let position = key.position(Some(broadcast_at));
-        if gap || key.start_catch_up_if_missed() {
+        // Published while the channel was not subscribed yet: caught up
+        // from the stream (the live messages stay kept meanwhile).
+        let published_meanwhile = confirmed_at != start;
+        let catch_up = published_meanwhile
+            || key.hand_on_kept(Some(broadcast_at)) == Received::Gap
+            || key.start_catch_up_if_missed();
+        key.flush();
+        if catch_up {
+            key.missed = false;
+            key.catching_up.get_or_insert_with(Vec::new);
             tokio::spawn(catch_up_key(self.weak_self(), Arc::from(stream)));
         }
         Ok(position)
