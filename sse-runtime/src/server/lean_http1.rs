@@ -194,6 +194,16 @@ pub(crate) async fn write_response(
         head.extend_from_slice(b"connection: close\r\n");
     }
     head.extend_from_slice(b"\r\n");
+    // A streamed body is asked for its first frame once before the head
+    // goes out. A subscription takes its place in the stream in its first
+    // poll; asked after, a client that saw `200` and at once published
+    // could find its event before the stream's start (the fault checker
+    // found one under load).
+    let mut first = Poll::Pending;
+    if length == Some(None) {
+        let mut frame = std::pin::pin!(body.frame());
+        first = std::future::poll_fn(|cx| Poll::Ready(frame.as_mut().poll(cx))).await;
+    }
     // The response's head is written: its headers need not live as long as
     // the stream does.
     drop(parts);
@@ -204,9 +214,12 @@ pub(crate) async fn write_response(
     }
 
     loop {
-        let frame = tokio::select! {
-            frame = body.frame() => frame,
-            () = peer_gone(io.get_ref(), pending) => return Ok(false),
+        let frame = match std::mem::replace(&mut first, Poll::Pending) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => tokio::select! {
+                frame = body.frame() => frame,
+                () = peer_gone(io.get_ref(), pending) => return Ok(false),
+            },
         };
         let data = match frame {
             None => break,
