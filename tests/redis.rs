@@ -510,14 +510,7 @@ async fn pub_sub_connections_killed_mid_burst_cost_no_event() {
         .await
         .unwrap();
         if n % 40 == 20 {
-            let count: i64 = redis::cmd("CLIENT")
-                .arg("KILL")
-                .arg("TYPE")
-                .arg("pubsub")
-                .query_async(&mut redis)
-                .await
-                .unwrap();
-            killed += count;
+            killed += server.kill_pub_sub_connections().await;
         }
         if n % 40 == 30 {
             // Events 21..=30 went to no one; the rest of the round comes

@@ -394,13 +394,7 @@ async fn a_pub_sub_connection_lost_while_the_history_is_trimmed_past_it_gives_th
         .query_async(&mut redis)
         .await
         .unwrap();
-    let killed: i64 = redis::cmd("CLIENT")
-        .arg("KILL")
-        .arg("TYPE")
-        .arg("pubsub")
-        .query_async(&mut redis)
-        .await
-        .unwrap();
+    let killed = server.kill_pub_sub_connections().await;
     assert_eq!(killed, 1, "A's one PUB/SUB connection");
     for n in 0..400 {
         b.send(&"room".to_owned(), MessageEvent::new(format!("missed {n}")))

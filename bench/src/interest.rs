@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crate::client::{EventStream, Publisher};
 use crate::sample_process;
 use crate::scenario::open_retrying;
-use crate::server_process::{ServerProcess, start_redis, start_with};
+use crate::server_process::{ServerProcess, redis_stat, start_redis, start_with};
 
 /// What one run measured.
 #[derive(Debug, Default, Clone)]
@@ -83,21 +83,7 @@ fn delivered_event_bytes() -> usize {
 }
 
 fn redis_output_bytes(port: u16) -> u64 {
-    let output = std::process::Command::new("redis-cli")
-        .args(["-p", &port.to_string(), "info", "stats"])
-        .output();
-    output
-        .ok()
-        .and_then(|o| String::from_utf8(o.stdout).ok())
-        .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.strip_prefix("total_net_output_bytes:")?
-                    .trim()
-                    .parse()
-                    .ok()
-            })
-        })
-        .unwrap_or(0)
+    redis_stat(port, "total_net_output_bytes")
 }
 
 fn cpu_of(servers: &[ServerProcess]) -> f64 {
@@ -144,18 +130,8 @@ async fn start_backend(backend: Backend) -> ((&'static str, String), Vec<u16>, R
     }
 }
 
-/// One run: `instances` processes of `binary` over a fresh Redis.
-pub async fn run(
-    binary: &str,
-    instances: usize,
-    keys: usize,
-    events: u64,
-    rate: u64,
-) -> InterestRun {
-    run_on(Backend::Node, binary, instances, keys, events, rate).await
-}
-
-/// [`run`] on `backend`.
+/// One run: `instances` processes of `binary` over a fresh Redis of
+/// `backend`'s kind.
 pub async fn run_on(
     backend: Backend,
     binary: &str,
@@ -379,7 +355,7 @@ pub async fn compare(
         }
         for index in order {
             let (name, binary) = &builds[index];
-            let run = run(binary, *instances, keys, events, rate).await;
+            let run = run_on(Backend::Node, binary, *instances, keys, events, rate).await;
             eprintln!(
                 "  {name}, {instances} instance(s): {}/{} delivered, Redis {:.2}× the event, {:.1} µs CPU/event ({:.1} delivery), idle {:.1}%",
                 run.delivered,

@@ -96,6 +96,12 @@ pub async fn start_redis() -> (tokio::process::Child, u16) {
 
 /// `total_commands_processed` of the Redis on `port`.
 pub fn redis_commands(port: u16) -> u64 {
+    redis_stat(port, "total_commands_processed")
+}
+
+/// The counter `name` of `INFO stats` of the Redis on `port` (0 if it
+/// cannot be read).
+pub fn redis_stat(port: u16, name: &str) -> u64 {
     let output = std::process::Command::new("redis-cli")
         .args(["-p", &port.to_string(), "info", "stats"])
         .output();
@@ -103,8 +109,9 @@ pub fn redis_commands(port: u16) -> u64 {
         .ok()
         .and_then(|o| String::from_utf8(o.stdout).ok())
         .and_then(|text| {
-            text.lines().find_map(|l| {
-                l.strip_prefix("total_commands_processed:")?
+            text.lines().find_map(|line| {
+                line.strip_prefix(name)?
+                    .strip_prefix(':')?
                     .trim()
                     .parse()
                     .ok()

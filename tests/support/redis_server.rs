@@ -32,6 +32,28 @@ pub async fn start(persistent: bool) -> Option<RedisServer> {
 }
 
 impl RedisServer {
+    /// Closes every PUB/SUB connection to the server (`CLIENT KILL TYPE
+    /// pubsub`), as a network fault would; answers how many there were.
+    pub async fn kill_pub_sub_connections(&self) -> i64 {
+        let out = tokio::process::Command::new("redis-cli")
+            .args([
+                "-p",
+                &self.port.to_string(),
+                "CLIENT",
+                "KILL",
+                "TYPE",
+                "pubsub",
+            ])
+            .output()
+            .await
+            .expect("run redis-cli");
+        let answer = String::from_utf8_lossy(&out.stdout);
+        answer
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("CLIENT KILL answered {answer:?}"))
+    }
+
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/", self.port)
     }
