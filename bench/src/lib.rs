@@ -76,9 +76,15 @@ pub enum Server {
 /// Serves `app` with `server` on 127.0.0.1:$PORT until killed; prints
 /// `listening` when ready.
 pub async fn serve(app: axum::Router, server: Server) {
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port()))
-        .await
+    // A listen backlog of 4,096 (tokio's default is 1,024), as a server
+    // that expects reconnect storms is set up: the same for every server
+    // measured.
+    let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+    socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, 1], port())))
         .expect("bind");
+    let listener = socket.listen(4096).expect("listen");
     println!("listening on {}", listener.local_addr().unwrap());
     match server {
         // With TLS_CERT and TLS_KEY (PEM files): over TLS, HTTP/2 by ALPN.
