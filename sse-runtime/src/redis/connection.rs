@@ -174,23 +174,35 @@ async fn node_epoch(url: &str, node: &mut Option<MultiplexedConnection>) -> Opti
             let client = redis::Client::open(url).ok()?;
             *node = Some(client.get_multiplexed_async_connection().await.ok()?);
         }
-        let connection = node.as_mut()?;
-        redis::cmd("CLUSTER")
-            .arg("INFO")
-            .query_async::<String>(connection)
-            .await
-            .ok()
+        cluster_epoch(node.as_mut()?).await.ok()
     };
-    let info = match tokio::time::timeout(CLUSTER_ATTEMPT_TIMEOUT, asked).await {
-        Ok(Some(info)) => info,
+    match tokio::time::timeout(CLUSTER_ATTEMPT_TIMEOUT, asked).await {
+        Ok(Some(epoch)) => Some(epoch),
         _ => {
             *node = None;
-            return None;
+            None
         }
-    };
+    }
+}
+
+/// `cluster_current_epoch` of the node `connection` reaches (`CLUSTER
+/// INFO`): the highest epoch it knows, which a failover raises.
+pub(super) async fn cluster_epoch(
+    connection: &mut MultiplexedConnection,
+) -> redis::RedisResult<u64> {
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(connection)
+        .await?;
     info.lines()
         .find_map(|line| line.strip_prefix("cluster_current_epoch:"))
         .and_then(|epoch| epoch.trim().parse().ok())
+        .ok_or_else(|| {
+            redis::RedisError::from((
+                redis::ErrorKind::Parse,
+                "CLUSTER INFO without cluster_current_epoch",
+            ))
+        })
 }
 
 impl Connection {

@@ -58,6 +58,22 @@ impl Inner {
         true
     }
 
+    /// The answer of a coverage check (`ask`), asked once more before a
+    /// "not covered" is believed where [`settled_for_recheck`](Self::settled_for_recheck)
+    /// says to.
+    pub(super) async fn confirmed_cover<F>(
+        &self,
+        ask: impl Fn() -> F,
+    ) -> redis::RedisResult<Result<(), ResetReason>>
+    where
+        F: Future<Output = redis::RedisResult<Result<(), ResetReason>>>,
+    {
+        match ask().await? {
+            Err(_) if self.settled_for_recheck().await => ask().await,
+            covered => Ok(covered),
+        }
+    }
+
     /// The last entry id of `stream` (0-0 when it is empty or missing).
     pub(super) async fn last_id(&self, stream: &str) -> redis::RedisResult<EntryId> {
         let mut connection = self.commands.clone();

@@ -14,7 +14,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{ConnectionAddr, ConnectionInfo, IntoConnectionInfo, ProtocolVersion, PushInfo};
 use tokio::sync::mpsc::UnboundedSender;
 
-use super::connection::{CLUSTER_ATTEMPT_TIMEOUT, Client};
+use super::connection::{CLUSTER_ATTEMPT_TIMEOUT, Client, cluster_epoch};
 
 /// How long a link waits for a node's answer to a (un)subscribe.
 pub(super) const LINK_RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
@@ -230,15 +230,7 @@ async fn slot_map_of(seed: &str) -> redis::RedisResult<(u64, Vec<Option<Arc<str>
     let mut connection = redis::Client::open(seed)?
         .get_multiplexed_async_connection()
         .await?;
-    let info: String = redis::cmd("CLUSTER")
-        .arg("INFO")
-        .query_async(&mut connection)
-        .await?;
-    let epoch = info
-        .lines()
-        .find_map(|line| line.strip_prefix("cluster_current_epoch:"))
-        .and_then(|epoch| epoch.trim().parse().ok())
-        .unwrap_or(0);
+    let epoch = cluster_epoch(&mut connection).await?;
     let ranges: Vec<redis::Value> = redis::cmd("CLUSTER")
         .arg("SLOTS")
         .query_async(&mut connection)

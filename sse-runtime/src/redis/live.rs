@@ -175,10 +175,9 @@ impl Inner {
     /// delivered, from the stream itself; or the reset signal where the
     /// stream no longer holds it.
     async fn catch_up_once(&self, stream: &str, read_from: EntryId) -> redis::RedisResult<()> {
-        let covered = match self.covers(stream, read_from).await? {
-            Err(_) if self.settled_for_recheck().await => self.covers(stream, read_from).await?,
-            covered => covered,
-        };
+        let covered = self
+            .confirmed_cover(|| self.covers(stream, read_from))
+            .await?;
         match covered {
             Ok(()) => self.deliver_from_stream(stream, read_from).await,
             Err(ResetReason::UnknownId) => {

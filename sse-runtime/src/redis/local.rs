@@ -46,8 +46,10 @@ impl Fanouts {
         self.keys.len()
     }
 
-    pub(super) fn values(&self) -> impl Iterator<Item = &Local> {
-        self.keys.values()
+    /// The keys that are open (have a position): a key still opening has
+    /// no subscription to count yet.
+    pub(super) fn open_keys(&self) -> impl Iterator<Item = &Local> {
+        self.keys.values().filter(|local| local.ready)
     }
 
     pub(super) fn values_mut(&mut self) -> impl Iterator<Item = &mut Local> {

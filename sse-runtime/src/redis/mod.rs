@@ -327,15 +327,12 @@ impl Inner {
     }
 
     /// On a cluster, the hash tag that puts `key`'s Redis keys (its
-    /// stream, its channel, its idempotency records) in one slot: 16 bits
-    /// of a fixed hash of the key, in hex. 65,536 tags, four or so per
-    /// slot, so keys spread evenly over all the slots; and short, because
-    /// the channel name travels with every live message. `None` on one
-    /// node.
+    /// stream, its channel, its idempotency records) in one slot (see
+    /// [`cluster_hash_tag`]); `None` on one node.
     fn hash_tag(&self, key: &impl Display) -> Option<String> {
         self.client
             .is_cluster()
-            .then(|| format!("{:04x}", fixed_hash(&key.to_string()) & 0xffff))
+            .then(|| cluster_hash_tag(&key.to_string()))
     }
 
     /// Where the record of `idempotency_key` for `key` lives: beside the
@@ -398,6 +395,14 @@ impl Inner {
 /// What `join` answers after shutdown.
 fn shut_down_error() -> redis::RedisError {
     redis::RedisError::from((redis::ErrorKind::Client, "the SSE registry is shut down"))
+}
+
+/// A key's hash tag on a cluster: 16 bits of its fixed hash, in hex.
+/// 65,536 tags, four or so per slot, so keys spread evenly over all the
+/// slots; and short, because the channel name travels with every live
+/// message.
+fn cluster_hash_tag(key: &str) -> String {
+    format!("{:04x}", fixed_hash(key) & 0xffff)
 }
 
 /// FNV-1a: a hash fixed by its definition, the same in every process, run
@@ -489,16 +494,14 @@ where
 
     fn total_streams(&self) -> usize {
         lock(&self.inner.local)
-            .values()
-            .filter(|local| local.ready)
+            .open_keys()
             .map(|local| local.fanout.stream_count())
             .sum()
     }
 
     fn total_subscribers(&self) -> usize {
         lock(&self.inner.local)
-            .values()
-            .filter(|local| local.ready)
+            .open_keys()
             .map(|local| local.fanout.subscriber_count())
             .sum()
     }
@@ -528,10 +531,8 @@ mod spread_tests {
         const KEYS: usize = 64_000;
         let mut per_master = [0usize; MASTERS];
         for n in 0..KEYS {
-            let key = format!("user-{n}");
-            let tag = format!("{:04x}", fixed_hash(&key) & 0xffff);
-            let stream = format!("sse:{{{tag}}}:{key}");
-            let slot = usize::from(links::key_slot(stream.as_bytes()));
+            let tag = cluster_hash_tag(&format!("user-{n}"));
+            let slot = usize::from(links::key_slot(format!("{{{tag}}}").as_bytes()));
             per_master[slot * MASTERS / 16_384] += 1;
         }
         let mean = KEYS / MASTERS;

@@ -27,9 +27,10 @@ impl Inner {
     /// position it starts after: every later entry of the key, and every
     /// later broadcast, reaches the cursor.
     ///
-    /// A key new to this instance subscribes to its channel first, then
-    /// starts at its stream's last entry: what is published after that comes
-    /// live. A subscription to a key that is joining waits for it.
+    /// A key new to this instance is opened ([`open_key`](Self::open_key)):
+    /// its position is its stream's last entry as the subscription is first
+    /// polled, and what is published after that reaches the cursor. A
+    /// subscription to a key that is opening waits for it.
     pub(super) async fn join(
         &self,
         stream: &str,
@@ -300,7 +301,7 @@ impl Subscription {
             None => Err(ResetReason::InvalidId),
         };
         let covered = match resume {
-            Ok(last) => match self.confirmed_cover(last).await {
+            Ok(last) => match self.inner.confirmed_cover(|| self.covers(last)).await {
                 Ok(covered) => covered.map(|()| last),
                 Err(error) => {
                     // Cannot tell: end, and let the client retry.
@@ -342,15 +343,6 @@ impl Subscription {
             self.replay_sources.push_back(Source::Broadcasts);
         }
         Start::Replay { reset }
-    }
-
-    /// [`covers`](Self::covers), asked again on a cluster before a reset
-    /// (see [`Inner::settled_for_recheck`]).
-    async fn confirmed_cover(&self, last: Position) -> redis::RedisResult<Result<(), ResetReason>> {
-        match self.covers(last).await? {
-            Err(_) if self.inner.settled_for_recheck().await => self.covers(last).await,
-            covered => Ok(covered),
-        }
     }
 
     /// Whether the history still holds everything after `last`.
