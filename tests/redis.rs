@@ -430,28 +430,11 @@ async fn each_instance_subscribes_only_to_its_own_keys_and_leaves_them_when_they
     for (n, subscription) in on_a.iter_mut().chain(on_b.iter_mut()).enumerate() {
         assert_eq!(next(subscription).await.2, format!("for {n}"));
     }
-    let mut redis = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
-    let subscribers_per_channel = |numbers: Vec<redis::Value>| -> Vec<i64> {
-        numbers
-            .chunks(2)
-            .map(|pair| match pair {
-                [_, redis::Value::Int(count)] => *count,
-                other => panic!("{other:?}"),
-            })
-            .collect()
-    };
-    let mut ask = redis::cmd("PUBSUB");
-    ask.arg("SHARDNUMSUB");
-    for n in 0..2 * KEYS {
-        ask.arg(format!("sse:user-{n}"));
-    }
-    let numbers: Vec<redis::Value> = ask.query_async(&mut redis).await.unwrap();
+    let channels: Vec<String> = (0..2 * KEYS).map(|n| format!("sse:user-{n}")).collect();
     assert!(
-        subscribers_per_channel(numbers)
+        server
+            .shard_subscribers(&channels)
+            .await
             .iter()
             .all(|count| *count == 1),
         "each key's channel has one subscriber: the instance that serves it"
@@ -460,8 +443,7 @@ async fn each_instance_subscribes_only_to_its_own_keys_and_leaves_them_when_they
     drop(on_a);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let numbers: Vec<redis::Value> = ask.query_async(&mut redis).await.unwrap();
-        let counts = subscribers_per_channel(numbers);
+        let counts = server.shard_subscribers(&channels).await;
         if counts[..KEYS].iter().all(|count| *count == 0) {
             assert!(counts[KEYS..].iter().all(|count| *count == 1));
             break;
@@ -496,11 +478,6 @@ async fn pub_sub_connections_killed_mid_burst_cost_no_event() {
         let _resume_point = subscription.next().await;
         subscriptions.push(subscription);
     }
-    let mut redis = redis::Client::open(server.url())
-        .unwrap()
-        .get_multiplexed_async_connection()
-        .await
-        .unwrap();
     let mut killed = 0;
     for n in 0..EVENTS {
         a.send(
@@ -517,13 +494,7 @@ async fn pub_sub_connections_killed_mid_burst_cost_no_event() {
             // live again, once B has subscribed again.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
             loop {
-                let numbers: Vec<redis::Value> = redis::cmd("PUBSUB")
-                    .arg("SHARDNUMSUB")
-                    .arg("sse:burst-0")
-                    .query_async(&mut redis)
-                    .await
-                    .unwrap();
-                if numbers.get(1) == Some(&redis::Value::Int(1)) {
+                if server.shard_subscribers(&["sse:burst-0".to_owned()]).await == [1] {
                     break;
                 }
                 assert!(

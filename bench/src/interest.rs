@@ -15,13 +15,11 @@
 //! one instance, each timed from its request to its first event (the resume
 //! point, sent once the key's channel is subscribed and its position read).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::{EventStream, Publisher};
+use crate::keyed::{KeyedSubscribers, send_paced, warm_up};
 use crate::sample_process;
-use crate::scenario::open_retrying;
 use crate::server_process::{ServerProcess, redis_stat, start_redis, start_with};
 
 /// What one run measured.
@@ -146,38 +144,10 @@ pub async fn run_on(
         servers.push(start_with(binary, std::slice::from_ref(&environment)).await);
     }
     let per_key = events / keys as u64;
-    let delivered = Arc::new(AtomicU64::new(0));
-    let finished = Arc::new(AtomicU64::new(0));
+    let addresses: Vec<_> = servers.iter().map(|server| server.addr).collect();
     // Subscribers stay connected until the figures are taken: leaving (and
     // the instances unsubscribing) is not part of delivering.
-    let (release, released) = tokio::sync::watch::channel(false);
-    let mut tasks = Vec::with_capacity(keys);
-    for key in 0..keys {
-        let server = servers[key % instances].addr;
-        let (delivered, finished) = (Arc::clone(&delivered), Arc::clone(&finished));
-        let mut released = released.clone();
-        tasks.push(tokio::spawn(async move {
-            let path = format!("/events/keys/{key}");
-            let stream = open_retrying(server, key, &path).await;
-            let mut received = 0;
-            if let Ok(mut stream) = stream {
-                let _ = stream
-                    .for_each_data(|data| {
-                        if data != b"w" {
-                            received += 1;
-                        }
-                        received < per_key
-                    })
-                    .await;
-                delivered.fetch_add(received, Ordering::Relaxed);
-                finished.fetch_add(1, Ordering::Relaxed);
-                let _ = released.wait_for(|released| *released).await;
-                drop(stream);
-            } else {
-                finished.fetch_add(1, Ordering::Relaxed);
-            }
-        }));
-    }
+    let subscribers = KeyedSubscribers::open(&addresses, keys, per_key, true);
     let mut publishers = Vec::with_capacity(instances);
     for server in &servers {
         publishers.push(
@@ -188,22 +158,7 @@ pub async fn run_on(
     }
     // Until every subscriber is registered: a broadcast answers how many
     // streams it reached on the instance asked.
-    let deadline = Instant::now() + Duration::from_secs(180);
-    loop {
-        let mut reached = 0;
-        for publisher in &mut publishers {
-            reached += publisher
-                .post("/events/keys-warmup", "")
-                .await
-                .ok()
-                .and_then(|answer| answer.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-        }
-        if reached >= keys || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    warm_up(&mut publishers, "/events/keys-warmup", "", keys).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_from = cpu_of(&servers);
     tokio::time::sleep(IDLE_WATCH).await;
@@ -211,29 +166,13 @@ pub async fn run_on(
     let cpu_before = cpu_of(&servers);
     let bytes_before: u64 = ports.iter().map(|port| redis_output_bytes(*port)).sum();
     let started = Instant::now();
-    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
-    let mut next_send = Instant::now();
-    for seq in 0..per_key * keys as u64 {
-        tokio::time::sleep_until(next_send.into()).await;
-        next_send += period;
-        let key = (seq % keys as u64) as usize;
-        let path = format!("/events/keys/{key}");
-        if publishers[key % instances]
-            .post(&path, &payload(seq))
-            .await
-            .is_err()
-        {
-            break;
-        }
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while finished.load(Ordering::Relaxed) < keys as u64 && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    // Each event is POSTed to the instance that serves its key.
+    send_paced(&mut publishers, keys, per_key * keys as u64, rate, payload).await;
+    subscribers.until_finished(Duration::from_secs(60)).await;
     let seconds = started.elapsed().as_secs_f64();
     let run = InterestRun {
         instances,
-        delivered: delivered.load(Ordering::Relaxed),
+        delivered: subscribers.delivered(),
         expected: per_key * keys as u64,
         redis_out_bytes: ports
             .iter()
@@ -245,13 +184,7 @@ pub async fn run_on(
         idle_cpu_per_second,
         seconds,
     };
-    let _ = release.send(true);
-    let collect = async {
-        for task in tasks {
-            let _ = task.await;
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(60), collect).await;
+    subscribers.close(Duration::from_secs(60)).await;
     for server in servers {
         server.stop().await;
     }

@@ -7,13 +7,12 @@
 //! which is measured apart, with no event sent, and reported beside.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::client::Publisher;
+use crate::keyed::{KeyedSubscribers, send_paced, warm_up};
 use crate::sample_process;
-use crate::scenario::{Figures, open_retrying};
+use crate::scenario::Figures;
 use crate::server_process::{redis_commands, start, start_redis, start_with};
 
 /// What one run measured: its figures, and the server's CPU seconds per
@@ -46,47 +45,13 @@ pub async fn many_keys(
     rate: u64,
 ) -> KeysRun {
     let per_key = events / keys as u64;
-    let delivered = Arc::new(AtomicU64::new(0));
-    let connected = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::with_capacity(keys);
-    for key in 0..keys {
-        let (delivered, connected) = (Arc::clone(&delivered), Arc::clone(&connected));
-        tasks.push(tokio::spawn(async move {
-            let path = format!("/events/keys/{key}");
-            let Ok(mut stream) = open_retrying(server, key, &path).await else {
-                return;
-            };
-            connected.fetch_add(1, Ordering::Relaxed);
-            let mut received = 0;
-            let _ = stream
-                .for_each_data(|data| {
-                    if data != b"w" {
-                        received += 1;
-                    }
-                    received < per_key
-                })
-                .await;
-            delivered.fetch_add(received, Ordering::Relaxed);
-        }));
-    }
-    let mut publisher = Publisher::connect(server)
+    let subscribers = KeyedSubscribers::open(&[server], keys, per_key, false);
+    let mut publisher = [Publisher::connect(server)
         .await
-        .expect("publisher connects");
+        .expect("publisher connects")];
     // Warm up until every subscriber is registered (a broadcast answers how
     // many it reached).
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let reached: usize = publisher
-            .post("/events/keys-warmup", "")
-            .await
-            .ok()
-            .and_then(|answer| answer.trim().parse().ok())
-            .unwrap_or(0);
-        if reached >= keys || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    warm_up(&mut publisher, "/events/keys-warmup", "", keys).await;
     // Over Redis, let every reader take up its keys.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle_from = sample_process(pid).unwrap_or_default().cpu_seconds;
@@ -95,32 +60,22 @@ pub async fn many_keys(
         / IDLE_WATCH.as_secs_f64();
     let before = sample_process(pid).unwrap_or_default().cpu_seconds;
     let started = Instant::now();
-    let period = Duration::from_nanos(1_000_000_000 / rate.max(1));
-    let mut next_send = Instant::now();
-    for seq in 0..per_key * keys as u64 {
-        tokio::time::sleep_until(next_send.into()).await;
-        next_send += period;
-        let path = format!("/events/keys/{}", seq % keys as u64);
-        if publisher.post(&path, &seq.to_string()).await.is_err() {
-            break;
-        }
-    }
-    let collect = async {
-        for task in tasks {
-            let _ = task.await;
-        }
-    };
-    let _ = tokio::time::timeout(Duration::from_secs(60), collect).await;
+    send_paced(&mut publisher, keys, per_key * keys as u64, rate, |seq| {
+        seq.to_string()
+    })
+    .await;
+    subscribers.until_finished(Duration::from_secs(60)).await;
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_seconds = sample_process(pid).unwrap_or_default().cpu_seconds - before;
-    let delivered = delivered.load(Ordering::Relaxed);
+    let (delivered, connected) = (subscribers.delivered(), subscribers.connected());
+    subscribers.close(Duration::from_secs(60)).await;
     let figures = Figures {
         delivered,
         expected: per_key * keys as u64,
         events_per_second: delivered as f64 / elapsed.max(1e-9),
         cpu_seconds,
         cpu_ns_per_event: cpu_seconds * 1e9 / delivered.max(1) as f64,
-        connected: connected.load(Ordering::Relaxed),
+        connected,
         ..Figures::default()
     };
     KeysRun {

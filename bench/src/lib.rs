@@ -17,6 +17,7 @@ pub mod client;
 pub mod compare;
 pub mod h2_idle;
 pub mod interest;
+pub mod keyed;
 pub mod keys;
 pub mod report;
 pub mod scenario;

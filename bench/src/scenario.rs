@@ -131,21 +131,7 @@ async fn fan_out_impl(
         );
     }
     // Warm up until every subscriber is registered with its instance.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    loop {
-        let mut reached = 0usize;
-        for publisher in &mut publishers {
-            let answer = publisher.post("/events/broadcast", "w").await;
-            reached += answer
-                .ok()
-                .and_then(|a| a.trim().parse::<usize>().ok())
-                .unwrap_or(0);
-        }
-        if reached >= subscribers || Instant::now() > deadline {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    crate::keyed::warm_up(&mut publishers, "/events/broadcast", "w", subscribers).await;
     // Instances sharing a broker join their readers asynchronously.
     if servers.len() > 1 {
         tokio::time::sleep(Duration::from_millis(500)).await;

@@ -35,23 +35,47 @@ impl RedisServer {
     /// Closes every PUB/SUB connection to the server (`CLIENT KILL TYPE
     /// pubsub`), as a network fault would; answers how many there were.
     pub async fn kill_pub_sub_connections(&self) -> i64 {
-        let out = tokio::process::Command::new("redis-cli")
-            .args([
-                "-p",
-                &self.port.to_string(),
-                "CLIENT",
-                "KILL",
-                "TYPE",
-                "pubsub",
-            ])
-            .output()
-            .await
-            .expect("run redis-cli");
-        let answer = String::from_utf8_lossy(&out.stdout);
+        let answer = self.cli(&["CLIENT", "KILL", "TYPE", "pubsub"]).await;
         answer
             .trim()
             .parse()
             .unwrap_or_else(|_| panic!("CLIENT KILL answered {answer:?}"))
+    }
+
+    /// How many connections are subscribed to each of `channels` (`PUBSUB
+    /// SHARDNUMSUB`), in their order.
+    pub async fn shard_subscribers(&self, channels: &[String]) -> Vec<i64> {
+        let mut args = vec!["PUBSUB", "SHARDNUMSUB"];
+        args.extend(channels.iter().map(String::as_str));
+        let answer = self.cli(&args).await;
+        let counts: Vec<i64> = answer
+            .lines()
+            .skip(1)
+            .step_by(2)
+            .map(|count| {
+                count
+                    .trim()
+                    .parse()
+                    .unwrap_or_else(|_| panic!("SHARDNUMSUB answered {answer:?}"))
+            })
+            .collect();
+        assert_eq!(
+            counts.len(),
+            channels.len(),
+            "SHARDNUMSUB answered {answer:?}"
+        );
+        counts
+    }
+
+    /// Runs `redis-cli` with `args` against the server; answers its output.
+    async fn cli(&self, args: &[&str]) -> String {
+        let out = tokio::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .await
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     pub fn url(&self) -> String {
