@@ -9,7 +9,7 @@ use std::time::Duration;
 use sse_runtime::{RedisBroker, Registry, RegistryConfig};
 
 use crate::external::{require, runs};
-use sse_runtime::testing::{free_port, wait_for_port};
+use sse_runtime::testing::{free_port_and, wait_for_port};
 
 const MASTERS: usize = 3;
 
@@ -44,15 +44,7 @@ pub async fn start_with_replicas(replicas: usize) -> Option<RedisCluster> {
     .ok()?;
     // A node also listens on its port + 10000 for the cluster bus: both free.
     let ports: Vec<u16> = (0..MASTERS * (1 + replicas))
-        .map(|_| {
-            loop {
-                let port = free_port();
-                if port < 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok()
-                {
-                    break port;
-                }
-            }
-        })
+        .map(|_| free_port_and(10000))
         .collect();
     let dir = std::env::temp_dir().join(format!(
         "sse-redis-cluster-{}-{}",

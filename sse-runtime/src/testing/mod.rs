@@ -41,7 +41,7 @@ mod net;
 mod parser;
 
 pub use events::{fields, next_event};
-pub use net::{free_port, wait_for_port};
+pub use net::{free_port, free_port_and, wait_for_port};
 use parser::Parser;
 
 use std::net::SocketAddr;
