@@ -32,6 +32,9 @@ pub struct Sizes {
     pub latency_rounds: usize,
 }
 
+/// The publishers of the concurrent fan-out.
+const CONCURRENT_PUBLISHERS: usize = 4;
+
 /// The measured run.
 pub const FULL: Sizes = Sizes {
     light_subscribers: 100,
@@ -86,6 +89,8 @@ pub enum Scenario {
     Light,
     Moderate,
     FanOut,
+    /// The fan-out with four publishers posting concurrently.
+    FanOutConcurrent,
     Wide,
     Latency,
     Idle,
@@ -123,6 +128,17 @@ pub async fn run(scenario: Scenario, binary: &str, sizes: Sizes) -> Figures {
                 server.pid,
                 sizes.fan_out_subscribers,
                 sizes.fan_out_events,
+                None,
+            )
+            .await
+        }
+        Scenario::FanOutConcurrent => {
+            scenario::concurrent_publish(
+                &[server.addr],
+                &[server.pid],
+                sizes.fan_out_subscribers,
+                sizes.fan_out_events,
+                CONCURRENT_PUBLISHERS,
                 None,
             )
             .await
@@ -340,40 +356,57 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
         rows.push(loss_row(&name, &figures));
     }
 
-    eprintln!(
-        "fan-out, {} subscribers, {} events as fast as possible",
-        s.fan_out_subscribers, s.fan_out_events
-    );
-    let fan_out = compare(Scenario::FanOut, &both, s).await;
-    let name = format!(
-        "fan-out, {} subscribers, publisher as fast as it can",
-        s.fan_out_subscribers
-    );
-    rows.push(ratio_row(
-        &name,
-        "server CPU per delivered event (ns)",
-        &fan_out,
-        |f| f.cpu_ns_per_event,
-        "≤ 0.5×",
-        |r| r <= 0.5,
-    ));
-    rows.push(ratio_row(
-        &name,
-        "delivered events/s",
-        &fan_out,
-        |f| f.events_per_second,
-        "≥ 2×",
-        |r| r >= 2.0,
-    ));
-    rows.push(ratio_row(
-        &name,
-        "server write system calls per 100 delivered events",
-        &fan_out,
-        |f| f.writes_per_event * 100.0,
-        "(info)",
-        |_| true,
-    ));
-    rows.push(loss_row(&name, &fan_out));
+    for (scenario, publishers) in [
+        (Scenario::FanOut, "one publisher posting sequentially"),
+        (Scenario::FanOutConcurrent, "4 publishers posting concurrently"),
+    ] {
+        eprintln!(
+            "fan-out, {} subscribers, {} events from {publishers}, as fast as possible",
+            s.fan_out_subscribers, s.fan_out_events
+        );
+        let fan_out = compare(scenario, &both, s).await;
+        let name = format!(
+            "fan-out, {} subscribers, {publishers} as fast as it can",
+            s.fan_out_subscribers
+        );
+        // The targets of saturation (issue 23) hold for the sequential
+        // publisher, the harder case for batching: its events come
+        // 1–3 ms apart, not all at once.
+        let sequential = scenario == Scenario::FanOut;
+        rows.push(ratio_row(
+            &name,
+            "server CPU per delivered event (ns)",
+            &fan_out,
+            |f| f.cpu_ns_per_event,
+            if sequential { "≤ 0.4×" } else { "(info)" },
+            |r| !sequential || r <= 0.4,
+        ));
+        rows.push(ratio_row(
+            &name,
+            "delivered events/s",
+            &fan_out,
+            |f| f.events_per_second,
+            if sequential { "≥ 2.5×" } else { "(info)" },
+            |r| !sequential || r >= 2.5,
+        ));
+        rows.push(row_with(
+            &name,
+            "server write system calls per 100 delivered events",
+            &fan_out,
+            |f| f.writes_per_event * 100.0,
+            if sequential { "≤ 15" } else { "(info)" },
+            |ours, _| !sequential || ours <= 15.0,
+        ));
+        rows.push(ratio_row(
+            &name,
+            "latency p99 (µs)",
+            &fan_out,
+            |f| f.latency_p99_us,
+            "(info)",
+            |_| true,
+        ));
+        rows.push(loss_row(&name, &fan_out));
+    }
 
     eprintln!("fan-out, {} subscribers", s.wide_subscribers);
     let wide = compare(Scenario::Wide, &both, s).await;

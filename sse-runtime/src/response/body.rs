@@ -33,7 +33,9 @@ pub(crate) enum Batching {
     Fixed(Duration),
     /// Held only on evidence of a sustained burst: a batch ready less than
     /// half the window after the last write, which itself came less than half
-    /// a window after the one before, is held until the window ends. A
+    /// a window after the one before or was held, is held until the window
+    /// ends, stretched while the process runs behind (see
+    /// [`pacer::stretch`]). A
     /// stream whose events come further apart (every light or moderate load),
     /// or a lone pair of events, is never delayed and never touches the
     /// batch clock.
@@ -47,7 +49,9 @@ impl Batching {
         match self {
             Batching::Off => None,
             Batching::Fixed(window) => window.checked_sub(since).filter(|left| !left.is_zero()),
-            Batching::Adaptive(window) if bursting && since < window / 2 => Some(window - since),
+            Batching::Adaptive(window) if bursting && since < window / 2 => {
+                Some(window + pacer::stretch(window) - since)
+            }
             Batching::Adaptive(_) => None,
         }
     }
@@ -79,8 +83,8 @@ pin_project! {
         // write when the window ends (see `pacer`): a busy stream writes once
         // per window instead of once per event.
         batching: Batching,
-        // The pacer tick a held batch is due at, and the waker parked for it.
-        held: Option<(u64, Waker)>,
+        // The batch held back, if any.
+        held: Option<Held>,
         // Whether any data has gone out: the first batch is never held.
         written: bool,
         // Whether the last write came within half a window of the one
@@ -181,53 +185,84 @@ where
         let mut this = self.project();
         // Whatever the stream and the broker log while polled belongs to it.
         let _in_span = this.open.span.clone().entered();
-        while !*this.ended && this.buf.len() < MAX_BATCH_BYTES {
-            match this.stream.as_mut().poll_next(cx) {
-                Poll::Ready(Some(item)) => match (item.is_event(), item.encode_into(this.buf)) {
-                    (is_event, Ok(())) => *this.pending_events += u64::from(is_event),
-                    (_, Err(error)) => {
-                        tracing::warn!(%error, "SSE stream yielded an error; ending the response");
-                        *this.ended = true;
-                    }
-                },
-                Poll::Ready(None) => *this.ended = true,
-                Poll::Pending => break,
+        let held_until_later = this
+            .held
+            .as_ref()
+            .is_some_and(|held| pacer::now() < held.due);
+        if held_until_later {
+            if let Some(held) = this.held.as_mut() {
+                // Woken before the window ends: a body polled from another
+                // task parks that task's waker too.
+                held.follow(cx.waker());
+                if held.quiet {
+                    // Only the keep-alive timer or a stray wake-up: the
+                    // stream is not listened to until the window ends.
+                    return Poll::Pending;
+                }
             }
         }
+        drain(
+            this.stream.as_mut(),
+            cx,
+            this.buf,
+            this.pending_events,
+            this.ended,
+        );
 
         if !this.buf.is_empty() {
             let may_hold = *this.written && !*this.ended && this.buf.len() < MAX_BATCH_BYTES;
-            if may_hold {
-                match this.held.as_mut() {
-                    Some((due, parked)) if pacer::now() < *due => {
-                        // Woken by the stream before the window ends. A body
-                        // polled from another task parks that task's waker too.
-                        if !parked.will_wake(cx.waker()) {
-                            let left = pacer::TICK * due.saturating_sub(pacer::now()) as u32;
-                            if let Some(again) = pacer::park(cx.waker(), left) {
-                                *due = again;
-                                parked.clone_from(cx.waker());
-                            }
+            if may_hold && held_until_later {
+                // A listening hold took what came; the window goes on.
+                return Poll::Pending;
+            }
+            if may_hold && this.held.is_none() {
+                let since = this.last_write.elapsed();
+                if let Some(hold) = this.batching.hold(since, *this.bursting) {
+                    if let Some(due) = pacer::park(cx.waker(), hold) {
+                        let quiet = is_quiet_hold(*this.pending_events, since, hold);
+                        if quiet {
+                            // Registers a waker that wakes nobody, so the
+                            // stream's next events cost no wake-up and no
+                            // poll; the clock wakes the task when the window
+                            // ends, and the stream is drained then.
+                            let mut quieted = Context::from_waker(Waker::noop());
+                            drain(
+                                this.stream.as_mut(),
+                                &mut quieted,
+                                this.buf,
+                                this.pending_events,
+                                this.ended,
+                            );
                         }
-                        return Poll::Pending;
-                    }
-                    Some(_) => {}
-                    None => {
-                        let since = this.last_write.elapsed();
-                        if let Some(hold) = this.batching.hold(since, *this.bursting) {
-                            if let Some(due) = pacer::park(cx.waker(), hold) {
-                                *this.held = Some((due, cx.waker().clone()));
-                                return Poll::Pending;
-                            }
+                        if !*this.ended && this.buf.len() < MAX_BATCH_BYTES {
+                            *this.held = Some(Held {
+                                due,
+                                parked: cx.waker().clone(),
+                                quiet,
+                            });
+                            return Poll::Pending;
                         }
+                        // Ended or full while quieted: written now. The
+                        // clock's wake-up later finds nothing held.
                     }
                 }
             }
-            *this.held = None;
-            *this.written = true;
+            // A batch that was held is a burst's by definition: the burst
+            // goes on past its window, though this write comes a whole
+            // window after the one before.
+            let was_held = match this.held.take() {
+                Some(held) => {
+                    pacer::record_lateness(held.due);
+                    true
+                }
+                None => false,
+            };
+            // The first write follows no write: it starts no burst.
+            let wrote_before = std::mem::replace(this.written, true);
             if this.keep_alive.is_some() || *this.batching != Batching::Off {
                 let now = Instant::now();
-                *this.bursting = this.batching.is_burst(now - *this.last_write);
+                *this.bursting =
+                    was_held || (wrote_before && this.batching.is_burst(now - *this.last_write));
                 *this.last_write = now;
             }
             this.open
@@ -262,6 +297,73 @@ where
     }
 }
 
+/// A batch held back until its window ends.
+struct Held {
+    /// The pacer tick it is due at.
+    due: u64,
+    /// The waker parked on the pacer for it.
+    parked: Waker,
+    /// Whether the stream is left unheard until then (see [`is_quiet_hold`]);
+    /// otherwise what it yields meanwhile joins the batch as it comes.
+    quiet: bool,
+}
+
+impl Held {
+    /// Parks `waker` for the rest of the window too, unless it wakes the
+    /// same task as the one parked.
+    fn follow(&mut self, waker: &Waker) {
+        if self.parked.will_wake(waker) {
+            return;
+        }
+        let left = pacer::TICK * self.due.saturating_sub(pacer::now()) as u32;
+        if let Some(again) = pacer::park(waker, left) {
+            self.due = again;
+            self.parked.clone_from(waker);
+        }
+    }
+}
+
+/// Encodes every event `stream` has ready into `buf`, up to
+/// [`MAX_BATCH_BYTES`], counting them in `pending_events`.
+fn drain<S>(
+    mut stream: Pin<&mut S>,
+    cx: &mut Context<'_>,
+    buf: &mut BytesMut,
+    pending_events: &mut u64,
+    ended: &mut bool,
+) where
+    S: Stream,
+    S::Item: SseItem,
+{
+    while !*ended && buf.len() < MAX_BATCH_BYTES {
+        match stream.as_mut().poll_next(cx) {
+            Poll::Ready(Some(item)) => match (item.is_event(), item.encode_into(buf)) {
+                (is_event, Ok(())) => *pending_events += u64::from(is_event),
+                (_, Err(error)) => {
+                    tracing::warn!(%error, "SSE stream yielded an error; ending the response");
+                    *ended = true;
+                }
+            },
+            Poll::Ready(None) => *ended = true,
+            Poll::Pending => break,
+        }
+    }
+}
+
+/// The most events a quiet hold expects to arrive before its window ends: an
+/// eighth of the broker's default [`buffer`](crate::RegistryConfig::buffer),
+/// so a quieted subscriber does not fall behind it.
+const QUIET_HOLD_MAX_EVENTS: u64 = 32;
+
+/// Whether a batch of `events` that came in `since` the last write may be
+/// held for `hold` without listening to its stream: whether, at the pace
+/// they came, the events that follow within the hold stay few.
+fn is_quiet_hold(events: u64, since: Duration, hold: Duration) -> bool {
+    let since = since.max(pacer::TICK).as_micros();
+    let expected = u128::from(events) * (since + hold.as_micros()) / since;
+    expected <= u128::from(QUIET_HOLD_MAX_EVENTS)
+}
+
 /// The most buffer a stream keeps between writes. A batch up to this size
 /// leaves its allocation for the next one; a larger one (a replay, a burst)
 /// takes its allocation with it, so an idle stream never keeps the largest
@@ -282,6 +384,9 @@ fn take_frame(buf: &mut BytesMut) -> Bytes {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
 
     #[test]
     fn a_large_batch_takes_its_buffer_with_it_and_a_small_one_leaves_it() {
@@ -339,5 +444,145 @@ mod tests {
         }
         assert_eq!(Batching::Off.hold(Duration::ZERO, true), None);
         assert!(!Batching::Off.is_burst(Duration::ZERO));
+    }
+
+    #[test]
+    fn a_quiet_hold_only_when_few_events_are_expected_before_it_ends() {
+        // One event 2 ms after the write, held 8 ms more: about 5 expected.
+        assert!(is_quiet_hold(1, 2 * MS, 8 * MS));
+        // Thirty within a tick of the write: hundreds expected.
+        assert!(!is_quiet_hold(30, Duration::ZERO, 9 * MS));
+        assert!(is_quiet_hold(
+            QUIET_HOLD_MAX_EVENTS,
+            10 * MS,
+            Duration::ZERO
+        ));
+        assert!(!is_quiet_hold(
+            QUIET_HOLD_MAX_EVENTS + 1,
+            10 * MS,
+            Duration::ZERO
+        ));
+    }
+
+    /// A stream the test feeds by hand, which keeps the waker it was last
+    /// polled with.
+    #[derive(Clone, Default)]
+    struct Fed(Arc<Mutex<(std::collections::VecDeque<&'static str>, Option<Waker>)>>);
+
+    impl Fed {
+        fn send(&self, data: &'static str) {
+            let mut fed = self.0.lock().unwrap();
+            fed.0.push_back(data);
+            if let Some(waker) = fed.1.take() {
+                waker.wake();
+            }
+        }
+
+        /// Whether the stream's next event would wake `task`.
+        fn listened_to_by(&self, task: &Waker) -> bool {
+            let fed = self.0.lock().unwrap();
+            fed.1.as_ref().is_some_and(|waker| waker.will_wake(task))
+        }
+    }
+
+    impl Stream for Fed {
+        type Item = &'static str;
+
+        fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<&'static str>> {
+            let mut fed = self.0.lock().unwrap();
+            match fed.0.pop_front() {
+                Some(data) => Poll::Ready(Some(data)),
+                None => {
+                    fed.1 = Some(cx.waker().clone());
+                    Poll::Pending
+                }
+            }
+        }
+    }
+
+    struct CountWakes(AtomicUsize);
+
+    impl std::task::Wake for CountWakes {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    fn poll_data(body: &mut Pin<Box<SseBody<Fed>>>, cx: &mut Context<'_>) -> Option<String> {
+        use http_body::Body as _;
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let data = frame.into_data().expect("a data frame");
+                Some(String::from_utf8(data.to_vec()).expect("UTF-8"))
+            }
+            Poll::Ready(None) => panic!("the body ended"),
+            Poll::Pending => None,
+        }
+    }
+
+    // The batch's window runs on the batch clock's real ticks; the gaps
+    // between events on Tokio's paused clock, so they are exact.
+    #[tokio::test(start_paused = true)]
+    async fn a_burst_is_held_without_waking_per_event_and_goes_on_past_its_window() {
+        const LONG: Duration = Duration::from_millis(200);
+        let fed = Fed::default();
+        let mut body = Box::pin(SseBody::new(
+            fed.clone(),
+            None,
+            None,
+            Batching::Adaptive(LONG),
+            OpenStream::new("test"),
+        ));
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+
+        fed.send("1");
+        assert_eq!(
+            poll_data(&mut body, &mut cx).as_deref(),
+            Some("data: 1\n\n"),
+            "the first batch is never held"
+        );
+        tokio::time::advance(10 * MS).await;
+        fed.send("2");
+        assert_eq!(
+            poll_data(&mut body, &mut cx).as_deref(),
+            Some("data: 2\n\n"),
+            "a lone pair is not held"
+        );
+        tokio::time::advance(10 * MS).await;
+        fed.send("3");
+        assert_eq!(
+            poll_data(&mut body, &mut cx),
+            None,
+            "a burst's batch is held"
+        );
+        assert!(
+            !fed.listened_to_by(&waker),
+            "a quiet hold leaves the stream unheard"
+        );
+        let woken_before = wakes.0.load(Ordering::SeqCst);
+        fed.send("4");
+        fed.send("5");
+        // The clock wakes the task once the window ends; nothing else did.
+        let waited = std::time::Instant::now();
+        while wakes.0.load(Ordering::SeqCst) == woken_before {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the batch clock never woke the held batch"
+            );
+            std::thread::sleep(MS);
+        }
+        assert_eq!(
+            poll_data(&mut body, &mut cx).as_deref(),
+            Some("data: 3\n\ndata: 4\n\ndata: 5\n\n"),
+            "what came during the hold goes out in one write"
+        );
+        assert!(fed.listened_to_by(&waker), "listened to again once written");
+        // The held write came a whole window after the one before, yet the
+        // burst goes on: the next event close behind is held too.
+        tokio::time::advance(MS).await;
+        fed.send("6");
+        assert_eq!(poll_data(&mut body, &mut cx), None, "still a burst");
     }
 }

@@ -76,13 +76,19 @@ where
     /// adaptively: a batch is held only within a sustained burst, when it
     /// became ready less than half of
     /// [`DEFAULT_BATCH_WINDOW`](Self::DEFAULT_BATCH_WINDOW) after the last
-    /// write and that write came as soon after the one before. So a stream
-    /// whose events come further apart (a chat, a dashboard, a notification
-    /// feed, anything under about 200 events per second per connection), or
-    /// a lone pair of events, goes out at once, and a busy one (fan-out at
-    /// saturation, a fast ticker) costs one write (one system call, one TCP
-    /// segment) per window instead of one per event, which is most of the
-    /// cost of fanning out to many subscribers. A stream that must never wait,
+    /// write and that write came as soon after the one before (or was itself
+    /// a held batch: a burst goes on until its events come further apart).
+    /// So a stream whose events come further apart (a chat, a dashboard, a
+    /// notification feed, anything under about 200 events per second per
+    /// connection), or a lone pair of events, goes out at once, and a busy
+    /// one (fan-out at saturation, a fast ticker) costs one write (one system
+    /// call, one TCP segment) per window instead of one per event, which is
+    /// most of the cost of fanning out to many subscribers. While a burst's
+    /// batch is held, its stream is not polled (unless many events are
+    /// expected before the window ends), so the events that join it cost no
+    /// wake-up either. When the process runs behind (held batches go out
+    /// late: it is saturated), the windows of bursts stretch, up to twice the
+    /// window, until it keeps up again. A stream that must never wait,
     /// however busy, sets `Duration::ZERO`.
     ///
     /// A fixed window holds whenever the last write was less than `window`

@@ -101,6 +101,53 @@ pub(crate) fn park(waker: &Waker, wait: Duration) -> Option<u64> {
     Some(due)
 }
 
+/// How much longer than its window a burst's batch is held, in 1/4096
+/// ticks. Raised a step by each held batch that goes out two ticks or more
+/// after its due tick (the runtime runs behind: it is saturated), lowered a
+/// step by each one that goes out on time. Written without a lock by
+/// whichever task writes; a lost update only slows it.
+static STRETCH: AtomicU64 = AtomicU64::new(0);
+
+/// One step of [`STRETCH`]: at a saturated fan-out's 100,000 held writes a
+/// second, it moves by about 25 ticks a second.
+const STRETCH_STEP: u64 = 1;
+
+/// [`STRETCH`]'s units per tick.
+const STRETCH_UNITS_PER_TICK: u64 = 4096;
+
+/// The longest stretch, in ticks.
+const MAX_STRETCH_TICKS: u64 = 10;
+
+/// Notes that a held batch due at tick `due` goes out now.
+pub(crate) fn record_lateness(due: u64) {
+    let stretch = STRETCH.load(Ordering::Relaxed);
+    let next = next_stretch(stretch, now().saturating_sub(due));
+    if next != stretch {
+        STRETCH.store(next, Ordering::Relaxed);
+    }
+}
+
+/// The stretch after a held batch went out `late` ticks after its due tick.
+/// One tick late says nothing: a batch woken at the end of a tick runs in
+/// the next.
+fn next_stretch(stretch: u64, late: u64) -> u64 {
+    match late {
+        0 => stretch.saturating_sub(STRETCH_STEP),
+        1 => stretch,
+        _ => (stretch + STRETCH_STEP).min(MAX_STRETCH_TICKS * STRETCH_UNITS_PER_TICK),
+    }
+}
+
+/// How much longer than its window a burst's batch is held now, at most
+/// `window`. A runtime that runs behind (a process fanning out as fast as it
+/// can) writes less often until it keeps up again; one that keeps up holds
+/// for the window alone.
+pub(crate) fn stretch(window: Duration) -> Duration {
+    let units = STRETCH.load(Ordering::Relaxed);
+    let stretch = Duration::from_nanos(units * TICK.as_nanos() as u64 / STRETCH_UNITS_PER_TICK);
+    stretch.min(window)
+}
+
 /// The current tick number.
 pub(crate) fn now() -> u64 {
     pacer().tick.load(Ordering::Acquire)
@@ -171,6 +218,21 @@ mod tests {
         assert!(now() >= due, "woken at its tick, not before");
         std::thread::sleep(Duration::from_millis(20));
         assert_eq!(count.0.load(Ordering::SeqCst), 1, "woken exactly once");
+    }
+
+    #[test]
+    fn the_stretch_grows_while_batches_go_out_late_and_shrinks_while_on_time() {
+        let cap = MAX_STRETCH_TICKS * STRETCH_UNITS_PER_TICK;
+        assert_eq!(next_stretch(0, 0), 0, "never below none");
+        assert_eq!(next_stretch(0, 1), 0, "one tick late says nothing");
+        assert_eq!(next_stretch(0, 2), STRETCH_STEP);
+        assert_eq!(next_stretch(5, 7), 5 + STRETCH_STEP);
+        assert_eq!(next_stretch(5, 0), 5 - STRETCH_STEP);
+        assert_eq!(next_stretch(cap, 9), cap, "never past the cap");
+        let saturated = (0..cap + 10).fold(0, |stretch, _| next_stretch(stretch, 3));
+        assert_eq!(saturated, cap);
+        let calm = (0..cap).fold(saturated, |stretch, _| next_stretch(stretch, 0));
+        assert_eq!(calm, 0, "back to the window alone");
     }
 
     #[test]
