@@ -16,14 +16,27 @@ fn python_has_httpx_sse() -> bool {
 
 #[tokio::test]
 async fn every_conformance_case_reads_back_exactly_with_python_httpx_sse() {
+    play_with_httpx_sse(None).await;
+}
+
+#[tokio::test]
+async fn every_conformance_case_reads_back_exactly_with_python_httpx_sse_over_gzip() {
+    play_with_httpx_sse(Some("gzip")).await;
+}
+
+/// The table through httpx-sse, each stream compressed with `coding` if given.
+async fn play_with_httpx_sse(coding: Option<&str>) {
     if require(&[("python3 with httpx and httpx-sse", python_has_httpx_sse())]).is_err() {
         return;
     }
-    let server = TestServer::start(conformance::app()).await;
+    let (app, runs) = conformance::app_with_runs();
+    let server = TestServer::start(app).await;
     let base = server.url("");
+    let mut args = vec!["httpx_sse_client.py", &base];
+    args.extend(coding);
     let output = run(
         "python3",
-        &["httpx_sse_client.py", &base],
+        &args,
         &[],
         &tests_dir().join("clients"),
         Duration::from_secs(60),
@@ -33,4 +46,7 @@ async fn every_conformance_case_reads_back_exactly_with_python_httpx_sse() {
     conformance::assert_all_cases("httpx-sse", true, |case| {
         conformance::seen_from_json(&results[&case.name])
     });
+    if let Some(coding) = coding {
+        runs.assert_all_compressed_with(coding);
+    }
 }

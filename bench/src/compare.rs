@@ -358,7 +358,10 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
 
     for (scenario, publishers) in [
         (Scenario::FanOut, "one publisher posting sequentially"),
-        (Scenario::FanOutConcurrent, "4 publishers posting concurrently"),
+        (
+            Scenario::FanOutConcurrent,
+            "4 publishers posting concurrently",
+        ),
     ] {
         eprintln!(
             "fan-out, {} subscribers, {} events from {publishers}, as fast as possible",

@@ -94,6 +94,8 @@ pub use registry::idempotency::{
 };
 pub use registry::memory::MemoryBroker;
 pub use registry::{Registry, Subscription};
+#[cfg(feature = "compression")]
+pub use response::accept_encoding::{AcceptEncoding, Encoding};
 pub use response::{KeepAlive, Sse};
 pub use server::limits::default_max_connections;
 pub use server::shutdown::shutdown_signal;

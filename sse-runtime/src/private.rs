@@ -88,6 +88,51 @@ pub struct RouteOptions {
     pub batch_window: Setting,
     /// The connection's write-stall timeout while this route streams.
     pub write_stall: Setting,
+    /// `compress = true`: what the client accepts.
+    pub compress: Option<CompressArg>,
+}
+
+/// The `Accept-Encoding` extractor of a `compress = true` route.
+#[cfg(feature = "compression")]
+pub use crate::AcceptEncoding as CompressArg;
+
+/// Without the `compression` feature, a stand-in, so that a
+/// `compress = true` route reports only [`__require_compression`]'s error.
+#[cfg(not(feature = "compression"))]
+#[derive(Clone, Copy, Debug)]
+pub struct CompressArg;
+
+#[cfg(not(feature = "compression"))]
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for CompressArg {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        _parts: &mut http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(CompressArg)
+    }
+}
+
+/// Checks, where a route says `compress = true`, that the feature is on.
+#[cfg(feature = "compression")]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __require_compression {
+    () => {};
+}
+
+/// Checks, where a route says `compress = true`, that the feature is on.
+#[cfg(not(feature = "compression"))]
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __require_compression {
+    () => {
+        ::core::compile_error!(
+            "`compress = true` needs sse-runtime's `compression` feature: \
+             sse-runtime = { version = \"…\", features = [\"compression\"] }"
+        );
+    };
 }
 
 impl RouteOptions {
@@ -111,6 +156,11 @@ impl RouteOptions {
             Setting::Default => sse,
             Setting::Off => sse.write_stall_timeout(None),
             Setting::Millis(ms) => sse.write_stall_timeout(Duration::from_millis(ms)),
+        };
+        #[cfg(feature = "compression")]
+        let sse = match self.compress {
+            Some(accept) => sse.compress(accept),
+            None => sse,
         };
         match self.retry_ms {
             Some(ms) => sse.retry(Duration::from_millis(ms)),

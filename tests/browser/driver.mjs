@@ -21,19 +21,35 @@ const browser = await chromium.launch({
     '--ignore-certificate-errors'],
 });
 
+// Every conformance case through EventSource, compressed with `coding` if
+// it is not empty.
+async function conformanceWith(page, coding) {
+  const cases = await (await fetch(`${base}/conformance/cases.json`)).json();
+  const results = {};
+  const codingParam = coding ? `&coding=${coding}` : '';
+  for (const [n, c] of cases.entries()) {
+    await page.goto(`${base}/conformance/page?case=${c.name}&run=browser-${coding || 'plain'}-${n}${codingParam}`);
+    // Done when the server's 204 has closed the source: a browser that kept
+    // reconnecting, or saw more, would show it here.
+    await page.waitForFunction(() => window.__done === true, null, { timeout: 15000 });
+    results[c.name] = await page.evaluate(() => window.__events);
+  }
+  return results;
+}
+
 const modes = {
   // Every conformance case through the browser's own EventSource.
   async conformance(page) {
-    const cases = await (await fetch(`${base}/conformance/cases.json`)).json();
-    const results = {};
-    for (const [n, c] of cases.entries()) {
-      await page.goto(`${base}/conformance/page?case=${c.name}&run=browser-${n}`);
-      // Done when the server's 204 has closed the source: a browser that kept
-      // reconnecting, or saw more, would show it here.
-      await page.waitForFunction(() => window.__done === true, null, { timeout: 15000 });
-      results[c.name] = await page.evaluate(() => window.__events);
-    }
-    return results;
+    return conformanceWith(page, '');
+  },
+
+  // The same, each stream compressed with one coding (the server uses only
+  // that one, if Chromium offers it).
+  async 'conformance-gzip'(page) {
+    return conformanceWith(page, 'gzip');
+  },
+  async 'conformance-zstd'(page) {
+    return conformanceWith(page, 'zstd');
   },
 
   // The basic example's page: pings, typed events, a per-user push.
@@ -57,6 +73,29 @@ const modes = {
   // The chat page while the server cuts every stream: the browser reconnects by
   // itself with Last-Event-ID (the server records it) and the page must end
   // with each message once.
+  // The chat page's compressed room stream across a rest: the server drops
+  // its encoder after 5 s without an event (ending a zstd frame) and starts
+  // a new one for the next; the page must show both messages.
+  async 'chat-rest'(page) {
+    const encodings = [];
+    page.on('response', (response) => {
+      if (response.url().includes('/rooms/general/events')) encodings.push(response.headers()['content-encoding'] || 'none');
+    });
+    await page.goto(`${base}/`);
+    await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: 10000 });
+    const say = (text) => page.evaluate((text) => fetch('/rooms/general/messages', {
+      method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ user: 'bot', text }),
+    }), text);
+    const shown = (text) => page.waitForFunction((text) => [...document.querySelectorAll('#messages li')]
+      .some((li) => li.textContent.includes(text)), text, { timeout: 10000 });
+    await say('before the rest');
+    await shown('before the rest');
+    await page.waitForTimeout(7000);
+    await say('after the rest');
+    await shown('after the rest');
+    return { encodings };
+  },
+
   async 'chat-resume'(page) {
     await page.goto(`${base}/`);
     await page.waitForFunction(() => document.getElementById('status').textContent === 'live', null, { timeout: 10000 });
@@ -136,11 +175,15 @@ const modes = {
 
   // Ten EventSources of one origin: how many receive anything within 3 s.
   async 'ten-sources'(page) {
+    const encodings = [];
+    page.on('response', (response) => {
+      if (response.url().includes('/tick/')) encodings.push(response.headers()['content-encoding'] || 'none');
+    });
     await page.goto(`${base}/`);
     await page.waitForTimeout(3000);
     const received = await page.evaluate(() => window.__received.size);
     const protocol = await page.evaluate(() => performance.getEntriesByType('navigation')[0].nextHopProtocol);
-    return { received, protocol };
+    return { received, protocol, encodings };
   },
 
   // The llm example's page: tokens read with fetch from a POST, then Cancel.

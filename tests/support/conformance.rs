@@ -24,7 +24,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
 use serde::Deserialize;
 use serde_json::Value;
-use sse_runtime::{KeepAlive, MessageEvent, Sse};
+use sse_runtime::{AcceptEncoding, KeepAlive, MessageEvent, Sse};
 
 /// The table, shared by every client.
 pub const CASES_JSON: &str = include_str!("../conformance/cases.json");
@@ -222,9 +222,28 @@ fn abbreviate(text: &str) -> String {
     }
 }
 
+/// What the server has played: each run's request count, and the
+/// compressed responses by coding.
 #[derive(Clone, Default)]
-struct Runs {
+pub struct Runs {
     requests: Arc<Mutex<HashMap<(String, String), usize>>>,
+    compressed: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+impl Runs {
+    /// Asserts that every case's stream went out compressed with `coding`
+    /// (the split-bytes cases excepted: they write raw bytes, not `Sse`).
+    pub fn assert_all_compressed_with(&self, coding: &str) {
+        let compressed = self.compressed.lock().unwrap().get(coding).copied();
+        let streamed = cases()
+            .iter()
+            .filter(|case| case.split_bytes.is_none())
+            .count();
+        assert!(
+            compressed.unwrap_or(0) >= streamed,
+            "{coding}: only {compressed:?} of {streamed} streams went out compressed"
+        );
+    }
 }
 
 #[derive(Deserialize)]
@@ -232,18 +251,28 @@ struct RunQuery {
     run: Option<String>,
     /// A short `retry:` first, so a browser's reconnect (answered 204) is quick.
     fast_retry: Option<u8>,
+    /// `gzip` or `zstd`: the stream is compressed with that coding, if the
+    /// client offers it (it is the only one the server considers).
+    coding: Option<String>,
 }
 
 /// The server that plays the table.
 pub fn app() -> Router {
-    Router::new()
+    app_with_runs().0
+}
+
+/// The same, with what it records.
+pub fn app_with_runs() -> (Router, Runs) {
+    let runs = Runs::default();
+    let app = Router::new()
         .route("/conformance/page", get(|| async { Html(PAGE) }))
         .route(
             "/conformance/cases.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], CASES_JSON) }),
         )
         .route("/conformance/{case}", get(play))
-        .with_state(Runs::default())
+        .with_state(runs.clone());
+    (app, runs)
 }
 
 async fn play(
@@ -312,11 +341,44 @@ async fn play(
         KeepAlive::every(Duration::from_millis(ms))
     });
     let response = Sse::new(events).keep_alive(keep_alive);
+    let response = match &query.coding {
+        Some(coding) => {
+            let accept = only_coding(&headers, coding);
+            if let Some(encoding) = accept.encoding() {
+                *runs
+                    .compressed
+                    .lock()
+                    .unwrap()
+                    .entry(encoding.name().to_owned())
+                    .or_default() += 1;
+            }
+            response.compress(accept)
+        }
+        None => response,
+    };
     if fast_retry {
         response.retry(Duration::from_millis(50)).into_response()
     } else {
         response.into_response()
     }
+}
+
+/// What the client accepts, narrowed to `coding`: the chosen coding is
+/// `coding` if the client offered it, and none otherwise.
+fn only_coding(headers: &HeaderMap, coding: &str) -> AcceptEncoding {
+    let offered = headers
+        .get_all(header::ACCEPT_ENCODING)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .any(|entry| entry.split(';').next().unwrap_or("").trim() == coding);
+    let mut narrowed = HeaderMap::new();
+    if let Ok(value) = header::HeaderValue::from_str(coding) {
+        if offered {
+            narrowed.insert(header::ACCEPT_ENCODING, value);
+        }
+    }
+    AcceptEncoding::from_headers(&narrowed)
 }
 
 /// The browser's page: plays `?case=` with `EventSource`, listening to every
@@ -330,7 +392,8 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>conformance</t
   window.__done = false;
   fetch('/conformance/cases.json').then((r) => r.json()).then((cases) => {
     const c = cases.find((c) => c.name === name);
-    const source = new EventSource(`/conformance/${name}?run=${params.get('run')}&fast_retry=1`);
+    const coding = params.get('coding') ? `&coding=${params.get('coding')}` : '';
+    const source = new EventSource(`/conformance/${name}?run=${params.get('run')}&fast_retry=1${coding}`);
     const record = (e) => window.__events.push({ type: e.type, data: e.data, lastEventId: e.lastEventId });
     source.onmessage = record;
     for (const t of new Set(c.expect.map((e) => e.type))) if (t !== 'message') source.addEventListener(t, record);

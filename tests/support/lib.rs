@@ -127,9 +127,15 @@ pub struct RawResponse {
 
 impl RawResponse {
     pub async fn get(addr: SocketAddr, path: &str) -> RawResponse {
+        RawResponse::get_with(addr, path, "").await
+    }
+
+    /// The same, with `headers` (each line ending in `\r\n`) added.
+    pub async fn get_with(addr: SocketAddr, path: &str, headers: &str) -> RawResponse {
         let mut stream = within(TcpStream::connect(addr)).await.unwrap();
-        let request =
-            format!("GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n\r\n");
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\n{headers}\r\n"
+        );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = RawResponse {
             head: String::new(),

@@ -110,7 +110,9 @@ const EVENTS_SCRIPT: &str = include_str!("../static/js/chat-events.js");
 #[sse_controller("/rooms")]
 impl ChatController {
     /// The room's messages: what came after `Last-Event-ID` first, then live.
-    #[sse("/:room/events", retry = "1s")]
+    /// Compressed where the client accepts it: a room's messages are public
+    /// to it and carry no secret (see the README on BREACH).
+    #[sse("/:room/events", retry = "1s", compress = true)]
     fn room_events(
         &self,
         Path(room): Path<String>,
@@ -127,8 +129,8 @@ impl ChatController {
 
     /// Several rooms on one stream, resumed exactly by one `Last-Event-ID`.
     /// `204 No Content` when a room does not exist or there are more than
-    /// [`MAX_ROOMS_PER_STREAM`].
-    #[sse("/events", retry = "1s")]
+    /// [`MAX_ROOMS_PER_STREAM`]. Compressed, as one room's stream is.
+    #[sse("/events", retry = "1s", compress = true)]
     fn rooms_events(
         &self,
         Query(query): Query<RoomsQuery>,

@@ -13,9 +13,10 @@ pub struct ControllerArgs {
     pub state: Option<Type>,
 }
 
-/// `#[sse("/path", keep_alive = "5s", retry = "3s", batch_window = "5ms", write_stall = "10s", method = "post")]`
+/// `#[sse("/path", keep_alive = "5s", retry = "3s", batch_window = "5ms", write_stall = "10s", method = "post", compress = true)]`
 pub struct RouteArgs {
     pub path: LitStr,
+    pub compress: bool,
     pub keep_alive: SwitchableDuration,
     pub batch_window: SwitchableDuration,
     pub write_stall: SwitchableDuration,
@@ -177,6 +178,7 @@ impl RouteArgs {
     pub fn plain(path: LitStr, method: HttpMethod) -> Self {
         RouteArgs {
             path,
+            compress: false,
             keep_alive: SwitchableDuration::Default,
             batch_window: SwitchableDuration::Default,
             write_stall: SwitchableDuration::Default,
@@ -189,6 +191,7 @@ impl RouteArgs {
         let path = parse_path(input, "#[sse(\"/stream\")]")?;
         let mut args = RouteArgs {
             path,
+            compress: false,
             keep_alive: SwitchableDuration::Default,
             batch_window: SwitchableDuration::Default,
             write_stall: SwitchableDuration::Default,
@@ -217,6 +220,18 @@ impl RouteArgs {
                         args.method = method;
                     }
                 }
+                RouteOption::Compress => {
+                    if input.peek(LitBool) {
+                        args.compress = input.parse::<LitBool>()?.value;
+                    } else {
+                        let value: OptionValue = input.parse()?;
+                        errors.push(error_with_help(
+                            value.span,
+                            "expected `true` or `false`",
+                            help,
+                        ));
+                    }
+                }
             }
             Ok(())
         })?;
@@ -226,7 +241,7 @@ impl RouteArgs {
 
 /// The options of `#[sse]`: each name, what it takes, and the help an error
 /// about it gives.
-const ROUTE_OPTIONS: [(&str, RouteOption, &str); 5] = [
+const ROUTE_OPTIONS: [(&str, RouteOption, &str); 6] = [
     (
         "keep_alive",
         RouteOption::Setting(Setting::KeepAlive),
@@ -253,6 +268,12 @@ const ROUTE_OPTIONS: [(&str, RouteOption, &str); 5] = [
         "write `method = \"get\"` (the default, what `EventSource` uses) or \
          `method = \"post\"` (for clients that send a body, as LLM APIs do)",
     ),
+    (
+        "compress",
+        RouteOption::Compress,
+        "write `compress = true` to compress the stream (zstd or gzip, as the client accepts; \
+         feature `compression`), only where it carries no secret beside attacker-chosen text",
+    ),
 ];
 
 /// What a route option takes.
@@ -264,6 +285,8 @@ enum RouteOption {
     Retry,
     /// `"get"` or `"post"`.
     Method,
+    /// `true` or `false`.
+    Compress,
 }
 
 /// The route options that are a [`SwitchableDuration`].

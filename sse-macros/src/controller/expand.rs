@@ -225,9 +225,17 @@ fn handler(route: &Route) -> TokenStream {
     let this = route
         .takes_self
         .then(|| quote!(let __this = ::std::sync::Arc::clone(&__controller);));
+    // First, before any extractor that takes the body.
+    let accept = route
+        .compress
+        .then(|| quote!(__accept: ::sse_runtime::__private::CompressArg,));
+    let require = route
+        .compress
+        .then(|| quote!(::sse_runtime::__require_compression!();));
     quote! {{
+        #require
         #this
-        move |#(#arg_names: #arg_types),*| async move { #body }
+        move |#accept #(#arg_names: #arg_types),*| async move { #body }
     }}
 }
 
@@ -245,9 +253,15 @@ fn options(route: &Route) -> TokenStream {
         None => quote!(::core::option::Option::None),
     };
     let route_name = &route.path.axum;
+    let compress = if route.compress {
+        quote!(::core::option::Option::Some(__accept))
+    } else {
+        quote!(::core::option::Option::None)
+    };
     quote! {
         ::sse_runtime::__private::RouteOptions {
             route: #route_name,
+            compress: #compress,
             keep_alive: #keep_alive,
             retry_ms: #retry_ms,
             batch_window: #batch_window,

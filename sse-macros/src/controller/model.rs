@@ -30,6 +30,8 @@ pub struct Route {
     pub batch_window: SwitchableDuration,
     pub write_stall: SwitchableDuration,
     pub retry_ms: Option<u64>,
+    /// `compress = true`: the handler also extracts `Accept-Encoding`.
+    pub compress: bool,
     pub takes_self: bool,
     pub is_async: bool,
     pub args: Vec<Arg>,
@@ -296,6 +298,7 @@ impl Route {
             batch_window: args.batch_window,
             write_stall: args.write_stall,
             retry_ms: args.retry_ms,
+            compress: args.compress,
             takes_self,
             is_async: sig.asyncness.is_some(),
             args: method_args,

@@ -13,6 +13,7 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
+use super::compressor::StreamCompressor;
 use super::pacer;
 use crate::event::encode;
 use crate::event::item::SseItem;
@@ -96,6 +97,62 @@ pin_project! {
         pending_events: u64,
         // The stream's span (route) and its open/close accounting.
         open: OpenStream,
+        // Set when the response is compressed.
+        compression: Option<Compression>,
+    }
+}
+
+/// How long a compressed stream may go without an event before its encoder
+/// is dropped (see [`StreamCompressor`]): long enough that a feed updated
+/// every few seconds keeps its dictionary, short enough that an idle stream
+/// holds no encoder.
+const REST_AFTER: Duration = Duration::from_secs(5);
+
+/// A compressed response's encoder and the timer that puts it to rest.
+struct Compression {
+    compressor: StreamCompressor,
+    // Armed while the encoder is active; like the keep-alive timer, re-armed
+    // from the last write when it fires early, not reset per write.
+    rest_timer: Option<Pin<Box<Sleep>>>,
+    // Whether the end of the compressed body has gone out.
+    finished: bool,
+}
+
+impl Compression {
+    /// `frame`, compressed; the first write after a rest arms the timer.
+    fn compress(&mut self, frame: &[u8]) -> std::io::Result<Bytes> {
+        let was_active = self.compressor.is_active();
+        let compressed = self.compressor.compress(frame)?;
+        if !was_active {
+            let rest_at = Instant::now() + REST_AFTER;
+            match self.rest_timer.as_mut() {
+                Some(timer) => timer.as_mut().reset(rest_at),
+                None => self.rest_timer = Some(Box::pin(tokio::time::sleep_until(rest_at))),
+            }
+        }
+        Ok(compressed)
+    }
+
+    /// Drops the encoder once the stream has been quiet for [`REST_AFTER`];
+    /// returns what must go out for the client to decode up to here.
+    fn poll_rest(&mut self, cx: &mut Context<'_>, last_write: Instant) -> Option<Bytes> {
+        let timer = self.rest_timer.as_mut()?;
+        while timer.as_mut().poll(cx).is_ready() {
+            let rest_at = last_write + REST_AFTER;
+            if Instant::now() < rest_at {
+                timer.as_mut().reset(rest_at);
+                continue;
+            }
+            self.rest_timer = None;
+            return match self.compressor.rest() {
+                Ok(end) => end,
+                Err(error) => {
+                    tracing::warn!(%error, "could not end a compressed SSE frame");
+                    None
+                }
+            };
+        }
+        None
     }
 }
 
@@ -166,7 +223,19 @@ impl<S> SseBody<S> {
             ended: false,
             pending_events: 0,
             open,
+            compression: None,
         }
+    }
+
+    /// Compresses everything the body writes with `compressor`.
+    #[cfg_attr(not(feature = "compression"), allow(dead_code))]
+    pub(crate) fn compressed(mut self, compressor: StreamCompressor) -> Self {
+        self.compression = Some(Compression {
+            compressor,
+            rest_timer: None,
+            finished: false,
+        });
+        self
     }
 }
 
@@ -259,18 +328,43 @@ where
             };
             // The first write follows no write: it starts no burst.
             let wrote_before = std::mem::replace(this.written, true);
-            if this.keep_alive.is_some() || *this.batching != Batching::Off {
+            if this.keep_alive.is_some()
+                || *this.batching != Batching::Off
+                || this.compression.is_some()
+            {
                 let now = Instant::now();
                 *this.bursting =
                     was_held || (wrote_before && this.batching.is_burst(now - *this.last_write));
                 *this.last_write = now;
             }
+            let frame = take_frame(this.buf);
+            let frame = match this.compression.as_mut() {
+                None => frame,
+                Some(compression) => match compression.compress(&frame) {
+                    Ok(compressed) => compressed,
+                    Err(error) => {
+                        return end_on_compression_error(error, this.ended, this.compression);
+                    }
+                },
+            };
             this.open
-                .written(std::mem::take(this.pending_events), this.buf.len());
-            return Poll::Ready(Some(Ok(Frame::data(take_frame(this.buf)))));
+                .written(std::mem::take(this.pending_events), frame.len());
+            return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if *this.ended {
+            if let Some(compression) = this.compression.as_mut().filter(|c| !c.finished) {
+                compression.finished = true;
+                return match compression.compressor.finish() {
+                    Ok(end) => Poll::Ready(Some(Ok(Frame::data(end)))),
+                    Err(error) => end_on_compression_error(error, this.ended, this.compression),
+                };
+            }
             return Poll::Ready(None);
+        }
+        if let Some(compression) = this.compression.as_mut() {
+            if let Some(end) = compression.poll_rest(cx, *this.last_write) {
+                return Poll::Ready(Some(Ok(Frame::data(end))));
+            }
         }
         if let Some(sleep) = this.keep_alive.as_mut() {
             while sleep.as_mut().poll(cx).is_ready() {
@@ -284,17 +378,42 @@ where
                 sleep.as_mut().reset(now + *this.interval);
                 *this.last_write = now;
                 telemetry::keep_alive(this.open.route);
-                return Poll::Ready(Some(Ok(Frame::data(Bytes::from_static(
-                    encode::KEEP_ALIVE,
-                )))));
+                let comment = match this.compression.as_mut() {
+                    None => Bytes::from_static(encode::KEEP_ALIVE),
+                    Some(compression) => {
+                        match compression.compressor.keep_alive(encode::KEEP_ALIVE) {
+                            Ok(comment) => comment,
+                            Err(error) => {
+                                return end_on_compression_error(
+                                    error,
+                                    this.ended,
+                                    this.compression,
+                                );
+                            }
+                        }
+                    }
+                };
+                return Poll::Ready(Some(Ok(Frame::data(comment))));
             }
         }
         Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {
-        self.ended && self.buf.is_empty()
+        self.ended && self.buf.is_empty() && self.compression.as_ref().is_none_or(|c| c.finished)
     }
+}
+
+/// Ends a response whose encoder failed (it cannot go on uncompressed).
+fn end_on_compression_error(
+    error: std::io::Error,
+    ended: &mut bool,
+    compression: &mut Option<Compression>,
+) -> Poll<Option<Result<Frame<Bytes>, Infallible>>> {
+    tracing::warn!(%error, "could not compress an SSE stream; ending the response");
+    *ended = true;
+    *compression = None;
+    Poll::Ready(None)
 }
 
 /// A batch held back until its window ends.

@@ -36,10 +36,12 @@
 //! `EventSource` follows, checked against the project's conformance table.
 
 pub mod broker_contract;
+mod decode;
 mod events;
 mod net;
 mod parser;
 
+pub use decode::ContentDecoder;
 pub use events::{fields, next_event};
 pub use net::{free_port, free_port_and, wait_for_port};
 use parser::Parser;
@@ -174,6 +176,7 @@ impl TestRequest {
         let (parts, body) = response.into_parts();
         TestResponse {
             status: parts.status,
+            decoder: ContentDecoder::for_headers(&parts.headers, &what),
             headers: parts.headers,
             body,
             parser: Parser::default(),
@@ -188,6 +191,9 @@ pub struct TestResponse {
     status: StatusCode,
     headers: HeaderMap,
     body: Body,
+    // Undoes the response's `Content-Encoding` (gzip and zstd with feature
+    // `compression`), frame by frame.
+    decoder: ContentDecoder,
     parser: Parser,
     what: String,
     timeout: Duration,
@@ -249,6 +255,7 @@ impl TestResponse {
                 Some(Err(error)) => panic!("{}: the body failed: {error}", self.what),
                 Some(Ok(frame)) => {
                     if let Ok(data) = frame.into_data() {
+                        let data = self.decoder.decode(&data);
                         self.parser.feed(&data);
                     }
                 }
@@ -281,7 +288,7 @@ impl TestResponse {
     /// # Panics
     ///
     /// When it does not end within the timeout or is not UTF-8.
-    pub async fn text(self) -> String {
+    pub async fn text(mut self) -> String {
         let bytes = tokio::time::timeout(self.timeout, self.body.collect())
             .await
             .unwrap_or_else(|_| {
@@ -292,7 +299,8 @@ impl TestResponse {
             })
             .unwrap_or_else(|error| panic!("{}: the body failed: {error}", self.what))
             .to_bytes();
-        String::from_utf8(bytes.to_vec())
+        let bytes = self.decoder.decode(&bytes);
+        String::from_utf8(bytes)
             .unwrap_or_else(|error| panic!("{}: the body is not UTF-8: {error}", self.what))
     }
 }

@@ -71,6 +71,21 @@ impl EventsController {
         stream::empty()
     }
 
+    #[sse("/compressed", compress = true, retry = "1s")]
+    fn compressed() -> impl Stream<Item = MessageEvent> {
+        stream::empty()
+    }
+
+    #[sse("/compressed-with-a-body", compress = true, method = "post")]
+    fn compressed_with_a_body(body: String) -> impl Stream<Item = MessageEvent> {
+        stream::iter([MessageEvent::new(body)])
+    }
+
+    #[sse("/plain", compress = false)]
+    fn plain() -> impl Stream<Item = MessageEvent> {
+        stream::empty()
+    }
+
     #[sse("/never-cut", write_stall = false)]
     fn never_cut() -> impl Stream<Item = MessageEvent> {
         stream::empty()

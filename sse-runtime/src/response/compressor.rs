@@ -1,0 +1,481 @@
+//! One event stream's compressor: every write comes out as the encoder's
+//! complete output (nothing waits in it for the next event), and the
+//! encoder is dropped while the stream is quiet, so an idle compressed stream
+//! holds no more than an idle plain one.
+//!
+//! The wire format makes the drop possible:
+//! - **gzip** is one deflate stream. Each write ends with a sync flush, so
+//!   the stream is at a byte boundary between writes; a new raw deflate
+//!   encoder goes on from there (its blocks refer to nothing before them),
+//!   and the decoder never knows. The CRC and length for the trailer are
+//!   kept across (8 bytes).
+//! - **zstd** allows concatenated frames (RFC 8878 §3.1). A quiet stream ends
+//!   its frame; the next event starts a new one.
+//!
+//! A keep-alive comment on a quiet stream is written without an encoder: in
+//! gzip as a stored deflate block, in zstd as a frame holding one raw
+//! block. Both are plain framing of uncompressed bytes, checked against the
+//! real decoders in the tests.
+
+use std::io;
+
+use bytes::Bytes;
+use flate2::{Compress, Compression, Crc, FlushCompress};
+use zstd::stream::raw::{CParameter, Encoder as ZstdEncoder, InBuffer, Operation, OutBuffer};
+
+use super::accept_encoding::Encoding;
+
+/// gzip's level: 4 is within a few percent of 6's size on event streams,
+/// for less CPU.
+const GZIP_LEVEL: u32 = 4;
+
+/// zstd's level (its default).
+const ZSTD_LEVEL: i32 = 3;
+
+/// zstd's window: 16 KiB, enough for the repetition of event streams (the
+/// last few dozen events), and it bounds what an active stream's encoder
+/// holds.
+const ZSTD_WINDOW_LOG: u32 = 14;
+
+/// zstd's match-finder tables, sized to the window rather than to the level's
+/// defaults (which are for megabytes of input): an active encoder holds
+/// about 34 KB (107 KB with the level's tables), for the same size within
+/// 1% on chat events.
+const ZSTD_HASH_LOG: u32 = 12;
+const ZSTD_CHAIN_LOG: u32 = 12;
+
+/// The fixed gzip header: deflate, no name, no time, unknown OS.
+const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
+
+/// The compressing side of one event stream.
+pub(crate) struct StreamCompressor {
+    encoding: Encoding,
+    /// The encoder while the stream is active; `None` at rest.
+    active: Option<Active>,
+    /// Whether anything has gone out (the gzip header, a zstd frame).
+    started: bool,
+    /// gzip: the CRC-32 and length of everything compressed, for the trailer.
+    crc: Crc,
+}
+
+enum Active {
+    Gzip(Compress),
+    Zstd(ZstdEncoder<'static>),
+}
+
+impl StreamCompressor {
+    pub(crate) fn new(encoding: Encoding) -> Self {
+        StreamCompressor {
+            encoding,
+            active: None,
+            started: false,
+            crc: Crc::new(),
+        }
+    }
+
+    /// Whether an encoder is held (the stream is not at rest).
+    pub(crate) fn is_active(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// `data`, compressed and flushed: the client can decode all of it from
+    /// what is returned.
+    pub(crate) fn compress(&mut self, data: &[u8]) -> io::Result<Bytes> {
+        let mut out = Vec::with_capacity(data.len() / 2 + 64);
+        self.start(&mut out);
+        match self.active_encoder()? {
+            Active::Gzip(deflate) => {
+                deflate_into(deflate, data, &mut out, FlushCompress::Sync)?;
+                self.crc.update(data);
+            }
+            Active::Zstd(zstd) => {
+                let mut input = InBuffer::around(data);
+                while input.pos() < data.len() {
+                    out.reserve(data.len() - input.pos() + 64);
+                    let written = out.len();
+                    let mut output = OutBuffer::around_pos(&mut out, written);
+                    zstd.run(&mut input, &mut output)?;
+                }
+                drain(&mut out, |output| zstd.flush(output))?;
+            }
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// A keep-alive comment: through the encoder while active, or framed
+    /// uncompressed while at rest, so that a quiet stream builds no encoder.
+    pub(crate) fn keep_alive(&mut self, comment: &[u8]) -> io::Result<Bytes> {
+        if self.active.is_some() {
+            return self.compress(comment);
+        }
+        let mut out = Vec::with_capacity(comment.len() + 24);
+        self.start(&mut out);
+        match self.encoding {
+            Encoding::Gzip => {
+                stored_block(&mut out, comment, false);
+                self.crc.update(comment);
+            }
+            Encoding::Zstd => raw_frame(&mut out, comment),
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Drops the encoder of a quiet stream; returns what must still go out
+    /// for the client to decode up to here (zstd's frame end; nothing in
+    /// gzip, whose last write already ended on a byte boundary).
+    pub(crate) fn rest(&mut self) -> io::Result<Option<Bytes>> {
+        match self.active.take() {
+            Some(Active::Zstd(mut zstd)) => {
+                let mut out = Vec::with_capacity(16);
+                drain(&mut out, |output| zstd.finish(output, true))?;
+                Ok(Some(Bytes::from(out)))
+            }
+            Some(Active::Gzip(_)) | None => Ok(None),
+        }
+    }
+
+    /// The end of the compressed body, after the last write.
+    pub(crate) fn finish(&mut self) -> io::Result<Bytes> {
+        let mut out = Vec::with_capacity(32);
+        let started = self.started;
+        self.start(&mut out);
+        match self.encoding {
+            Encoding::Gzip => {
+                self.active = None;
+                // The final block (empty), then the trailer.
+                stored_block(&mut out, &[], true);
+                out.extend_from_slice(&self.crc.sum().to_le_bytes());
+                out.extend_from_slice(&self.crc.amount().to_le_bytes());
+            }
+            Encoding::Zstd => match self.rest()? {
+                Some(end) => out.extend_from_slice(&end),
+                // A body with no frame at all is not zstd: one empty frame.
+                None if !started => raw_frame(&mut out, &[]),
+                None => {}
+            },
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// Writes the gzip header before anything else.
+    fn start(&mut self, out: &mut Vec<u8>) {
+        if !std::mem::replace(&mut self.started, true) && self.encoding == Encoding::Gzip {
+            out.extend_from_slice(&GZIP_HEADER);
+        }
+    }
+
+    /// The encoder, built if the stream was at rest.
+    fn active_encoder(&mut self) -> io::Result<&mut Active> {
+        if self.active.is_none() {
+            self.active = Some(match self.encoding {
+                // Raw deflate: the gzip framing is ours.
+                Encoding::Gzip => Active::Gzip(Compress::new(Compression::new(GZIP_LEVEL), false)),
+                Encoding::Zstd => Active::Zstd(zstd_encoder()?),
+            });
+        }
+        Ok(self.active.as_mut().expect("just built"))
+    }
+}
+
+fn zstd_encoder() -> io::Result<ZstdEncoder<'static>> {
+    let mut encoder = ZstdEncoder::new(ZSTD_LEVEL)?;
+    encoder.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))?;
+    encoder.set_parameter(CParameter::HashLog(ZSTD_HASH_LOG))?;
+    encoder.set_parameter(CParameter::ChainLog(ZSTD_CHAIN_LOG))?;
+    Ok(encoder)
+}
+
+/// Runs `step` until it reports nothing left to write.
+fn drain(
+    out: &mut Vec<u8>,
+    mut step: impl FnMut(&mut OutBuffer<'_, Vec<u8>>) -> io::Result<usize>,
+) -> io::Result<()> {
+    loop {
+        out.reserve(64);
+        let written = out.len();
+        let mut output = OutBuffer::around_pos(out, written);
+        if step(&mut output)? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// Deflates all of `input` into `out`, then flushes as `flush` says.
+fn deflate_into(
+    deflate: &mut Compress,
+    mut input: &[u8],
+    out: &mut Vec<u8>,
+    flush: FlushCompress,
+) -> io::Result<()> {
+    loop {
+        out.reserve(input.len() / 2 + 64);
+        let before = deflate.total_in();
+        deflate
+            .compress_vec(input, out, flush)
+            .map_err(io::Error::other)?;
+        let consumed = (deflate.total_in() - before) as usize;
+        input = &input[consumed.min(input.len())..];
+        // Done once all input is taken and the output had room to spare:
+        // the flush is complete.
+        if input.is_empty() && out.len() < out.capacity() {
+            return Ok(());
+        }
+    }
+}
+
+/// A stored (uncompressed) deflate block holding `data`, from a byte
+/// boundary (RFC 1951 §3.2.4); the last one if `last`.
+fn stored_block(out: &mut Vec<u8>, data: &[u8], last: bool) {
+    for (index, chunk) in data.chunks(usize::from(u16::MAX)).enumerate() {
+        let is_last = last && (index + 1) * usize::from(u16::MAX) >= data.len();
+        push_stored(out, chunk, is_last);
+    }
+    if data.is_empty() {
+        push_stored(out, &[], last);
+    }
+}
+
+fn push_stored(out: &mut Vec<u8>, chunk: &[u8], last: bool) {
+    let len = chunk.len() as u16;
+    out.push(u8::from(last)); // BFINAL, BTYPE = 00, padding to the byte.
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&(!len).to_le_bytes());
+    out.extend_from_slice(chunk);
+}
+
+/// The zstd frame magic number (RFC 8878 §3.1.1).
+const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+
+/// A zstd frame holding `data` (at most 255 bytes) in one raw block: a
+/// single-segment frame whose one-byte content size is `data`'s length,
+/// no checksum, no dictionary (RFC 8878 §3.1.1.1, §3.1.1.2).
+fn raw_frame(out: &mut Vec<u8>, data: &[u8]) {
+    debug_assert!(data.len() <= 255, "a keep-alive comment is short");
+    let data = &data[..data.len().min(255)];
+    out.extend_from_slice(&ZSTD_MAGIC.to_le_bytes());
+    // Frame header descriptor: Single_Segment_flag set; a 1-byte
+    // Frame_Content_Size follows.
+    out.push(0x20);
+    out.push(data.len() as u8);
+    // Block header: Last_Block = 1, Block_Type = Raw (0), Block_Size.
+    let header = 1 | ((data.len() as u32) << 3);
+    out.extend_from_slice(&header.to_le_bytes()[..3]);
+    out.extend_from_slice(data);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    fn gunzip(body: &[u8]) -> String {
+        let mut text = String::new();
+        flate2::read::GzDecoder::new(body)
+            .read_to_string(&mut text)
+            .expect("valid gzip");
+        text
+    }
+
+    /// What a client that decodes as bytes arrive can read from `body` so
+    /// far (a deflate stream cut after a flush).
+    fn gunzip_so_far(body: &[u8]) -> String {
+        let mut decoder = flate2::read::GzDecoder::new(body);
+        let mut bytes = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            match decoder.read(&mut chunk) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => bytes.extend_from_slice(&chunk[..n]),
+            }
+        }
+        String::from_utf8(bytes).expect("UTF-8")
+    }
+
+    fn unzstd(body: &[u8]) -> String {
+        String::from_utf8(zstd::stream::decode_all(body).expect("valid zstd")).expect("UTF-8")
+    }
+
+    const EVENT: &[u8] = b"id: 7\ndata: {\"user\":\"ada\",\"text\":\"hello there\"}\n\n";
+
+    /// Writes, rests, keep-alives and writes again, as a quiet stream does,
+    /// and returns the body and the text it carries.
+    fn a_stream_with_rests(encoding: Encoding) -> (Vec<u8>, String) {
+        let mut compressor = StreamCompressor::new(encoding);
+        let mut body = Vec::new();
+        let mut text = Vec::new();
+        for round in 0..3 {
+            for _ in 0..4 {
+                body.extend_from_slice(&compressor.compress(EVENT).unwrap());
+                text.extend_from_slice(EVENT);
+            }
+            assert!(compressor.is_active());
+            if let Some(end) = compressor.rest().unwrap() {
+                body.extend_from_slice(&end);
+            }
+            assert!(!compressor.is_active(), "at rest, no encoder");
+            if round == 1 {
+                body.extend_from_slice(&compressor.keep_alive(b": keep-alive\n\n").unwrap());
+                text.extend_from_slice(b": keep-alive\n\n");
+                assert!(!compressor.is_active(), "a keep-alive builds none");
+            }
+        }
+        body.extend_from_slice(&compressor.finish().unwrap());
+        (body, String::from_utf8(text).unwrap())
+    }
+
+    #[test]
+    fn a_gzip_stream_that_rests_and_resumes_decodes_whole() {
+        let (body, text) = a_stream_with_rests(Encoding::Gzip);
+        assert_eq!(gunzip(&body), text);
+    }
+
+    /// A chat room's `said` events, one write each, as a quiet room sends
+    /// them.
+    fn said_events() -> Vec<String> {
+        let users = ["ada", "grace", "linus", "barbara"];
+        let words = [
+            "hello", "deploy", "is", "green", "again", "lunch?", "ship", "it", "now", "thanks",
+        ];
+        (0..300)
+            .map(|n: usize| {
+                let text: Vec<&str> = (0..(3 + n % 7)).map(|i| words[(n * 7 + i * 3) % words.len()]).collect();
+                format!(
+                    "id: 1764671{:06}-0\nevent: said\ndata: {{\"room\":\"lobby\",\"user\":\"{}\",\"text\":\"{}\",\"at\":17646712{:05}}}\n\n",
+                    n * 37,
+                    users[n % users.len()],
+                    text.join(" "),
+                    n * 911 % 100_000,
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn one_event_per_write_still_compresses_to_a_third() {
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            let mut compressor = StreamCompressor::new(encoding);
+            let (mut plain, mut wire) = (0, 0);
+            for event in said_events() {
+                plain += event.len();
+                wire += compressor.compress(event.as_bytes()).unwrap().len();
+            }
+            let ratio = wire as f64 / plain as f64;
+            eprintln!("{encoding:?}: {wire} of {plain} bytes, {ratio:.3}");
+            assert!(ratio <= 0.35, "{encoding:?}: {ratio:.3} of the plain bytes");
+        }
+    }
+
+    #[test]
+    fn a_zstd_stream_that_rests_and_resumes_decodes_whole() {
+        let (body, text) = a_stream_with_rests(Encoding::Zstd);
+        assert_eq!(unzstd(&body), text);
+    }
+
+    #[test]
+    fn every_write_decodes_on_its_own_arrival() {
+        let mut compressor = StreamCompressor::new(Encoding::Gzip);
+        let mut body = Vec::new();
+        for n in 1..=5 {
+            body.extend_from_slice(&compressor.compress(EVENT).unwrap());
+            assert_eq!(
+                gunzip_so_far(&body),
+                String::from_utf8(EVENT.repeat(n)).unwrap()
+            );
+        }
+        let mut compressor = StreamCompressor::new(Encoding::Zstd);
+        let mut decoder = zstd::stream::raw::Decoder::new().unwrap();
+        for _ in 1..=5 {
+            let written = compressor.compress(EVENT).unwrap();
+            let mut decoded = vec![0u8; 1024];
+            let status = decoder.run_on_buffers(&written, &mut decoded).unwrap();
+            assert_eq!(status.bytes_read, written.len());
+            assert_eq!(&decoded[..status.bytes_written], EVENT, "all of it, now");
+        }
+    }
+
+    #[test]
+    fn a_stream_with_no_event_is_still_valid() {
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            let mut compressor = StreamCompressor::new(encoding);
+            let mut body = compressor.keep_alive(b": hi\n\n").unwrap().to_vec();
+            body.extend_from_slice(&compressor.finish().unwrap());
+            let text = match encoding {
+                Encoding::Gzip => gunzip(&body),
+                Encoding::Zstd => unzstd(&body),
+            };
+            assert_eq!(text, ": hi\n\n");
+            let empty = StreamCompressor::new(encoding).finish().unwrap();
+            let text = match encoding {
+                Encoding::Gzip => gunzip(&empty),
+                Encoding::Zstd => unzstd(&empty),
+            };
+            assert_eq!(text, "");
+        }
+    }
+
+    #[test]
+    fn large_writes_compress_whole() {
+        let big: Vec<u8> = (0..300_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            let mut compressor = StreamCompressor::new(encoding);
+            let mut body = compressor.compress(&big).unwrap().to_vec();
+            body.extend_from_slice(&compressor.finish().unwrap());
+            let decoded = match encoding {
+                Encoding::Gzip => {
+                    let mut bytes = Vec::new();
+                    flate2::read::GzDecoder::new(&body[..])
+                        .read_to_end(&mut bytes)
+                        .unwrap();
+                    bytes
+                }
+                Encoding::Zstd => zstd::stream::decode_all(&body[..]).unwrap(),
+            };
+            assert!(decoded == big, "{encoding:?}");
+        }
+    }
+}
+/// What an active encoder holds, measured (not a test: resident memory is
+/// the process's, which other tests move):
+/// `cargo test -p sse-runtime --features compression --release --lib encoder_memory -- --ignored --nocapture`
+#[cfg(test)]
+mod measure {
+    use super::*;
+
+    fn resident_bytes() -> usize {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|kb| kb.trim().trim_end_matches(" kB").parse::<usize>().ok())
+            .map_or(0, |kb| kb * 1024)
+    }
+
+    #[test]
+    #[ignore = "a measurement: run alone, with --release"]
+    fn encoder_memory() {
+        const STREAMS: usize = 1000;
+        for encoding in [Encoding::Gzip, Encoding::Zstd] {
+            let before = resident_bytes();
+            let mut streams: Vec<StreamCompressor> = (0..STREAMS)
+                .map(|_| StreamCompressor::new(encoding))
+                .collect();
+            let at_rest = resident_bytes();
+            for stream in &mut streams {
+                stream
+                    .compress(b"id: 1\ndata: {\"hello\":\"world\"}\n\n")
+                    .unwrap();
+            }
+            let active = resident_bytes();
+            for stream in &mut streams {
+                stream.rest().unwrap();
+            }
+            eprintln!(
+                "{encoding:?}: {} bytes per stream at rest, {} per active stream",
+                at_rest.saturating_sub(before) / STREAMS,
+                active.saturating_sub(before) / STREAMS,
+            );
+        }
+    }
+}
