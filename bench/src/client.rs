@@ -5,6 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
+use sse_runtime::testing::ContentDecoder;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
@@ -25,6 +26,10 @@ pub async fn connect(server: SocketAddr, index: usize) -> std::io::Result<TcpStr
 /// An open event stream: the response head was 200, the body is chunked.
 pub struct EventStream {
     stream: TcpStream,
+    /// Set when the body is compressed (`Content-Encoding`).
+    decoder: Option<ContentDecoder>,
+    /// The body's bytes as they came over the wire (chunk data).
+    wire_bytes: u64,
     buf: Vec<u8>,
     /// Start of unread bytes in `buf`.
     pos: usize,
@@ -40,12 +45,29 @@ impl EventStream {
         index: usize,
         path: &str,
     ) -> std::io::Result<EventStream> {
+        EventStream::open_accepting(server, index, path, None).await
+    }
+
+    /// The same, sending `accept_encoding` as `Accept-Encoding` and
+    /// decoding what the server compresses.
+    pub async fn open_accepting(
+        server: SocketAddr,
+        index: usize,
+        path: &str,
+        accept_encoding: Option<&str>,
+    ) -> std::io::Result<EventStream> {
         let mut stream = connect(server, index).await?;
-        let request =
-            format!("GET {path} HTTP/1.1\r\nhost: {server}\r\naccept: text/event-stream\r\n\r\n");
+        let accept = accept_encoding.map_or(String::new(), |value| {
+            format!("accept-encoding: {value}\r\n")
+        });
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nhost: {server}\r\naccept: text/event-stream\r\n{accept}\r\n"
+        );
         stream.write_all(request.as_bytes()).await?;
         let mut this = EventStream {
             stream,
+            decoder: None,
+            wire_bytes: 0,
             buf: Vec::with_capacity(8192),
             pos: 0,
             chunk_left: 0,
@@ -59,7 +81,23 @@ impl EventStream {
                 String::from_utf8_lossy(&head)
             )));
         }
+        let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+        if let Some(coding) = head
+            .lines()
+            .find_map(|line| line.strip_prefix("content-encoding:"))
+        {
+            let mut headers = http::HeaderMap::new();
+            let coding =
+                http::HeaderValue::from_str(coding.trim()).map_err(std::io::Error::other)?;
+            headers.insert(http::header::CONTENT_ENCODING, coding);
+            this.decoder = Some(ContentDecoder::for_headers(&headers, path));
+        }
         Ok(this)
+    }
+
+    /// The body's bytes on the wire so far.
+    pub fn wire_bytes(&self) -> u64 {
+        self.wire_bytes
     }
 
     /// Calls `on_data` with each `data:` line's value until the stream ends
@@ -99,27 +137,18 @@ impl EventStream {
             let start = self.pos;
             self.pos += available;
             self.chunk_left -= available;
-            let mut from = start;
-            for at in start..start + available {
-                if self.buf[at] == b'\n' {
-                    let keep_going = if self.line.is_empty() {
-                        on_line(&self.buf[from..at])
-                    } else {
-                        self.line.extend_from_slice(&self.buf[from..at]);
-                        let line = std::mem::take(&mut self.line);
-                        let keep = on_line(&line);
-                        self.line = line;
-                        self.line.clear();
-                        keep
-                    };
-                    from = at + 1;
-                    if !keep_going {
-                        return Ok(());
-                    }
+            self.wire_bytes += available as u64;
+            let data = &self.buf[start..start + available];
+            let keep_going = match self.decoder.as_mut() {
+                None => split_lines(&mut self.line, data, &mut on_line),
+                Some(decoder) => {
+                    let decoded = decoder.decode(data);
+                    split_lines(&mut self.line, &decoded, &mut on_line)
                 }
+            };
+            if !keep_going {
+                return Ok(());
             }
-            self.line
-                .extend_from_slice(&self.buf[from..start + available]);
         }
     }
 
@@ -169,6 +198,40 @@ impl EventStream {
             self.buf.extend_from_slice(&chunk[..n]);
         }
     }
+}
+
+/// Calls `on_line` with each complete line of `data`, `partial` holding
+/// the start of a line that an earlier piece left open; false once
+/// `on_line` says stop.
+fn split_lines(
+    partial: &mut Vec<u8>,
+    data: &[u8],
+    on_line: &mut impl FnMut(&[u8]) -> bool,
+) -> bool {
+    let mut from = 0;
+    for at in memchr_newlines(data) {
+        let keep_going = if partial.is_empty() {
+            on_line(&data[from..at])
+        } else {
+            partial.extend_from_slice(&data[from..at]);
+            let keep = on_line(partial);
+            partial.clear();
+            keep
+        };
+        from = at + 1;
+        if !keep_going {
+            return false;
+        }
+    }
+    partial.extend_from_slice(&data[from..]);
+    true
+}
+
+fn memchr_newlines(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    data.iter()
+        .enumerate()
+        .filter(|(_, byte)| **byte == b'\n')
+        .map(|(at, _)| at)
 }
 
 fn handle_line(line: &[u8], on_data: &mut impl FnMut(&[u8]) -> bool) -> bool {

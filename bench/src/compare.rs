@@ -190,7 +190,7 @@ pub async fn compare(scenario: Scenario, binaries: &[&str], sizes: Sizes) -> Vec
     runs.iter().map(|r| mean(r)).collect()
 }
 
-fn mean(runs: &[Figures]) -> Figures {
+pub(crate) fn mean(runs: &[Figures]) -> Figures {
     let n = runs.len() as f64;
     let avg = |f: fn(&Figures) -> f64| runs.iter().map(f).sum::<f64>() / n;
     Figures {
@@ -206,6 +206,7 @@ fn mean(runs: &[Figures]) -> Figures {
         rss_per_connection_bytes: avg(|r| r.rss_per_connection_bytes),
         writes_per_event: avg(|r| r.writes_per_event),
         published_per_second: avg(|r| r.published_per_second),
+        wire_bytes_per_event: avg(|r| r.wire_bytes_per_event),
     }
 }
 

@@ -43,7 +43,7 @@ impl KeyedSubscribers {
                 let mut released = released.clone();
                 tokio::spawn(async move {
                     let path = format!("/events/keys/{key}");
-                    let Ok(mut stream) = open_retrying(server, key, &path).await else {
+                    let Ok(mut stream) = open_retrying(server, key, &path, None).await else {
                         finished.fetch_add(1, Ordering::Relaxed);
                         return;
                     };

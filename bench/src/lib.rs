@@ -15,6 +15,7 @@
 pub mod chart;
 pub mod client;
 pub mod compare;
+pub mod compression;
 pub mod h2_idle;
 pub mod interest;
 pub mod keyed;

@@ -88,7 +88,7 @@ pub fn loss_row(scenario: &str, figures: &[Figures]) -> Row {
 }
 
 /// The Markdown section: the command, the machine and the table.
-pub fn render(rows: &[Row], smoke: bool, command: &str) -> String {
+pub fn render(title: &str, rows: &[Row], smoke: bool, command: &str) -> String {
     let mut out = String::new();
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -106,7 +106,7 @@ pub fn render(rows: &[Row], smoke: bool, command: &str) -> String {
         .unwrap_or_default();
     let _ = writeln!(
         out,
-        "## Comparison{}\n",
+        "## {title}{}\n",
         if smoke {
             " (smoke sizes: not a measurement)"
         } else {

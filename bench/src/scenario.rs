@@ -26,6 +26,39 @@ pub struct Figures {
     pub writes_per_event: f64,
     /// Events whose publishing POST was answered, per second of publishing.
     pub published_per_second: f64,
+    /// The stream's bytes on the wire (chunk data) per delivered event.
+    pub wire_bytes_per_event: f64,
+}
+
+/// Which stream the subscribers of a fan-out read, and what each event
+/// carries.
+#[derive(Clone, Copy, Debug)]
+pub struct StreamSpec {
+    pub path: &'static str,
+    /// Sent as `Accept-Encoding`.
+    pub accept_encoding: Option<&'static str>,
+    /// Whether each event carries a JSON notification of about 200 bytes
+    /// after its sequence number and time stamp (otherwise just those two).
+    pub json: bool,
+}
+
+impl StreamSpec {
+    /// The broadcast topic, plain, with the bare `"<seq> <sent-at-ns>"`.
+    pub const BROADCAST: StreamSpec = StreamSpec {
+        path: "/events/broadcast",
+        accept_encoding: None,
+        json: false,
+    };
+}
+
+/// The JSON an event of a `json` [`StreamSpec`] carries: a notification like
+/// an app's.
+fn notification(seq: u64) -> String {
+    format!(
+        r#"{{"kind":"notification","user":"u-{:06}","title":"Your report is ready","body":"The export you asked for finished; it is ready to download for the next 24 hours.","unread":{}}}"#,
+        seq % 1_000_000,
+        seq % 17
+    )
 }
 
 pub(crate) fn now_nanos() -> u64 {
@@ -38,6 +71,8 @@ struct Shared {
     delivered: AtomicU64,
     last_receive_ns: AtomicU64,
     connected: AtomicU64,
+    /// Wire bytes of every stream, its opening and the warm-up included.
+    wire_bytes: AtomicU64,
 }
 
 /// Fan-out: `subscribers` connections to `/events/broadcast`; then `events`
@@ -49,7 +84,28 @@ pub async fn fan_out(
     events: u64,
     rate: Option<u64>,
 ) -> Figures {
-    fan_out_impl(&[server], &[pid], subscribers, events, rate, 1).await
+    fan_out_impl(
+        &[server],
+        &[pid],
+        subscribers,
+        events,
+        rate,
+        1,
+        StreamSpec::BROADCAST,
+    )
+    .await
+}
+
+/// Fan-out over `spec`'s stream, from one publisher.
+pub async fn fan_out_over(
+    server: SocketAddr,
+    pid: u32,
+    subscribers: usize,
+    events: u64,
+    rate: Option<u64>,
+    spec: StreamSpec,
+) -> Figures {
+    fan_out_impl(&[server], &[pid], subscribers, events, rate, 1, spec).await
 }
 
 /// Fan-out with subscribers spread over several instances (round robin) and
@@ -65,7 +121,16 @@ pub async fn concurrent_publish(
     publishers: usize,
     rate: Option<u64>,
 ) -> Figures {
-    fan_out_impl(servers, pids, subscribers, events, rate, publishers).await
+    fan_out_impl(
+        servers,
+        pids,
+        subscribers,
+        events,
+        rate,
+        publishers,
+        StreamSpec::BROADCAST,
+    )
+    .await
 }
 
 async fn fan_out_impl(
@@ -75,11 +140,13 @@ async fn fan_out_impl(
     events: u64,
     rate: Option<u64>,
     concurrent_publishers: usize,
+    spec: StreamSpec,
 ) -> Figures {
     let shared = Arc::new(Shared {
         delivered: AtomicU64::new(0),
         last_receive_ns: AtomicU64::new(0),
         connected: AtomicU64::new(0),
+        wire_bytes: AtomicU64::new(0),
     });
     // Sample about 1 event in `every` for latency, to keep the samples bounded.
     let every = ((subscribers as u64 * events) / 2_000_000).max(1);
@@ -89,7 +156,9 @@ async fn fan_out_impl(
         let server = servers[index % servers.len()];
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
-            let Ok(mut stream) = open_retrying(server, index, "/events/broadcast").await else {
+            let Ok(mut stream) =
+                open_retrying(server, index, spec.path, spec.accept_encoding).await
+            else {
                 return latencies;
             };
             shared.connected.fetch_add(1, Ordering::Relaxed);
@@ -115,6 +184,9 @@ async fn fan_out_impl(
                 })
                 .await;
             shared.delivered.fetch_add(received, Ordering::Relaxed);
+            shared
+                .wire_bytes
+                .fetch_add(stream.wire_bytes(), Ordering::Relaxed);
             shared
                 .last_receive_ns
                 .fetch_max(now_nanos(), Ordering::Relaxed);
@@ -175,7 +247,11 @@ async fn fan_out_impl(
                     tokio::time::sleep_until(next_send.into()).await;
                     next_send += period;
                 }
-                let body = format!("{seq} {}", now_nanos());
+                let body = if spec.json {
+                    format!("{seq} {} {}", now_nanos(), notification(seq))
+                } else {
+                    format!("{seq} {}", now_nanos())
+                };
                 if publisher.post("/events/broadcast", &body).await.is_err() {
                     return;
                 }
@@ -227,6 +303,8 @@ async fn fan_out_impl(
         writes_per_event: after_writes.saturating_sub(before_writes) as f64
             / delivered.max(1) as f64,
         published_per_second,
+        wire_bytes_per_event: shared.wire_bytes.load(Ordering::Relaxed) as f64
+            / delivered.max(1) as f64,
         ..Figures::default()
     }
 }
@@ -236,7 +314,7 @@ pub async fn idle(server: SocketAddr, pid: u32, connections: usize) -> Figures {
     let before: ProcessSample = sample_process(pid).unwrap_or_default();
     let mut streams = Vec::with_capacity(connections);
     for index in 0..connections {
-        if let Ok(stream) = open_retrying(server, index, "/events/sse-stream").await {
+        if let Ok(stream) = open_retrying(server, index, "/events/sse-stream", None).await {
             streams.push(stream);
         }
     }
@@ -288,10 +366,11 @@ pub(crate) async fn open_retrying(
     server: SocketAddr,
     index: usize,
     path: &str,
+    accept_encoding: Option<&str>,
 ) -> std::io::Result<EventStream> {
     let mut last_error = None;
     for attempt in 0..5u64 {
-        match EventStream::open(server, index, path).await {
+        match EventStream::open_accepting(server, index, path, accept_encoding).await {
             Ok(stream) => return Ok(stream),
             Err(error) => {
                 last_error = Some(error);

@@ -20,6 +20,13 @@ impl BenchController {
         self.registry.subscribe(&TOPIC)
     }
 
+    /// The broadcast topic, compressed as the client accepts (`loadgen
+    /// compression`).
+    #[sse("/broadcast-compressed", compress = true)]
+    fn subscribe_compressed(&self) -> Subscription {
+        self.registry.subscribe(&TOPIC)
+    }
+
     #[sse("/keys/:key")]
     fn key(&self, Path(key): Path<u32>) -> Subscription {
         self.keyed.subscribe(&key)

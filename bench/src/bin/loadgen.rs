@@ -6,6 +6,7 @@
 //! cargo build --release -p bench && target/release/loadgen sweep              # the curves, into BENCHMARKS.md
 //! cargo build --release -p bench && target/release/loadgen compare --smoke    # tiny sizes (CI smoke test)
 //! cargo build --release -p bench && target/release/loadgen chaos --seed 7 --faults 50   # the fault checker
+//! cargo build --release -p bench && target/release/loadgen compression        # compressed against plain streams
 //! ```
 //!
 //! Each scenario starts a fresh server process on a free 127.0.0.1 port,
@@ -20,6 +21,7 @@ use bench::report::{draw_bars, render, write_section};
 use bench::sweep::{SWEEP, SWEEP_SMOKE, sweep};
 
 const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen sweep [--smoke] [--out FILE] \
+    | loadgen compression [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
     | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s> \
     | loadgen interest [--smoke] [--instances 1,8] [--baseline BIN] | loadgen joins <subscribers> <per second> | loadgen cluster-load [--smoke] \
@@ -50,8 +52,24 @@ async fn main() {
         ["compare", ..] => {
             let rows = comparison(if smoke { SMOKE } else { FULL }).await;
             draw_bars(&rows, &picture(&out, smoke, "benchmarks"));
-            let report = render(&rows, smoke, &command);
+            let report = render("Comparison", &rows, smoke, &command);
             write_section(&out, "comparison", &report);
+            println!("{report}");
+        }
+        ["compression", ..] => {
+            let sizes = if smoke {
+                bench::compression::SMOKE
+            } else {
+                bench::compression::FULL
+            };
+            let rows = bench::compression::comparison(sizes).await;
+            let report = render(
+                "Compressed streams against plain (ours: compressed; baseline: the same stream plain)",
+                &rows,
+                smoke,
+                &command,
+            );
+            write_section(&out, "compression", &report);
             println!("{report}");
         }
         ["sweep", ..] => {

@@ -25,11 +25,14 @@ use zstd::stream::raw::{CParameter, Encoder as ZstdEncoder, InBuffer, Operation,
 
 use super::accept_encoding::Encoding;
 
-/// gzip's level: 4 is within a few percent of 6's size on event streams,
-/// for less CPU.
-const GZIP_LEVEL: u32 = 4;
+/// gzip's level: on JSON events written one per flush, level 1 sends 2%
+/// more than 4 or 6 (0.200 against 0.196 of the plain bytes) for 0.8× and
+/// 0.6× their CPU (5.1 µs an event against 6.3 and 8.3).
+const GZIP_LEVEL: u32 = 1;
 
-/// zstd's level (its default).
+/// zstd's level (its default). Written one event per flush, every level
+/// from -7 to 3 costs about the same (2.0–2.4 µs an event: the flush
+/// dominates), and 3 sends the fewest bytes (0.136 of the plain; -7: 0.234).
 const ZSTD_LEVEL: i32 = 3;
 
 /// zstd's window: 16 KiB, enough for the repetition of event streams (the
