@@ -123,23 +123,7 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
         "{} subscribers at {} events/s, plain and compressed",
         s.light_subscribers, s.light_rate
     );
-    let light = each_variant(s, |spec| {
-        Box::pin(async move {
-            let server = start("bench-ours").await;
-            let figures = scenario::fan_out_over(
-                server.addr,
-                server.pid,
-                s.light_subscribers,
-                s.light_events,
-                Some(s.light_rate),
-                spec,
-            )
-            .await;
-            server.stop().await;
-            figures
-        })
-    })
-    .await;
+    let light = fan_out_each(s, s.light_subscribers, s.light_events, Some(s.light_rate)).await;
     for (name, pair) in against_plain(&light) {
         let scenario = format!(
             "{name}, {} subscribers at {} events/s (vs plain)",
@@ -161,59 +145,19 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
             "≤ plain + 0.2 ms",
             |ours, plain| ours <= plain + 200.0,
         ));
-        rows.push(ratio_row(
-            &scenario,
-            "server CPU per delivered event (ns)",
-            &pair,
-            |f| f.cpu_ns_per_event,
-            "(info)",
-            |_| true,
-        ));
-        rows.push(ratio_row(
-            &scenario,
-            "bytes on the wire per event",
-            &pair,
-            |f| f.wire_bytes_per_event,
-            "≤ 0.35×",
-            |r| r <= 0.35,
-        ));
-        rows.push(loss_row(&scenario, &pair));
+        rows.extend(cost_rows(&scenario, &pair));
     }
 
     eprintln!(
         "fan-out, {} subscribers, one publisher as fast as it can, plain and compressed",
         s.saturation_subscribers
     );
-    let saturated = each_variant(s, |spec| {
-        Box::pin(async move {
-            let server = start("bench-ours").await;
-            let figures = scenario::fan_out_over(
-                server.addr,
-                server.pid,
-                s.saturation_subscribers,
-                s.saturation_events,
-                None,
-                spec,
-            )
-            .await;
-            server.stop().await;
-            figures
-        })
-    })
-    .await;
+    let saturated = fan_out_each(s, s.saturation_subscribers, s.saturation_events, None).await;
     for (name, pair) in against_plain(&saturated) {
         let scenario = format!(
             "{name}, fan-out to {} subscribers as fast as it can (vs plain)",
             s.saturation_subscribers
         );
-        rows.push(ratio_row(
-            &scenario,
-            "server CPU per delivered event (ns)",
-            &pair,
-            |f| f.cpu_ns_per_event,
-            "(info)",
-            |_| true,
-        ));
         rows.push(ratio_row(
             &scenario,
             "delivered events/s",
@@ -222,15 +166,7 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
             "(info)",
             |_| true,
         ));
-        rows.push(ratio_row(
-            &scenario,
-            "bytes on the wire per event",
-            &pair,
-            |f| f.wire_bytes_per_event,
-            "≤ 0.35×",
-            |r| r <= 0.35,
-        ));
-        rows.push(loss_row(&scenario, &pair));
+        rows.extend(cost_rows(&scenario, &pair));
     }
 
     eprintln!(
@@ -273,6 +209,51 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
     rows
 }
 
+/// A fan-out of `events` to `subscribers` at `rate` (or as fast as one
+/// publisher can), on a fresh server per variant.
+async fn fan_out_each(
+    s: Sizes,
+    subscribers: usize,
+    events: u64,
+    rate: Option<u64>,
+) -> Vec<Figures> {
+    each_variant(s, |spec| {
+        Box::pin(async move {
+            let server = start("bench-ours").await;
+            let figures =
+                scenario::fan_out_over(server.addr, server.pid, subscribers, events, rate, spec)
+                    .await;
+            server.stop().await;
+            figures
+        })
+    })
+    .await
+}
+
+/// What compressing costs and saves: CPU and bytes per delivered event, and
+/// the loss row.
+fn cost_rows(scenario: &str, pair: &[Figures]) -> [Row; 3] {
+    [
+        ratio_row(
+            scenario,
+            "server CPU per delivered event (ns)",
+            pair,
+            |f| f.cpu_ns_per_event,
+            "(info)",
+            |_| true,
+        ),
+        ratio_row(
+            scenario,
+            "bytes on the wire per event",
+            pair,
+            |f| f.wire_bytes_per_event,
+            "≤ 0.35×",
+            |r| r <= 0.35,
+        ),
+        loss_row(scenario, pair),
+    ]
+}
+
 /// `connections` streams of `spec`; one event to all (so a compressed one
 /// builds its encoder), then quiet past the encoder's rest: the server's
 /// RSS growth per stream.
@@ -302,14 +283,5 @@ async fn idle_after_one_event(
     )
     .await;
     tokio::time::sleep(REST_WAIT).await;
-    let after = sample_process(pid).unwrap_or_default();
-    let connected = streams.len() as u64;
-    drop(streams);
-    Figures {
-        connected,
-        expected: connections as u64,
-        rss_per_connection_bytes: (after.rss_bytes as f64 - before.rss_bytes as f64)
-            / connected.max(1) as f64,
-        ..Figures::default()
-    }
+    scenario::memory_per_stream(pid, before, streams, connections)
 }

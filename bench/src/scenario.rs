@@ -320,6 +320,17 @@ pub async fn idle(server: SocketAddr, pid: u32, connections: usize) -> Figures {
     }
     // Let every connection see a ping, so their buffers are in use.
     tokio::time::sleep(Duration::from_millis(2500)).await;
+    memory_per_stream(pid, before, streams, connections)
+}
+
+/// The server's RSS growth since `before` per open stream of `streams`
+/// (then closed), and its CPU seconds since.
+pub(crate) fn memory_per_stream(
+    pid: u32,
+    before: ProcessSample,
+    streams: Vec<EventStream>,
+    connections: usize,
+) -> Figures {
     let after = sample_process(pid).unwrap_or_default();
     let connected = streams.len() as u64;
     drop(streams);
