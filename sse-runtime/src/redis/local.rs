@@ -215,10 +215,16 @@ impl Local {
             && self.catching_up.is_none()
             && matches!(self.channel, Channel::Confirmed(_));
         if due {
-            self.missed = false;
-            self.catching_up = Some(Vec::new());
+            self.begin_catch_up();
         }
         due
+    }
+
+    /// Starts catching up: nothing is missed any more (the catch-up reads
+    /// it), and live messages are kept until it is done.
+    pub(super) fn begin_catch_up(&mut self) {
+        self.missed = false;
+        self.catching_up.get_or_insert_with(Vec::new);
     }
 
     /// After joining or catching up: hands on the live messages kept

@@ -149,8 +149,7 @@ impl Inner {
             || key.start_catch_up_if_missed();
         key.flush();
         if catch_up {
-            key.missed = false;
-            key.catching_up.get_or_insert_with(Vec::new);
+            key.begin_catch_up();
             tokio::spawn(catch_up_key(self.weak_self(), Arc::from(stream)));
         }
         Ok(position)

@@ -254,12 +254,8 @@ where
         let mut this = self.project();
         // Whatever the stream and the broker log while polled belongs to it.
         let _in_span = this.open.span.clone().entered();
-        let held_until_later = this
-            .held
-            .as_ref()
-            .is_some_and(|held| pacer::now() < held.due);
-        if held_until_later {
-            if let Some(held) = this.held.as_mut() {
+        let held_until_later = match this.held.as_mut() {
+            Some(held) if pacer::now() < held.due => {
                 // Woken before the window ends: a body polled from another
                 // task parks that task's waker too.
                 held.follow(cx.waker());
@@ -268,8 +264,10 @@ where
                     // stream is not listened to until the window ends.
                     return Poll::Pending;
                 }
+                true
             }
-        }
+            _ => false,
+        };
         drain(
             this.stream.as_mut(),
             cx,
@@ -504,6 +502,7 @@ fn take_frame(buf: &mut BytesMut) -> Bytes {
 mod tests {
     use super::*;
 
+    use super::pacer::tests::CountWakes;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::{Arc, Mutex};
 
@@ -616,14 +615,6 @@ mod tests {
                     Poll::Pending
                 }
             }
-        }
-    }
-
-    struct CountWakes(AtomicUsize);
-
-    impl std::task::Wake for CountWakes {
-        fn wake(self: Arc<Self>) {
-            self.0.fetch_add(1, Ordering::SeqCst);
         }
     }
 

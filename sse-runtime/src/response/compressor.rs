@@ -88,7 +88,7 @@ impl StreamCompressor {
         self.start(&mut out);
         match self.active_encoder()? {
             Active::Gzip(deflate) => {
-                deflate_into(deflate, data, &mut out, FlushCompress::Sync)?;
+                deflate_flushed(deflate, data, &mut out)?;
                 self.crc.update(data);
             }
             Active::Zstd(zstd) => {
@@ -203,18 +203,14 @@ fn drain(
     }
 }
 
-/// Deflates all of `input` into `out`, then flushes as `flush` says.
-fn deflate_into(
-    deflate: &mut Compress,
-    mut input: &[u8],
-    out: &mut Vec<u8>,
-    flush: FlushCompress,
-) -> io::Result<()> {
+/// Deflates all of `input` into `out`, then sync-flushes: the output ends
+/// on a byte boundary, decodable up to there.
+fn deflate_flushed(deflate: &mut Compress, mut input: &[u8], out: &mut Vec<u8>) -> io::Result<()> {
     loop {
         out.reserve(input.len() / 2 + 64);
         let before = deflate.total_in();
         deflate
-            .compress_vec(input, out, flush)
+            .compress_vec(input, out, FlushCompress::Sync)
             .map_err(io::Error::other)?;
         let consumed = (deflate.total_in() - before) as usize;
         input = &input[consumed.min(input.len())..];

@@ -185,14 +185,15 @@ fn run() {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use std::sync::Arc;
     use std::sync::atomic::AtomicUsize;
     use std::task::Wake;
     use std::time::Instant;
 
-    struct CountWakes(AtomicUsize);
+    /// A waker's target that counts how often it is woken.
+    pub(in crate::response) struct CountWakes(pub(in crate::response) AtomicUsize);
 
     impl Wake for CountWakes {
         fn wake(self: Arc<Self>) {
