@@ -209,7 +209,7 @@ fn split_lines(
     on_line: &mut impl FnMut(&[u8]) -> bool,
 ) -> bool {
     let mut from = 0;
-    for at in memchr_newlines(data) {
+    for at in memchr::memchr_iter(b'\n', data) {
         let keep_going = if partial.is_empty() {
             on_line(&data[from..at])
         } else {
@@ -225,13 +225,6 @@ fn split_lines(
     }
     partial.extend_from_slice(&data[from..]);
     true
-}
-
-fn memchr_newlines(data: &[u8]) -> impl Iterator<Item = usize> + '_ {
-    data.iter()
-        .enumerate()
-        .filter(|(_, byte)| **byte == b'\n')
-        .map(|(at, _)| at)
 }
 
 fn handle_line(line: &[u8], on_data: &mut impl FnMut(&[u8]) -> bool) -> bool {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use crate::client::{EventStream, Publisher};
 use crate::keyed::{KeyedSubscribers, send_paced, warm_up};
 use crate::sample_process;
+use crate::scenario::notification;
 use crate::server_process::{ServerProcess, redis_stat, start_redis, start_with};
 
 /// What one run measured.
@@ -67,17 +68,14 @@ impl InterestRun {
 /// How long the open streams are watched with no event sent.
 const IDLE_WATCH: Duration = Duration::from_secs(3);
 
-/// The event sent: JSON of about 200 bytes, like a notification.
-fn payload(seq: u64) -> String {
-    format!(
-        r#"{{"seq":{seq:>10},"kind":"notification","user":"u-{:>6}","title":"Your report is ready","body":"The export you asked for finished; it is ready to download for the next 24 hours."}}"#,
-        seq % 1_000_000
-    )
-}
-
 /// The size of one event as delivered: `id: <13-digit ms>-0\ndata: …\n\n`.
 fn delivered_event_bytes() -> usize {
-    format!("id: {}-0\ndata: {}\n\n", 1_800_000_000_000u64, payload(0)).len()
+    format!(
+        "id: {}-0\ndata: {}\n\n",
+        1_800_000_000_000u64,
+        notification(0)
+    )
+    .len()
 }
 
 fn redis_output_bytes(port: u16) -> u64 {
@@ -167,7 +165,14 @@ pub async fn run_on(
     let bytes_before: u64 = ports.iter().map(|port| redis_output_bytes(*port)).sum();
     let started = Instant::now();
     // Each event is POSTed to the instance that serves its key.
-    send_paced(&mut publishers, keys, per_key * keys as u64, rate, payload).await;
+    send_paced(
+        &mut publishers,
+        keys,
+        per_key * keys as u64,
+        rate,
+        notification,
+    )
+    .await;
     subscribers.until_finished(Duration::from_secs(60)).await;
     let seconds = started.elapsed().as_secs_f64();
     let run = InterestRun {
@@ -273,7 +278,7 @@ pub async fn compare(
          | build | instances | delivered | Redis bytes per event | × event size | CPU per event | delivery CPU per event | idle CPU |\n\
          |---|---|---|---|---|---|---|---|\n",
         delivered_event_bytes(),
-        payload(0).len(),
+        notification(0).len(),
         idle = IDLE_WATCH.as_secs()
     );
     let mut builds = vec![("ours", "bench-ours".to_owned())];

@@ -51,13 +51,12 @@ impl StreamSpec {
     };
 }
 
-/// The JSON an event of a `json` [`StreamSpec`] carries: a notification like
-/// an app's.
-fn notification(seq: u64) -> String {
+/// An event's JSON of about 200 bytes, like an app's notification: what
+/// the events of a `json` [`StreamSpec`] and of `loadgen interest` carry.
+pub(crate) fn notification(seq: u64) -> String {
     format!(
-        r#"{{"kind":"notification","user":"u-{:06}","title":"Your report is ready","body":"The export you asked for finished; it is ready to download for the next 24 hours.","unread":{}}}"#,
-        seq % 1_000_000,
-        seq % 17
+        r#"{{"seq":{seq:>10},"kind":"notification","user":"u-{:>6}","title":"Your report is ready","body":"The export you asked for finished; it is ready to download for the next 24 hours."}}"#,
+        seq % 1_000_000
     )
 }
 
@@ -84,13 +83,12 @@ pub async fn fan_out(
     events: u64,
     rate: Option<u64>,
 ) -> Figures {
-    fan_out_impl(
-        &[server],
-        &[pid],
+    fan_out_over(
+        server,
+        pid,
         subscribers,
         events,
         rate,
-        1,
         StreamSpec::BROADCAST,
     )
     .await
