@@ -1,7 +1,8 @@
 //! The conformance table through parsers we did not write: eventsource-stream
 //! here, over a real loopback socket; the browser and httpx-sse in `browser.rs`
-//! and `clients.rs`. And through the one we did: `sse_runtime::testing`'s
-//! in-process client, which must read every case as the others do.
+//! and `clients.rs`. And through the two we did, which must read every case
+//! as the others do: `sse_runtime::testing`'s in-process client, and
+//! `sse_runtime::client` over a socket, reconnecting by itself.
 
 use futures_util::StreamExt;
 use sse_tests::conformance::{self, Seen};
@@ -90,6 +91,44 @@ async fn every_conformance_case_reads_back_exactly_with_the_in_process_test_clie
         );
     }
     conformance::assert_all_cases("sse_runtime::testing", true, |case| {
+        seen.remove(&case.name).unwrap_or_default()
+    });
+}
+
+/// Plays one case through `sse_runtime::client`: it reconnects by itself
+/// (after the case's `retry:`, or the 50 ms that `fast_retry` sends first)
+/// and ends at the server's 204.
+async fn play_with_rust_client(server: &TestServer, case: &str) -> Vec<Seen> {
+    use sse_runtime::client::{Event, EventStream, Received};
+    let request = reqwest::Client::new().get(server.url(&format!(
+        "/conformance/{case}?run=sse_runtime::client&fast_retry=1"
+    )));
+    let items = within(EventStream::<Event>::new(request).collect::<Vec<_>>()).await;
+    items
+        .into_iter()
+        .map(|item| match item {
+            Ok(Received::Event(event)) => Seen {
+                event_type: event.event,
+                data: event.data,
+                last_event_id: event.id,
+                retry: event.retry.map(|r| r.as_millis() as u64),
+            },
+            other => panic!("{case}: {other:?}"),
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn every_conformance_case_reads_back_exactly_with_the_rust_client() {
+    let server = TestServer::start(conformance::app()).await;
+    let mut seen = std::collections::HashMap::new();
+    for case in conformance::cases() {
+        seen.insert(
+            case.name.clone(),
+            play_with_rust_client(&server, &case.name).await,
+        );
+    }
+    conformance::assert_all_cases("sse_runtime::client", true, |case| {
         seen.remove(&case.name).unwrap_or_default()
     });
 }

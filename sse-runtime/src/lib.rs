@@ -34,6 +34,8 @@
 //! - [`sse_controller`] and [`sse`] turn an `impl` block into axum routes.
 //! - `testing` (feature `testing`) drives a `Router` in-process and reads its
 //!   events as values, for tests without a socket.
+//! - `client` (feature `client`) reads a server's typed events from Rust
+//!   ([`FromEvent`]), reconnecting and resuming as a browser does.
 //! - [`serve`] runs an app over HTTP/1.1 (and, with the `tls` feature, over
 //!   TLS with HTTP/2) with less memory per open stream
 //!   than `axum::serve`, and with the limits and timeouts that keep a
@@ -65,6 +67,8 @@
 //! | `sse_redis_reader_errors_total` | counter | | Redis reader reads that failed (it reconnects and checks for gaps) |
 #![deny(missing_docs)]
 
+#[cfg(feature = "client")]
+pub mod client;
 mod event;
 #[cfg(feature = "redis")]
 mod redis;
@@ -84,7 +88,7 @@ pub mod __private;
 
 pub use event::id::{LastEventId, MAX_LAST_EVENT_ID_LEN};
 pub use event::item::{ItemError, SseItem};
-pub use event::typed::{IntoEvent, SseEvent};
+pub use event::typed::{DecodeError, FromEvent, IntoEvent, SseEvent};
 pub use event::{EncodedEvent, EventError, EventField, EventType, MessageEvent};
 #[cfg(feature = "redis")]
 pub use redis::{RedisBroker, RedisConnectError};

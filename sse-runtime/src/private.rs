@@ -270,6 +270,25 @@ pub fn json_data<T: EventData + ?Sized>(
     crate::MessageEvent::json(value)
 }
 
+/// What the data of a typed event with `#[sse_event(decode)]` must be.
+/// Exists to give a precise message on the payload's type when it is not
+/// `Deserialize`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be decoded from an SSE event: it does not implement `Deserialize`",
+    label = "not deserialisable",
+    note = "derive `serde::Deserialize` for it, or drop `decode` from #[sse_event(...)]"
+)]
+pub trait DecodedEventData: serde::de::DeserializeOwned {}
+impl<T: serde::de::DeserializeOwned> DecodedEventData for T {}
+
+/// A typed event's data read back: `data` as JSON of `T`.
+pub fn json_decode<T: DecodedEventData>(
+    event_type: &str,
+    data: &str,
+) -> Result<T, crate::DecodeError> {
+    serde_json::from_str(data).map_err(|error| crate::DecodeError::new(event_type, error))
+}
+
 /// `SseItem::encode_into` of a typed event.
 pub fn encode_typed<T: crate::SseEvent>(
     value: &T,
@@ -287,6 +306,17 @@ pub fn encode_typed<T: crate::SseEvent>(
 macro_rules! __sse_payload_struct {
     ($($item:tt)*) => {
         #[derive(::sse_runtime::__private::serde::Serialize)]
+        #[serde(crate = "::sse_runtime::__private::serde")]
+        $($item)*
+    };
+}
+
+/// The hidden struct a struct variant's fields are decoded into.
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __sse_owned_payload_struct {
+    ($($item:tt)*) => {
+        #[derive(::sse_runtime::__private::serde::Deserialize)]
         #[serde(crate = "::sse_runtime::__private::serde")]
         $($item)*
     };
@@ -338,6 +368,7 @@ macro_rules! __sse_typescript {
     };
 }
 
+pub use crate::__sse_owned_payload_struct as owned_payload_struct;
 pub use crate::__sse_payload_struct as payload_struct;
 pub use crate::__sse_payload_struct_ts as payload_struct_ts;
 pub use crate::__sse_typescript as typescript;

@@ -42,6 +42,23 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind 127.0.0.1:0");
+        TestServer::serve(listener, app, configure)
+    }
+
+    /// A server on `addr`, as a restarted instance comes back where its
+    /// clients reconnect.
+    pub async fn start_at(addr: SocketAddr, app: axum::Router) -> TestServer {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .unwrap_or_else(|error| panic!("bind {addr}: {error}"));
+        TestServer::serve(listener, app, |serve| serve)
+    }
+
+    fn serve(
+        listener: tokio::net::TcpListener,
+        app: axum::Router,
+        configure: impl FnOnce(sse_runtime::Serve) -> sse_runtime::Serve,
+    ) -> TestServer {
         let addr = listener.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = configure(sse_runtime::serve(listener, app)).with_graceful_shutdown(async {

@@ -68,9 +68,10 @@ pub struct ChatMessage {
     pub text: String,
 }
 
-/// Everything a room's stream carries.
-#[derive(Debug, SseEvent)]
-#[sse_event(rename_all = "snake_case", typescript)]
+/// Everything a room's stream carries. With `decode`, a Rust client reads
+/// it back (`sse_runtime::client`).
+#[derive(Debug, Clone, PartialEq, Eq, SseEvent)]
+#[sse_event(rename_all = "snake_case", typescript, decode)]
 pub enum ChatEvent {
     /// `said`: a message posted to a room.
     Said(Said),

@@ -54,6 +54,7 @@ pub fn impls(model: &EventModel) -> TokenStream {
             }
         }
     });
+    let decode = model.decode.then(|| super::decode::impl_from_event(model));
     quote! {
         const _: () = {
             #helpers
@@ -85,6 +86,8 @@ pub fn impls(model: &EventModel) -> TokenStream {
             }
 
             #typescript
+
+            #decode
         };
     }
 }
@@ -198,6 +201,7 @@ pub fn stub_impls(input: &syn::DeriveInput) -> TokenStream {
         return TokenStream::new();
     }
     let ident = &input.ident;
+    let decode = super::decode::stub_impl(ident);
     let (impl_generics, type_generics, where_clause) = input.generics.split_for_impl();
     quote! {
         impl #impl_generics ::sse_runtime::SseEvent for #ident #type_generics #where_clause {
@@ -222,5 +226,7 @@ pub fn stub_impls(input: &syn::DeriveInput) -> TokenStream {
                 ::core::unreachable!("#[derive(SseEvent)] failed")
             }
         }
+
+        #decode
     }
 }

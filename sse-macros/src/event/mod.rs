@@ -1,10 +1,11 @@
 //! `#[derive(SseEvent)]`: `model` lifts the type and its `#[sse_event]`
 //! attributes into event names and payload shapes (applying `rename_all`
-//! with `case`), `validate` checks the names as a whole, and `expand`
-//! generates the impls. Every error is collected with its span; on error,
+//! with `case`), `validate` checks the names as a whole, `expand`
+//! generates the impls, and `decode` the client's side of them. Every error is collected with its span; on error,
 //! stub impls stand beside them.
 
 mod case;
+mod decode;
 mod expand;
 mod model;
 mod validate;

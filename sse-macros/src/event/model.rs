@@ -13,6 +13,9 @@ pub struct EventModel {
     /// `#[sse_event(typescript)]`: describe the events for
     /// `sse_runtime::typescript::module`.
     pub typescript: bool,
+    /// `#[sse_event(decode)]`: also `FromEvent`, the client's side (event
+    /// type and JSON data back to a value).
+    pub decode: bool,
 }
 
 pub enum Kind {
@@ -40,11 +43,12 @@ struct EventAttributes {
     rename: Option<(String, Span)>,
     rename_all: Option<(Case, Span)>,
     typescript: Option<Span>,
+    decode: Option<Span>,
 }
 
 const HELP_ON_ENUM: &str = "on an enum: #[sse_event(rename_all = \"snake_case\")]; \
     on a variant or a struct: #[sse_event(rename = \"name\")]; on the type: \
-    #[sse_event(typescript)]";
+    #[sse_event(typescript)] and #[sse_event(decode)]";
 
 impl EventModel {
     pub fn from_input(input: &syn::DeriveInput, errors: &mut Errors) -> Option<EventModel> {
@@ -112,6 +116,7 @@ impl EventModel {
             ident,
             kind,
             typescript: attributes.typescript.is_some(),
+            decode: attributes.decode.is_some(),
         })
     }
 }
@@ -130,6 +135,13 @@ impl Variant {
             errors.push(error_with_help(
                 span,
                 "`typescript` belongs on the enum, not on a variant",
+                HELP_ON_ENUM,
+            ));
+        }
+        if let Some(span) = attributes.decode {
+            errors.push(error_with_help(
+                span,
+                "`decode` belongs on the enum, not on a variant",
                 HELP_ON_ENUM,
             ));
         }
@@ -175,6 +187,13 @@ fn parse_attributes(attrs: &[syn::Attribute], errors: &mut Errors) -> EventAttri
                         return Err(meta.error("`typescript` is given twice"));
                     }
                     parsed.typescript = Some(meta.path.span());
+                    Ok(())
+                }
+                Some("decode") => {
+                    if parsed.decode.is_some() {
+                        return Err(meta.error("`decode` is given twice"));
+                    }
+                    parsed.decode = Some(meta.path.span());
                     Ok(())
                 }
                 Some("rename_all") => {

@@ -5,6 +5,8 @@ pub(crate) mod encode;
 mod encoded;
 pub(crate) mod id;
 pub(crate) mod item;
+#[cfg(any(feature = "testing", feature = "client"))]
+pub(crate) mod parse;
 pub(crate) mod typed;
 
 pub use encoded::EncodedEvent;

@@ -80,3 +80,60 @@ impl<T: SseEvent> IntoEvent for T {
         self.to_event()
     }
 }
+
+/// The other side of [`SseEvent`]: a value back from an event's type and
+/// data, as a client reads it. `#[derive(SseEvent)]` with
+/// `#[sse_event(decode)]` implements it, reading each variant's data in the
+/// shape it is written in (every payload must then also implement
+/// `Deserialize`):
+///
+/// ```
+/// use serde::{Deserialize, Serialize};
+/// use sse_runtime::{FromEvent, SseEvent};
+///
+/// #[derive(Serialize, Deserialize, Debug, PartialEq)]
+/// struct Said { user: String, text: String }
+///
+/// #[derive(SseEvent, Debug, PartialEq)]
+/// #[sse_event(rename_all = "snake_case", decode)]
+/// enum ChatEvent {
+///     Said(Said),
+///     UserJoined { user: String },
+///     Cleared,
+/// }
+///
+/// let joined = ChatEvent::from_event("user_joined", r#"{"user":"ana"}"#).unwrap();
+/// assert_eq!(joined, Some(ChatEvent::UserJoined { user: "ana".into() }));
+/// // Not one of this type's events: not an error, a newer server may send it.
+/// assert_eq!(ChatEvent::from_event("typing", "{}").unwrap(), None);
+/// // One of them, with data of the wrong shape: an error.
+/// assert!(ChatEvent::from_event("said", "42").is_err());
+/// ```
+pub trait FromEvent: Sized {
+    /// The value that an event of type `event_type` with `data` stands for;
+    /// `None` when `event_type` is none of this type's events.
+    fn from_event(event_type: &str, data: &str) -> Result<Option<Self>, DecodeError>;
+}
+
+/// An event of a known type whose data is not the JSON its type expects.
+#[derive(Debug, thiserror::Error)]
+#[error("the data of a `{event_type}` event does not match its type: {source}")]
+pub struct DecodeError {
+    event_type: String,
+    #[source]
+    source: serde_json::Error,
+}
+
+impl DecodeError {
+    pub(crate) fn new(event_type: &str, source: serde_json::Error) -> DecodeError {
+        DecodeError {
+            event_type: event_type.to_owned(),
+            source,
+        }
+    }
+
+    /// The event's type.
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+}

@@ -39,12 +39,12 @@ pub mod broker_contract;
 mod decode;
 mod events;
 mod net;
-mod parser;
 
+pub use crate::event::parse::Event;
+use crate::event::parse::Parser;
 pub use decode::ContentDecoder;
 pub use events::{fields, next_event};
 pub use net::{free_port, free_port_and, wait_for_port};
-use parser::Parser;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -197,21 +197,6 @@ pub struct TestResponse {
     parser: Parser,
     what: String,
     timeout: Duration,
-}
-
-/// One event, as a browser's `EventSource` delivers it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct Event {
-    /// The event type (`message` when the event named none).
-    pub event: String,
-    /// The data, its lines joined with `\n`.
-    pub data: String,
-    /// The last event id at this event (`lastEventId`), which persists
-    /// across events until the server sets another.
-    pub id: String,
-    /// The reconnection time the stream set so far, if any.
-    pub retry: Option<Duration>,
 }
 
 impl TestResponse {

@@ -7,6 +7,8 @@ enum Notice {
     Posted(String),
     #[sse_event(colour = "blue")]
     Deleted(String),
+    #[sse_event(decode)]
+    Restored(String),
 }
 
 #[derive(SseEvent, serde::Serialize)]

@@ -1,12 +1,25 @@
-//! The `text/event-stream` parser of the test client.
+//! The `text/event-stream` parser of the test client and the Rust client.
 
 use std::time::Duration;
 
-use super::Event;
+/// One event, as a browser's `EventSource` delivers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Event {
+    /// The event type (`message` when the event named none).
+    pub event: String,
+    /// The data, its lines joined with `\n`.
+    pub data: String,
+    /// The last event id at this event (`lastEventId`), which persists
+    /// across events until the server sets another.
+    pub id: String,
+    /// The reconnection time the stream set so far, if any.
+    pub retry: Option<Duration>,
+}
 
 /// The `text/event-stream` parser of the WHATWG HTML standard (9.2.6).
 #[derive(Default)]
-pub(super) struct Parser {
+pub(crate) struct Parser {
     /// Bytes of an unfinished line.
     line: Vec<u8>,
     /// A CR ended the last line: an LF right after it belongs to it.
@@ -26,22 +39,40 @@ pub(super) struct Parser {
 }
 
 impl Parser {
+    /// A parser for the next connection of a stream: the last event ID and
+    /// the reconnection time go on from the last one (WHATWG 9.2.3).
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
+    pub(crate) fn continuing(last_event_id: String, retry: Option<Duration>) -> Parser {
+        Parser {
+            last_event_id: last_event_id.clone(),
+            dispatched_id: last_event_id,
+            retry,
+            ..Parser::default()
+        }
+    }
+
     /// The next event parsed and not yet taken.
-    pub(super) fn pop_event(&mut self) -> Option<Event> {
+    pub(crate) fn pop_event(&mut self) -> Option<Event> {
         self.events.pop_front().map(|(event, _)| event)
     }
 
     /// What a client that took the events popped so far reconnects with:
     /// the last event ID just before the next event not taken, or, when all
     /// were taken, the last one dispatched.
-    pub(super) fn last_event_id(&self) -> &str {
+    pub(crate) fn last_event_id(&self) -> &str {
         match self.events.front() {
             Some((_, id_before)) => id_before,
             None => &self.dispatched_id,
         }
     }
 
-    pub(super) fn feed(&mut self, bytes: &[u8]) {
+    /// The reconnection time the stream set so far, if any.
+    #[cfg_attr(not(feature = "client"), allow(dead_code))]
+    pub(crate) fn retry(&self) -> Option<Duration> {
+        self.retry
+    }
+
+    pub(crate) fn feed(&mut self, bytes: &[u8]) {
         for &byte in bytes {
             match byte {
                 b'\n' if self.after_cr => self.after_cr = false,
@@ -119,7 +150,7 @@ impl Parser {
     }
 
     /// At the end of the stream an unfinished event is dropped, as a browser does.
-    pub(super) fn finish(&mut self) {
+    pub(crate) fn finish(&mut self) {
         self.line.clear();
         self.data.clear();
         self.has_data = false;
