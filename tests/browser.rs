@@ -57,6 +57,18 @@ async fn every_conformance_case_reads_back_exactly_in_chromium() {
     });
 }
 
+#[tokio::test]
+async fn every_conformance_case_reads_back_exactly_through_the_fetch_transport_in_chromium() {
+    if !browser_available() {
+        return;
+    }
+    let server = TestServer::start(conformance::app()).await;
+    let results = drive("conformance-fetch", &server.url(""), None).await;
+    conformance::assert_all_cases("FetchEventSource in Chromium", false, |case| {
+        conformance::seen_from_json(&results[&case.name])
+    });
+}
+
 /// The conformance table again, every stream compressed with `coding`.
 async fn conformance_compressed_in_chromium(coding: &str) {
     if !browser_available() {

@@ -1,11 +1,12 @@
-//! The conformance table through a non-Rust client: Python's httpx-sse (the
-//! versions pinned in `clients/requirements.txt`, which `.ci/run` installs).
+//! The conformance table through non-Rust clients: Python's httpx-sse (the
+//! versions pinned in `clients/requirements.txt`, which `.ci/run` installs),
+//! and, in Node, the `FetchEventSource` of the generated TypeScript module.
 
 use std::time::Duration;
 
 use sse_tests::TestServer;
 use sse_tests::conformance;
-use sse_tests::external::{require, run, tests_dir};
+use sse_tests::external::{require, run, runs, tests_dir};
 
 fn python_has_httpx_sse() -> bool {
     std::process::Command::new("python3")
@@ -49,4 +50,26 @@ async fn play_with_httpx_sse(coding: Option<&str>) {
     if let Some(coding) = coding {
         runs.assert_all_compressed_with(coding);
     }
+}
+
+#[tokio::test]
+async fn every_conformance_case_reads_back_exactly_with_the_fetch_transport_in_node() {
+    if require(&[("node", runs("node"))]).is_err() {
+        return;
+    }
+    let server = TestServer::start(conformance::app()).await;
+    let base = server.url("");
+    let output = run(
+        "node",
+        &["node_fetch_client.mjs", &base],
+        &[],
+        &tests_dir().join("clients"),
+        Duration::from_secs(60),
+    )
+    .await;
+    let results: serde_json::Value = serde_json::from_str(&output).expect("the client prints JSON");
+    // Events expose no retry field, as in the browser.
+    conformance::assert_all_cases("FetchEventSource in Node", false, |case| {
+        conformance::seen_from_json(&results[&case.name])
+    });
 }

@@ -21,14 +21,17 @@ const browser = await chromium.launch({
     '--ignore-certificate-errors'],
 });
 
-// Every conformance case through EventSource, compressed with `coding` if
-// it is not empty.
-async function conformanceWith(page, coding) {
+// Every conformance case through EventSource (or, with `transport`
+// 'fetch', the generated FetchEventSource), compressed with `coding` if it
+// is not empty.
+async function conformanceWith(page, coding, transport = '') {
   const cases = await (await fetch(`${base}/conformance/cases.json`)).json();
   const results = {};
   const codingParam = coding ? `&coding=${coding}` : '';
+  const transportParam = transport ? `&transport=${transport}` : '';
   for (const [n, c] of cases.entries()) {
-    await page.goto(`${base}/conformance/page?case=${c.name}&run=browser-${coding || 'plain'}-${n}${codingParam}`);
+    const run = `browser-${transport || 'eventsource'}-${coding || 'plain'}-${n}`;
+    await page.goto(`${base}/conformance/page?case=${c.name}&run=${run}${codingParam}${transportParam}`);
     // Done when the server's 204 has closed the source: a browser that kept
     // reconnecting, or saw more, would show it here.
     await page.waitForFunction(() => window.__done === true, null, { timeout: 15000 });
@@ -50,6 +53,11 @@ const modes = {
   },
   async 'conformance-zstd'(page) {
     return conformanceWith(page, 'zstd');
+  },
+
+  // Every case through the generated module's fetch transport, in Chromium.
+  async 'conformance-fetch'(page) {
+    return conformanceWith(page, '', 'fetch');
   },
 
   // The basic example's page: pings, typed events, a per-user push.

@@ -8,7 +8,10 @@
 //! gets the events and the stream ends; a reconnect gets `204 No Content`, which
 //! makes a client stop, so a client that saw anything extra is caught. The
 //! reconnect case instead answers a reconnect carrying `Last-Event-ID: 2` with
-//! its remaining events. `GET /conformance/page` is the browser's test page.
+//! its remaining events. `GET /conformance/page` is the browser's test page;
+//! with `&transport=fetch` it reads through the generated module's
+//! `FetchEventSource` (served at `/conformance/transport.js`) instead of the
+//! browser's `EventSource`.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -267,6 +270,15 @@ pub fn app_with_runs() -> (Router, Runs) {
     let app = Router::new()
         .route("/conformance/page", get(|| async { Html(PAGE) }))
         .route(
+            "/conformance/transport.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    chat::EVENTS_SCRIPT,
+                )
+            }),
+        )
+        .route(
             "/conformance/cases.json",
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], CASES_JSON) }),
         )
@@ -381,7 +393,8 @@ fn only_coding(headers: &HeaderMap, coding: &str) -> AcceptEncoding {
     AcceptEncoding::from_headers(&narrowed)
 }
 
-/// The browser's page: plays `?case=` with `EventSource`, listening to every
+/// The browser's page: plays `?case=` with `EventSource` (or, with
+/// `&transport=fetch`, the generated `FetchEventSource`), listening to every
 /// event type the case expects, and records what arrives until the server's
 /// 204 closes the source.
 const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>conformance</title>
@@ -390,13 +403,16 @@ const PAGE: &str = r#"<!doctype html><meta charset="utf-8"><title>conformance</t
   const name = params.get('case');
   window.__events = [];
   window.__done = false;
-  fetch('/conformance/cases.json').then((r) => r.json()).then((cases) => {
+  const transport = params.get('transport') === 'fetch'
+    ? import('/conformance/transport.js').then((module) => module.FetchEventSource)
+    : Promise.resolve(EventSource);
+  Promise.all([fetch('/conformance/cases.json').then((r) => r.json()), transport]).then(([cases, Source]) => {
     const c = cases.find((c) => c.name === name);
     const coding = params.get('coding') ? `&coding=${params.get('coding')}` : '';
-    const source = new EventSource(`/conformance/${name}?run=${params.get('run')}&fast_retry=1${coding}`);
+    const source = new Source(`/conformance/${name}?run=${params.get('run')}&fast_retry=1${coding}`);
     const record = (e) => window.__events.push({ type: e.type, data: e.data, lastEventId: e.lastEventId });
     source.onmessage = record;
     for (const t of new Set(c.expect.map((e) => e.type))) if (t !== 'message') source.addEventListener(t, record);
-    source.onerror = () => { if (source.readyState === EventSource.CLOSED) window.__done = true; };
+    source.onerror = () => { if (source.readyState === 2) window.__done = true; };
   });
 </script>"#;

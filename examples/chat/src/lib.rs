@@ -103,10 +103,12 @@ pub fn typescript_module() -> String {
     sse_runtime::typescript::module::<ChatEvent>("ChatEvents")
 }
 
-/// The page's script and the generated module, compiled by `tsc` from
-/// `static/chat.ts` and `static/chat-events.ts` (a test keeps them current).
+/// The page's script, compiled by `tsc` from `static/chat.ts` (a test keeps
+/// it current).
 const PAGE_SCRIPT: &str = include_str!("../static/js/chat.js");
-const EVENTS_SCRIPT: &str = include_str!("../static/js/chat-events.js");
+/// The generated module, compiled by `tsc` from `static/chat-events.ts`: an
+/// ES module exporting `TypedEventSource` and `FetchEventSource`.
+pub const EVENTS_SCRIPT: &str = include_str!("../static/js/chat-events.js");
 
 #[sse_controller("/rooms")]
 impl ChatController {

@@ -2,30 +2,286 @@
 // Every event name and payload here comes from the Rust side, so a
 // renamed event or field is a TypeScript error in the page.
 /**
- * An `EventSource` whose events are typed by `Events`, a map from event
- * name to the type of its data (JSON). The browser still reconnects by
- * itself and resumes with `Last-Event-ID`.
+ * Why a stream failed: the HTTP status when the server answered, what went
+ * wrong, and whether the source tries again (`false`: it is closed).
+ */
+export class StreamErrorEvent extends Event {
+    constructor(status, reason, willRetry) {
+        super("error");
+        this.status = status;
+        this.reason = reason;
+        this.willRetry = willRetry;
+    }
+}
+/**
+ * `EventSource` over `fetch`: the same events (`message`, named types,
+ * `open`, `error`), parsed by the WHATWG rules, with headers, a method and
+ * a body. Like `EventSource`, it reconnects with `Last-Event-ID` after the
+ * server's `retry:` (3 s until one is sent) when a stream ends; after a
+ * network error, a `5xx`, `408` or `429` it doubles that wait per failure,
+ * up to `maxBackoffMs`, each wait drawn from the upper half at random. It
+ * stops on `204` and on any other `4xx` (an `error` with the status and
+ * `willRetry: false`). Works in browsers and in Node 20+.
+ */
+export class FetchEventSource extends EventTarget {
+    constructor(url, init = {}) {
+        super();
+        /** `CONNECTING`, `OPEN` or `CLOSED`, as `EventSource.readyState`. */
+        this.readyState = FetchEventSource.CONNECTING;
+        /** What a reconnect resumes from. */
+        this.lastEventId = "";
+        this.onopen = null;
+        this.onmessage = null;
+        this.onerror = null;
+        this.retryMs = 3000;
+        this.failures = 0;
+        this.paused = false;
+        this.connection = null;
+        // The parser's state (WHATWG HTML 9.2.6).
+        this.partialLine = "";
+        this.afterCR = false;
+        this.eventType = "";
+        this.data = "";
+        this.idBuffer = "";
+        this.onVisibility = () => {
+            if (this.readyState === FetchEventSource.CLOSED)
+                return;
+            if (document.hidden) {
+                this.paused = true;
+                clearTimeout(this.timer);
+                this.connection?.abort();
+                this.readyState = FetchEventSource.CONNECTING;
+            }
+            else if (this.paused) {
+                this.paused = false;
+                void this.connect();
+            }
+        };
+        this.url = String(url);
+        this.init = init;
+        if (init.signal?.aborted) {
+            this.readyState = FetchEventSource.CLOSED;
+            return;
+        }
+        init.signal?.addEventListener("abort", () => this.close());
+        if (init.pauseWhenHidden && typeof document !== "undefined") {
+            document.addEventListener("visibilitychange", this.onVisibility);
+        }
+        void this.connect();
+    }
+    /** Stops the stream for good. */
+    close() {
+        this.readyState = FetchEventSource.CLOSED;
+        clearTimeout(this.timer);
+        this.connection?.abort();
+        if (typeof document !== "undefined") {
+            document.removeEventListener("visibilitychange", this.onVisibility);
+        }
+    }
+    async connect() {
+        if (this.readyState === FetchEventSource.CLOSED || this.paused)
+            return;
+        this.readyState = FetchEventSource.CONNECTING;
+        const connection = new AbortController();
+        this.connection = connection;
+        const headers = { ...this.init.headers, accept: "text/event-stream" };
+        if (this.lastEventId !== "")
+            headers["last-event-id"] = this.lastEventId;
+        let response;
+        try {
+            response = await fetch(this.url, {
+                method: this.init.method ?? "GET",
+                headers,
+                body: this.init.body,
+                credentials: this.init.credentials,
+                cache: "no-store",
+                signal: connection.signal,
+            });
+        }
+        catch (error) {
+            if (!connection.signal.aborted)
+                this.failed(undefined, String(error));
+            return;
+        }
+        const status = response.status;
+        const contentType = response.headers.get("content-type") ?? "";
+        if (status === 204) {
+            return this.stop(status, "the server ended the stream (204)");
+        }
+        if (status >= 400 && status < 500 && status !== 408 && status !== 429) {
+            return this.stop(status, `the server refused the stream (${status})`);
+        }
+        if (!response.ok) {
+            return this.failed(status, `the server failed (${status})`);
+        }
+        if (contentType.split(";")[0].trim().toLowerCase() !== "text/event-stream" || !response.body) {
+            return this.stop(status, `not an event stream: ${contentType || "no content type"}`);
+        }
+        this.readyState = FetchEventSource.OPEN;
+        this.failures = 0;
+        this.partialLine = "";
+        this.afterCR = false;
+        this.eventType = "";
+        this.data = "";
+        this.idBuffer = this.lastEventId;
+        const open = new Event("open");
+        this.onopen?.(open);
+        this.dispatchEvent(open);
+        const reader = response.body.getReader();
+        const decoder = new TextDecoder();
+        try {
+            for (;;) {
+                const { value, done } = await reader.read();
+                if (done)
+                    break;
+                this.feed(decoder.decode(value, { stream: true }));
+                if (connection.signal.aborted)
+                    return;
+            }
+        }
+        catch (error) {
+            if (!connection.signal.aborted)
+                this.failed(undefined, String(error));
+            return;
+        }
+        if (connection.signal.aborted || this.readyState === FetchEventSource.CLOSED)
+            return;
+        // The stream ended: reconnect after `retry`, as EventSource does.
+        this.readyState = FetchEventSource.CONNECTING;
+        this.report(undefined, "the stream ended", true);
+        this.schedule(this.retryMs);
+    }
+    /** A failure that is retried after a backoff. */
+    failed(status, reason) {
+        this.failures += 1;
+        const doubled = this.retryMs * 2 ** Math.min(this.failures - 1, 16);
+        const capped = Math.min(doubled, Math.max(this.init.maxBackoffMs ?? 30000, this.retryMs));
+        this.readyState = FetchEventSource.CONNECTING;
+        this.report(status, reason, true);
+        this.schedule(capped / 2 + (Math.random() * capped) / 2);
+    }
+    /** A refusal: the stream is closed for good. */
+    stop(status, reason) {
+        this.close();
+        this.report(status, reason, false);
+    }
+    report(status, reason, willRetry) {
+        const event = new StreamErrorEvent(status, reason, willRetry);
+        this.onerror?.(event);
+        this.dispatchEvent(event);
+    }
+    schedule(waitMs) {
+        if (this.readyState === FetchEventSource.CLOSED)
+            return;
+        clearTimeout(this.timer);
+        this.timer = setTimeout(() => void this.connect(), waitMs);
+    }
+    /** Lines end with CR, LF or CRLF, even split across chunks. */
+    feed(text) {
+        let start = 0;
+        for (let i = 0; i < text.length; i++) {
+            const code = text.charCodeAt(i);
+            if (code === 10 && this.afterCR) {
+                this.afterCR = false;
+                start = i + 1;
+                continue;
+            }
+            this.afterCR = false;
+            if (code === 10 || code === 13) {
+                const line = this.partialLine + text.slice(start, i);
+                this.partialLine = "";
+                this.afterCR = code === 13;
+                start = i + 1;
+                this.line(line);
+                if (this.readyState === FetchEventSource.CLOSED)
+                    return;
+            }
+        }
+        this.partialLine += text.slice(start);
+    }
+    line(line) {
+        if (line === "")
+            return this.dispatch();
+        if (line.startsWith(":"))
+            return;
+        const colon = line.indexOf(":");
+        const field = colon < 0 ? line : line.slice(0, colon);
+        let value = colon < 0 ? "" : line.slice(colon + 1);
+        if (value.startsWith(" "))
+            value = value.slice(1);
+        if (field === "event")
+            this.eventType = value;
+        else if (field === "data")
+            this.data += `${value}\n`;
+        else if (field === "id" && !value.includes("\0"))
+            this.idBuffer = value;
+        else if (field === "retry" && /^[0-9]+$/.test(value))
+            this.retryMs = Number(value);
+    }
+    dispatch() {
+        this.lastEventId = this.idBuffer;
+        const type = this.eventType || "message";
+        const data = this.data.endsWith("\n") ? this.data.slice(0, -1) : this.data;
+        const hasData = this.data !== "";
+        this.eventType = "";
+        this.data = "";
+        if (!hasData)
+            return;
+        const event = new MessageEvent(type, { data, lastEventId: this.lastEventId });
+        if (type === "message")
+            this.onmessage?.(event);
+        this.dispatchEvent(event);
+    }
+}
+FetchEventSource.CONNECTING = 0;
+FetchEventSource.OPEN = 1;
+FetchEventSource.CLOSED = 2;
+/**
+ * An event source whose events are typed by `Events`, a map from event
+ * name to the type of its data (JSON). It reconnects by itself and
+ * resumes with `Last-Event-ID`, over either transport.
  */
 export class TypedEventSource {
     constructor(url, init) {
-        this.source = new EventSource(url, init);
+        if (init?.transport === "fetch") {
+            this.source = new FetchEventSource(url, init);
+        }
+        else {
+            this.source = new EventSource(url, init);
+        }
     }
     /** Calls `handler` with the data of every `name` event. */
     on(name, handler) {
-        this.source.addEventListener(name, (event) => {
-            handler(JSON.parse(event.data), event);
-        });
-        return this;
+        return this.listen(name, (event) => handler(JSON.parse(event.data), event));
     }
     /** Calls `handler` on the reset signal (event type `reset`): history was lost. */
     onReset(handler) {
-        this.source.addEventListener("reset", (event) => {
-            handler(JSON.parse(event.data), event);
+        return this.listen("reset", (event) => handler(JSON.parse(event.data), event));
+    }
+    /**
+     * Calls `handler` when the stream fails or ends: `willRetry` says whether
+     * it reconnects. The fetch transport also gives the status, so a `401`
+     * (a token that expired) can be told from a network error.
+     */
+    onError(handler) {
+        const source = this.source;
+        source.addEventListener("error", (event) => {
+            if (event instanceof StreamErrorEvent) {
+                handler({ status: event.status, reason: event.reason, willRetry: event.willRetry });
+            }
+            else {
+                const willRetry = source.readyState !== 2;
+                handler({ reason: willRetry ? "reconnecting" : "closed", willRetry });
+            }
         });
         return this;
     }
-    /** Stops the stream; the browser does not reconnect. */
+    /** Stops the stream; it does not reconnect. */
     close() {
         this.source.close();
+    }
+    listen(name, handler) {
+        this.source.addEventListener(name, handler);
+        return this;
     }
 }

@@ -1,6 +1,7 @@
 //! The browser side of typed events, generated from the Rust types (feature
 //! `typescript`): the payload types, a map from event name to payload, and
-//! a typed wrapper over `EventSource`, written as one TypeScript module by
+//! a typed event source (over `EventSource`, or over `fetch` for headers and
+//! `POST`), written as one TypeScript module by
 //! [`module`] for a type marked `#[sse_event(typescript)]`. Payload types
 //! are described by [`ts-rs`](ts_rs): derive [`TS`] on them as you derive
 //! `Serialize` (ts-rs reads the `#[serde]` attributes, so both sides agree
@@ -33,6 +34,12 @@
 //! new TypedEventSource<ChatEvents>('/rooms/general/events')
 //!   .on('said', (said) => show(said.user, said.text))   // `said` is a Said
 //!   .on('sayd', ...)                                     // a TypeScript error
+//!
+//! // A private stream: the token goes in a header, not in the URL.
+//! new TypedEventSource<ChatEvents>('/me/events', {
+//!   transport: 'fetch',
+//!   headers: { authorization: `Bearer ${token}` },
+//! }).on('said', show).onError(({ status }) => { if (status === 401) logIn(); });
 //! ```
 //!
 //! Write the module with a small binary or test of the app, commit it, and
@@ -151,53 +158,12 @@ pub fn module<E: TypeScriptEvents>(map_name: &str) -> String {
     out
 }
 
-/// A small typed wrapper over `EventSource`, part of every [`module`]:
+/// The client part of every [`module`]: `FetchEventSource` (an
+/// `EventSource` over `fetch`, with headers, a method and a body, for
+/// browsers and Node 20+) and `TypedEventSource` over either one, whose
 /// `on(name, handler)` accepts only the map's event names and hands the
-/// handler the parsed data of that event's type.
-pub const TYPED_EVENT_SOURCE: &str = r#"/**
- * The data of the reset signal: why the client must reload its state, and,
- * on a stream over several keys, which key it concerns (absent when it
- * concerns them all).
- */
-export type ResetSignal = {
-  reason: "history_expired" | "unknown_id" | "invalid_id" | "lagged";
-  key?: string;
-};
-
-/**
- * An `EventSource` whose events are typed by `Events`, a map from event
- * name to the type of its data (JSON). The browser still reconnects by
- * itself and resumes with `Last-Event-ID`.
- */
-export class TypedEventSource<Events extends { [name: string]: unknown }> {
-  readonly source: EventSource;
-
-  constructor(url: string | URL, init?: EventSourceInit) {
-    this.source = new EventSource(url, init);
-  }
-
-  /** Calls `handler` with the data of every `name` event. */
-  on<Name extends keyof Events & string>(
-    name: Name,
-    handler: (data: Events[Name], event: MessageEvent<string>) => void,
-  ): this {
-    this.source.addEventListener(name, (event: MessageEvent<string>) => {
-      handler(JSON.parse(event.data) as Events[Name], event);
-    });
-    return this;
-  }
-
-  /** Calls `handler` on the reset signal (event type `reset`): history was lost. */
-  onReset(handler: (signal: ResetSignal, event: MessageEvent<string>) => void): this {
-    this.source.addEventListener("reset", (event: MessageEvent<string>) => {
-      handler(JSON.parse(event.data) as ResetSignal, event);
-    });
-    return this;
-  }
-
-  /** Stops the stream; the browser does not reconnect. */
-  close(): void {
-    this.source.close();
-  }
-}
-"#;
+/// handler the parsed data of that event's type. No dependency.
+pub const TYPED_EVENT_SOURCE: &str = concat!(
+    include_str!("fetch_event_source.ts"),
+    include_str!("typed_event_source.ts")
+);
