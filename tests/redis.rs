@@ -49,6 +49,87 @@ async fn an_event_sent_right_after_a_stream_opens_reaches_it() {
     }
 }
 
+/// A route that streams a key of `registry`, as an app's would.
+#[derive(Clone)]
+struct Feed {
+    registry: sse_runtime::Registry<String>,
+}
+
+#[sse_runtime::sse_controller("/feed")]
+impl Feed {
+    #[sse_runtime::sse("/:key")]
+    fn events(
+        &self,
+        axum::extract::Path(key): axum::extract::Path<String>,
+    ) -> sse_runtime::Subscription {
+        self.registry.subscribe(&key)
+    }
+}
+
+/// A client that saw its stream's `200` gets every event sent after it,
+/// even when its instance's Redis answers late: the head goes out only once
+/// the stream's position is fixed. Here the instance's traffic to Redis is
+/// held while the stream opens; a head sent first would arrive meanwhile,
+/// and the event posted on seeing it would be taken for one before the
+/// position, read later, and skipped without a word. (Found by the fault
+/// checker: the first posts of a run, made once every subscriber had its
+/// `200`, reached none of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_saw_its_stream_open_gets_every_event_sent_after_even_when_redis_answers_late()
+ {
+    let Some(server) = redis_server::start(false).await else {
+        return;
+    };
+    let proxy = sse_tests::proxy::Proxy::start(([127, 0, 0, 1], server.port).into()).await;
+    let late = sse_runtime::Registry::with_broker(
+        sse_runtime::RedisBroker::connect(
+            &format!("redis://{}/", proxy.addr),
+            RegistryConfig::default(),
+        )
+        .await
+        .expect("connect through the proxy"),
+    );
+    let sender = server.registry(RegistryConfig::default()).await;
+    let app = sse_tests::TestServer::start(Feed { registry: late }.router()).await;
+    for round in 0..5 {
+        let key = format!("late-{round}");
+        proxy.hold();
+        let url = app.url(&format!("/feed/{key}"));
+        let mut opening = tokio::spawn(async move { reqwest::get(url).await.unwrap() });
+        // Not an assertion on time: this only gives a head sent too early
+        // the chance to arrive while Redis is held.
+        let response = match tokio::time::timeout(Duration::from_millis(300), &mut opening).await {
+            Ok(early) => {
+                let response = early.unwrap();
+                sender
+                    .send(&key, MessageEvent::new(format!("after open {round}")))
+                    .await
+                    .unwrap();
+                proxy.release();
+                response
+            }
+            Err(_) => {
+                proxy.release();
+                let response = sse_tests::within(opening).await.unwrap();
+                sender
+                    .send(&key, MessageEvent::new(format!("after open {round}")))
+                    .await
+                    .unwrap();
+                response
+            }
+        };
+        assert_eq!(response.status(), 200);
+        let mut events = sse_tests::events(response);
+        let event = loop {
+            let event = sse_tests::next_event(&mut events).await;
+            if !event.data.is_empty() {
+                break event;
+            }
+        };
+        assert_eq!(event.data, format!("after open {round}"));
+    }
+}
+
 #[tokio::test]
 async fn an_event_sent_on_one_instance_reaches_a_subscriber_on_another() {
     let Some(server) = redis_server::start(false).await else {

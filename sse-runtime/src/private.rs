@@ -169,23 +169,31 @@ impl RouteOptions {
     }
 }
 
-/// Streams an infallible method's events.
-pub fn respond_stream<S>(stream: S, options: RouteOptions) -> Response
+/// A response being made: a type with no parameter, so that awaiting it
+/// adds no error of its own to a bound `respond_stream` reports.
+pub type Responding = Pin<Box<dyn std::future::Future<Output = Response> + Send>>;
+
+/// Streams an infallible method's events, once the stream is open (see
+/// `response::opening`: a head that goes out says the stream is subscribed).
+pub fn respond_stream<S>(stream: S, options: RouteOptions) -> Responding
 where
     S: SseStream + Send + 'static,
 {
-    options.apply(Sse::new(stream)).into_response()
+    Box::pin(async move {
+        let stream = crate::response::opening::opened(stream).await;
+        options.apply(Sse::new(stream)).into_response()
+    })
 }
 
 /// Answers a fallible method: its error response, or its events.
-pub fn respond_result<S, E>(result: Result<S, E>, options: RouteOptions) -> Response
+pub fn respond_result<S, E>(result: Result<S, E>, options: RouteOptions) -> Responding
 where
     S: SseStream + Send + 'static,
     E: IntoResponse,
 {
     match result {
         Ok(stream) => respond_stream(stream, options),
-        Err(error) => error.into_response(),
+        Err(error) => Box::pin(std::future::ready(error.into_response())),
     }
 }
 
@@ -217,7 +225,7 @@ where
     let mut steps = Box::pin(steps);
     match steps.next().await {
         Some(Step::Reject(response)) => response,
-        Some(Step::Start) => respond_stream(Items { steps }, options),
+        Some(Step::Start) => respond_stream(Items { steps }, options).await,
         // The generator always yields `Reject` or `Start` first.
         Some(Step::Item(_)) | None => {
             tracing::error!("SSE route generator ended before deciding; answering 500");

@@ -5,6 +5,7 @@
 pub mod chaos;
 pub mod conformance;
 pub mod external;
+pub mod proxy;
 pub mod redis_cluster;
 pub mod redis_server;
 

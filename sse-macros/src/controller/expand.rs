@@ -178,10 +178,10 @@ fn handler(route: &Route) -> TokenStream {
     let body = match (&route.returns, direct) {
         (Returns::Response(_), _) => quote!(#private::respond_plain(#call)),
         (Returns::Stream(_), true) => {
-            quote!(#private::respond_stream(#call, #options))
+            quote!(#private::respond_stream(#call, #options).await)
         }
         (Returns::Result(_), true) => {
-            quote!(#private::respond_result(#call, #options))
+            quote!(#private::respond_result(#call, #options).await)
         }
         // With `&self`, the method's stream may borrow the controller (in edition
         // 2024, `impl Stream` captures `&self`'s lifetime). The generator owns the
@@ -201,7 +201,7 @@ fn handler(route: &Route) -> TokenStream {
                     }
                 }
             };
-            quote!(#private::respond_stream(#generator, #options))
+            quote!(#private::respond_stream(#generator, #options).await)
         }
         (Returns::Result(_), false) => {
             quote! {

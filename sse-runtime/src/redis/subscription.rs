@@ -19,6 +19,7 @@ use super::local::{Local, Received};
 use super::{Inner, RedisBroker, shut_down_error};
 use crate::event::{EncodedEvent, MessageEvent};
 use crate::registry::broker::{LagPolicy, ResetReason};
+use crate::response::opening;
 use crate::sync::lock;
 use crate::telemetry;
 
@@ -168,7 +169,9 @@ impl<K: Display> RedisBroker<K> {
         let stream = inner.stream_key(key);
         let last_event_id = last_event_id.map(str::to_owned);
         Box::pin(async_stream::stream! {
-            let Some(mut subscription) = Subscription::join(inner, stream, with_broadcasts).await else {
+            // Until its position is fixed, the response's head waits.
+            let joined = opening::while_opening(Subscription::join(inner, stream, with_broadcasts));
+            let Some(mut subscription) = joined.await else {
                 return;
             };
             match subscription.start(last_event_id.as_deref()).await {

@@ -8,6 +8,7 @@ mod compressor;
 #[cfg(not(feature = "compression"))]
 #[path = "no_compressor.rs"]
 mod compressor;
+pub(crate) mod opening;
 pub(crate) mod pacer;
 
 use std::time::Duration;
