@@ -397,6 +397,25 @@ where
 pub struct Subscription(BoxStream<'static, EncodedEvent>);
 
 impl Subscription {
+    /// This subscription once it is open: its position fixed, so that every
+    /// event sent from now on is its to deliver. An `#[sse]` route waits
+    /// for this by itself before its response's head goes out; a plain
+    /// axum handler that returns `Sse::new(subscription)` awaits it first,
+    /// so that a client that saw `200` (a page on `EventSource`'s `open`)
+    /// misses nothing it then causes. Over the memory broker it is open at
+    /// once; over Redis, a key new to the instance takes a round trip.
+    ///
+    /// ```
+    /// use sse_runtime::{Registry, Sse, Subscription};
+    ///
+    /// async fn handler(registry: Registry<String>, user: String) -> Sse<Subscription> {
+    ///     Sse::new(registry.subscribe(&user).opened().await)
+    /// }
+    /// ```
+    pub async fn opened(self) -> Subscription {
+        Subscription(Box::pin(crate::response::opening::opened(self.0).await))
+    }
+
     /// This subscription, ended cleanly at `deadline`: for a stream whose
     /// credentials expire (a token, a session), so that an expired client
     /// stops receiving. A browser's `EventSource` then reconnects, and the
