@@ -279,7 +279,8 @@ fn recording_stream_requests(app: axum::Router) -> (axum::Router, Recorded) {
 }
 
 #[tokio::test]
-async fn chromium_reads_tokens_of_a_post_with_fetch_and_cancel_stops_the_server() {
+async fn chromium_reads_typed_tokens_of_a_post_over_the_fetch_transport_and_cancel_stops_the_server()
+ {
     if !browser_available() {
         return;
     }

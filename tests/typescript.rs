@@ -1,8 +1,9 @@
-//! The chat example's browser side, generated from its Rust types: the
-//! committed `chat-events.ts` must be what the types generate, the page must
-//! compile under `tsc --strict` into the committed `js/`, and a wrong event
-//! name or field must be a TypeScript error. `UPDATE_TYPESCRIPT=1 cargo test
-//! -p sse-tests --test typescript` rewrites the generated and compiled files.
+//! The examples' browser side, generated from their Rust types (the chat's
+//! `ChatEvent`, the llm's `Completion`): each committed module must be what
+//! the types generate, each page must compile under `tsc --strict` into the
+//! committed `js/`, and a wrong event name or field must be a TypeScript
+//! error. `UPDATE_TYPESCRIPT=1 cargo test -p sse-tests --test typescript`
+//! rewrites the generated and compiled files.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -10,7 +11,30 @@ use std::process::Command;
 use sse_tests::external::{require, tsc_path};
 
 fn chat_static() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/chat/static")
+    example_static("chat")
+}
+
+fn example_static(example: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("../examples/{example}/static"))
+}
+
+/// Each example's page: its generated module (file and text) and the
+/// scripts `tsc` makes of it and the page.
+fn pages() -> [(&'static str, &'static str, String, [&'static str; 2]); 2] {
+    [
+        (
+            "chat",
+            "chat-events.ts",
+            chat::typescript_module(),
+            ["chat.js", "chat-events.js"],
+        ),
+        (
+            "llm",
+            "completion-events.ts",
+            llm::typescript_module(),
+            ["llm.js", "completion-events.js"],
+        ),
+    ]
 }
 
 fn updating() -> bool {
@@ -31,50 +55,53 @@ fn have_tsc() -> bool {
 }
 
 #[test]
-fn the_committed_chat_events_ts_is_what_the_rust_types_generate() {
-    let path = chat_static().join("chat-events.ts");
-    let generated = chat::typescript_module();
-    if updating() {
-        std::fs::write(&path, &generated).unwrap();
+fn each_committed_module_is_what_the_rust_types_generate() {
+    for (example, module, generated, _) in pages() {
+        let path = example_static(example).join(module);
+        if updating() {
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == generated,
+            "examples/{example}/static/{module} is stale: the Rust types changed. \
+             Rewrite it with `UPDATE_TYPESCRIPT=1 cargo test -p sse-tests --test typescript`."
+        );
     }
-    let committed = std::fs::read_to_string(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "examples/chat/static/chat-events.ts is stale: the Rust types changed. \
-         Rewrite it with `UPDATE_TYPESCRIPT=1 cargo test -p sse-tests --test typescript`."
-    );
 }
 
 #[test]
-fn the_page_compiles_under_strict_typescript_into_the_committed_js() {
+fn each_page_compiles_under_strict_typescript_into_the_committed_js() {
     if !have_tsc() {
         return;
     }
-    let out = tempdir("tsc-out");
-    let compiled = tsc(
-        &["-p", "tsconfig.json", "--outDir", out.to_str().unwrap()],
-        &chat_static(),
-    );
-    assert!(
-        compiled.status.success(),
-        "tsc --strict failed:\n{}",
-        String::from_utf8_lossy(&compiled.stdout)
-    );
-    for file in ["chat.js", "chat-events.js"] {
-        let fresh = std::fs::read_to_string(out.join(file)).unwrap();
-        let committed_path = chat_static().join("js").join(file);
-        if updating() {
-            std::fs::create_dir_all(committed_path.parent().unwrap()).unwrap();
-            std::fs::write(&committed_path, &fresh).unwrap();
-        }
-        let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
-        assert!(
-            committed == fresh,
-            "examples/chat/static/js/{file} is not what tsc makes of the sources; \
-             rewrite it with `UPDATE_TYPESCRIPT=1 cargo test -p sse-tests --test typescript`"
+    for (example, _, _, scripts) in pages() {
+        let out = tempdir(&format!("tsc-out-{example}"));
+        let compiled = tsc(
+            &["-p", "tsconfig.json", "--outDir", out.to_str().unwrap()],
+            &example_static(example),
         );
+        assert!(
+            compiled.status.success(),
+            "{example}: tsc --strict failed:\n{}",
+            String::from_utf8_lossy(&compiled.stdout)
+        );
+        for file in scripts {
+            let fresh = std::fs::read_to_string(out.join(file)).unwrap();
+            let committed_path = example_static(example).join("js").join(file);
+            if updating() {
+                std::fs::create_dir_all(committed_path.parent().unwrap()).unwrap();
+                std::fs::write(&committed_path, &fresh).unwrap();
+            }
+            let committed = std::fs::read_to_string(&committed_path).unwrap_or_default();
+            assert!(
+                committed == fresh,
+                "examples/{example}/static/js/{file} is not what tsc makes of the sources; \
+                 rewrite it with `UPDATE_TYPESCRIPT=1 cargo test -p sse-tests --test typescript`"
+            );
+        }
+        let _ = std::fs::remove_dir_all(out);
     }
-    let _ = std::fs::remove_dir_all(out);
 }
 
 #[test]

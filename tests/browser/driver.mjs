@@ -194,7 +194,8 @@ const modes = {
     return { received, protocol, encodings };
   },
 
-  // The llm example's page: tokens read with fetch from a POST, then Cancel.
+  // The llm example's page: typed tokens of a POST over the generated fetch
+  // transport, then Cancel.
   async 'llm-cancel'(page) {
     await page.goto(`${base}/`);
     await page.click('#send');

@@ -1,8 +1,11 @@
 //! An LLM-style token stream, as chat assistants serve them:
 //!
 //! - `POST /completions` with `{"prompt": "..."}` answers with the reply's
-//!   tokens as server-sent events (`event: token`), then `event: done`.
-//!   `EventSource` cannot POST, so the page reads the stream with `fetch`.
+//!   tokens as typed server-sent events ([`Completion`]: `event: token`
+//!   with the token as a JSON string), then `event: done`. `EventSource`
+//!   cannot POST, so the page reads the stream through the generated
+//!   module's fetch transport (`static/completion-events.ts`, from
+//!   [`typescript_module`]), typed by the same Rust enum.
 //! - Cancelling (the page's button aborts the fetch; any client closing the
 //!   connection) drops the stream on the server, which stops generating: no
 //!   token is produced for a reader that left.
@@ -18,15 +21,33 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Json;
-use axum::response::Html;
+use axum::http::header;
+use axum::response::{Html, IntoResponse};
 use futures_util::Stream;
 use serde::Deserialize;
-use sse_runtime::{EventType, MessageEvent, get, sse, sse_controller};
+use sse_runtime::{SseEvent, get, sse, sse_controller};
 
-/// The event types of a completion.
-pub const TOKEN: EventType = EventType::new("token");
-/// See [`TOKEN`].
-pub const DONE: EventType = EventType::new("done");
+/// The events of a completion.
+#[derive(Debug, Clone, PartialEq, Eq, SseEvent)]
+#[sse_event(rename_all = "snake_case", typescript, decode)]
+pub enum Completion {
+    /// `token`: the reply's next piece, as a JSON string.
+    Token(String),
+    /// `done`: the reply is complete, and the stream ends.
+    Done,
+}
+
+/// The browser side of [`Completion`], as committed in
+/// `static/completion-events.ts` (a test keeps the two equal).
+pub fn typescript_module() -> String {
+    sse_runtime::typescript::module::<Completion>("CompletionEvents")
+}
+
+/// The page's script and the generated module, compiled by `tsc` from
+/// `static/llm.ts` and `static/completion-events.ts` (a test keeps them
+/// current).
+const PAGE_SCRIPT: &str = include_str!("../static/js/llm.js");
+const EVENTS_SCRIPT: &str = include_str!("../static/js/completion-events.js");
 
 /// The longest prompt accepted, in characters.
 pub const MAX_PROMPT_CHARS: usize = 4_000;
@@ -73,7 +94,7 @@ impl Completions {
         keep_alive = false,
         batch_window = false
     )]
-    fn complete(&self, Json(prompt): Json<Prompt>) -> impl Stream<Item = MessageEvent> + use<> {
+    fn complete(&self, Json(prompt): Json<Prompt>) -> impl Stream<Item = Completion> + use<> {
         let words: Vec<String> = prompt
             .prompt
             .chars()
@@ -93,10 +114,7 @@ impl Completions {
                     return None;
                 }
                 if next == words.len() {
-                    return Some((
-                        MessageEvent::new("").with_type(DONE),
-                        (next + 1, words, running),
-                    ));
+                    return Some((Completion::Done, (next + 1, words, running)));
                 }
                 tokio::time::sleep(pace).await;
                 generated.fetch_add(1, Ordering::SeqCst);
@@ -105,10 +123,7 @@ impl Completions {
                 } else {
                     format!(" {}", words[next])
                 };
-                Some((
-                    MessageEvent::new(token).with_type(TOKEN),
-                    (next + 1, words, running),
-                ))
+                Some((Completion::Token(token), (next + 1, words, running)))
             }
         })
     }
@@ -126,6 +141,24 @@ impl Completions {
     #[get("/")]
     fn page() -> Html<&'static str> {
         Html(include_str!("../static/index.html"))
+    }
+
+    /// The page's script.
+    #[get("/js/llm.js")]
+    fn page_script() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            PAGE_SCRIPT,
+        )
+    }
+
+    /// The generated module the page imports.
+    #[get("/js/completion-events.js")]
+    fn events_script() -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+            EVENTS_SCRIPT,
+        )
     }
 }
 

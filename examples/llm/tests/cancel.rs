@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use llm::Completion;
+use sse_runtime::FromEvent;
 use sse_runtime::testing::TestClient;
 
 async fn serve(app: axum::Router) -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
@@ -24,17 +26,31 @@ async fn a_prompt_streams_its_tokens_then_done() {
         .await;
     assert_eq!(response.status(), 200);
     let events = response.take(4).await;
-    let tokens: Vec<(&str, &str)> = events
+    let wire: Vec<(&str, &str)> = events
         .iter()
         .map(|e| (e.event.as_str(), e.data.as_str()))
         .collect();
     assert_eq!(
-        tokens,
+        wire,
         [
-            ("token", "one"),
-            ("token", " two"),
-            ("token", " three"),
-            ("done", "")
+            ("token", "\"one\""),
+            ("token", "\" two\""),
+            ("token", "\" three\""),
+            ("done", "null")
+        ]
+    );
+    // Read back as the typed client reads them.
+    let read: Vec<Completion> = events
+        .iter()
+        .map(|e| Completion::from_event(&e.event, &e.data).unwrap().unwrap())
+        .collect();
+    assert_eq!(
+        read,
+        [
+            Completion::Token("one".into()),
+            Completion::Token(" two".into()),
+            Completion::Token(" three".into()),
+            Completion::Done
         ]
     );
     assert!(response.next_event().await.is_none());
