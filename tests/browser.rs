@@ -279,6 +279,55 @@ fn recording_stream_requests(app: axum::Router) -> (axum::Router, Recorded) {
 }
 
 #[tokio::test]
+async fn chromium_reads_direct_messages_with_the_token_in_a_header_until_its_session_ends() {
+    if !browser_available() {
+        return;
+    }
+    let chat = chat::ChatController::new(["general"]).with_admin_token(ADMIN_TOKEN);
+    // Every request for the private stream: its URL, whether it carried a
+    // token in a header, and the status it got.
+    let requests: Arc<Mutex<Vec<(String, bool, u16)>>> = Arc::default();
+    let log = requests.clone();
+    let app = chat
+        .app()
+        .layer(middleware::from_fn(move |request: Request, next: Next| {
+            let log = log.clone();
+            async move {
+                let uri = request.uri().to_string();
+                let bearer = request
+                    .headers()
+                    .get("authorization")
+                    .is_some_and(|value| value.as_bytes().starts_with(b"Bearer "));
+                let response = next.run(request).await;
+                if uri.starts_with("/me/events") {
+                    log.lock()
+                        .unwrap()
+                        .push((uri, bearer, response.status().as_u16()));
+                }
+                response
+            }
+        }));
+    let server = TestServer::start(app).await;
+    let seen = drive("chat-direct", &server.url(""), None).await;
+    assert_eq!(seen["sent"], 202, "{seen}");
+    assert_eq!(seen["expired"], 204, "{seen}");
+    // `bo` wrote to `ana`; `ana` answered from the page: each shown once.
+    assert_eq!(
+        seen["dms"],
+        serde_json::json!(["bopsst", "to bohi bo"]),
+        "{seen}"
+    );
+    assert_eq!(seen["status"], "session expired: log in again", "{seen}");
+    let requests = requests.lock().unwrap().clone();
+    assert_eq!(requests.first().map(|r| r.2), Some(200), "{requests:?}");
+    assert_eq!(requests.last().map(|r| r.2), Some(401), "{requests:?}");
+    for (uri, bearer, _) in &requests {
+        assert_eq!(uri, "/me/events", "the token never goes in the URL");
+        assert!(bearer, "every request carries the token in a header");
+    }
+}
+
+#[tokio::test]
 async fn chromium_reads_typed_tokens_of_a_post_over_the_fetch_transport_and_cancel_stops_the_server()
  {
     if !browser_available() {

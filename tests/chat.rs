@@ -1,8 +1,11 @@
 //! The `chat` example over loopback: rooms, 204 for unknown rooms, and streams
-//! cut by the server resuming with `Last-Event-ID`, each message exactly once.
+//! cut by the server resuming with `Last-Event-ID`, each message exactly once;
+//! direct messages, read only with their user's token, until it expires.
+
+use std::time::Duration;
 
 use chat::{ChatController, ChatMessage};
-use sse_tests::{RawResponse, TestServer, events, next_event, open, within};
+use sse_tests::{RawResponse, TestServer, events, eventually, next_event, open, within};
 
 async fn chat() -> (TestServer, ChatController) {
     let chat = ChatController::new(["general", "random"]);
@@ -273,4 +276,172 @@ async fn a_post_repeated_with_its_idempotency_key_is_posted_once() {
     assert_eq!(message.text, "once");
     let message: ChatMessage = serde_json::from_str(&next_event(&mut general).await.data).unwrap();
     assert_eq!(message.text, "next", "the repeat was not posted");
+}
+
+/// Logs `user` in; their token.
+async fn log_in(server: &TestServer, user: &str) -> String {
+    let response = within(
+        reqwest::Client::new()
+            .post(server.url("/login"))
+            .json(&serde_json::json!({ "user": user }))
+            .send(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), 200);
+    let body: serde_json::Value = response.json().await.unwrap();
+    body["token"].as_str().unwrap().to_owned()
+}
+
+async fn send_direct(server: &TestServer, token: Option<&str>, to: &str, text: &str) -> u16 {
+    let mut request = reqwest::Client::new()
+        .post(server.url(&format!("/users/{to}/messages")))
+        .json(&serde_json::json!({ "text": text }));
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    within(request.send()).await.unwrap().status().as_u16()
+}
+
+/// A private stream read by the Rust client, in a task of its own (so it
+/// connects and keeps reading); its items arrive on the channel.
+fn read_private(server: &TestServer, token: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
+    use futures_util::StreamExt;
+    let mut events = sse_runtime::client::EventStream::<chat::ChatEvent>::new(
+        reqwest::Client::new()
+            .get(server.url("/me/events"))
+            .bearer_auth(token),
+    );
+    let (items, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = events.next().await {
+            let item = match item {
+                Ok(sse_runtime::client::Received::Event(chat::ChatEvent::Direct(direct))) => {
+                    format!("{} to {}: {}", direct.from, direct.to, direct.text)
+                }
+                other => format!("{other:?}"),
+            };
+            if items.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
+
+async fn next(items: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
+    within(items.recv()).await.expect("the stream went on")
+}
+
+#[tokio::test]
+async fn direct_messages_are_read_only_with_their_users_token_sent_in_a_header() {
+    let (server, chat) = chat().await;
+    for token in [None, Some("not-a-token")] {
+        let mut request = reqwest::Client::new().get(server.url("/me/events"));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = within(request.send()).await.unwrap();
+        assert_eq!(response.status(), 401, "{token:?}");
+        assert_eq!(response.headers()["www-authenticate"], "Bearer");
+    }
+    assert_eq!(send_direct(&server, None, "ana", "anonymous").await, 401);
+
+    let (ana, bo, cy) = (
+        log_in(&server, "ana").await,
+        log_in(&server, "bo").await,
+        log_in(&server, "cy").await,
+    );
+    let (mut to_ana, mut to_bo, mut to_cy) = (
+        read_private(&server, &ana),
+        read_private(&server, &bo),
+        read_private(&server, &cy),
+    );
+    for inbox in ["@ana", "@bo", "@cy"] {
+        let inbox = inbox.to_owned();
+        eventually("the private streams are open", || {
+            chat.registry().subscriber_count(&inbox) == 1
+        })
+        .await;
+    }
+    assert_eq!(send_direct(&server, Some(&bo), "ana", "psst").await, 202);
+    assert_eq!(
+        next(&mut to_ana).await,
+        "bo to ana: psst",
+        "the recipient's copy"
+    );
+    assert_eq!(
+        next(&mut to_bo).await,
+        "bo to ana: psst",
+        "the sender's copy"
+    );
+    // `cy` saw none of it: the first thing on her stream is her own note.
+    assert_eq!(send_direct(&server, Some(&cy), "cy", "note").await, 202);
+    assert_eq!(next(&mut to_cy).await, "cy to cy: note");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_expired_session_ends_its_private_stream_and_the_reconnect_gets_401() {
+    use sse_runtime::testing::TestClient;
+    let chat = ChatController::new(["general"]).with_session_ttl(Duration::from_secs(60));
+    let client = TestClient::new(chat.app());
+    let login = client
+        .post("/login")
+        .json(&serde_json::json!({ "user": "ana" }))
+        .send()
+        .await
+        .text()
+        .await;
+    let token: serde_json::Value = serde_json::from_str(&login).unwrap();
+    let bearer = format!("Bearer {}", token["token"].as_str().unwrap());
+    let mut stream = client
+        .get("/me/events")
+        .header("authorization", &bearer)
+        .send()
+        .await;
+    assert_eq!(stream.status(), 200);
+    let sent = client
+        .post("/users/ana/messages")
+        .header("authorization", &bearer)
+        .json(&serde_json::json!({ "text": "to self" }))
+        .send()
+        .await;
+    assert_eq!(sent.status(), 202);
+    let event = stream.next_event().await.expect("the message");
+    assert_eq!(event.event, "direct");
+    // The session's minute passes: the stream ends, and so does its token.
+    tokio::time::advance(Duration::from_secs(61)).await;
+    assert!(
+        stream.next_event().await.is_none(),
+        "ended with the session"
+    );
+    let again = client
+        .get("/me/events")
+        .header("authorization", &bearer)
+        .send()
+        .await;
+    assert_eq!(again.status(), 401);
+}
+
+#[tokio::test]
+async fn logging_in_in_a_loop_is_refused_past_the_session_bound_and_memory_stays_bounded() {
+    use chat::direct::MAX_SESSIONS;
+    use sse_runtime::testing::TestClient;
+    let chat = ChatController::new(["general"]);
+    let client = TestClient::new(chat.clone().app());
+    let login = || {
+        client
+            .post("/login")
+            .json(&serde_json::json!({ "user": "mallory" }))
+            .send()
+    };
+    for _ in 0..MAX_SESSIONS {
+        assert_eq!(login().await.status(), 200);
+    }
+    assert_eq!(login().await.status(), 503);
+    assert_eq!(chat.sessions().len(), MAX_SESSIONS);
+    // The operator ends them all; logins work again.
+    chat.sessions().expire_all();
+    assert_eq!(login().await.status(), 200);
+    assert_eq!(chat.sessions().len(), 1);
 }

@@ -194,6 +194,41 @@ const modes = {
     return { received, protocol, encodings };
   },
 
+  // The chat's direct messages: log in, read the private stream over the
+  // fetch transport (the token in a header), get one and send one; then
+  // the operator ends every session, and the reconnect's 401 stops it.
+  async 'chat-direct'(page) {
+    await page.goto(`${base}/`);
+    await page.fill('#user', 'ana');
+    await page.click('#login');
+    await page.waitForFunction(() => document.getElementById('dm-status').textContent === 'live',
+      null, { timeout: 10000 });
+    const json = { 'content-type': 'application/json' };
+    const bo = await (await fetch(`${base}/login`, {
+      method: 'POST', headers: json, body: JSON.stringify({ user: 'bo' }),
+    })).json();
+    const sent = await fetch(`${base}/users/ana/messages`, {
+      method: 'POST', headers: { ...json, authorization: `Bearer ${bo.token}` },
+      body: JSON.stringify({ text: 'psst' }),
+    });
+    await page.waitForFunction(() => document.querySelectorAll('#dms li').length >= 1, null, { timeout: 10000 });
+    await page.fill('#dm-to', 'bo');
+    await page.fill('#dm-text', 'hi bo');
+    await page.click('#dm button');
+    await page.waitForFunction(() => document.querySelectorAll('#dms li').length >= 2, null, { timeout: 10000 });
+    const expired = await fetch(`${base}/admin/expire-sessions`, {
+      method: 'POST', headers: { authorization: `Bearer ${adminToken}` },
+    });
+    await page.waitForFunction(() => document.getElementById('dm-status').textContent.startsWith('session expired'),
+      null, { timeout: 15000 });
+    return {
+      sent: sent.status,
+      expired: expired.status,
+      dms: await page.$$eval('#dms li', (items) => items.map((item) => item.textContent)),
+      status: await page.textContent('#dm-status'),
+    };
+  },
+
   // The llm example's page: typed tokens of a POST over the generated fetch
   // transport, then Cancel.
   async 'llm-cancel'(page) {

@@ -19,10 +19,18 @@
 //!   ends every open stream, as a restart or a load balancer would; browsers
 //!   reconnect and replay what they missed. Without an admin token configured
 //!   ([`ChatController::with_admin_token`]) it is refused.
+//! - Direct messages (module [`direct`]): `POST /login`, `GET /me/events`
+//!   with the login token in an `Authorization` header (read over the
+//!   generated fetch transport, never with the token in the URL), and
+//!   `POST /users/{user}/messages`; `POST /admin/expire-sessions` ends every
+//!   session.
 //! - `GET  /`: the chat page.
+
+pub mod direct;
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
@@ -54,6 +62,8 @@ pub struct ChatController {
     stream_generation: Arc<tokio::sync::watch::Sender<u64>>,
     /// The operator's credential for `/admin/...`; none: those are refused.
     admin_token: Option<Arc<str>>,
+    /// Who is logged in, for direct messages.
+    sessions: direct::Sessions,
 }
 
 /// The most rooms one stream follows.
@@ -77,6 +87,9 @@ pub enum ChatEvent {
     Said(Said),
     /// `announcement`: the operator's word, to every room.
     Announcement { text: String },
+    /// `direct`: a direct message, on its sender's and recipient's private
+    /// streams only.
+    Direct(direct::Direct),
 }
 
 /// A message as sent to a room's streams: what was posted, and where.
@@ -189,7 +202,20 @@ impl ChatController {
             known_rooms: Arc::new(rooms.into_iter().map(Into::into).collect()),
             stream_generation: Arc::new(tokio::sync::watch::Sender::new(0)),
             admin_token: None,
+            sessions: direct::Sessions::new(direct::DEFAULT_SESSION_TTL),
         }
+    }
+
+    /// With sessions (for direct messages) that last `ttl` from login
+    /// (default an hour).
+    pub fn with_session_ttl(mut self, ttl: Duration) -> Self {
+        self.sessions = direct::Sessions::new(ttl);
+        self
+    }
+
+    /// Who is logged in.
+    pub fn sessions(&self) -> &direct::Sessions {
+        &self.sessions
     }
 
     /// With an operator's credential for the admin endpoint. An empty token
@@ -224,7 +250,15 @@ impl ChatController {
         let admin = Router::new()
             .route("/admin/drop-streams", axum::routing::post(drop_streams))
             .route("/admin/announce", axum::routing::post(announce))
+            .route(
+                "/admin/expire-sessions",
+                axum::routing::post(expire_sessions),
+            )
             .with_state(self.clone());
+        let direct = direct::DirectMessages {
+            registry: self.rooms.clone(),
+            sessions: self.sessions.clone(),
+        };
         let script = |source: &'static str| {
             axum::routing::get(move || async move {
                 (
@@ -234,6 +268,7 @@ impl ChatController {
             })
         };
         self.router()
+            .merge(direct.router())
             .merge(admin)
             .route(
                 "/",
@@ -267,6 +302,13 @@ impl axum::extract::FromRequestParts<ChatController> for Admin {
 /// configured.
 async fn drop_streams(State(chat): State<ChatController>, _: Admin) -> StatusCode {
     chat.drop_streams();
+    StatusCode::NO_CONTENT
+}
+
+/// `POST /admin/expire-sessions`: every session ends now (their streams
+/// end, and reconnects get `401`).
+async fn expire_sessions(State(chat): State<ChatController>, _: Admin) -> StatusCode {
+    chat.sessions.expire_all();
     StatusCode::NO_CONTENT
 }
 

@@ -2,6 +2,20 @@
 // Every event name and payload here comes from the Rust side, so a
 // renamed event or field is a TypeScript error in the page.
 
+export type Direct = { 
+/**
+ * Who sent it.
+ */
+from: string, 
+/**
+ * Who it is for.
+ */
+to: string, 
+/**
+ * What it says.
+ */
+text: string, };
+
 export type Said = { 
 /**
  * The room it was posted to.
@@ -20,6 +34,7 @@ text: string, };
 export type ChatEvents = {
   "said": Said,
   "announcement": { text: string, },
+  "direct": Direct,
 };
 
 /**

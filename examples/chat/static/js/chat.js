@@ -80,3 +80,76 @@ fetch("/rooms")
     select.onchange = () => join(select.value);
     join(select.value);
 });
+// Direct messages: a private stream, read with the login token in an
+// `Authorization` header over the fetch transport (EventSource cannot send
+// one, and a token in the URL ends up in access logs).
+let token = null;
+let inbox = null;
+const seenDirect = new Set();
+function dmStatus(text, className) {
+    $("dm-status").textContent = text;
+    $("dm-status").className = `status ${className}`;
+}
+function showDirect(from, to, text) {
+    const item = document.createElement("li");
+    const who = document.createElement("span");
+    who.className = "user";
+    who.textContent = from === $("user").value ? `to ${to}` : from;
+    item.appendChild(who);
+    item.appendChild(document.createTextNode(text));
+    $("dms").appendChild(item);
+}
+$("login").onclick = async () => {
+    inbox?.close();
+    const res = await fetch("/login", {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify({ user: $("user").value }),
+    });
+    if (!res.ok) {
+        dmStatus(`not logged in: ${await res.text()}`, "error");
+        return;
+    }
+    token = (await res.json()).token;
+    dmStatus("connecting…", "");
+    const events = new TypedEventSource("/me/events", {
+        transport: "fetch",
+        headers: { authorization: `Bearer ${token}` },
+        pauseWhenHidden: true,
+    });
+    events
+        .on("direct", (direct, event) => {
+        if (seenDirect.has(event.lastEventId))
+            return;
+        seenDirect.add(event.lastEventId);
+        showDirect(direct.from, direct.to, direct.text);
+    })
+        .onReset(() => dmStatus("some direct messages expired while you were away", "error"))
+        .onError(({ status, willRetry }) => {
+        if (status === 401) {
+            token = null;
+            dmStatus("session expired: log in again", "error");
+        }
+        else {
+            dmStatus(willRetry ? "reconnecting…" : "closed", "error");
+        }
+    });
+    events.source.onopen = () => dmStatus("live", "open");
+    inbox = events;
+};
+$("dm").onsubmit = async (e) => {
+    e.preventDefault();
+    const to = $("dm-to").value;
+    const input = $("dm-text");
+    const text = input.value;
+    if (!token || !to || !text)
+        return;
+    input.value = "";
+    const res = await fetch(`/users/${encodeURIComponent(to)}/messages`, {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify({ text }),
+    });
+    if (!res.ok)
+        dmStatus(`not sent: ${res.status}`, "error");
+};
