@@ -42,6 +42,9 @@ pub struct ChaosReport {
     /// By fault kind; `None`: before the first fault.
     pub faults: BTreeMap<Option<FaultKind>, FaultRow>,
     pub stuck_slots: usize,
+    /// For each silent gap (the first few): what its subscriber saw on the
+    /// wire around it.
+    pub gap_details: Vec<String>,
 }
 
 impl ChaosReport {
@@ -111,6 +114,10 @@ impl ChaosReport {
             self.silent_gaps(),
             self.stuck_slots,
         );
+        for detail in &self.gap_details {
+            out.push('\n');
+            out.push_str(detail);
+        }
         out
     }
 }
@@ -141,7 +148,8 @@ pub fn report(
     }
     let mut seen_by_anyone: HashSet<(usize, u64)> = HashSet::new();
     let mut delivered = 0;
-    for log in logs {
+    let mut gap_details = Vec::new();
+    for (subscriber, log) in logs.iter().enumerate() {
         let mut once: HashSet<(usize, u64)> = HashSet::new();
         // Messages seen before the latest reset.
         let mut reset_since: HashSet<(usize, u64)> = HashSet::new();
@@ -186,6 +194,9 @@ pub fn report(
                     .entry(fault_at(injected, acked.at))
                     .or_default()
                     .silent_gaps += 1;
+                if gap_details.len() < 4 {
+                    gap_details.push(describe_gap(started, injected, subscriber, log, acked));
+                }
             }
         }
     }
@@ -204,7 +215,45 @@ pub fn report(
         delivered,
         faults,
         stuck_slots,
+        gap_details,
     }
+}
+
+/// A silent gap, told: the post, the faults, and the subscriber's wire
+/// trace (connections, ends, and the post's publisher's messages) from
+/// two seconds before the post to a few seconds after it.
+fn describe_gap(
+    started: Instant,
+    injected: &[Injected],
+    subscriber: usize,
+    log: &SubscriberLog,
+    acked: &Acked,
+) -> String {
+    let offset = |at: Instant| at.saturating_duration_since(started).as_secs_f64();
+    let mut out = format!(
+        "silent gap: subscriber {subscriber} ({}) never saw p{}/{} (acknowledged at {:.3} s); faults at {:?}\n",
+        log.room,
+        acked.publisher,
+        acked.seq,
+        offset(acked.at),
+        injected
+            .iter()
+            .map(|fault| format!("{} {:.3} s", fault.kind.name(), offset(fault.at)))
+            .collect::<Vec<_>>(),
+    );
+    let from = acked
+        .at
+        .checked_sub(Duration::from_secs(2))
+        .unwrap_or(acked.at);
+    let to = acked.at + Duration::from_secs(4);
+    let publisher = format!("publisher: {}, ", acked.publisher);
+    let lines = log.trace.iter().filter(|(at, line)| {
+        *at >= from && *at <= to && (!line.contains("Message") || line.contains(&publisher))
+    });
+    for (at, line) in lines.take(80) {
+        let _ = writeln!(out, "  {:.3} s  {line}", offset(*at));
+    }
+    out
 }
 
 /// Whether a subscriber that missed `publisher`'s post `seq` was told: a

@@ -35,6 +35,9 @@ pub struct SubscriberLog {
     pub seen: Vec<(Seen, Instant)>,
     pub connected: bool,
     pub connections: usize,
+    /// What happened on the wire, for the report of a silent gap: each
+    /// connection (instance, `Last-Event-ID`), each event's id, each end.
+    pub trace: Vec<(Instant, String)>,
 }
 
 impl SubscriberLog {
@@ -44,6 +47,7 @@ impl SubscriberLog {
             seen: Vec::new(),
             connected: false,
             connections: 0,
+            trace: Vec::new(),
         }))
     }
 }
@@ -136,6 +140,11 @@ pub async fn subscribe(
             let mut log = log.lock().unwrap();
             log.connected = true;
             log.connections += 1;
+            let line = format!(
+                "connected to :{port} with Last-Event-ID {:?}",
+                parser.last_event_id
+            );
+            log.trace.push((Instant::now(), line));
         }
         parser.reconnected();
         let hold =
@@ -148,11 +157,20 @@ pub async fn subscribe(
                     Some(Ok(bytes)) => {
                         let seen = parser.feed(&bytes);
                         let now = Instant::now();
-                        log.lock().unwrap().seen.extend(seen.into_iter().map(|seen| (seen, now)));
+                        let mut log = log.lock().unwrap();
+                        log.seen.extend(seen.iter().filter_map(|(seen, _)| Some(((*seen)?, now))));
+                        log.trace.extend(seen.into_iter().map(|(seen, id)| (now, format!("{seen:?} id {id:?}"))));
                     }
-                    _ => break,
+                    other => {
+                        let line = format!("ended by the server ({:?})", other.map(|chunk| chunk.err()));
+                        log.lock().unwrap().trace.push((Instant::now(), line));
+                        break;
+                    }
                 },
-                () = &mut hold => break,
+                () = &mut hold => {
+                    log.lock().unwrap().trace.push((Instant::now(), "dropped".to_owned()));
+                    break;
+                }
                 _ = stop.changed() => break,
             }
         }
@@ -181,7 +199,10 @@ impl Parser {
         self.id_buffer = self.last_event_id.clone();
     }
 
-    fn feed(&mut self, bytes: &[u8]) -> Vec<Seen> {
+    /// What the bytes complete: each message or reset (`None` for another
+    /// block, such as the id alone of a resume point), with the last event
+    /// ID after it.
+    fn feed(&mut self, bytes: &[u8]) -> Vec<(Option<Seen>, Option<String>)> {
         let mut seen = Vec::new();
         for &byte in bytes {
             if byte != b'\n' {
@@ -194,9 +215,11 @@ impl Parser {
             if line.is_empty() {
                 self.last_event_id = self.id_buffer.clone();
                 let event_type = std::mem::take(&mut self.event_type);
-                if let Some(data) = self.data.take() {
-                    seen.extend(interpret(&event_type, &data));
-                }
+                let one = self
+                    .data
+                    .take()
+                    .and_then(|data| interpret(&event_type, &data));
+                seen.push((one, self.last_event_id.clone()));
                 continue;
             }
             let (field, value) = line.split_once(':').unwrap_or((&line, ""));
