@@ -285,8 +285,9 @@ async fn chromium_reads_direct_messages_with_the_token_in_a_header_until_its_ses
     }
     let chat = chat::ChatController::new(["general"]).with_admin_token(ADMIN_TOKEN);
     // Every request for the private stream: its URL, whether it carried a
-    // token in a header, and the status it got.
-    let requests: Arc<Mutex<Vec<(String, bool, u16)>>> = Arc::default();
+    // token in a header, its `Last-Event-ID`, and the status it got.
+    type Logged = (String, bool, Option<String>, u16);
+    let requests: Arc<Mutex<Vec<Logged>>> = Arc::default();
     let log = requests.clone();
     let app = chat
         .app()
@@ -294,15 +295,20 @@ async fn chromium_reads_direct_messages_with_the_token_in_a_header_until_its_ses
             let log = log.clone();
             async move {
                 let uri = request.uri().to_string();
-                let bearer = request
-                    .headers()
+                let headers = request.headers();
+                let bearer = headers
                     .get("authorization")
                     .is_some_and(|value| value.as_bytes().starts_with(b"Bearer "));
+                let last_event_id = headers
+                    .get("last-event-id")
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_owned);
                 let response = next.run(request).await;
                 if uri.starts_with("/me/events") {
+                    let status = response.status().as_u16();
                     log.lock()
                         .unwrap()
-                        .push((uri, bearer, response.status().as_u16()));
+                        .push((uri, bearer, last_event_id, status));
                 }
                 response
             }
@@ -311,17 +317,25 @@ async fn chromium_reads_direct_messages_with_the_token_in_a_header_until_its_ses
     let seen = drive("chat-direct", &server.url(""), None).await;
     assert_eq!(seen["sent"], 202, "{seen}");
     assert_eq!(seen["expired"], 204, "{seen}");
-    // `bo` wrote to `ana`; `ana` answered from the page: each shown once.
+    // `bo` wrote to `ana` twice, once while her tab was hidden; `ana`
+    // answered from the page: each shown once.
     assert_eq!(
         seen["dms"],
-        serde_json::json!(["bopsst", "to bohi bo"]),
+        serde_json::json!(["bopsst", "bowhile hidden", "to bohi bo"]),
         "{seen}"
     );
     assert_eq!(seen["status"], "session expired: log in again", "{seen}");
     let requests = requests.lock().unwrap().clone();
-    assert_eq!(requests.first().map(|r| r.2), Some(200), "{requests:?}");
-    assert_eq!(requests.last().map(|r| r.2), Some(401), "{requests:?}");
-    for (uri, bearer, _) in &requests {
+    assert_eq!(requests.first().map(|r| r.3), Some(200), "{requests:?}");
+    assert_eq!(requests.last().map(|r| r.3), Some(401), "{requests:?}");
+    // Hidden, the stream was closed; shown, it resumed from the id it had.
+    assert!(
+        requests
+            .iter()
+            .any(|(_, _, last_event_id, status)| last_event_id.is_some() && *status == 200),
+        "{requests:?}"
+    );
+    for (uri, bearer, _, _) in &requests {
         assert_eq!(uri, "/me/events", "the token never goes in the URL");
         assert!(bearer, "every request carries the token in a header");
     }

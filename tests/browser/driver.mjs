@@ -195,8 +195,9 @@ const modes = {
   },
 
   // The chat's direct messages: log in, read the private stream over the
-  // fetch transport (the token in a header), get one and send one; then
-  // the operator ends every session, and the reconnect's 401 stops it.
+  // fetch transport (the token in a header), get one, hide the tab and get
+  // one on its return, send one; then the operator ends every session, and
+  // the reconnect's 401 stops it.
   async 'chat-direct'(page) {
     await page.goto(`${base}/`);
     await page.fill('#user', 'ana');
@@ -212,10 +213,23 @@ const modes = {
       body: JSON.stringify({ text: 'psst' }),
     });
     await page.waitForFunction(() => document.querySelectorAll('#dms li').length >= 1, null, { timeout: 10000 });
+    // The tab is hidden (pauseWhenHidden closes the stream); a message comes
+    // meanwhile; the tab shows again and the stream resumes with it.
+    const visibility = (hidden) => page.evaluate((hidden) => {
+      Object.defineProperty(document, 'hidden', { configurable: true, get: () => hidden });
+      document.dispatchEvent(new Event('visibilitychange'));
+    }, hidden);
+    await visibility(true);
+    await fetch(`${base}/users/ana/messages`, {
+      method: 'POST', headers: { ...json, authorization: `Bearer ${bo.token}` },
+      body: JSON.stringify({ text: 'while hidden' }),
+    });
+    await visibility(false);
+    await page.waitForFunction(() => document.querySelectorAll('#dms li').length >= 2, null, { timeout: 10000 });
     await page.fill('#dm-to', 'bo');
     await page.fill('#dm-text', 'hi bo');
     await page.click('#dm button');
-    await page.waitForFunction(() => document.querySelectorAll('#dms li').length >= 2, null, { timeout: 10000 });
+    await page.waitForFunction(() => document.querySelectorAll('#dms li').length >= 3, null, { timeout: 10000 });
     const expired = await fetch(`${base}/admin/expire-sessions`, {
       method: 'POST', headers: { authorization: `Bearer ${adminToken}` },
     });

@@ -8,6 +8,7 @@ pub mod external;
 pub mod proxy;
 pub mod redis_cluster;
 pub mod redis_server;
+pub mod scripted;
 
 use std::net::SocketAddr;
 use std::time::Duration;

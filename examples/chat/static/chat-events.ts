@@ -63,6 +63,8 @@ export type FetchSourceInit = {
   credentials?: RequestCredentials;
   /** Closes the connection while the page is hidden, and resumes with `Last-Event-ID` when it shows. */
   pauseWhenHidden?: boolean;
+  /** The wait before a reconnect until the server sends `retry:`, in ms (default 3000). */
+  retryMs?: number;
   /** The longest wait between two attempts after failures, in ms (default 30000). */
   maxBackoffMs?: number;
 };
@@ -122,6 +124,7 @@ export class FetchEventSource extends EventTarget {
     super();
     this.url = String(url);
     this.init = init;
+    this.retryMs = init.retryMs ?? 3000;
     if (init.signal?.aborted) {
       this.readyState = FetchEventSource.CLOSED;
       return;

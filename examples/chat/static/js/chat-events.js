@@ -59,6 +59,7 @@ export class FetchEventSource extends EventTarget {
         };
         this.url = String(url);
         this.init = init;
+        this.retryMs = init.retryMs ?? 3000;
         if (init.signal?.aborted) {
             this.readyState = FetchEventSource.CLOSED;
             return;
