@@ -19,7 +19,9 @@ fn key(name: &str) -> String {
     name.to_owned()
 }
 
-/// Lets a new subscription join its instance's reader before events are sent.
+/// Gives a duplicate the time to arrive before a check that none did (a
+/// wait before an absence check can only let a defect through, never fail
+/// a correct build; to wait for a stream to be open, use `opened()`).
 async fn settle() {
     tokio::time::sleep(Duration::from_millis(100)).await;
 }
@@ -139,12 +141,9 @@ async fn an_event_sent_on_one_instance_reaches_a_subscriber_on_another() {
         server.registry(RegistryConfig::default()).await,
         server.registry(RegistryConfig::default()).await,
     );
-    let mut on_a = a.subscribe(&key("room"));
-    let mut on_b = b.subscribe(&key("room"));
-    // Polling once joins the subscription to its instance's reader.
-    assert!(futures_util::FutureExt::now_or_never(on_a.next()).is_none());
-    assert!(futures_util::FutureExt::now_or_never(on_b.next()).is_none());
-    settle().await;
+    // Open: each joined to its instance's reader, its position fixed.
+    let mut on_a = a.subscribe(&key("room")).opened().await;
+    let mut on_b = b.subscribe(&key("room")).opened().await;
     b.send(
         &key("room"),
         MessageEvent::new("from b").with_event_type("chat").unwrap(),
@@ -170,9 +169,7 @@ async fn a_client_resumes_on_another_instance_with_exactly_the_missed_events() {
         server.registry(RegistryConfig::default()).await,
         server.registry(RegistryConfig::default()).await,
     );
-    let mut on_a = a.subscribe(&key("feed"));
-    assert!(futures_util::FutureExt::now_or_never(on_a.next()).is_none());
-    settle().await;
+    let mut on_a = a.subscribe(&key("feed")).opened().await;
     a.send(&key("feed"), MessageEvent::new("1")).await.unwrap();
     let (last_id, _, _) = next(&mut on_a).await;
     drop(on_a);
@@ -210,8 +207,8 @@ async fn concurrent_senders_on_two_instances_and_random_resumes_leave_no_gap_or_
     let mut checkers = Vec::new();
     for s in 0..4 {
         let instances = instances.clone();
-        let mut subscription = instances[s % 2].subscribe(&key("hot"));
-        assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
+        // Open before anything is sent: every event is this stream's.
+        let mut subscription = instances[s % 2].subscribe(&key("hot")).opened().await;
         checkers.push(tokio::spawn(async move {
             let mut seen: Vec<(String, String)> = Vec::new();
             let mut last: Option<String> = None;
@@ -242,7 +239,6 @@ async fn concurrent_senders_on_two_instances_and_random_resumes_leave_no_gap_or_
             (seen, hops)
         }));
     }
-    settle().await;
     let senders: Vec<_> = (0..4)
         .map(|sender| {
             let registry = instances[sender % 2].clone();
@@ -294,9 +290,7 @@ async fn send_fails_while_redis_is_down_and_delivery_recovers_after() {
         return;
     };
     let registry = server.registry(RegistryConfig::default()).await;
-    let mut subscription = registry.subscribe(&key("k"));
-    assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
-    settle().await;
+    let mut subscription = registry.subscribe(&key("k")).opened().await;
     server.kill().await;
     let failed = tokio::time::timeout(
         Duration::from_secs(10),
@@ -334,9 +328,7 @@ async fn with_appendonly_always_acknowledged_events_survive_a_redis_restart() {
         return;
     };
     let registry = server.registry(RegistryConfig::default()).await;
-    let mut subscription = registry.subscribe(&key("k"));
-    assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
-    settle().await;
+    let mut subscription = registry.subscribe(&key("k")).opened().await;
     registry
         .send(&key("k"), MessageEvent::new("seen"))
         .await
@@ -363,9 +355,7 @@ async fn without_persistence_a_resume_after_a_restart_gets_the_reset_signal() {
         return;
     };
     let registry = server.registry(RegistryConfig::default()).await;
-    let mut subscription = registry.subscribe(&key("k"));
-    assert!(futures_util::FutureExt::now_or_never(subscription.next()).is_none());
-    settle().await;
+    let mut subscription = registry.subscribe(&key("k")).opened().await;
     registry
         .send(&key("k"), MessageEvent::new("seen"))
         .await
@@ -411,8 +401,8 @@ async fn two_chat_instances_share_rooms_and_resume_each_others_ids_over_http() {
             });
         async move { within(request.send()).await.unwrap().status() }
     };
+    // Its `200` came once it was subscribed.
     let mut on_b = events(open(&instances[1].url("/rooms/general/events")).await);
-    settle().await;
     assert_eq!(say(&instances[0], "posted on A").await, 202);
     let seen = next_event(&mut on_b).await;
     assert!(seen.data.contains("posted on A"), "{}", seen.data);
@@ -458,7 +448,6 @@ async fn broadcast_reaches_every_key_on_every_instance() {
         let first = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await;
         assert!(matches!(first, Ok(Some(ref event)) if event.is_resume_point()));
     }
-    settle().await;
 
     let started = std::time::Instant::now();
     a.broadcast(MessageEvent::new("to all")).await.unwrap();
@@ -624,7 +613,6 @@ async fn a_stream_for_many_keys_resumes_exactly_on_the_other_instance() {
         .unwrap()
         .unwrap();
     assert!(first.is_resume_point());
-    settle().await;
     b.send(&rooms[1], MessageEvent::new("r2-seen"))
         .await
         .unwrap();
@@ -645,7 +633,6 @@ async fn a_stream_for_many_keys_resumes_exactly_on_the_other_instance() {
     }
     got.sort();
     assert_eq!(got, ["r1-missed", "r2-missed", "r3-missed", "to all"]);
-    settle().await;
     a.send(&rooms[2], MessageEvent::new("live")).await.unwrap();
     assert_eq!(next(&mut on_b).await.2, "live", "then live, nothing twice");
 }
