@@ -250,7 +250,7 @@ async fn a_silent_connection_is_dropped_and_the_stream_resumes_on_a_new_one() {
     ])
     .await;
     let events = EventStream::<Event>::new(reqwest::Client::new().get(server.url("/stream")))
-        .idle_timeout(Some(Duration::from_millis(300)));
+        .idle_timeout(Some(Duration::from_secs(2)));
     let items = all(events).await;
     let data: Vec<&str> = items.iter().map(data).collect();
     assert_eq!(data, ["a", "b"]);
