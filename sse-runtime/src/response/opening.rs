@@ -12,6 +12,10 @@
 //! until it yields its first item, or returns `Pending` without saying it
 //! is still opening. Any wrapper (`take_until`, `map`, a multi-key stream)
 //! passes the signal on, since it polls the inner stream in the same call.
+//!
+//! The wait is bounded by [`OPEN_WAIT`]: a stream that cannot open (its
+//! Redis unreachable) gets its head then, and keep-alives, rather than a
+//! client and a proxy left with no answer; it opens when Redis is back.
 
 use std::cell::Cell;
 use std::future::Future;
@@ -48,11 +52,15 @@ pub(crate) async fn while_opening<F: Future>(future: F) -> F::Output {
     .await
 }
 
+/// The longest a response's head waits for its stream to open.
+pub(crate) const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// `stream` once it is open: polled until it yields its first item (kept
-/// for the response), ends, or is pending without [`still_opening`].
+/// for the response), ends, or is pending without [`still_opening`]; or
+/// after [`OPEN_WAIT`], open or not.
 pub(crate) async fn opened<S: Stream>(stream: S) -> Opened<S> {
     let mut stream = Box::pin(stream);
-    let first = std::future::poll_fn(|cx| {
+    let open = std::future::poll_fn(|cx| {
         OPENING.with(|opening| opening.set(false));
         let polled = stream.as_mut().poll_next(cx);
         let opening = OPENING.with(|opening| opening.replace(false));
@@ -61,8 +69,8 @@ pub(crate) async fn opened<S: Stream>(stream: S) -> Opened<S> {
             Poll::Pending if opening => Poll::Pending,
             Poll::Pending => Poll::Ready(None),
         }
-    })
-    .await;
+    });
+    let first = tokio::time::timeout(OPEN_WAIT, open).await.unwrap_or(None);
     Opened { first, stream }
 }
 
@@ -107,6 +115,20 @@ mod tests {
         let stream = waiting.await;
         let items: Vec<_> = stream.collect().await;
         assert_eq!(items, ["resume point", "first event"]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_stream_that_cannot_open_gets_its_head_after_the_bound_and_opens_later() {
+        let (open, opening) = tokio::sync::oneshot::channel();
+        let started = tokio::time::Instant::now();
+        let mut stream = opened(opening_until(opening)).await;
+        assert_eq!(started.elapsed(), OPEN_WAIT);
+        assert!(
+            (&mut stream).next().now_or_never().is_none(),
+            "still opening"
+        );
+        open.send(()).unwrap();
+        assert_eq!(stream.next().await, Some("resume point"));
     }
 
     #[tokio::test]
