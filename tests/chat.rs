@@ -13,18 +13,7 @@ async fn chat() -> (TestServer, ChatController) {
 }
 
 async fn say(server: &TestServer, room: &str, user: &str, text: &str) -> u16 {
-    let response = within(
-        reqwest::Client::new()
-            .post(server.url(&format!("/rooms/{room}/messages")))
-            .json(&ChatMessage {
-                user: user.into(),
-                text: text.into(),
-            })
-            .send(),
-    )
-    .await
-    .unwrap();
-    response.status().as_u16()
+    sse_tests::say(&server.url(""), room, user, text).await
 }
 
 #[tokio::test]

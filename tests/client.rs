@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use axum::http::{Method, StatusCode};
-use chat::{ChatController, ChatEvent, ChatMessage, Said};
+use chat::{ChatController, ChatEvent, Said};
 use futures_util::StreamExt;
 use sse_runtime::RegistryConfig;
 use sse_runtime::client::{ClientError, Event, EventStream, ReadEvent, Received};
@@ -35,18 +35,7 @@ fn read_in_background<T: ReadEvent + Send + 'static>(
 }
 
 async fn say(base: &str, user: &str, text: &str) {
-    let response = within(
-        reqwest::Client::new()
-            .post(format!("{base}/rooms/general/messages"))
-            .json(&ChatMessage {
-                user: user.into(),
-                text: text.into(),
-            })
-            .send(),
-    )
-    .await
-    .unwrap();
-    assert_eq!(response.status(), 202);
+    assert_eq!(sse_tests::say(base, "general", user, text).await, 202);
 }
 
 /// The next `said`, failing on anything else (a reset, an error).

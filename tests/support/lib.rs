@@ -205,3 +205,19 @@ impl RawResponse {
         std::mem::replace(&mut self.pending, rest)
     }
 }
+
+/// Posts a chat message to `room` of the chat app at `base`; the status.
+pub async fn say(base: &str, room: &str, user: &str, text: &str) -> u16 {
+    let response = within(
+        reqwest::Client::new()
+            .post(format!("{base}/rooms/{room}/messages"))
+            .json(&chat::ChatMessage {
+                user: user.into(),
+                text: text.into(),
+            })
+            .send(),
+    )
+    .await
+    .unwrap();
+    response.status().as_u16()
+}
