@@ -1,0 +1,1 @@
+//! Nothing: the crate exists for its `ui` test (see `ui.rs`).
