@@ -123,10 +123,7 @@ mod tests {
         let started = tokio::time::Instant::now();
         let mut stream = opened(opening_until(opening)).await;
         assert_eq!(started.elapsed(), OPEN_WAIT);
-        assert!(
-            (&mut stream).next().now_or_never().is_none(),
-            "still opening"
-        );
+        assert!(stream.next().now_or_never().is_none(), "still opening");
         open.send(()).unwrap();
         assert_eq!(stream.next().await, Some("resume point"));
     }
