@@ -74,6 +74,14 @@ impl Position {
             broadcast: self.broadcast.max(other.broadcast),
         }
     }
+
+    /// Each part the earlier of the two.
+    pub(crate) fn min(self, other: Position) -> Position {
+        Position {
+            key: self.key.min(other.key),
+            broadcast: self.broadcast.min(other.broadcast),
+        }
+    }
 }
 
 impl Display for Position {

@@ -316,8 +316,16 @@ impl Subscription {
         match covered {
             Ok(last) => self.replay_after(last, None),
             Err(ResetReason::UnknownId) if let Ok(last) = resume => {
-                let reset = self.inner.reset_event(ResetReason::UnknownId, last);
-                self.replay_after(last, Some(reset))
+                // Never after the stream's newest entry: an id beyond it (a
+                // lost entry's, on a master whose clock is behind; a made-up
+                // one) would otherwise skip, without a word, newer entries
+                // whose ids are lower.
+                let from = match self.inner.current_position(&self.stream).await {
+                    Ok(current) => last.min(current),
+                    Err(_) => last,
+                };
+                let reset = self.inner.reset_event(ResetReason::UnknownId, from);
+                self.replay_after(from, Some(reset))
             }
             Err(reason) => match self.inner.current_position(&self.stream).await {
                 Ok(position) => {
