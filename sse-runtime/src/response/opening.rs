@@ -38,6 +38,16 @@ pub(crate) fn still_opening() {
     OPENING.with(|opening| opening.set(true));
 }
 
+/// Runs `poll` (a poll of a stream, on this thread) and says whether the
+/// stream was still opening in it: what a test waits on, rather than a
+/// sleep, before it sends to a subscription.
+#[cfg(feature = "testing")]
+pub(crate) fn polled_while_opening<T>(poll: impl FnOnce() -> T) -> (T, bool) {
+    OPENING.with(|opening| opening.set(false));
+    let polled = poll();
+    (polled, OPENING.with(|opening| opening.replace(false)))
+}
+
 /// `future`, saying [`still_opening`] whenever it is pending.
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 pub(crate) async fn while_opening<F: Future>(future: F) -> F::Output {

@@ -46,6 +46,7 @@ use futures_util::{FutureExt, StreamExt};
 pub use broadcast::*;
 pub use keys::*;
 
+use crate::response::opening::polled_while_opening;
 use crate::testing::{fields, next_event};
 use crate::{EncodedEvent, MessageEvent, Registry, RegistryConfig, Subscription};
 
@@ -164,8 +165,9 @@ pub(super) async fn next_fields(
 }
 
 /// Polls `subscription` (a subscription joins its broker as it is first
-/// polled) until `key` counts `expected` subscribers: from then on it
-/// receives everything sent.
+/// polled) until `key` counts `expected` subscribers and the subscription
+/// is open (its position fixed: a Redis subscription to a key new to its
+/// instance takes a round trip): from then on it receives everything sent.
 pub(super) async fn joined(
     registry: &Registry<String>,
     subscription: &mut Subscription,
@@ -174,13 +176,14 @@ pub(super) async fn joined(
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(item) = subscription.next().now_or_never() {
+        let (item, opening) = polled_while_opening(|| subscription.next().now_or_never());
+        if let Some(item) = item {
             assert!(
                 item.is_some_and(|event| event.is_resume_point()),
                 "nothing sent yet"
             );
         }
-        if registry.subscriber_count(&key.to_owned()) >= expected {
+        if !opening && registry.subscriber_count(&key.to_owned()) >= expected {
             break;
         }
         assert!(
@@ -189,8 +192,6 @@ pub(super) async fn joined(
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    // A Redis instance's reader picks up a key new to it at its next read.
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 pub(super) async fn send(registry: &Registry<String>, key: &str, data: &str) -> usize {
@@ -299,19 +300,20 @@ pub(super) async fn joined_many(
 ) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        if let Some(item) = subscription.next().now_or_never() {
+        let (item, opening) = polled_while_opening(|| subscription.next().now_or_never());
+        if let Some(item) = item {
             assert!(item.is_some_and(|event| event.is_resume_point()));
         }
-        if keys
-            .iter()
-            .all(|key| registry.subscriber_count(&(*key).to_owned()) >= 1)
+        if !opening
+            && keys
+                .iter()
+                .all(|key| registry.subscriber_count(&(*key).to_owned()) >= 1)
         {
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "never joined");
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
 /// Sends `count` events to `key` while a fast subscriber keeps up, so that
