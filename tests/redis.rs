@@ -806,7 +806,10 @@ async fn a_resume_from_an_id_ahead_of_the_stream_is_reset_and_then_misses_nothin
     };
     let registry = server.registry(RegistryConfig::default()).await;
     let mut first = registry.subscribe(&key("ahead")).opened().await;
-    registry.send(&key("ahead"), MessageEvent::new("before")).await.unwrap();
+    registry
+        .send(&key("ahead"), MessageEvent::new("before"))
+        .await
+        .unwrap();
     let (real, _, _) = next(&mut first).await;
     let (millis, _) = real.split_once('-').unwrap();
     let ahead = format!("{}-0", millis.parse::<u64>().unwrap() + 60_000);
@@ -815,6 +818,9 @@ async fn a_resume_from_an_id_ahead_of_the_stream_is_reset_and_then_misses_nothin
     assert_eq!(event_type, "reset");
     assert_eq!(data, "{\"reason\":\"unknown_id\"}");
     assert_eq!(reset_id, real, "the reset carries the stream's position");
-    registry.send(&key("ahead"), MessageEvent::new("after")).await.unwrap();
+    registry
+        .send(&key("ahead"), MessageEvent::new("after"))
+        .await
+        .unwrap();
     assert_eq!(next(&mut resumed).await.2, "after");
 }
