@@ -39,9 +39,8 @@ pub(crate) fn still_opening() {
 }
 
 /// Runs `poll` (a poll of a stream, on this thread) and says whether the
-/// stream was still opening in it: what a test waits on, rather than a
-/// sleep, before it sends to a subscription.
-#[cfg(feature = "testing")]
+/// stream was still opening in it: what [`opened`] waits on, and a test
+/// too, rather than a sleep, before it sends to a subscription.
 pub(crate) fn polled_while_opening<T>(poll: impl FnOnce() -> T) -> (T, bool) {
     OPENING.with(|opening| opening.set(false));
     let polled = poll();
@@ -70,16 +69,14 @@ pub(crate) const OPEN_WAIT: std::time::Duration = std::time::Duration::from_secs
 /// after [`OPEN_WAIT`], open or not.
 pub(crate) async fn opened<S: Stream>(stream: S) -> Opened<S> {
     let mut stream = Box::pin(stream);
-    let open = std::future::poll_fn(|cx| {
-        OPENING.with(|opening| opening.set(false));
-        let polled = stream.as_mut().poll_next(cx);
-        let opening = OPENING.with(|opening| opening.replace(false));
-        match polled {
-            Poll::Ready(item) => Poll::Ready(Some(item)),
-            Poll::Pending if opening => Poll::Pending,
-            Poll::Pending => Poll::Ready(None),
-        }
-    });
+    let open =
+        std::future::poll_fn(
+            |cx| match polled_while_opening(|| stream.as_mut().poll_next(cx)) {
+                (Poll::Ready(item), _) => Poll::Ready(Some(item)),
+                (Poll::Pending, true) => Poll::Pending,
+                (Poll::Pending, false) => Poll::Ready(None),
+            },
+        );
     let first = tokio::time::timeout(OPEN_WAIT, open).await.unwrap_or(None);
     Opened { first, stream }
 }
