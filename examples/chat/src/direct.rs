@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 use sse_runtime::typescript::TS;
 use sse_runtime::{LastEventId, Registry, Subscription, post, sse, sse_controller};
 
-use crate::{ChatEvent, MAX_TEXT_LEN, MAX_USER_LEN};
+use crate::{ChatEvent, MAX_USER_LEN, bearer_token, check_message};
 
 /// How long a session lasts by default.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(60 * 60);
@@ -100,10 +100,7 @@ impl Sessions {
         &self,
         headers: &HeaderMap,
     ) -> Result<(String, impl Future<Output = ()> + Send + 'static), NotLoggedIn> {
-        let token = headers
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "));
+        let token = bearer_token(headers);
         let now = tokio::time::Instant::now();
         let session = token.and_then(|token| {
             let sessions = self.sessions.lock().unwrap();
@@ -240,15 +237,8 @@ impl DirectMessages {
             Ok((from, _)) => from,
             Err(refused) => return refused.into_response(),
         };
-        if to.is_empty()
-            || to.chars().count() > MAX_USER_LEN
-            || message.text.chars().count() > MAX_TEXT_LEN
-        {
-            return (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("a user of 1 to {MAX_USER_LEN} characters and a text of at most {MAX_TEXT_LEN}\n"),
-            )
-                .into_response();
+        if let Err(refused) = check_message(&to, &message.text) {
+            return refused;
         }
         let event = ChatEvent::Direct(Direct {
             from: from.clone(),

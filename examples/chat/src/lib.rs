@@ -341,10 +341,7 @@ fn check_admin(chat: &ChatController, headers: &HeaderMap) -> Result<(), StatusC
     let Some(admin_token) = chat.admin_token.as_deref() else {
         return Err(StatusCode::FORBIDDEN);
     };
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
+    let given = bearer_token(headers);
     // Compared in time that does not depend on where the two differ.
     let matches = given.is_some_and(|given| {
         given.len() == admin_token.len()
@@ -361,6 +358,31 @@ fn check_admin(chat: &ChatController, headers: &HeaderMap) -> Result<(), StatusC
     }
 }
 
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.strip_prefix("Bearer "))
+}
+
+/// `422` unless `user` has 1 to [`MAX_USER_LEN`] characters and `text` at
+/// most [`MAX_TEXT_LEN`]: what a message to a room or to a user must be.
+#[allow(clippy::result_large_err)] // An error answer, made once per refusal.
+fn check_message(user: &str, text: &str) -> Result<(), Response> {
+    if user.is_empty() || user.chars().count() > MAX_USER_LEN || text.chars().count() > MAX_TEXT_LEN
+    {
+        return Err((
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!(
+                "a user of 1 to {MAX_USER_LEN} characters and a text of at most {MAX_TEXT_LEN}\n"
+            ),
+        )
+            .into_response());
+    }
+    Ok(())
+}
+
 /// Checks and sends one message to a room; answers how many streams got it.
 async fn post_to_room(
     chat: &ChatController,
@@ -372,17 +394,8 @@ async fn post_to_room(
         return (StatusCode::NOT_FOUND, "no such room\n").into_response();
     }
     let user = message.user.trim();
-    if user.is_empty()
-        || user.chars().count() > MAX_USER_LEN
-        || message.text.chars().count() > MAX_TEXT_LEN
-    {
-        return (
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!(
-                "a user of 1 to {MAX_USER_LEN} characters and a text of at most {MAX_TEXT_LEN}\n"
-            ),
-        )
-            .into_response();
+    if let Err(refused) = check_message(user, &message.text) {
+        return refused;
     }
     let message = ChatMessage {
         user: user.to_owned(),
