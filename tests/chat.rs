@@ -5,7 +5,9 @@
 use std::time::Duration;
 
 use chat::{ChatController, ChatMessage};
-use sse_tests::{RawResponse, TestServer, events, eventually, next_event, open, within};
+use sse_tests::{
+    RawResponse, TestServer, events, eventually, next_event, open, read_in_background, within,
+};
 
 async fn chat() -> (TestServer, ChatController) {
     let chat = ChatController::new(["general", "random"]);
@@ -292,34 +294,29 @@ async fn send_direct(server: &TestServer, token: Option<&str>, to: &str, text: &
     within(request.send()).await.unwrap().status().as_u16()
 }
 
+type Private = tokio::sync::mpsc::UnboundedReceiver<
+    Result<sse_runtime::client::Received<chat::ChatEvent>, sse_runtime::client::ClientError>,
+>;
+
 /// A private stream read by the Rust client, in a task of its own (so it
-/// connects and keeps reading); its items arrive on the channel.
-fn read_private(server: &TestServer, token: &str) -> tokio::sync::mpsc::UnboundedReceiver<String> {
-    use futures_util::StreamExt;
-    let mut events = sse_runtime::client::EventStream::<chat::ChatEvent>::new(
+/// connects and keeps reading).
+fn read_private(server: &TestServer, token: &str) -> Private {
+    read_in_background(sse_runtime::client::EventStream::new(
         reqwest::Client::new()
             .get(server.url("/me/events"))
             .bearer_auth(token),
-    );
-    let (items, received) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(item) = events.next().await {
-            let item = match item {
-                Ok(sse_runtime::client::Received::Event(chat::ChatEvent::Direct(direct))) => {
-                    format!("{} to {}: {}", direct.from, direct.to, direct.text)
-                }
-                other => format!("{other:?}"),
-            };
-            if items.send(item).is_err() {
-                return;
-            }
-        }
-    });
-    received
+    ))
 }
 
-async fn next(items: &mut tokio::sync::mpsc::UnboundedReceiver<String>) -> String {
-    within(items.recv()).await.expect("the stream went on")
+/// The next item of a private stream: a direct message, as "from to to:
+/// text", or anything else as it came.
+async fn next(items: &mut Private) -> String {
+    match within(items.recv()).await.expect("the stream went on") {
+        Ok(sse_runtime::client::Received::Event(chat::ChatEvent::Direct(direct))) => {
+            format!("{} to {}: {}", direct.from, direct.to, direct.text)
+        }
+        other => format!("{other:?}"),
+    }
 }
 
 #[tokio::test]

@@ -15,24 +15,7 @@ use futures_util::StreamExt;
 use sse_runtime::RegistryConfig;
 use sse_runtime::client::{ClientError, Event, EventStream, ReadEvent, Received};
 use sse_tests::scripted::{Answer, scripted};
-use sse_tests::{TestServer, eventually, redis_cluster, redis_server, within};
-
-/// Reads `events` in a task of its own (as an app would), so the stream
-/// keeps reconnecting while the test does other things; its items arrive
-/// on the returned channel.
-fn read_in_background<T: ReadEvent + Send + 'static>(
-    mut events: EventStream<T>,
-) -> tokio::sync::mpsc::UnboundedReceiver<Result<Received<T>, ClientError>> {
-    let (items, received) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Some(item) = events.next().await {
-            if items.send(item).is_err() {
-                return;
-            }
-        }
-    });
-    received
-}
+use sse_tests::{TestServer, eventually, read_in_background, redis_cluster, redis_server, within};
 
 async fn say(base: &str, user: &str, text: &str) {
     assert_eq!(sse_tests::say(base, "general", user, text).await, 202);

@@ -221,3 +221,22 @@ pub async fn say(base: &str, room: &str, user: &str, text: &str) -> u16 {
     .unwrap();
     response.status().as_u16()
 }
+
+/// Reads `events` in a task of its own (as an app would), so the stream
+/// keeps reconnecting while the test does other things; its items arrive
+/// on the returned channel.
+pub fn read_in_background<T: sse_runtime::client::ReadEvent + Send + 'static>(
+    mut events: sse_runtime::client::EventStream<T>,
+) -> tokio::sync::mpsc::UnboundedReceiver<
+    Result<sse_runtime::client::Received<T>, sse_runtime::client::ClientError>,
+> {
+    let (items, received) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Some(item) = events.next().await {
+            if items.send(item).is_err() {
+                return;
+            }
+        }
+    });
+    received
+}
