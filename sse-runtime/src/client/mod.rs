@@ -285,96 +285,46 @@ fn run<T: ReadEvent + Send + 'static>(
         };
         let mut failures = 0u32;
         loop {
-            let Some(mut attempt) = request.try_clone() else {
-                yield Err(ClientError::BodyNotReplayable);
-                return;
-            };
             let (last_event_id, retry) = {
                 let position = position.lock().unwrap();
                 (position.last_event_id.clone(), position.retry)
             };
-            let headers = attempt.headers_mut();
-            headers.insert(header::ACCEPT, HeaderValue::from_static("text/event-stream"));
-            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            if !last_event_id.is_empty() {
-                // Any id the parser keeps is a valid value (no CR, LF or
-                // NUL); other control characters are not, and are dropped.
-                match HeaderValue::from_bytes(last_event_id.as_bytes()) {
-                    Ok(value) => {
-                        headers.insert("last-event-id", value);
-                    }
-                    Err(_) => tracing::warn!(
-                        id = %last_event_id.escape_debug(),
-                        "the last event id cannot be sent as a header; reconnecting without it"
-                    ),
-                }
-            }
-            let ended = match http.execute(attempt).await {
-                Err(error) => {
-                    tracing::debug!(%error, "event stream: connection failed");
-                    Ended::Failed
-                }
-                Ok(response) => {
-                    let status = response.status();
-                    if status == reqwest::StatusCode::NO_CONTENT {
-                        return;
-                    }
-                    if status.is_client_error()
-                        && status != reqwest::StatusCode::REQUEST_TIMEOUT
-                        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
-                    {
-                        yield Err(ClientError::Status(status));
-                        return;
-                    }
-                    if !status.is_success() {
-                        tracing::debug!(%status, "event stream: the server failed");
-                        Ended::Failed
-                    } else if let Some(other) = not_event_stream(response.headers()) {
-                        yield Err(ClientError::NotEventStream(other));
-                        return;
-                    } else {
-                        failures = 0;
-                        let mut parser = Parser::continuing(last_event_id, retry);
-                        let mut body = response.bytes_stream();
-                        loop {
-                            let next = match settings.idle_timeout {
-                                Some(timeout) => match tokio::time::timeout(timeout, body.next()).await {
-                                    Ok(next) => next.map(|chunk| chunk.map_err(Some)),
-                                    Err(_) => {
-                                        tracing::debug!("event stream: silent for too long");
-                                        Some(Err(None))
-                                    }
-                                },
-                                None => body.next().await.map(|chunk| chunk.map_err(Some)),
-                            };
-                            let ended = match next {
-                                Some(Ok(bytes)) => {
-                                    parser.feed(&bytes);
-                                    None
-                                }
-                                Some(Err(error)) => {
-                                    if let Some(error) = error {
-                                        tracing::debug!(%error, "event stream: connection lost");
-                                    }
-                                    parser.finish();
-                                    Some(Ended::Failed)
-                                }
-                                None => {
-                                    parser.finish();
-                                    Some(Ended::Closed)
-                                }
-                            };
-                            while let Some(event) = parser.pop_event() {
-                                let item = read(event, &settings.reset_event_type);
-                                record(&position, &parser);
-                                yield item;
+            let Some(attempt) = resending(&request, &last_event_id) else {
+                yield Err(ClientError::BodyNotReplayable);
+                return;
+            };
+            let ended = match answer(http.execute(attempt).await) {
+                Answer::Stream(response) => {
+                    failures = 0;
+                    let mut parser = Parser::continuing(last_event_id, retry);
+                    let mut body = response.bytes_stream();
+                    loop {
+                        let ended = match next_chunk(&mut body, settings.idle_timeout).await {
+                            Chunk::Bytes(bytes) => {
+                                parser.feed(&bytes);
+                                None
                             }
+                            Chunk::End(ended) => {
+                                parser.finish();
+                                Some(ended)
+                            }
+                        };
+                        while let Some(event) = parser.pop_event() {
+                            let item = read(event, &settings.reset_event_type);
                             record(&position, &parser);
-                            if let Some(ended) = ended {
-                                break ended;
-                            }
+                            yield item;
+                        }
+                        record(&position, &parser);
+                        if let Some(ended) = ended {
+                            break ended;
                         }
                     }
+                }
+                Answer::Failed => Ended::Failed,
+                Answer::Ended => return,
+                Answer::Refused(error) => {
+                    yield Err(error);
+                    return;
                 }
             };
             if let Ended::Failed = ended {
@@ -384,6 +334,106 @@ fn run<T: ReadEvent + Send + 'static>(
             let retry = retry.unwrap_or(settings.default_retry);
             tokio::time::sleep(backoff::delay(retry, failures, settings.max_backoff)).await;
         }
+    }
+}
+
+/// `request` again, as this connection sends it: `Accept` and
+/// `Cache-Control` for an event stream, and `Last-Event-ID` when there is
+/// one. `None` when its body is a stream, which cannot be sent twice.
+fn resending(request: &reqwest::Request, last_event_id: &str) -> Option<reqwest::Request> {
+    let mut attempt = request.try_clone()?;
+    let headers = attempt.headers_mut();
+    headers.insert(
+        header::ACCEPT,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    if !last_event_id.is_empty() {
+        // Any id the parser keeps is a valid value (no CR, LF or NUL);
+        // other control characters are not, and are dropped.
+        match HeaderValue::from_bytes(last_event_id.as_bytes()) {
+            Ok(value) => {
+                headers.insert("last-event-id", value);
+            }
+            Err(_) => tracing::warn!(
+                id = %last_event_id.escape_debug(),
+                "the last event id cannot be sent as a header; reconnecting without it"
+            ),
+        }
+    }
+    Some(attempt)
+}
+
+/// What a connection attempt came to.
+enum Answer {
+    /// An event stream to read.
+    Stream(reqwest::Response),
+    /// `204`: the stream is over.
+    Ended,
+    /// A refusal (a `4xx` but `408` and `429`, or not an event stream):
+    /// the error, then the end.
+    Refused(ClientError),
+    /// A network error or a `5xx`, `408` or `429`: try again later.
+    Failed,
+}
+
+fn answer(sent: reqwest::Result<reqwest::Response>) -> Answer {
+    let response = match sent {
+        Ok(response) => response,
+        Err(error) => {
+            tracing::debug!(%error, "event stream: connection failed");
+            return Answer::Failed;
+        }
+    };
+    let status = response.status();
+    if status == reqwest::StatusCode::NO_CONTENT {
+        return Answer::Ended;
+    }
+    if status.is_client_error()
+        && status != reqwest::StatusCode::REQUEST_TIMEOUT
+        && status != reqwest::StatusCode::TOO_MANY_REQUESTS
+    {
+        return Answer::Refused(ClientError::Status(status));
+    }
+    if !status.is_success() {
+        tracing::debug!(%status, "event stream: the server failed");
+        return Answer::Failed;
+    }
+    match not_event_stream(response.headers()) {
+        Some(other) => Answer::Refused(ClientError::NotEventStream(other)),
+        None => Answer::Stream(response),
+    }
+}
+
+/// What reading the body came to.
+enum Chunk {
+    Bytes(bytes::Bytes),
+    End(Ended),
+}
+
+/// The body's next bytes, or how it ended: closed by the server, or failed
+/// (an error, or silent past `idle_timeout`).
+async fn next_chunk(
+    body: &mut (impl Stream<Item = reqwest::Result<bytes::Bytes>> + Unpin),
+    idle_timeout: Option<Duration>,
+) -> Chunk {
+    let next = match idle_timeout {
+        Some(timeout) => match tokio::time::timeout(timeout, body.next()).await {
+            Ok(next) => next,
+            Err(_) => {
+                tracing::debug!("event stream: silent for too long");
+                return Chunk::End(Ended::Failed);
+            }
+        },
+        None => body.next().await,
+    };
+    match next {
+        Some(Ok(bytes)) => Chunk::Bytes(bytes),
+        Some(Err(error)) => {
+            tracing::debug!(%error, "event stream: connection lost");
+            Chunk::End(Ended::Failed)
+        }
+        None => Chunk::End(Ended::Closed),
     }
 }
 
