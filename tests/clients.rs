@@ -60,20 +60,24 @@ async fn every_conformance_case_reads_back_exactly_with_the_fetch_transport_in_n
         return;
     }
     let server = TestServer::start(conformance::app()).await;
-    let base = server.url("");
+    let results = node(&["node_fetch_client.mjs", &server.url("")]).await;
+    // Events expose no retry field, as in the browser.
+    conformance::assert_all_cases("FetchEventSource in Node", false, |case| {
+        conformance::seen_from_json(&results[&case.name])
+    });
+}
+
+/// Runs a script of `clients/` in Node; the JSON it prints.
+async fn node(args: &[&str]) -> serde_json::Value {
     let output = run(
         "node",
-        &["node_fetch_client.mjs", &base],
+        args,
         &[],
         &tests_dir().join("clients"),
         Duration::from_secs(60),
     )
     .await;
-    let results: serde_json::Value = serde_json::from_str(&output).expect("the client prints JSON");
-    // Events expose no retry field, as in the browser.
-    conformance::assert_all_cases("FetchEventSource in Node", false, |case| {
-        conformance::seen_from_json(&results[&case.name])
-    });
+    serde_json::from_str(&output).expect("the client prints JSON")
 }
 
 /// Plays `scenario` of `node_fetch_behaviour.mjs` against a server answering
@@ -85,16 +89,7 @@ async fn fetch_transport_in_node(
 ) -> Option<(serde_json::Value, Vec<Seen>)> {
     require(&[("node", runs("node"))]).ok()?;
     let (server, seen) = scripted(answers).await;
-    let url = server.url("/stream");
-    let output = run(
-        "node",
-        &["node_fetch_behaviour.mjs", scenario, &url],
-        &[],
-        &tests_dir().join("clients"),
-        Duration::from_secs(60),
-    )
-    .await;
-    let saw = serde_json::from_str(&output).expect("the client prints JSON");
+    let saw = node(&["node_fetch_behaviour.mjs", scenario, &server.url("/stream")]).await;
     let requests = seen.lock().unwrap().clone();
     Some((saw, requests))
 }

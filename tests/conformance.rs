@@ -30,12 +30,7 @@ async fn play(server: &TestServer, case: &str) -> Vec<Seen> {
         while let Some(event) = within(events.next()).await {
             let event = event.unwrap_or_else(|e| panic!("{case}: parse error {e}"));
             last_event_id = event.id.clone();
-            seen.push(Seen {
-                event_type: event.event,
-                data: event.data,
-                last_event_id: event.id,
-                retry: event.retry.map(|r| r.as_millis() as u64),
-            });
+            seen.push(Seen::from(event));
         }
     }
     panic!("{case}: the server never answered 204");
@@ -68,12 +63,7 @@ async fn play_in_process(client: &sse_runtime::testing::TestClient, case: &str) 
         }
         assert_eq!(response.status(), 200, "{case}");
         while let Some(event) = response.next_event().await {
-            seen.push(Seen {
-                event_type: event.event,
-                data: event.data,
-                last_event_id: event.id,
-                retry: event.retry.map(|r| r.as_millis() as u64),
-            });
+            seen.push(Seen::from(event));
         }
         last_event_id = response.last_event_id().to_owned();
     }
@@ -107,12 +97,7 @@ async fn play_with_rust_client(server: &TestServer, case: &str) -> Vec<Seen> {
     items
         .into_iter()
         .map(|item| match item {
-            Ok(Received::Event(event)) => Seen {
-                event_type: event.event,
-                data: event.data,
-                last_event_id: event.id,
-                retry: event.retry.map(|r| r.as_millis() as u64),
-            },
+            Ok(Received::Event(event)) => Seen::from(event),
             other => panic!("{case}: {other:?}"),
         })
         .collect()

@@ -116,6 +116,30 @@ pub struct Seen {
     pub retry: Option<u64>,
 }
 
+impl From<sse_runtime::testing::Event> for Seen {
+    /// An event as `sse_runtime`'s own clients (`testing`, `client`) report it.
+    fn from(event: sse_runtime::testing::Event) -> Seen {
+        Seen {
+            event_type: event.event,
+            data: event.data,
+            last_event_id: event.id,
+            retry: event.retry.map(|retry| retry.as_millis() as u64),
+        }
+    }
+}
+
+impl From<eventsource_stream::Event> for Seen {
+    /// An event as eventsource-stream reports it.
+    fn from(event: eventsource_stream::Event) -> Seen {
+        Seen {
+            event_type: event.event,
+            data: event.data,
+            last_event_id: event.id,
+            retry: event.retry.map(|retry| retry.as_millis() as u64),
+        }
+    }
+}
+
 /// Compares what a client saw with the case's expectation. `check_retry` is
 /// false for clients that do not expose the retry field (the browser).
 pub fn check(case: &Case, seen: &[Seen], check_retry: bool) -> Result<(), String> {
