@@ -764,3 +764,136 @@ async fn joined_quietly(registry: &Registry<String>, key: &str) -> Subscription 
     }
     subscription
 }
+
+/// With `replicas_to_acknowledge(1)`, a send that its master wrote but no
+/// replica confirmed (the replicas are stalled) is not reported written: it
+/// fails with `OutcomeUnknown` (the master may lose it, killed or demoted),
+/// and its retry with the same idempotency key, once the replicas go on,
+/// answers the first write's id: the event is in the history once.
+/// Broadcasts likewise. Without the setting the send is acknowledged, and
+/// lost if the master then fails.
+#[tokio::test]
+async fn a_send_no_replica_confirmed_is_unknown_and_its_retry_is_written_once() {
+    let Some(mut cluster) = redis_cluster::start_with_replicas(1).await else {
+        return;
+    };
+    let registry = cluster
+        .registry(RegistryConfig::default().replicas_to_acknowledge(1))
+        .await;
+    let key = "replicated".to_owned();
+    let idempotency = |key: &str| sse_runtime::IdempotencyKey::new(key).unwrap();
+    let first = registry
+        .send_idempotent(&key, MessageEvent::new("one"), &idempotency("one"))
+        .await
+        .expect("a replica confirms it");
+
+    let masters = cluster.masters().await;
+    let replicas: Vec<u16> = cluster
+        .ports()
+        .into_iter()
+        .filter(|port| !masters.contains(port))
+        .collect();
+    for replica in &replicas {
+        cluster.freeze(*replica).await;
+    }
+    let unconfirmed = registry
+        .send_idempotent(&key, MessageEvent::new("two"), &idempotency("two"))
+        .await;
+    let broadcast = registry.broadcast(MessageEvent::new("everyone")).await;
+    for replica in &replicas {
+        cluster.thaw(*replica).await;
+    }
+    assert!(
+        matches!(
+            unconfirmed,
+            Err(sse_runtime::BrokerError::OutcomeUnknown(_))
+        ),
+        "{unconfirmed:?}"
+    );
+    assert!(
+        matches!(broadcast, Err(sse_runtime::BrokerError::OutcomeUnknown(_))),
+        "{broadcast:?}"
+    );
+
+    cluster.wait_for_replicas(replicas.len()).await;
+    let retried = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            match registry
+                .send_idempotent(&key, MessageEvent::new("two"), &idempotency("two"))
+                .await
+            {
+                Ok(sent) => return sent,
+                Err(error) => eprintln!("retrying: {error}"),
+            }
+        }
+    })
+    .await
+    .expect("the retry is confirmed once the replicas go on");
+    assert!(retried.duplicate, "the first write stood: {retried:?}");
+    registry
+        .send(&key, MessageEvent::new("three"))
+        .await
+        .expect("a replica confirms it");
+
+    // The unconfirmed broadcast was written too (its master lives): it
+    // arrives, once, with the rest.
+    let mut resumed = registry.subscribe_from(&key, Some(&first.id));
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        seen.push(next(&mut resumed).await.unwrap().2);
+    }
+    seen.sort();
+    assert_eq!(seen, ["everyone", "three", "two"], "each once");
+}
+
+/// A cluster node that stalls for less than a failover takes (a long
+/// pause of its host) and then goes on: a send that waited for it is
+/// written once, never once per attempt the client made meanwhile.
+#[tokio::test]
+async fn a_send_to_a_briefly_stalled_cluster_node_is_written_at_most_once() {
+    let Some(mut cluster) = redis_cluster::start().await else {
+        return;
+    };
+    let registry = cluster.registry(RegistryConfig::default()).await;
+    let key = "stalled".to_owned();
+    let first = registry
+        .send_idempotent(
+            &key,
+            MessageEvent::new("before"),
+            &sse_runtime::IdempotencyKey::new("before").unwrap(),
+        )
+        .await
+        .expect("the cluster is up");
+    let masters = cluster.masters().await;
+    for master in &masters {
+        cluster.freeze(*master).await;
+    }
+    let sending = tokio::spawn({
+        let registry = registry.clone();
+        let key = key.clone();
+        async move { registry.send(&key, MessageEvent::new("during")).await }
+    });
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    for master in &masters {
+        cluster.thaw(*master).await;
+    }
+    let during = sending.await.unwrap();
+    cluster.wait_until_ok().await;
+    registry
+        .send(&key, MessageEvent::new("after"))
+        .await
+        .expect("the cluster is back");
+    let mut resumed = registry.subscribe_from(&key, Some(&first.id));
+    let mut seen = Vec::new();
+    loop {
+        let data = next(&mut resumed).await.unwrap().2;
+        if data == "after" {
+            break;
+        }
+        seen.push(data);
+    }
+    assert!(seen.len() <= 1, "written {} times: {seen:?}", seen.len());
+    if during.is_ok() {
+        assert_eq!(seen, ["during"], "acknowledged, so written");
+    }
+}

@@ -319,6 +319,11 @@ impl RedisCluster {
         .await;
     }
 
+    /// The ports of the running nodes.
+    pub fn ports(&self) -> Vec<u16> {
+        self.ports.clone()
+    }
+
     /// Runs `redis-cli` against the node on `port` and returns what it printed.
     pub async fn cli(&self, port: u16, args: &[&str]) -> String {
         let out = tokio::process::Command::new("redis-cli")

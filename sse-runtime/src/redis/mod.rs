@@ -28,8 +28,11 @@
 //!   entry is still in the stream (trimming removes the oldest first); when it
 //!   is not, the id is ahead of the stream (`XINFO STREAM`), or the stream is
 //!   gone, the subscription starts with the reset signal.
-//! - Failure: `send` returns [`BrokerError::Unavailable`] when Redis does not
-//!   acknowledge the entry. Open subscriptions keep waiting while Redis is
+//! - Failure: `send` returns [`BrokerError::Unavailable`] when Redis surely
+//!   did not write the entry, and [`BrokerError::OutcomeUnknown`] when it may
+//!   have (no answer in time; or, with
+//!   [`RegistryConfig::replicas_to_acknowledge`], too few replicas confirmed
+//!   it). Open subscriptions keep waiting while Redis is
 //!   unreachable; the reader reconnects by itself and resumes from the last id
 //!   it delivered, so entries that Redis kept are delivered once it is back.
 //!
@@ -142,6 +145,17 @@ fn changed_while_waiting() -> BrokerError {
     )
 }
 
+/// A send written on its master that fewer replicas than
+/// [`RegistryConfig::replicas_to_acknowledge`] confirmed in time: the master
+/// may lose it (killed before replicating, or demoted after a freeze).
+fn not_replicated() -> BrokerError {
+    BrokerError::OutcomeUnknown(
+        "Redis wrote the event but too few replicas confirmed it in time: it may be lost with \
+         its master; retry with its idempotency key"
+            .to_owned(),
+    )
+}
+
 /// What a failed send tells its caller: whether Redis surely did not write
 /// it ([`BrokerError::Unavailable`]: refused, unreachable, or a server
 /// error before any write), or may have ([`BrokerError::OutcomeUnknown`]:
@@ -189,7 +203,10 @@ impl<K> RedisBroker<K> {
     /// Redis replicates asynchronously: an event `send` reported as recorded
     /// may be lost with the old master. Subscribers then get every event
     /// Redis kept, in order, or the reset signal where the reader cannot
-    /// tell; a failover can cost events, never a silent gap.
+    /// tell; a failover can cost events, never a silent gap. With
+    /// [`RegistryConfig::replicas_to_acknowledge`], a send is reported
+    /// recorded only once a replica holds it, and a failover then costs no
+    /// acknowledged event.
     pub async fn connect_cluster(
         urls: &[&str],
         config: RegistryConfig,
@@ -289,10 +306,11 @@ impl Inner {
             return Err(changed_while_waiting());
         }
         match sent {
-            Ok((id, true)) => Ok(Sent::new(id, true, 0)),
+            Ok(written) if !written.replicated => Err(not_replicated()),
+            Ok(written) if written.repeat => Ok(Sent::new(written.id, true, 0)),
             // The id is empty without a record: [`Broker::publish`] does
             // not answer it.
-            Ok((id, false)) => Ok(Sent::new(id, false, self.local_subscribers(stream))),
+            Ok(written) => Ok(Sent::new(written.id, false, self.local_subscribers(stream))),
             Err(error) => {
                 if is_wrong_type(&error) {
                     // The key holds another type: its streams here end
@@ -451,9 +469,10 @@ where
             let fields: Bytes = event.encode_without_id();
             let mut pipeline = redis::pipe();
             inner.append_broadcast(&mut pipeline, &fields);
+            inner.wait_for_replicas(&mut pipeline);
             let topology = inner.commands.topology_generation();
             let asked = std::time::Instant::now();
-            let (_id,): (String,) = until_run(inner.config.send_timeout, || {
+            let answer: Vec<redis::Value> = until_run(inner.config.send_timeout, || {
                 let mut connection = inner.commands.clone();
                 let pipeline = &pipeline;
                 async move { pipeline.query_async(&mut connection).await }
@@ -462,6 +481,9 @@ where
             .map_err(unavailable)?;
             if inner.answered_across_a_change(topology, asked) {
                 return Err(changed_while_waiting());
+            }
+            if !inner.replicated(answer.last()) {
+                return Err(not_replicated());
             }
             Ok(self.total_streams())
         })

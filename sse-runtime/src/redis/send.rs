@@ -8,6 +8,22 @@ use super::Inner;
 /// How long `send` waits between tries of a command Redis did not run.
 const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 
+/// How long a send's `WAIT` gives the replicas to confirm it
+/// ([`RegistryConfig::replicas_to_acknowledge`](crate::RegistryConfig::replicas_to_acknowledge)),
+/// in ms: under one attempt's timeout on a cluster
+/// ([`CLUSTER_ATTEMPT_TIMEOUT`](super::connection::CLUSTER_ATTEMPT_TIMEOUT)),
+/// so its answer comes before the connection gives up on the node.
+pub(super) const REPLICA_WAIT_MS: u64 = 400;
+
+/// What one send did: the entry's id (empty without an idempotency record:
+/// nobody asks for it), whether the record showed it a repeat, and whether
+/// the replicas it had to reach confirmed it (always, when none are asked).
+pub(super) struct Written {
+    pub(super) id: String,
+    pub(super) repeat: bool,
+    pub(super) replicated: bool,
+}
+
 /// `send`, atomically: the entry, its bounds by count, age and key expiry,
 /// and its live message on the key's channel (named as the key's stream,
 /// so it shares its slot): `<entry before> <entry>\n<fields>`, the entry
@@ -18,7 +34,9 @@ const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// the full id is 15, on every message to every instance.
 ///
 /// With an idempotency record (KEYS[2]), a send whose record exists writes
-/// nothing and answers the id it holds after `=`; one that writes leaves the
+/// nothing but the record's expiry (so that a `WAIT` after it covers the
+/// record's own write, whoever made it) and answers the id it holds after
+/// `=`; one that writes leaves the
 /// record, expiring after ARGV[5] ms, and answers the entry's id. Without
 /// one, nobody asks for the id: the answer is empty, the shortest reply
 /// (this one is sent for every event). KEYS: the key's stream, and the
@@ -27,7 +45,10 @@ const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 pub(super) const SEND_SCRIPT: &str = r"
 if KEYS[2] then
   local first = redis.call('GET', KEYS[2])
-  if first then return '=' .. first end
+  if first then
+    redis.call('PEXPIRE', KEYS[2], ARGV[5])
+    return '=' .. first
+  end
 end
 local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[1], '*', 'e', ARGV[2])
@@ -68,15 +89,14 @@ impl Inner {
     /// Sends one event to `stream` ([`SEND_SCRIPT`]): `XADD … MAXLEN ~
     /// <history_len>`, `XTRIM … MINID <now - history_ttl>`, `PEXPIRE`, and
     /// the live message, in one round trip (retried as [`until_run`]
-    /// says); with an idempotency `record`, only if it is not there. The
-    /// entry's id (empty without a `record`: nobody asks for it), and
-    /// whether the send was a repeat.
+    /// says); with an idempotency `record`, only if it is not there; with
+    /// replicas to acknowledge, followed by `WAIT` in the same round trip.
     pub(super) async fn send(
         &self,
         stream: &str,
         fields: &[u8],
         record: Option<&str>,
-    ) -> redis::RedisResult<(String, bool)> {
+    ) -> redis::RedisResult<Written> {
         until_run(self.config.send_timeout, || {
             self.send_once(stream, fields, record)
         })
@@ -92,7 +112,7 @@ impl Inner {
         stream: &str,
         fields: &[u8],
         record: Option<&str>,
-    ) -> redis::RedisResult<(String, bool)> {
+    ) -> redis::RedisResult<Written> {
         let (min_id, ttl_ms) = self.age_bounds();
         let record_ttl_ms = u64::try_from(self.config.idempotency_ttl.as_millis())
             .unwrap_or(u64::MAX)
@@ -115,13 +135,15 @@ impl Inner {
                 .arg(record_ttl_ms);
             command
         };
-        let by_hash = command("EVALSHA", self.send_script.get_hash())
-            .query_async(&mut connection)
+        let by_hash = self
+            .acknowledged(
+                &mut connection,
+                command("EVALSHA", self.send_script.get_hash()),
+            )
             .await;
-        let answer: redis::RedisResult<String> = match by_hash {
+        let answer = match by_hash {
             Err(error) if error.code() == Some("NOSCRIPT") => {
-                command("EVAL", SEND_SCRIPT)
-                    .query_async(&mut connection)
+                self.acknowledged(&mut connection, command("EVAL", SEND_SCRIPT))
                     .await
             }
             answer => answer,
@@ -134,10 +156,59 @@ impl Inner {
             // the retry goes where the slot map says after a refresh.
             self.commands.refresh_topology();
         }
-        answer.map(|id| match id.strip_prefix('=') {
-            Some(first) => (first.to_owned(), true),
-            None => (id, false),
+        answer.map(|(id, replicated)| match id.strip_prefix('=') {
+            Some(first) => Written {
+                id: first.to_owned(),
+                repeat: true,
+                replicated,
+            },
+            None => Written {
+                id,
+                repeat: false,
+                replicated,
+            },
         })
+    }
+
+    /// Runs `command`, followed in the same round trip (so on the same
+    /// node and connection) by `WAIT` when replicas must acknowledge: its
+    /// answer, and whether enough replicas confirmed what it wrote.
+    async fn acknowledged(
+        &self,
+        connection: &mut super::connection::Connection,
+        command: redis::Cmd,
+    ) -> redis::RedisResult<(String, bool)> {
+        let replicas = self.config.replicas_to_acknowledge;
+        if replicas == 0 {
+            return command
+                .query_async(connection)
+                .await
+                .map(|answer| (answer, true));
+        }
+        let mut pipeline = redis::pipe();
+        pipeline.add_command(command);
+        self.wait_for_replicas(&mut pipeline);
+        let (answer, confirmed): (String, usize) = pipeline.query_async(connection).await?;
+        Ok((answer, confirmed >= replicas))
+    }
+
+    /// Appends `WAIT` for the replicas to acknowledge to `pipeline`, if any.
+    pub(super) fn wait_for_replicas(&self, pipeline: &mut redis::Pipeline) {
+        if self.config.replicas_to_acknowledge > 0 {
+            pipeline
+                .cmd("WAIT")
+                .arg(self.config.replicas_to_acknowledge)
+                .arg(REPLICA_WAIT_MS);
+        }
+    }
+
+    /// Whether a pipeline ending in [`wait_for_replicas`](Self::wait_for_replicas)'s
+    /// `WAIT` (its answer: `last`) reached enough replicas.
+    pub(super) fn replicated(&self, last: Option<&redis::Value>) -> bool {
+        let replicas = self.config.replicas_to_acknowledge;
+        replicas == 0
+            || matches!(last, Some(redis::Value::Int(confirmed))
+                if usize::try_from(*confirmed).is_ok_and(|confirmed| confirmed >= replicas))
     }
 
     /// Appends one broadcast to `pipeline`, with the history's bounds by

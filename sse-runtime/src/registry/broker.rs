@@ -306,6 +306,7 @@ pub struct RegistryConfig {
     pub(crate) max_event_bytes: usize,
     pub(crate) idempotency_ttl: Duration,
     pub(crate) max_idempotency_records: usize,
+    pub(crate) replicas_to_acknowledge: usize,
 }
 
 impl Default for RegistryConfig {
@@ -322,6 +323,7 @@ impl Default for RegistryConfig {
             max_event_bytes: Self::DEFAULT_MAX_EVENT_BYTES,
             idempotency_ttl: Duration::from_secs(300),
             max_idempotency_records: Self::DEFAULT_MAX_IDEMPOTENCY_RECORDS,
+            replicas_to_acknowledge: 0,
         }
     }
 }
@@ -457,6 +459,34 @@ impl RegistryConfig {
     /// ```
     pub fn send_timeout(mut self, timeout: Duration) -> Self {
         self.send_timeout = timeout.max(Duration::from_millis(1));
+        self
+    }
+
+    /// Redis: how many replicas must hold an event before `send` or
+    /// `broadcast` reports it written (default 0: the master's answer is
+    /// enough). Each send is followed, in the same round trip, by Redis's
+    /// `WAIT <replicas> 400`; when fewer replicas than that confirm within
+    /// 400 ms, the send fails with [`BrokerError::OutcomeUnknown`] (`504`):
+    /// the master wrote it, and may lose it. A retry with the same
+    /// idempotency key then writes it once, where the slots are.
+    ///
+    /// This is what closes the windows in which Redis, which replicates
+    /// asynchronously, loses an acknowledged event: a master killed before
+    /// its replica had the event, and a master frozen past its failover that
+    /// wakes, answers and is then demoted (see `RELIABILITY.md`). Set it to
+    /// the number of replicas each master has (1 for the usual cluster),
+    /// and only where every master has them: with a replica down, every
+    /// send to its master fails until the replica is back. It costs a
+    /// replica round trip per send, and the node holds the connection's
+    /// other commands meanwhile (figures in `BENCHMARKS.md`). The in-memory
+    /// broker has no replicas and ignores it.
+    ///
+    /// ```
+    /// use sse_runtime::RegistryConfig;
+    /// let config = RegistryConfig::default().replicas_to_acknowledge(1);
+    /// ```
+    pub fn replicas_to_acknowledge(mut self, replicas: usize) -> Self {
+        self.replicas_to_acknowledge = replicas;
         self
     }
 

@@ -42,6 +42,10 @@ pub struct ChaosReport {
     /// By fault kind; `None`: before the first fault.
     pub faults: BTreeMap<Option<FaultKind>, FaultRow>,
     pub stuck_slots: usize,
+    /// How many replicas had to confirm a post before it was acknowledged
+    /// ([`ChaosSettings::replicas_to_acknowledge`]): with any, an
+    /// acknowledged post that nobody saw is a broken promise too.
+    pub replicas_to_acknowledge: usize,
     /// For each silent gap (the first few): what its subscriber saw on the
     /// wire around it.
     pub gap_details: Vec<String>,
@@ -64,14 +68,26 @@ impl ChaosReport {
         self.total(|row| row.silent_gaps)
     }
 
+    /// Acknowledged posts that no subscriber saw.
+    pub fn lost(&self) -> usize {
+        self.total(|row| row.lost)
+    }
+
     /// Everything that breaks the promise: duplicates, disorder, silent
-    /// gaps, stuck slots, and posts never acknowledged.
+    /// gaps, stuck slots, posts never acknowledged, and, where replicas
+    /// had to confirm every post, acknowledged posts lost.
     pub fn violations(&self) -> usize {
+        let lost = if self.replicas_to_acknowledge > 0 {
+            self.lost()
+        } else {
+            0
+        };
         self.duplicates()
             + self.out_of_order()
             + self.silent_gaps()
             + self.stuck_slots
             + self.unacknowledged
+            + lost
     }
 
     /// The report as Markdown: a table per fault kind, then the totals.
@@ -99,11 +115,12 @@ impl ChaosReport {
         }
         let _ = writeln!(
             out,
-            "\nseed {}, {:.0} s: {} posts acknowledged ({} given up), {} deliveries to {} \
-             subscribers over {} connections; {} duplicates, {} out of order, {} silent gaps, \
-             {} stuck slots",
+            "\nseed {}, {:.0} s, replicas to acknowledge a post: {}: {} posts acknowledged ({} \
+             given up), {} deliveries to {} subscribers over {} connections; {} duplicates, {} \
+             out of order, {} silent gaps, {} stuck slots, {} acknowledged and seen by nobody",
             self.seed,
             self.elapsed.as_secs_f64(),
+            self.replicas_to_acknowledge,
             self.acknowledged,
             self.unacknowledged,
             self.delivered,
@@ -113,6 +130,7 @@ impl ChaosReport {
             self.out_of_order(),
             self.silent_gaps(),
             self.stuck_slots,
+            self.lost(),
         );
         for detail in &self.gap_details {
             out.push('\n');
@@ -215,6 +233,7 @@ pub fn report(
         delivered,
         faults,
         stuck_slots,
+        replicas_to_acknowledge: settings.replicas_to_acknowledge,
         gap_details,
     }
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use super::instances::Instance;
+use super::instances::{Instance, InstanceSetup};
 use super::random::Random;
 use crate::redis_cluster::RedisCluster;
 
@@ -65,8 +65,7 @@ pub async fn inject(
     kind: FaultKind,
     cluster: &mut RedisCluster,
     instances: &mut Vec<Instance>,
-    urls: &[String],
-    rooms: &[String],
+    setup: &InstanceSetup,
     live: &Arc<Mutex<Vec<u16>>>,
     random: &mut Random,
 ) -> Injected {
@@ -96,7 +95,7 @@ pub async fn inject(
             live.lock().unwrap().retain(|live| *live != port);
             drop(instances.remove(victim));
             tokio::time::sleep(Duration::from_millis(500)).await;
-            let replacement = Instance::start(urls, rooms).await;
+            let replacement = Instance::start(setup).await;
             live.lock().unwrap().push(replacement.port);
             instances.push(replacement);
         }

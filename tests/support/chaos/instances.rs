@@ -8,6 +8,16 @@ use chat::ChatController;
 use sse_runtime::testing::free_port;
 use sse_runtime::{MessageEvent, RedisBroker, Registry, RegistryConfig};
 
+/// What every app instance of a run is started with.
+pub struct InstanceSetup {
+    /// The cluster's nodes.
+    pub urls: Vec<String>,
+    /// The chat's rooms.
+    pub rooms: Vec<String>,
+    /// The broker's settings.
+    pub config: RegistryConfig,
+}
+
 pub struct Instance {
     pub port: u16,
     pub registry: Registry<String>,
@@ -15,21 +25,22 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// The chat with `rooms` over the cluster at `urls`, serving on a free
+    /// The chat with `setup`'s rooms over its cluster, serving on a free
     /// loopback port.
-    pub async fn start(urls: &[String], rooms: &[String]) -> Instance {
+    pub async fn start(setup: &InstanceSetup) -> Instance {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .expect("an instance's runtime");
         let port = free_port();
-        let urls = urls.to_vec();
-        let rooms = rooms.to_vec();
+        let urls = setup.urls.clone();
+        let rooms = setup.rooms.clone();
+        let config = setup.config.clone();
         let (started, registry) = tokio::sync::oneshot::channel();
         runtime.spawn(async move {
             let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-            let broker = RedisBroker::connect_cluster(&urls, RegistryConfig::default())
+            let broker = RedisBroker::connect_cluster(&urls, config)
                 .await
                 .expect("connect an instance to the cluster");
             let registry = Registry::with_broker(broker);

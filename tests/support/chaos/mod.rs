@@ -27,8 +27,9 @@ pub use check::{ChaosReport, FaultRow};
 pub use faults::FaultKind;
 
 use crate::redis_cluster;
-use instances::Instance;
+use instances::{Instance, InstanceSetup};
 use random::Random;
+use sse_runtime::RegistryConfig;
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -48,6 +49,10 @@ pub struct ChaosSettings {
     pub subscribers: usize,
     /// The pause between a publisher's posts.
     pub publish_every: Duration,
+    /// How many replicas must confirm a post before the instances
+    /// acknowledge it ([`RegistryConfig::replicas_to_acknowledge`]): 1,
+    /// every master's replica, or 0 for the master's word alone.
+    pub replicas_to_acknowledge: usize,
 }
 
 impl ChaosSettings {
@@ -61,6 +66,7 @@ impl ChaosSettings {
             publishers: 3,
             subscribers: 6,
             publish_every: Duration::from_millis(20),
+            replicas_to_acknowledge: 1,
         }
     }
 }
@@ -95,11 +101,14 @@ fn room(index: usize) -> String {
 pub async fn run(settings: ChaosSettings) -> Option<ChaosReport> {
     let mut cluster = redis_cluster::start_with_replicas(1).await?;
     let mut random = Random::new(settings.seed);
-    let urls = cluster.urls();
-    let rooms: Vec<String> = (0..ROOMS).map(room).collect();
+    let setup = InstanceSetup {
+        urls: cluster.urls(),
+        rooms: (0..ROOMS).map(room).collect(),
+        config: RegistryConfig::default().replicas_to_acknowledge(settings.replicas_to_acknowledge),
+    };
     let mut instances = Vec::new();
     for _ in 0..settings.instances.max(1) {
-        instances.push(Instance::start(&urls, &rooms).await);
+        instances.push(Instance::start(&setup).await);
     }
     let live: Arc<Mutex<Vec<u16>>> =
         Arc::new(Mutex::new(instances.iter().map(|i| i.port).collect()));
@@ -143,8 +152,7 @@ pub async fn run(settings: ChaosSettings) -> Option<ChaosReport> {
                 kind,
                 &mut cluster,
                 &mut instances,
-                &urls,
-                &rooms,
+                &setup,
                 &live,
                 &mut random,
             )
