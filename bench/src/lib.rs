@@ -12,6 +12,7 @@
 //! `POST /events/keys/<n>` (one key each), and `POST /events/keys-warmup`
 //! (a broadcast to them, answering how many it reached).
 
+pub mod acks;
 pub mod chart;
 pub mod client;
 pub mod compare;

@@ -7,6 +7,7 @@
 //! cargo build --release -p bench && target/release/loadgen compare --smoke    # tiny sizes (CI smoke test)
 //! cargo build --release -p bench && target/release/loadgen chaos --seed 7 --faults 50   # the fault checker
 //! cargo build --release -p bench && target/release/loadgen compression        # compressed against plain streams
+//! cargo build --release -p bench && target/release/loadgen acks               # a replica's acknowledgement per send
 //! ```
 //!
 //! Each scenario starts a fresh server process on a free 127.0.0.1 port,
@@ -24,8 +25,8 @@ const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen swe
     | loadgen compression [--smoke] [--out FILE] \
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
     | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s> \
-    | loadgen interest [--smoke] [--instances 1,8] [--baseline BIN] | loadgen joins <subscribers> <per second> | loadgen cluster-load [--smoke] \
-    | loadgen chaos [--seed N] [--faults N] [--kinds kill-master,freeze-master,cut-replication-then-kill,kill-instance]";
+    | loadgen interest [--smoke] [--instances 1,8] [--baseline BIN] | loadgen joins <subscribers> <per second> | loadgen cluster-load [--smoke] | loadgen acks [--smoke] \
+    | loadgen chaos [--seed N] [--faults N] [--replicas-to-acknowledge N (default 1)] [--kinds kill-master,freeze-master,cut-replication-then-kill,kill-instance]";
 
 #[tokio::main]
 async fn main() {
@@ -143,6 +144,14 @@ async fn main() {
             write_section(&out, "cluster-load", &report);
             println!("{report}");
         }
+        // What a replica's acknowledgement (`WAIT`) costs a send, on the
+        // tests' cluster with replicas.
+        ["acks", ..] => {
+            let (sends, publishers, rounds) = if smoke { (200, 4, 1) } else { (2_000, 16, 4) };
+            let report = bench::acks::compare(sends, publishers, rounds, &command).await;
+            write_section(&out, "acks", &report);
+            println!("{report}");
+        }
         // Join latency: `loadgen joins <subscribers> <per second>`.
         ["joins", subscribers, rate] => {
             let latencies = bench::interest::joins(
@@ -247,6 +256,9 @@ async fn chaos(words: &[&str], command: &str) {
     let mut settings = ChaosSettings::short(seed);
     if let Some(faults) = value("--faults") {
         settings.faults = faults.parse().expect("--faults N");
+    }
+    if let Some(replicas) = value("--replicas-to-acknowledge") {
+        settings.replicas_to_acknowledge = replicas.parse().expect("--replicas-to-acknowledge N");
     }
     if let Some(kinds) = value("--kinds") {
         settings.kinds = kinds
