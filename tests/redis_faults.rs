@@ -49,11 +49,10 @@ async fn raw(server: &RedisServer) -> redis::aio::MultiplexedConnection {
         .unwrap()
 }
 
-/// Subscribes to `key` and waits until the instance's reader follows it.
+/// Subscribes to `key` and waits until the instance follows it: its
+/// channel subscribed and its position read (the subscription is open).
 async fn joined(registry: &Registry<String>, key: &str) -> Subscription {
-    let subscription = joined_quietly(registry, key).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    subscription
+    joined_quietly(registry, key).await.opened().await
 }
 
 /// Redis's count of commands processed so far.
