@@ -252,3 +252,47 @@ async fn an_idle_compressed_stream_rests_and_goes_on_decoding() {
         stream.until("after the rest").await;
     }
 }
+
+/// Streams of one room share their encoder's state (one compression per
+/// event for all of them): streams that open at different times, over
+/// both codings, each decode every message once and in order, through
+/// the shared path and the restarts where late ones join it.
+#[tokio::test]
+async fn streams_that_open_at_different_times_each_decode_every_message_once() {
+    let server = chat().await;
+    let mut streams = Vec::new();
+    for coding in ["zstd", "zstd", "gzip", "gzip"] {
+        streams.push((0, Decoded::open(&server, Some(coding)).await));
+    }
+    for (_, stream) in &mut streams {
+        stream.until("retry: 1000").await;
+    }
+    let total = 200;
+    for n in 0..total {
+        if n == 50 {
+            for coding in ["zstd", "gzip"] {
+                let mut late = Decoded::open(&server, Some(coding)).await;
+                late.until("retry: 1000").await;
+                streams.push((n, late));
+            }
+        }
+        say(&server, &format!("shared message {n}")).await;
+    }
+    for (first, stream) in &mut streams {
+        stream
+            .until(&format!("shared message {}\"", total - 1))
+            .await;
+        let seen: Vec<usize> = stream
+            .text
+            .match_indices("shared message ")
+            .map(|(at, found)| {
+                let digits: String = stream.text[at + found.len()..]
+                    .chars()
+                    .take_while(char::is_ascii_digit)
+                    .collect();
+                digits.parse().unwrap()
+            })
+            .collect();
+        assert_eq!(seen, (*first..total).collect::<Vec<_>>());
+    }
+}

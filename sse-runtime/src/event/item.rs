@@ -1,6 +1,6 @@
 //! What a stream may yield, and how each kind is written.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use serde::Serialize;
 
 use crate::event::encode;
@@ -52,6 +52,14 @@ pub trait SseItem: Send + 'static {
     fn is_event(&self) -> bool {
         true
     }
+
+    /// The item's bytes as other streams carry them too (a registry's
+    /// event, encoded once for every subscriber), for compression shared
+    /// between those streams; `None` for an item of one stream's own.
+    #[doc(hidden)]
+    fn shared_bytes(&self) -> Option<Bytes> {
+        None
+    }
 }
 
 /// The error that ended a stream: what an `Err` item said, or why its JSON
@@ -93,6 +101,10 @@ impl SseItem for EncodedEvent {
     fn is_event(&self) -> bool {
         !self.is_resume_point()
     }
+
+    fn shared_bytes(&self) -> Option<Bytes> {
+        Some(self.bytes.clone())
+    }
 }
 
 impl SseItem for String {
@@ -133,6 +145,10 @@ where
 
     fn is_event(&self) -> bool {
         self.as_ref().is_ok_and(SseItem::is_event)
+    }
+
+    fn shared_bytes(&self) -> Option<Bytes> {
+        self.as_ref().ok().and_then(SseItem::shared_bytes)
     }
 }
 

@@ -13,7 +13,7 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::compressor::StreamCompressor;
+use super::compressor::{Segment, StreamCompressor};
 use super::pacer;
 use crate::event::encode;
 use crate::event::item::SseItem;
@@ -116,13 +116,18 @@ struct Compression {
     rest_timer: Option<Pin<Box<Sleep>>>,
     // Whether the end of the compressed body has gone out.
     finished: bool,
+    // Where the events of the batch being built end, and their shared bytes.
+    segments: Vec<Segment>,
 }
 
 impl Compression {
-    /// `frame`, compressed; the first write after a rest arms the timer.
+    /// `frame`, compressed (by event, as [`Compression::segments`] marks
+    /// them); the first write after a rest arms the timer.
     fn compress(&mut self, frame: &[u8]) -> std::io::Result<Bytes> {
         let was_active = self.compressor.is_active();
-        let compressed = self.compressor.compress(frame)?;
+        let compressed = self.compressor.compress_events(frame, &self.segments);
+        self.segments.clear();
+        let compressed = compressed?;
         if !was_active {
             let rest_at = Instant::now() + REST_AFTER;
             match self.rest_timer.as_mut() {
@@ -144,6 +149,7 @@ impl Compression {
                 continue;
             }
             self.rest_timer = None;
+            self.segments = Vec::new();
             return match self.compressor.rest() {
                 Ok(end) => end,
                 Err(error) => {
@@ -234,6 +240,7 @@ impl<S> SseBody<S> {
             compressor,
             rest_timer: None,
             finished: false,
+            segments: Vec::new(),
         });
         self
     }
@@ -274,6 +281,7 @@ where
             this.buf,
             this.pending_events,
             this.ended,
+            this.compression.as_mut().map(|c| &mut c.segments),
         );
 
         if !this.buf.is_empty() {
@@ -299,6 +307,7 @@ where
                                 this.buf,
                                 this.pending_events,
                                 this.ended,
+                                this.compression.as_mut().map(|c| &mut c.segments),
                             );
                         }
                         if !*this.ended && this.buf.len() < MAX_BATCH_BYTES {
@@ -441,22 +450,36 @@ impl Held {
 }
 
 /// Encodes every event `stream` has ready into `buf`, up to
-/// [`MAX_BATCH_BYTES`], counting them in `pending_events`.
+/// [`MAX_BATCH_BYTES`], counting them in `pending_events`; on a compressed
+/// stream, marks where each ends in `segments`, with its shared bytes.
 fn drain<S>(
     mut stream: Pin<&mut S>,
     cx: &mut Context<'_>,
     buf: &mut BytesMut,
     pending_events: &mut u64,
     ended: &mut bool,
+    mut segments: Option<&mut Vec<Segment>>,
 ) where
     S: Stream,
     S::Item: SseItem,
 {
     while !*ended && buf.len() < MAX_BATCH_BYTES {
         match stream.as_mut().poll_next(cx) {
-            Poll::Ready(Some(item)) => match (item.is_event(), item.encode_into(buf)) {
-                (is_event, Ok(())) => *pending_events += u64::from(is_event),
-                (_, Err(error)) => {
+            Poll::Ready(Some(item)) => match (
+                item.is_event(),
+                segments.as_ref().and_then(|_| item.shared_bytes()),
+                item.encode_into(buf),
+            ) {
+                (is_event, shared, Ok(())) => {
+                    *pending_events += u64::from(is_event);
+                    if let Some(segments) = segments.as_deref_mut() {
+                        segments.push(Segment {
+                            end: buf.len(),
+                            shared,
+                        });
+                    }
+                }
+                (_, _, Err(error)) => {
                     tracing::warn!(%error, "SSE stream yielded an error; ending the response");
                     *ended = true;
                 }

@@ -24,6 +24,7 @@ use flate2::{Compress, Compression, Crc, FlushCompress};
 use zstd::stream::raw::{CParameter, Encoder as ZstdEncoder, InBuffer, Operation, OutBuffer};
 
 use super::accept_encoding::Encoding;
+use super::lineage::Position;
 
 /// gzip's level: on JSON events written one per flush, level 1 sends 2%
 /// more than 4 or 6 (0.200 against 0.196 of the plain bytes) for 0.8× and
@@ -50,48 +51,53 @@ const ZSTD_CHAIN_LOG: u32 = 12;
 /// The fixed gzip header: deflate, no name, no time, unknown OS.
 const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 
+/// The end of a zstd frame that holds no checksum, written without its
+/// encoder: an empty raw block marked last (RFC 8878 §3.1.1.2).
+const ZSTD_FRAME_END: [u8; 3] = [1, 0, 0];
+
+/// Where one write's events end in its bytes, and each event's bytes as
+/// other streams may carry them too (see [`lineage`](super::lineage)).
+pub(crate) struct Segment {
+    pub(crate) end: usize,
+    pub(crate) shared: Option<Bytes>,
+}
+
 /// The compressing side of one event stream.
 pub(crate) struct StreamCompressor {
     encoding: Encoding,
-    /// The encoder while the stream is active; `None` at rest.
-    active: Option<Active>,
+    /// The encoder state the stream is at, shared with the streams that
+    /// carry the same events; none at rest.
+    position: Position,
     /// Whether anything has gone out (the gzip header, a zstd frame).
     started: bool,
     /// gzip: the CRC-32 and length of everything compressed, for the trailer.
     crc: Crc,
 }
 
-enum Active {
+/// An encoder: what one [`Lineage`](super::lineage::Lineage) holds.
+pub(crate) enum Encoder {
     Gzip(Compress),
     Zstd(ZstdEncoder<'static>),
 }
 
-impl StreamCompressor {
-    pub(crate) fn new(encoding: Encoding) -> Self {
-        StreamCompressor {
-            encoding,
-            active: None,
-            started: false,
-            crc: Crc::new(),
-        }
+impl Encoder {
+    pub(crate) fn new(encoding: Encoding) -> io::Result<Encoder> {
+        Ok(match encoding {
+            // Raw deflate: the gzip framing is the stream's.
+            Encoding::Gzip => Encoder::Gzip(Compress::new(Compression::new(GZIP_LEVEL), false)),
+            Encoding::Zstd => Encoder::Zstd(zstd_encoder()?),
+        })
     }
 
-    /// Whether an encoder is held (the stream is not at rest).
-    pub(crate) fn is_active(&self) -> bool {
-        self.active.is_some()
-    }
-
-    /// `data`, compressed and flushed: the client can decode all of it from
-    /// what is returned.
+    /// `data`, compressed and flushed: decodable whole from what came
+    /// before and this.
     pub(crate) fn compress(&mut self, data: &[u8]) -> io::Result<Bytes> {
+        #[cfg(test)]
+        super::lineage::COMPRESSIONS.with(|count| count.set(count.get() + 1));
         let mut out = Vec::with_capacity(data.len() / 2 + 64);
-        self.start(&mut out);
-        match self.active_encoder()? {
-            Active::Gzip(deflate) => {
-                deflate_flushed(deflate, data, &mut out)?;
-                self.crc.update(data);
-            }
-            Active::Zstd(zstd) => {
+        match self {
+            Encoder::Gzip(deflate) => deflate_flushed(deflate, data, &mut out)?,
+            Encoder::Zstd(zstd) => {
                 let mut input = InBuffer::around(data);
                 while input.pos() < data.len() {
                     out.reserve(data.len() - input.pos() + 64);
@@ -104,11 +110,75 @@ impl StreamCompressor {
         }
         Ok(Bytes::from(out))
     }
+}
+
+impl StreamCompressor {
+    pub(crate) fn new(encoding: Encoding) -> Self {
+        StreamCompressor {
+            encoding,
+            position: Position::new(encoding),
+            started: false,
+            crc: Crc::new(),
+        }
+    }
+
+    /// Whether an encoder is held or shared (the stream is not at rest).
+    pub(crate) fn is_active(&self) -> bool {
+        self.position.is_active()
+    }
+
+    /// `data`, compressed and flushed: the client can decode all of it from
+    /// what is returned. Bytes of this stream's own: see [`compress_events`](Self::compress_events).
+    pub(crate) fn compress(&mut self, data: &[u8]) -> io::Result<Bytes> {
+        self.compress_events(
+            data,
+            &[Segment {
+                end: data.len(),
+                shared: None,
+            }],
+        )
+    }
+
+    /// One write: `frame`, made of the events `segments` mark, each
+    /// compressed and flushed, so that each of a topic's events is
+    /// compressed once for all the streams that carry it (see
+    /// [`lineage`](super::lineage)). Bytes past the last segment are
+    /// compressed as the stream's own.
+    pub(crate) fn compress_events(
+        &mut self,
+        frame: &[u8],
+        segments: &[Segment],
+    ) -> io::Result<Bytes> {
+        let mut out = Vec::with_capacity(frame.len() / 2 + 64);
+        self.start(&mut out);
+        let mut from = 0;
+        let rest = Segment {
+            end: frame.len(),
+            shared: None,
+        };
+        for segment in segments.iter().chain(std::iter::once(&rest)) {
+            let data = &frame[from.min(segment.end)..segment.end.min(frame.len())];
+            from = segment.end;
+            if data.is_empty() {
+                continue;
+            }
+            let shared = segment.shared.as_ref().filter(|shared| shared[..] == *data);
+            let compressed = self.position.compress(data, shared)?;
+            if compressed.left && self.encoding == Encoding::Zstd {
+                out.extend_from_slice(&ZSTD_FRAME_END);
+            }
+            out.extend_from_slice(&compressed.bytes);
+            if self.encoding == Encoding::Gzip {
+                self.crc.update(data);
+            }
+        }
+        Ok(Bytes::from(out))
+    }
 
     /// A keep-alive comment: through the encoder while active, or framed
     /// uncompressed while at rest, so that a quiet stream builds no encoder.
     pub(crate) fn keep_alive(&mut self, comment: &[u8]) -> io::Result<Bytes> {
-        if self.active.is_some() {
+        if self.is_active() {
             return self.compress(comment);
         }
         let mut out = Vec::with_capacity(comment.len() + 24);
@@ -123,18 +193,13 @@ impl StreamCompressor {
         Ok(Bytes::from(out))
     }
 
-    /// Drops the encoder of a quiet stream; returns what must still go out
+    /// Leaves the encoder of a quiet stream; returns what must still go out
     /// for the client to decode up to here (zstd's frame end; nothing in
     /// gzip, whose last write already ended on a byte boundary).
     pub(crate) fn rest(&mut self) -> io::Result<Option<Bytes>> {
-        match self.active.take() {
-            Some(Active::Zstd(mut zstd)) => {
-                let mut out = Vec::with_capacity(16);
-                drain(&mut out, |output| zstd.finish(output, true))?;
-                Ok(Some(Bytes::from(out)))
-            }
-            Some(Active::Gzip(_)) | None => Ok(None),
-        }
+        let was_active = self.position.leave();
+        Ok((was_active && self.encoding == Encoding::Zstd)
+            .then(|| Bytes::from_static(&ZSTD_FRAME_END)))
     }
 
     /// The end of the compressed body, after the last write.
@@ -144,7 +209,7 @@ impl StreamCompressor {
         self.start(&mut out);
         match self.encoding {
             Encoding::Gzip => {
-                self.active = None;
+                self.position.leave();
                 // The final block (empty), then the trailer.
                 stored_block(&mut out, &[], true);
                 out.extend_from_slice(&self.crc.sum().to_le_bytes());
@@ -166,18 +231,6 @@ impl StreamCompressor {
             out.extend_from_slice(&GZIP_HEADER);
         }
     }
-
-    /// The encoder, built if the stream was at rest.
-    fn active_encoder(&mut self) -> io::Result<&mut Active> {
-        if self.active.is_none() {
-            self.active = Some(match self.encoding {
-                // Raw deflate: the gzip framing is ours.
-                Encoding::Gzip => Active::Gzip(Compress::new(Compression::new(GZIP_LEVEL), false)),
-                Encoding::Zstd => Active::Zstd(zstd_encoder()?),
-            });
-        }
-        Ok(self.active.as_mut().expect("just built"))
-    }
 }
 
 fn zstd_encoder() -> io::Result<ZstdEncoder<'static>> {
@@ -185,6 +238,9 @@ fn zstd_encoder() -> io::Result<ZstdEncoder<'static>> {
     encoder.set_parameter(CParameter::WindowLog(ZSTD_WINDOW_LOG))?;
     encoder.set_parameter(CParameter::HashLog(ZSTD_HASH_LOG))?;
     encoder.set_parameter(CParameter::ChainLog(ZSTD_CHAIN_LOG))?;
+    // No checksum: a stream ends its frame without the encoder
+    // ([`ZSTD_FRAME_END`]).
+    encoder.set_parameter(CParameter::ChecksumFlag(false))?;
     Ok(encoder)
 }
 

@@ -8,6 +8,8 @@ mod compressor;
 #[cfg(not(feature = "compression"))]
 #[path = "no_compressor.rs"]
 mod compressor;
+#[cfg(feature = "compression")]
+mod lineage;
 pub(crate) mod opening;
 pub(crate) mod pacer;
 
