@@ -37,6 +37,9 @@ pub struct EventStream {
     /// Bytes of the current, incomplete SSE line.
     line: Vec<u8>,
     ended: bool,
+    /// When the bytes being read came off the socket (ns since the epoch,
+    /// as the events' send times), before any decoding.
+    arrived_ns: u64,
 }
 
 impl EventStream {
@@ -68,6 +71,7 @@ impl EventStream {
             stream,
             decoder: None,
             wire_bytes: 0,
+            arrived_ns: 0,
             buf: Vec::with_capacity(8192),
             pos: 0,
             chunk_left: 0,
@@ -106,8 +110,20 @@ impl EventStream {
         &mut self,
         mut on_data: impl FnMut(&[u8]) -> bool,
     ) -> std::io::Result<()> {
-        self.for_each_line(|line| handle_line(line, &mut on_data))
-            .await
+        self.for_each_data_arrived(|data, _| on_data(data)).await
+    }
+
+    /// As [`for_each_data`](Self::for_each_data), with when the bytes that
+    /// ended the line came off the socket (ns since the epoch), before they
+    /// were decoded.
+    pub async fn for_each_data_arrived(
+        &mut self,
+        mut on_data: impl FnMut(&[u8], u64) -> bool,
+    ) -> std::io::Result<()> {
+        self.for_each_line_arrived(|line, arrived| {
+            handle_line(line, &mut |data| on_data(data, arrived))
+        })
+        .await
     }
 
     /// Calls `on_line` with each line of the stream (without its line
@@ -115,6 +131,13 @@ impl EventStream {
     pub async fn for_each_line(
         &mut self,
         mut on_line: impl FnMut(&[u8]) -> bool,
+    ) -> std::io::Result<()> {
+        self.for_each_line_arrived(|line, _| on_line(line)).await
+    }
+
+    async fn for_each_line_arrived(
+        &mut self,
+        mut on_line: impl FnMut(&[u8], u64) -> bool,
     ) -> std::io::Result<()> {
         loop {
             if self.chunk_left == 0 {
@@ -139,6 +162,8 @@ impl EventStream {
             self.chunk_left -= available;
             self.wire_bytes += available as u64;
             let data = &self.buf[start..start + available];
+            let arrived = self.arrived_ns;
+            let mut on_line = |line: &[u8]| on_line(line, arrived);
             let keep_going = match self.decoder.as_mut() {
                 None => split_lines(&mut self.line, data, &mut on_line),
                 Some(decoder) => {
@@ -163,6 +188,7 @@ impl EventStream {
         }
         let mut chunk = [0u8; 16 * 1024];
         let n = self.stream.read(&mut chunk).await?;
+        self.arrived_ns = crate::scenario::now_nanos();
         if n == 0 {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -189,6 +215,7 @@ impl EventStream {
             self.pos = 0;
             let mut chunk = [0u8; 16 * 1024];
             let n = self.stream.read(&mut chunk).await?;
+            self.arrived_ns = crate::scenario::now_nanos();
             if n == 0 {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,

@@ -203,6 +203,8 @@ pub(crate) fn mean(runs: &[Figures]) -> Figures {
         latency_p50_us: avg(|r| r.latency_p50_us),
         latency_p99_us: avg(|r| r.latency_p99_us),
         latency_max_us: avg(|r| r.latency_max_us),
+        arrival_latency_p50_us: avg(|r| r.arrival_latency_p50_us),
+        arrival_latency_p99_us: avg(|r| r.arrival_latency_p99_us),
         rss_per_connection_bytes: avg(|r| r.rss_per_connection_bytes),
         writes_per_event: avg(|r| r.writes_per_event),
         published_per_second: avg(|r| r.published_per_second),

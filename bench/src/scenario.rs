@@ -20,6 +20,11 @@ pub struct Figures {
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
     pub latency_max_us: f64,
+    /// Latency to when the event's bytes came off the client's socket,
+    /// before the client decoded them (a compressed stream's decoding is
+    /// the client's cost, not a delay of the server's).
+    pub arrival_latency_p50_us: f64,
+    pub arrival_latency_p99_us: f64,
     pub rss_per_connection_bytes: f64,
     pub connected: u64,
     /// The server's write system calls per delivered event.
@@ -58,6 +63,14 @@ pub(crate) fn notification(seq: u64) -> String {
         r#"{{"seq":{seq:>10},"kind":"notification","user":"u-{:>6}","title":"Your report is ready","body":"The export you asked for finished; it is ready to download for the next 24 hours."}}"#,
         seq % 1_000_000
     )
+}
+
+/// The `p` percentile of sorted `samples`; NaN with none.
+fn at_percentile(samples: &[u32], p: f64) -> f64 {
+    if samples.is_empty() {
+        return f64::NAN;
+    }
+    samples[((samples.len() - 1) as f64 * p).round() as usize] as f64
 }
 
 pub(crate) fn now_nanos() -> u64 {
@@ -153,7 +166,8 @@ async fn fan_out_impl(
         let shared = Arc::clone(&shared);
         let server = servers[index % servers.len()];
         tasks.push(tokio::spawn(async move {
-            let mut latencies: Vec<u32> = Vec::new();
+            // Each sample: to the event decoded, and to its bytes' arrival.
+            let mut latencies: Vec<(u32, u32)> = Vec::new();
             let Ok(mut stream) =
                 open_retrying(server, index, spec.path, spec.accept_encoding).await
             else {
@@ -162,7 +176,7 @@ async fn fan_out_impl(
             shared.connected.fetch_add(1, Ordering::Relaxed);
             let mut received = 0u64;
             let _ = stream
-                .for_each_data(|data| {
+                .for_each_data_arrived(|data, arrived| {
                     // "w" is the warm-up; "<seq> <sent-at-ns>" the measured events.
                     if data == b"w" {
                         return true;
@@ -174,7 +188,10 @@ async fn fan_out_impl(
                     if seq % every == 0 {
                         if let Some(sent) = parts.next().and_then(|v| v.parse::<u64>().ok()) {
                             let now = now_nanos();
-                            latencies.push((now.saturating_sub(sent) / 1_000) as u32);
+                            latencies.push((
+                                (now.saturating_sub(sent) / 1_000) as u32,
+                                (arrived.saturating_sub(sent) / 1_000) as u32,
+                            ));
                             shared.last_receive_ns.fetch_max(now, Ordering::Relaxed);
                         }
                     }
@@ -269,9 +286,11 @@ async fn fan_out_impl(
         }
         latencies
     };
-    let mut latencies = tokio::time::timeout(limit, collect)
+    let samples: Vec<(u32, u32)> = tokio::time::timeout(limit, collect)
         .await
         .unwrap_or_default();
+    let (mut latencies, mut arrivals): (Vec<u32>, Vec<u32>) = samples.into_iter().unzip();
+    arrivals.sort_unstable();
     let (after_cpu, after_writes) = cpu_and_writes();
 
     let delivered = shared.delivered.load(Ordering::Relaxed);
@@ -281,12 +300,7 @@ async fn fan_out_impl(
         .saturating_sub(started_ns)) as f64
         / 1e9;
     latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        latencies[((latencies.len() - 1) as f64 * p).round() as usize] as f64
-    };
+    let percentile = |p: f64| at_percentile(&latencies, p);
     let cpu_seconds = after_cpu - before_cpu;
     Figures {
         delivered,
@@ -297,6 +311,8 @@ async fn fan_out_impl(
         latency_p50_us: percentile(0.50),
         latency_p99_us: percentile(0.99),
         latency_max_us: percentile(1.0),
+        arrival_latency_p50_us: at_percentile(&arrivals, 0.50),
+        arrival_latency_p99_us: at_percentile(&arrivals, 0.99),
         connected: shared.connected.load(Ordering::Relaxed),
         writes_per_event: after_writes.saturating_sub(before_writes) as f64
             / delivered.max(1) as f64,
