@@ -421,18 +421,71 @@ mod cost {
                 .collect();
             let mut streams: Vec<StreamCompressor> =
                 (0..1000).map(|_| StreamCompressor::new(encoding)).collect();
+            let mut writes = Vec::new();
             let started = std::time::Instant::now();
             for event in &events {
-                for stream in &mut streams {
+                for (index, stream) in streams.iter_mut().enumerate() {
                     let segments = [Segment {
                         end: event.len(),
                         shared: Some(event.clone()),
                     }];
-                    std::hint::black_box(stream.compress_events(event, &segments).unwrap());
+                    let written = stream.compress_events(event, &segments).unwrap();
+                    if index == 0 {
+                        writes.push(written);
+                    }
                 }
             }
             let per = started.elapsed() / (events.len() * streams.len()) as u32;
-            eprintln!("{encoding:?}: {per:?} per stream and event");
+            let started = std::time::Instant::now();
+            for event in &events[..200] {
+                let mut encoder = Encoder::new(encoding).unwrap();
+                std::hint::black_box(encoder.compress(event).unwrap());
+            }
+            let start = started.elapsed() / 200;
+            // What a client pays to decode one write (flate2's rust inflate,
+            // libzstd), as the bench's client does.
+            let started = std::time::Instant::now();
+            let decoded: usize = match encoding {
+                Encoding::Gzip => {
+                    use std::io::Write;
+                    let mut decoder = flate2::write::GzDecoder::new(Vec::new());
+                    writes
+                        .iter()
+                        .map(|write| {
+                            decoder.write_all(write).unwrap();
+                            decoder.flush().unwrap();
+                            std::mem::take(decoder.get_mut()).len()
+                        })
+                        .sum()
+                }
+                Encoding::Zstd => {
+                    let mut decoder = zstd::stream::raw::Decoder::new().unwrap();
+                    let mut out = vec![0u8; 4096];
+                    writes
+                        .iter()
+                        .map(|write| {
+                            let (mut read, mut written) = (0, 0);
+                            while read < write.len() {
+                                let status = zstd::stream::raw::Operation::run_on_buffers(
+                                    &mut decoder,
+                                    &write[read..],
+                                    &mut out,
+                                )
+                                .unwrap();
+                                read += status.bytes_read;
+                                written += status.bytes_written;
+                            }
+                            written
+                        })
+                        .sum()
+                }
+            };
+            let decode = started.elapsed() / writes.len() as u32;
+            assert!(decoded > 0);
+            eprintln!("{encoding:?}: a client decodes a write in {decode:?}");
+            eprintln!(
+                "{encoding:?}: {per:?} per stream and event; a new lineage (encoder built, first event) {start:?}"
+            );
         }
     }
 }
