@@ -206,6 +206,7 @@ pub(crate) fn mean(runs: &[Figures]) -> Figures {
         arrival_latency_p50_us: avg(|r| r.arrival_latency_p50_us),
         arrival_latency_p99_us: avg(|r| r.arrival_latency_p99_us),
         rss_per_connection_bytes: avg(|r| r.rss_per_connection_bytes),
+        heap_per_connection_bytes: avg(|r| r.heap_per_connection_bytes),
         writes_per_event: avg(|r| r.writes_per_event),
         published_per_second: avg(|r| r.published_per_second),
         wire_bytes_per_event: avg(|r| r.wire_bytes_per_event),

@@ -224,6 +224,16 @@ pub async fn comparison(s: Sizes) -> Vec<Row> {
             "≤ plain + 256 B",
             |ours, plain| ours <= plain + 256.0,
         ));
+        if pair.iter().all(|f| f.heap_per_connection_bytes.is_finite()) {
+            rows.push(row_with(
+                &scenario,
+                "server live heap per stream (bytes; `heap-count` build)",
+                &pair,
+                |f| f.heap_per_connection_bytes,
+                "≤ plain + 256 B",
+                |ours, plain| ours <= plain + 256.0,
+            ));
+        }
     }
     rows
 }
@@ -286,6 +296,7 @@ async fn idle_after_one_event(
         .await
         .expect("publisher connects");
     let before = sample_process(pid).unwrap_or_default();
+    let heap_before = live_heap(server).await;
     let mut streams = Vec::with_capacity(connections);
     for index in 0..connections {
         if let Ok(stream) =
@@ -302,5 +313,34 @@ async fn idle_after_one_event(
     )
     .await;
     tokio::time::sleep(REST_WAIT).await;
-    scenario::memory_per_stream(pid, before, streams, connections)
+    let heap_after = live_heap(server).await;
+    let mut figures = scenario::memory_per_stream(pid, before, streams, connections);
+    figures.heap_per_connection_bytes = match (heap_before, heap_after) {
+        (Some(before), Some(after)) => (after - before) as f64 / figures.connected.max(1) as f64,
+        _ => f64::NAN,
+    };
+    figures
+}
+
+/// The server's live heap (`GET /debug/heap`), if it counts it: `bench-ours`
+/// built with the `heap-count` feature.
+async fn live_heap(server: std::net::SocketAddr) -> Option<i128> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server).await.ok()?;
+    stream
+        .write_all(b"GET /debug/heap HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n")
+        .await
+        .ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).await.ok()?;
+    if !answer.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    let (_, body) = answer.split_once("\r\n\r\n")?;
+    // The body, plain or as one chunk (its size line has at most 2 hex
+    // digits; the heap's size in bytes has more digits than that).
+    body.lines()
+        .map(str::trim)
+        .filter(|line| line.len() > 2)
+        .find_map(|line| line.parse().ok())
 }

@@ -18,6 +18,8 @@ pub mod client;
 pub mod compare;
 pub mod compression;
 pub mod h2_idle;
+#[cfg(feature = "heap-count")]
+pub mod heap;
 pub mod interest;
 pub mod keyed;
 pub mod keys;

@@ -26,6 +26,9 @@ pub struct Figures {
     pub arrival_latency_p50_us: f64,
     pub arrival_latency_p99_us: f64,
     pub rss_per_connection_bytes: f64,
+    /// The server's live heap per stream, where it counts it (feature
+    /// `heap-count`); NaN otherwise.
+    pub heap_per_connection_bytes: f64,
     pub connected: u64,
     /// The server's write system calls per delivered event.
     pub writes_per_event: f64,

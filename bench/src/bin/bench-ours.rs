@@ -57,6 +57,10 @@ impl BenchController {
     }
 }
 
+#[cfg(feature = "heap-count")]
+#[global_allocator]
+static HEAP: &stats_alloc::StatsAlloc<std::alloc::System> = &bench::heap::INSTRUMENTED_SYSTEM;
+
 #[tokio::main]
 async fn main() {
     let config = RegistryConfig::default()
@@ -103,6 +107,11 @@ async fn serve_controller(registry: Registry<&'static str>, keyed: Registry<u32>
     let publish = axum::Router::new()
         .route("/events/broadcast", axum::routing::post(bench::publish))
         .with_state(registry.clone());
+    #[cfg(feature = "heap-count")]
+    let publish = publish.route(
+        "/debug/heap",
+        axum::routing::get(|| async { bench::heap::live_bytes().to_string() }),
+    );
     let app = BenchController { registry, keyed }.router().merge(publish);
     bench::serve(app, bench::Server::Ours).await;
 }
