@@ -91,10 +91,18 @@ struct Start {
 /// A start's event: its encoding, and its shared bytes' address and length.
 type StartKey = (Encoding, usize, usize);
 
-/// Every encoding's starts.
-static FRESH: Mutex<Option<HashMap<StartKey, Start>>> = Mutex::new(None);
+/// Every encoding's starts, and when to forget those no stream holds.
+static FRESH: Mutex<Option<Starts>> = Mutex::new(None);
 
-/// Past this many starts, those no stream holds any more are forgotten.
+struct Starts {
+    by_event: HashMap<StartKey, Start>,
+    /// At this many starts, those no stream holds any more are forgotten;
+    /// then it is twice what is left (at least [`FRESH_PRUNE_AT`]), so the
+    /// scan costs O(1) per start however many topics are live.
+    prune_at: usize,
+}
+
+/// The fewest starts at which the forgotten are pruned.
 const FRESH_PRUNE_AT: usize = 256;
 
 /// Where one stream is: its lineage, or none (no encoder).
@@ -200,8 +208,11 @@ impl Position {
         };
         let key = (self.encoding, shared.as_ptr() as usize, shared.len());
         let mut fresh = lock(&FRESH);
-        let starts = fresh.get_or_insert_with(HashMap::new);
-        if let Some(start) = starts.get(&key) {
+        let starts = fresh.get_or_insert_with(|| Starts {
+            by_event: HashMap::new(),
+            prune_at: FRESH_PRUNE_AT,
+        });
+        if let Some(start) = starts.by_event.get(&key) {
             if let Some(lineage) = start.lineage.upgrade() {
                 if same_event(&start.event, shared) {
                     return Ok((start.compressed.clone(), lineage));
@@ -209,10 +220,13 @@ impl Position {
             }
         }
         let (compressed, lineage) = new_lineage(self.encoding, data)?;
-        if starts.len() >= FRESH_PRUNE_AT {
-            starts.retain(|_, start| start.lineage.strong_count() > 0);
+        if starts.by_event.len() >= starts.prune_at {
+            starts
+                .by_event
+                .retain(|_, start| start.lineage.strong_count() > 0);
+            starts.prune_at = (2 * starts.by_event.len()).max(FRESH_PRUNE_AT);
         }
-        starts.insert(
+        starts.by_event.insert(
             key,
             Start {
                 event: shared.clone(),
@@ -301,6 +315,26 @@ mod tests {
             .iter()
             .map(|event| std::str::from_utf8(event).unwrap())
             .collect()
+    }
+
+    #[test]
+    fn starts_no_stream_holds_are_forgotten() {
+        // Per-user streams: each starts a lineage at an event of its own,
+        // then rests.
+        for (index, event) in events(5_000).iter().enumerate() {
+            let mut compressor = StreamCompressor::new(if index % 2 == 0 {
+                Encoding::Zstd
+            } else {
+                Encoding::Gzip
+            });
+            write(&mut compressor, &[event]);
+            compressor.rest().unwrap();
+        }
+        let remembered = lock(&FRESH)
+            .as_ref()
+            .map_or(0, |starts| starts.by_event.len());
+        // Other tests' live starts share the map; theirs are few.
+        assert!(remembered < 1_000, "{remembered} starts remembered");
     }
 
     #[test]
