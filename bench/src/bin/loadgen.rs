@@ -26,7 +26,7 @@ const USAGE: &str = "usage: loadgen compare [--smoke] [--out FILE] | loadgen swe
     | loadgen fan-out <server> <subscribers> <events> [<events/s>] | loadgen idle <server> <connections> | loadgen h2-idle <streams> \
     | loadgen redis <subscribers> <events> [<instances> [<publishers> [<events/s>]]] | loadgen keys [--smoke] | loadgen keys redis|memory <keys> <events> <events/s> \
     | loadgen interest [--smoke] [--instances 1,8] [--baseline BIN] | loadgen joins <subscribers> <per second> | loadgen cluster-load [--smoke] | loadgen acks [--smoke] \
-    | loadgen chaos [--seed N] [--faults N] [--replicas-to-acknowledge N (default 1)] [--kinds kill-master,freeze-master,cut-replication-then-kill,kill-instance]";
+    | loadgen chaos [--seed N] [--faults N] [--replicas-to-acknowledge N (default 1)] [--kinds kill-master,freeze-master,cut-replication-then-kill,kill-instance | restart-node,kill-instance (one node)]";
 
 #[tokio::main]
 async fn main() {
@@ -257,14 +257,18 @@ async fn chaos(words: &[&str], command: &str) {
     if let Some(faults) = value("--faults") {
         settings.faults = faults.parse().expect("--faults N");
     }
-    if let Some(replicas) = value("--replicas-to-acknowledge") {
-        settings.replicas_to_acknowledge = replicas.parse().expect("--replicas-to-acknowledge N");
-    }
     if let Some(kinds) = value("--kinds") {
         settings.kinds = kinds
             .split(',')
             .map(|kind| FaultKind::parse(kind).unwrap_or_else(|| panic!("no fault kind {kind}")))
             .collect();
+    }
+    // A single node (restart-node) has no replica to wait for.
+    if settings.kinds.iter().any(|kind| kind.needs_single_node()) {
+        settings.replicas_to_acknowledge = 0;
+    }
+    if let Some(replicas) = value("--replicas-to-acknowledge") {
+        settings.replicas_to_acknowledge = replicas.parse().expect("--replicas-to-acknowledge N");
     }
     let Some(report) = chaos::run(settings).await else {
         eprintln!("redis-server and redis-cli are needed");

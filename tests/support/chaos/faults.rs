@@ -8,6 +8,7 @@ use tokio::time::Instant;
 use super::instances::{Instance, InstanceSetup};
 use super::random::Random;
 use crate::redis_cluster::RedisCluster;
+use crate::redis_server::RedisServer;
 
 /// A kind of fault.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -24,16 +25,27 @@ pub enum FaultKind {
     /// Kill an app instance (its runtime, every task and socket), and start
     /// a new one.
     KillInstance,
+    /// Single-node Redis only: kill the server and start it again without
+    /// persistence, so every stream and idempotency record is gone.
+    RestartNode,
 }
 
 impl FaultKind {
-    /// Every kind.
+    /// Every kind on a cluster.
     pub const ALL: [FaultKind; 4] = [
         FaultKind::KillMaster,
         FaultKind::FreezeMaster,
         FaultKind::CutReplicationThenKill,
         FaultKind::KillInstance,
     ];
+
+    /// Every kind on a single node.
+    pub const SINGLE_NODE: [FaultKind; 2] = [FaultKind::RestartNode, FaultKind::KillInstance];
+
+    /// Whether the kind needs a single Redis node (not a cluster).
+    pub fn needs_single_node(self) -> bool {
+        self == FaultKind::RestartNode
+    }
 
     /// Its name in reports and on the command line.
     pub fn name(self) -> &'static str {
@@ -42,12 +54,16 @@ impl FaultKind {
             FaultKind::FreezeMaster => "freeze-master",
             FaultKind::CutReplicationThenKill => "cut-replication-then-kill",
             FaultKind::KillInstance => "kill-instance",
+            FaultKind::RestartNode => "restart-node",
         }
     }
 
     /// The kind named `name`.
     pub fn parse(name: &str) -> Option<FaultKind> {
-        FaultKind::ALL.into_iter().find(|kind| kind.name() == name)
+        FaultKind::ALL
+            .into_iter()
+            .chain(FaultKind::SINGLE_NODE)
+            .find(|kind| kind.name() == name)
     }
 }
 
@@ -59,11 +75,27 @@ pub struct Injected {
     pub recovered_after: Duration,
 }
 
+/// The Redis a run uses.
+pub enum Deployment {
+    Cluster(RedisCluster),
+    Node(RedisServer),
+}
+
+impl Deployment {
+    fn cluster(&mut self) -> &mut RedisCluster {
+        match self {
+            Deployment::Cluster(cluster) => cluster,
+            Deployment::Node(_) => panic!("a cluster fault on a single node"),
+        }
+    }
+}
+
 /// Injects `kind`, then undoes it and waits until the cluster has settled
-/// (three masters, every replica in sync) or the new instance serves.
+/// (three masters, every replica in sync), the node is back, or the new
+/// instance serves.
 pub async fn inject(
     kind: FaultKind,
-    cluster: &mut RedisCluster,
+    redis: &mut Deployment,
     instances: &mut Vec<Instance>,
     setup: &InstanceSetup,
     live: &Arc<Mutex<Vec<u16>>>,
@@ -73,10 +105,12 @@ pub async fn inject(
     eprintln!("chaos: {}", kind.name());
     match kind {
         FaultKind::KillMaster => {
+            let cluster = redis.cluster();
             let master = running_master(cluster, random).await;
             kill_until_it_rejoins(cluster, master).await;
         }
         FaultKind::FreezeMaster => {
+            let cluster = redis.cluster();
             let master = running_master(cluster, random).await;
             cluster.freeze(master).await;
             tokio::time::sleep(Duration::from_secs(3)).await;
@@ -84,6 +118,7 @@ pub async fn inject(
             cluster.wait_until_settled().await;
         }
         FaultKind::CutReplicationThenKill => {
+            let cluster = redis.cluster();
             let master = running_master(cluster, random).await;
             cluster.cut_replication(master).await;
             tokio::time::sleep(Duration::from_millis(300)).await;
@@ -99,6 +134,14 @@ pub async fn inject(
             live.lock().unwrap().push(replacement.port);
             instances.push(replacement);
         }
+        FaultKind::RestartNode => match redis {
+            Deployment::Node(server) => {
+                server.kill().await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                server.restart().await;
+            }
+            Deployment::Cluster(_) => panic!("restart-node needs a single node"),
+        },
     }
     Injected {
         kind,

@@ -10,8 +10,10 @@ use sse_runtime::{MessageEvent, RedisBroker, Registry, RegistryConfig};
 
 /// What every app instance of a run is started with.
 pub struct InstanceSetup {
-    /// The cluster's nodes.
+    /// The cluster's nodes, or the single node's URL alone.
     pub urls: Vec<String>,
+    /// Whether `urls` is a cluster (otherwise one node).
+    pub cluster: bool,
     /// The chat's rooms.
     pub rooms: Vec<String>,
     /// The broker's settings.
@@ -37,12 +39,16 @@ impl Instance {
         let urls = setup.urls.clone();
         let rooms = setup.rooms.clone();
         let config = setup.config.clone();
+        let cluster = setup.cluster;
         let (started, registry) = tokio::sync::oneshot::channel();
         runtime.spawn(async move {
             let urls: Vec<&str> = urls.iter().map(String::as_str).collect();
-            let broker = RedisBroker::connect_cluster(&urls, config)
-                .await
-                .expect("connect an instance to the cluster");
+            let broker = if cluster {
+                RedisBroker::connect_cluster(&urls, config).await
+            } else {
+                RedisBroker::connect(urls[0], config).await
+            }
+            .expect("connect an instance to Redis");
             let registry = Registry::with_broker(broker);
             let app = ChatController::with_registry(rooms, registry.clone()).app();
             let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))

@@ -26,7 +26,8 @@ use std::time::Duration;
 pub use check::{ChaosReport, FaultRow};
 pub use faults::FaultKind;
 
-use crate::redis_cluster;
+use crate::{redis_cluster, redis_server};
+use faults::Deployment;
 use instances::{Instance, InstanceSetup};
 use random::Random;
 use sse_runtime::RegistryConfig;
@@ -56,6 +57,17 @@ pub struct ChaosSettings {
 }
 
 impl ChaosSettings {
+    /// A short schedule on a single Redis node without persistence: its
+    /// restart and an instance's death, once each. No replica to wait for.
+    pub fn single_node(seed: u64) -> ChaosSettings {
+        ChaosSettings {
+            faults: FaultKind::SINGLE_NODE.len(),
+            kinds: FaultKind::SINGLE_NODE.to_vec(),
+            replicas_to_acknowledge: 0,
+            ..ChaosSettings::short(seed)
+        }
+    }
+
     /// A short schedule: one fault of each kind, in a seeded order.
     pub fn short(seed: u64) -> ChaosSettings {
         ChaosSettings {
@@ -99,10 +111,20 @@ fn room(index: usize) -> String {
 /// Runs the checker: `None` when redis-server or redis-cli is missing
 /// outside CI (under `CI=true` that fails instead).
 pub async fn run(settings: ChaosSettings) -> Option<ChaosReport> {
-    let mut cluster = redis_cluster::start_with_replicas(1).await?;
+    let single_node = settings.kinds.iter().any(|kind| kind.needs_single_node());
+    let (mut redis, urls) = if single_node {
+        let server = redis_server::start(false).await?;
+        let url = server.url();
+        (Deployment::Node(server), vec![url])
+    } else {
+        let cluster = redis_cluster::start_with_replicas(1).await?;
+        let urls = cluster.urls();
+        (Deployment::Cluster(cluster), urls)
+    };
     let mut random = Random::new(settings.seed);
     let setup = InstanceSetup {
-        urls: cluster.urls(),
+        urls,
+        cluster: !single_node,
         rooms: (0..ROOMS).map(room).collect(),
         config: RegistryConfig::default().replicas_to_acknowledge(settings.replicas_to_acknowledge),
     };
@@ -148,15 +170,7 @@ pub async fn run(settings: ChaosSettings) -> Option<ChaosReport> {
     for kind in settings.schedule(&mut random) {
         tokio::time::sleep(random.between(Duration::from_secs(2), Duration::from_secs(4))).await;
         injected.push(
-            faults::inject(
-                kind,
-                &mut cluster,
-                &mut instances,
-                &setup,
-                &live,
-                &mut random,
-            )
-            .await,
+            faults::inject(kind, &mut redis, &mut instances, &setup, &live, &mut random).await,
         );
     }
     tokio::time::sleep(Duration::from_secs(3)).await;
