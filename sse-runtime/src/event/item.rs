@@ -103,7 +103,8 @@ impl SseItem for EncodedEvent {
     }
 
     fn shared_bytes(&self) -> Option<Bytes> {
-        Some(self.bytes.clone())
+        // A resume point is its subscription's own (its position).
+        (!self.is_resume_point()).then(|| self.bytes.clone())
     }
 }
 

@@ -122,13 +122,13 @@ struct Compression {
 
 impl Compression {
     /// `frame`, compressed (by event, as [`Compression::segments`] marks
-    /// them); the first write after a rest arms the timer.
+    /// them); the write that takes up an encoder arms the rest timer.
     fn compress(&mut self, frame: &[u8]) -> std::io::Result<Bytes> {
         let was_active = self.compressor.is_active();
         let compressed = self.compressor.compress_events(frame, &self.segments);
         self.segments.clear();
         let compressed = compressed?;
-        if !was_active {
+        if !was_active && self.compressor.is_active() {
             let rest_at = Instant::now() + REST_AFTER;
             match self.rest_timer.as_mut() {
                 Some(timer) => timer.as_mut().reset(rest_at),
@@ -236,11 +236,21 @@ impl<S> SseBody<S> {
     /// Compresses everything the body writes with `compressor`.
     #[cfg_attr(not(feature = "compression"), allow(dead_code))]
     pub(crate) fn compressed(mut self, compressor: StreamCompressor) -> Self {
+        // What the buffer holds already (the `retry:` field) is no event.
+        let segments = if self.buf.is_empty() {
+            Vec::new()
+        } else {
+            vec![Segment {
+                end: self.buf.len(),
+                shared: None,
+                no_event: true,
+            }]
+        };
         self.compression = Some(Compression {
             compressor,
             rest_timer: None,
             finished: false,
-            segments: Vec::new(),
+            segments,
         });
         self
     }
@@ -476,6 +486,7 @@ fn drain<S>(
                         segments.push(Segment {
                             end: buf.len(),
                             shared,
+                            no_event: !is_event,
                         });
                     }
                 }

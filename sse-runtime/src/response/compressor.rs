@@ -60,6 +60,10 @@ const ZSTD_FRAME_END: [u8; 3] = [1, 0, 0];
 pub(crate) struct Segment {
     pub(crate) end: usize,
     pub(crate) shared: Option<Bytes>,
+    /// Bytes that are no event (the `retry:` field, a resume point): while
+    /// the stream holds no encoder they go out uncompressed, so that a
+    /// stream builds none before its first event.
+    pub(crate) no_event: bool,
 }
 
 /// The compressing side of one event stream.
@@ -135,6 +139,7 @@ impl StreamCompressor {
             &[Segment {
                 end: data.len(),
                 shared: None,
+                no_event: false,
             }],
         )
     }
@@ -155,6 +160,7 @@ impl StreamCompressor {
         let rest = Segment {
             end: frame.len(),
             shared: None,
+            no_event: false,
         };
         for segment in segments.iter().chain(std::iter::once(&rest)) {
             let data = &frame[from.min(segment.end)..segment.end.min(frame.len())];
@@ -163,6 +169,14 @@ impl StreamCompressor {
                 continue;
             }
             let shared = segment.shared.as_ref().filter(|shared| shared[..] == *data);
+            if segment.no_event && !self.is_active() && data.len() <= RAW_FRAME_MAX {
+                // No event, while the stream holds no encoder (its
+                // `retry:` field, its resume point): framed as it is, so a
+                // stream that never gets an event builds no encoder, and
+                // one that does joins the others at its first.
+                self.frame_plain(&mut out, data);
+                continue;
+            }
             let compressed = self.position.compress(data, shared)?;
             if compressed.left && self.encoding == Encoding::Zstd {
                 out.extend_from_slice(&ZSTD_FRAME_END);
@@ -183,14 +197,22 @@ impl StreamCompressor {
         }
         let mut out = Vec::with_capacity(comment.len() + 24);
         self.start(&mut out);
+        self.frame_plain(&mut out, comment);
+        Ok(Bytes::from(out))
+    }
+
+    /// `data` (at most [`RAW_FRAME_MAX`] bytes) framed uncompressed, with no
+    /// encoder: a stored deflate block, or a zstd frame of one raw block.
+    /// Only while the stream is at rest: in gzip, an encoder's later blocks
+    /// refer to nothing before them.
+    fn frame_plain(&mut self, out: &mut Vec<u8>, data: &[u8]) {
         match self.encoding {
             Encoding::Gzip => {
-                stored_block(&mut out, comment, false);
-                self.crc.update(comment);
+                stored_block(out, data, false);
+                self.crc.update(data);
             }
-            Encoding::Zstd => raw_frame(&mut out, comment),
+            Encoding::Zstd => raw_frame(out, data),
         }
-        Ok(Bytes::from(out))
     }
 
     /// Leaves the encoder of a quiet stream; returns what must still go out
@@ -300,6 +322,9 @@ fn push_stored(out: &mut Vec<u8>, chunk: &[u8], last: bool) {
 
 /// The zstd frame magic number (RFC 8878 §3.1.1).
 const ZSTD_MAGIC: u32 = 0xFD2F_B528;
+
+/// The most bytes [`raw_frame`] holds.
+const RAW_FRAME_MAX: usize = 255;
 
 /// A zstd frame holding `data` (at most 255 bytes) in one raw block: a
 /// single-segment frame whose one-byte content size is `data`'s length,

@@ -287,6 +287,7 @@ mod tests {
             segments.push(Segment {
                 end: frame.len(),
                 shared: Some((*event).clone()),
+                no_event: false,
             });
         }
         compressor
@@ -462,6 +463,7 @@ mod cost {
                     let segments = [Segment {
                         end: event.len(),
                         shared: Some(event.clone()),
+                        no_event: false,
                     }];
                     let written = stream.compress_events(event, &segments).unwrap();
                     if index == 0 {

@@ -11,6 +11,7 @@ use bytes::Bytes;
 pub(crate) struct Segment {
     pub(crate) end: usize,
     pub(crate) shared: Option<Bytes>,
+    pub(crate) no_event: bool,
 }
 
 /// Never built.
