@@ -18,12 +18,17 @@
 
 use sse_tests::chaos::{self, ChaosSettings};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_short_random_schedule_of_faults_leaves_no_duplicate_disorder_silent_gap_or_stuck_slot() {
-    let seed = std::env::var("CHAOS_SEED")
+/// The schedule's seed: `CHAOS_SEED`, or 2026.
+fn seed() -> u64 {
+    std::env::var("CHAOS_SEED")
         .ok()
         .and_then(|seed| seed.parse().ok())
-        .unwrap_or(2026);
+        .unwrap_or(2026)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_random_schedule_of_faults_leaves_no_duplicate_disorder_silent_gap_or_stuck_slot() {
+    let seed = seed();
     let Some(report) = chaos::run(ChaosSettings::short(seed)).await else {
         return;
     };
@@ -43,10 +48,7 @@ async fn a_short_random_schedule_of_faults_leaves_no_duplicate_disorder_silent_g
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_single_node_restarted_without_persistence_leaves_no_duplicate_disorder_or_silent_gap() {
-    let seed = std::env::var("CHAOS_SEED")
-        .ok()
-        .and_then(|seed| seed.parse().ok())
-        .unwrap_or(2026);
+    let seed = seed();
     let Some(report) = chaos::run(ChaosSettings::single_node(seed)).await else {
         return;
     };
