@@ -13,7 +13,7 @@ const SEND_RETRY_WAIT: Duration = Duration::from_millis(100);
 /// in ms: under one attempt's timeout on a cluster
 /// ([`CLUSTER_ATTEMPT_TIMEOUT`](super::connection::CLUSTER_ATTEMPT_TIMEOUT)),
 /// so its answer comes before the connection gives up on the node.
-pub(super) const REPLICA_WAIT_MS: u64 = 400;
+const REPLICA_WAIT_MS: u64 = 400;
 
 /// What one send did: the entry's id (empty without an idempotency record:
 /// nobody asks for it), whether the record showed it a repeat, and whether
@@ -156,17 +156,16 @@ impl Inner {
             // the retry goes where the slot map says after a refresh.
             self.commands.refresh_topology();
         }
-        answer.map(|(id, replicated)| match id.strip_prefix('=') {
-            Some(first) => Written {
-                id: first.to_owned(),
-                repeat: true,
-                replicated,
-            },
-            None => Written {
+        answer.map(|(id, replicated)| {
+            let (id, repeat) = match id.strip_prefix('=') {
+                Some(first) => (first.to_owned(), true),
+                None => (id, false),
+            };
+            Written {
                 id,
-                repeat: false,
+                repeat,
                 replicated,
-            },
+            }
         })
     }
 
@@ -178,8 +177,7 @@ impl Inner {
         connection: &mut super::connection::Connection,
         command: redis::Cmd,
     ) -> redis::RedisResult<(String, bool)> {
-        let replicas = self.config.replicas_to_acknowledge;
-        if replicas == 0 {
+        if self.config.replicas_to_acknowledge == 0 {
             return command
                 .query_async(connection)
                 .await
@@ -188,8 +186,8 @@ impl Inner {
         let mut pipeline = redis::pipe();
         pipeline.add_command(command);
         self.wait_for_replicas(&mut pipeline);
-        let (answer, confirmed): (String, usize) = pipeline.query_async(connection).await?;
-        Ok((answer, confirmed >= replicas))
+        let (answer, confirmed): (String, redis::Value) = pipeline.query_async(connection).await?;
+        Ok((answer, self.replicated(Some(&confirmed))))
     }
 
     /// Appends `WAIT` for the replicas to acknowledge to `pipeline`, if any.
