@@ -133,6 +133,7 @@ impl StreamCompressor {
 
     /// `data`, compressed and flushed: the client can decode all of it from
     /// what is returned. Bytes of this stream's own: see [`compress_events`](Self::compress_events).
+    #[cfg(test)]
     pub(crate) fn compress(&mut self, data: &[u8]) -> io::Result<Bytes> {
         self.compress_events(
             data,
@@ -189,16 +190,18 @@ impl StreamCompressor {
         Ok(Bytes::from(out))
     }
 
-    /// A keep-alive comment: through the encoder while active, or framed
-    /// uncompressed while at rest, so that a quiet stream builds no encoder.
+    /// A keep-alive comment: no event, so through the encoder while active,
+    /// or framed uncompressed while at rest, so that a quiet stream builds no
+    /// encoder (as [`compress_events`](Self::compress_events) does).
     pub(crate) fn keep_alive(&mut self, comment: &[u8]) -> io::Result<Bytes> {
-        if self.is_active() {
-            return self.compress(comment);
-        }
-        let mut out = Vec::with_capacity(comment.len() + 24);
-        self.start(&mut out);
-        self.frame_plain(&mut out, comment);
-        Ok(Bytes::from(out))
+        self.compress_events(
+            comment,
+            &[Segment {
+                end: comment.len(),
+                shared: None,
+                no_event: true,
+            }],
+        )
     }
 
     /// `data` (at most [`RAW_FRAME_MAX`] bytes) framed uncompressed, with no
