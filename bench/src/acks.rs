@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 use sse_runtime::{MessageEvent, Registry, RegistryConfig};
 
+use crate::report::percentile;
+
 /// What one round of one setting measured.
 #[derive(Debug, Clone, Default)]
 struct Round {
@@ -22,14 +24,6 @@ struct Round {
     sequential_per_second: f64,
     /// Concurrent sends per second, all publishers together.
     concurrent_per_second: f64,
-}
-
-fn percentile(sorted: &[Duration], fraction: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
 }
 
 /// `sends` sends one after another, then `sends` more spread over

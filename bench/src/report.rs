@@ -16,6 +16,14 @@ pub struct Row {
     pub met: bool,
 }
 
+/// The `fraction` percentile of `sorted` durations (zero with none).
+pub fn percentile(sorted: &[std::time::Duration], fraction: f64) -> std::time::Duration {
+    sorted
+        .get(((sorted.len() as f64 * fraction) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or_default()
+}
+
 /// Events expected but not delivered.
 pub fn loss(f: &Figures) -> u64 {
     f.expected.saturating_sub(f.delivered)

@@ -159,15 +159,7 @@ async fn main() {
                 rate.parse().expect("per second"),
             )
             .await;
-            let at = |q: f64| {
-                latencies
-                    .get(
-                        ((latencies.len() as f64 * q) as usize)
-                            .min(latencies.len().saturating_sub(1)),
-                    )
-                    .copied()
-                    .unwrap_or_default()
-            };
+            let at = |q: f64| bench::report::percentile(&latencies, q);
             println!(
                 "{} of {subscribers} joined at {rate}/s: p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 latencies.len(),
