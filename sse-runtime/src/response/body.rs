@@ -13,8 +13,9 @@ use http_body::Frame;
 use pin_project_lite::pin_project;
 use tokio::time::{Instant, Sleep};
 
-use super::compressor::{Segment, StreamCompressor};
+use super::compressor::StreamCompressor;
 use super::pacer;
+use super::segments::{Segment, Segments};
 use crate::event::encode;
 use crate::event::item::SseItem;
 use crate::telemetry;
@@ -73,9 +74,12 @@ pin_project! {
     pub(crate) struct SseBody<S> {
         #[pin]
         stream: S,
-        // Boxed lazily: a connection with keep-alive off carries no timer.
-        keep_alive: Option<Pin<Box<Sleep>>>,
-        interval: Duration,
+        // The keep-alive timer, which also puts a compressed stream's
+        // encoder to rest. Boxed lazily: a connection with keep-alive off
+        // carries no timer (unless its encoder is active).
+        timer: Option<Pin<Box<Sleep>>>,
+        // The keep-alive interval, if any.
+        interval: Option<Duration>,
         // When data last went out. The timer is not reset on every frame (a
         // timer-wheel operation per event); when it fires early it is re-armed
         // from here instead.
@@ -102,64 +106,66 @@ pin_project! {
     }
 }
 
-/// How long a compressed stream may go without an event before its encoder
+/// How long a compressed stream may go without a write before its encoder
 /// is dropped (see [`StreamCompressor`]): long enough that a feed updated
 /// every few seconds keeps its dictionary, short enough that an idle stream
-/// holds no encoder.
+/// holds no encoder. A keep-alive interval shorter than this rests it
+/// sooner: a keep-alive means the stream was quiet that long.
 const REST_AFTER: Duration = Duration::from_secs(5);
 
-/// A compressed response's encoder and the timer that puts it to rest.
+/// A compressed response's encoder.
 struct Compression {
     compressor: StreamCompressor,
-    // Armed while the encoder is active; like the keep-alive timer, re-armed
-    // from the last write when it fires early, not reset per write.
-    rest_timer: Option<Pin<Box<Sleep>>>,
     // Whether the end of the compressed body has gone out.
     finished: bool,
     // Where the events of the batch being built end, and their shared bytes.
-    segments: Vec<Segment>,
+    segments: Segments,
 }
 
 impl Compression {
     /// `frame`, compressed (by event, as [`Compression::segments`] marks
-    /// them); the write that takes up an encoder arms the rest timer.
+    /// them).
     fn compress(&mut self, frame: &[u8]) -> std::io::Result<Bytes> {
-        let was_active = self.compressor.is_active();
         let compressed = self.compressor.compress_events(frame, &self.segments);
         self.segments.clear();
-        let compressed = compressed?;
-        if !was_active && self.compressor.is_active() {
-            let rest_at = Instant::now() + REST_AFTER;
-            match self.rest_timer.as_mut() {
-                Some(timer) => timer.as_mut().reset(rest_at),
-                None => self.rest_timer = Some(Box::pin(tokio::time::sleep_until(rest_at))),
-            }
-        }
-        Ok(compressed)
+        compressed
     }
 
-    /// Drops the encoder once the stream has been quiet for [`REST_AFTER`];
-    /// returns what must go out for the client to decode up to here.
-    fn poll_rest(&mut self, cx: &mut Context<'_>, last_write: Instant) -> Option<Bytes> {
-        let timer = self.rest_timer.as_mut()?;
-        while timer.as_mut().poll(cx).is_ready() {
-            let rest_at = last_write + REST_AFTER;
-            if Instant::now() < rest_at {
-                timer.as_mut().reset(rest_at);
-                continue;
+    /// Drops the encoder (the stream has been quiet); returns what must go
+    /// out for the client to decode up to here.
+    fn rest(&mut self) -> Option<Bytes> {
+        self.segments.release();
+        match self.compressor.rest() {
+            Ok(end) => end,
+            Err(error) => {
+                tracing::warn!(%error, "could not end a compressed SSE frame");
+                None
             }
-            self.rest_timer = None;
-            self.segments = Vec::new();
-            return match self.compressor.rest() {
-                Ok(end) => end,
-                Err(error) => {
-                    tracing::warn!(%error, "could not end a compressed SSE frame");
-                    None
-                }
-            };
         }
-        None
     }
+}
+
+/// When the body's timer is next due: the encoder's rest, while one is
+/// active, and the next keep-alive.
+fn next_due(
+    last_write: Instant,
+    interval: Option<Duration>,
+    compression: Option<&Compression>,
+) -> Option<Instant> {
+    let keep_alive = interval.map(|interval| last_write + interval);
+    let rest = compression
+        .filter(|compression| compression.compressor.is_active())
+        .map(|_| last_write + rest_after(interval));
+    match (keep_alive, rest) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// How long a stream with this keep-alive interval stays quiet before its
+/// encoder rests (see [`REST_AFTER`]).
+fn rest_after(interval: Option<Duration>) -> Duration {
+    interval.map_or(REST_AFTER, |interval| interval.min(REST_AFTER))
 }
 
 /// Counts a stream as open while it lives, and logs and counts its close.
@@ -218,8 +224,8 @@ impl<S> SseBody<S> {
         }
         SseBody {
             stream,
-            keep_alive: keep_alive.map(|interval| Box::pin(tokio::time::sleep(interval))),
-            interval: keep_alive.unwrap_or_default(),
+            timer: keep_alive.map(|interval| Box::pin(tokio::time::sleep(interval))),
+            interval: keep_alive,
             last_write: Instant::now(),
             batching,
             held: None,
@@ -238,17 +244,16 @@ impl<S> SseBody<S> {
     pub(crate) fn compressed(mut self, compressor: StreamCompressor) -> Self {
         // What the buffer holds already (the `retry:` field) is no event.
         let segments = if self.buf.is_empty() {
-            Vec::new()
+            Segments::default()
         } else {
-            vec![Segment {
+            Segments::one(Segment {
                 end: self.buf.len(),
                 shared: None,
                 no_event: true,
-            }]
+            })
         };
         self.compression = Some(Compression {
             compressor,
-            rest_timer: None,
             finished: false,
             segments,
         });
@@ -271,6 +276,14 @@ where
         let mut this = self.project();
         // Whatever the stream and the broker log while polled belongs to it.
         let _in_span = this.open.span.clone().entered();
+        if let Some(opening) = this
+            .compression
+            .as_mut()
+            .and_then(|compression| compression.compressor.opening())
+        {
+            // The gzip header, before anything else.
+            return Poll::Ready(Some(Ok(Frame::data(opening))));
+        }
         let held_until_later = match this.held.as_mut() {
             Some(held) if pacer::now() < held.due => {
                 // Woken before the window ends: a body polled from another
@@ -345,9 +358,7 @@ where
             };
             // The first write follows no write: it starts no burst.
             let wrote_before = std::mem::replace(this.written, true);
-            if this.keep_alive.is_some()
-                || *this.batching != Batching::Off
-                || this.compression.is_some()
+            if this.timer.is_some() || *this.batching != Batching::Off || this.compression.is_some()
             {
                 let now = Instant::now();
                 *this.bursting =
@@ -357,12 +368,22 @@ where
             let frame = take_frame(this.buf);
             let frame = match this.compression.as_mut() {
                 None => frame,
-                Some(compression) => match compression.compress(&frame) {
-                    Ok(compressed) => compressed,
-                    Err(error) => {
-                        return end_on_compression_error(error, this.ended, this.compression);
+                Some(compression) => {
+                    let was_active = compression.compressor.is_active();
+                    match compression.compress(&frame) {
+                        Ok(compressed) => {
+                            if !was_active && compression.compressor.is_active() {
+                                // An encoder taken up: the timer rests it.
+                                let rest_at = *this.last_write + rest_after(*this.interval);
+                                arm_by(this.timer, rest_at);
+                            }
+                            compressed
+                        }
+                        Err(error) => {
+                            return end_on_compression_error(error, this.ended, this.compression);
+                        }
                     }
-                },
+                }
             };
             this.open
                 .written(std::mem::take(this.pending_events), frame.len());
@@ -378,39 +399,57 @@ where
             }
             return Poll::Ready(None);
         }
-        if let Some(compression) = this.compression.as_mut() {
-            if let Some(end) = compression.poll_rest(cx, *this.last_write) {
-                return Poll::Ready(Some(Ok(Frame::data(end))));
+        while let Some(timer) = this.timer.as_mut() {
+            if timer.as_mut().poll(cx).is_pending() {
+                break;
             }
-        }
-        if let Some(sleep) = this.keep_alive.as_mut() {
-            while sleep.as_mut().poll(cx).is_ready() {
-                let now = Instant::now();
-                let quiet_until = *this.last_write + *this.interval;
-                if now < quiet_until {
-                    // Data went out since the timer was set: wait the rest.
-                    sleep.as_mut().reset(quiet_until);
-                    continue;
+            let now = Instant::now();
+            if let Some(compression) = this
+                .compression
+                .as_mut()
+                .filter(|compression| compression.compressor.is_active())
+            {
+                if now >= *this.last_write + rest_after(*this.interval) {
+                    let end = compression.rest();
+                    if let Some(due) = next_due(*this.last_write, *this.interval, Some(compression))
+                    {
+                        timer.as_mut().reset(due);
+                    }
+                    match end {
+                        Some(end) => return Poll::Ready(Some(Ok(Frame::data(end)))),
+                        None => continue,
+                    }
                 }
-                sleep.as_mut().reset(now + *this.interval);
-                *this.last_write = now;
-                telemetry::keep_alive(this.open.route);
-                let comment = match this.compression.as_mut() {
-                    None => Bytes::from_static(encode::KEEP_ALIVE),
-                    Some(compression) => {
-                        match compression.compressor.keep_alive(encode::KEEP_ALIVE) {
-                            Ok(comment) => comment,
-                            Err(error) => {
-                                return end_on_compression_error(
-                                    error,
-                                    this.ended,
-                                    this.compression,
-                                );
+            }
+            match *this.interval {
+                Some(interval) if now >= *this.last_write + interval => {
+                    *this.last_write = now;
+                    timer.as_mut().reset(now + interval);
+                    telemetry::keep_alive(this.open.route);
+                    let comment = match this.compression.as_mut() {
+                        None => Bytes::from_static(encode::KEEP_ALIVE),
+                        Some(compression) => {
+                            match compression.compressor.keep_alive(encode::KEEP_ALIVE) {
+                                Ok(comment) => comment,
+                                Err(error) => {
+                                    return end_on_compression_error(
+                                        error,
+                                        this.ended,
+                                        this.compression,
+                                    );
+                                }
                             }
                         }
-                    }
-                };
-                return Poll::Ready(Some(Ok(Frame::data(comment))));
+                    };
+                    return Poll::Ready(Some(Ok(Frame::data(comment))));
+                }
+                _ => {}
+            }
+            // Fired early (data went out since it was set): wait the rest,
+            // or, with nothing left to wait for, drop the timer.
+            match next_due(*this.last_write, *this.interval, this.compression.as_ref()) {
+                Some(due) => timer.as_mut().reset(due),
+                None => *this.timer = None,
             }
         }
         Poll::Pending
@@ -418,6 +457,15 @@ where
 
     fn is_end_stream(&self) -> bool {
         self.ended && self.buf.is_empty() && self.compression.as_ref().is_none_or(|c| c.finished)
+    }
+}
+
+/// Makes `timer` fire by `due` at the latest, building it if there is none.
+fn arm_by(timer: &mut Option<Pin<Box<Sleep>>>, due: Instant) {
+    match timer.as_mut() {
+        Some(timer) if timer.deadline() <= due => {}
+        Some(timer) => timer.as_mut().reset(due),
+        None => *timer = Some(Box::pin(tokio::time::sleep_until(due))),
     }
 }
 
@@ -468,7 +516,7 @@ fn drain<S>(
     buf: &mut BytesMut,
     pending_events: &mut u64,
     ended: &mut bool,
-    mut segments: Option<&mut Vec<Segment>>,
+    mut segments: Option<&mut Segments>,
 ) where
     S: Stream,
     S::Item: SseItem,
@@ -728,5 +776,81 @@ mod tests {
         tokio::time::advance(MS).await;
         fed.send("6");
         assert_eq!(poll_data(&mut body, &mut cx), None, "still a burst");
+    }
+
+    fn poll_bytes(body: &mut Pin<Box<SseBody<Fed>>>, cx: &mut Context<'_>) -> Option<Bytes> {
+        use http_body::Body as _;
+        match body.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Some(frame.into_data().expect("a data frame")),
+            Poll::Ready(None) => panic!("the body ended"),
+            Poll::Pending => None,
+        }
+    }
+
+    /// A quiet compressed stream drops its encoder after [`REST_AFTER`], or
+    /// at its first keep-alive if that comes sooner (a stream with a short
+    /// keep-alive would otherwise never rest); a stream with no keep-alive
+    /// then holds no timer either.
+    #[cfg(feature = "compression")]
+    #[tokio::test(start_paused = true)]
+    async fn a_quiet_compressed_stream_rests_at_its_keep_alive_or_after_five_seconds() {
+        use super::super::accept_encoding::Encoding;
+        const SECOND: Duration = Duration::from_secs(1);
+        for (keep_alive, rests_after) in [
+            (Some(SECOND), SECOND),
+            (Some(15 * SECOND), REST_AFTER),
+            (None, REST_AFTER),
+        ] {
+            let fed = Fed::default();
+            let mut body = Box::pin(
+                SseBody::new(
+                    fed.clone(),
+                    keep_alive,
+                    None,
+                    Batching::Off,
+                    OpenStream::new("test"),
+                )
+                .compressed(StreamCompressor::new(Encoding::Zstd)),
+            );
+            let mut cx = Context::from_waker(Waker::noop());
+            let active = |body: &Pin<Box<SseBody<Fed>>>| {
+                body.compression
+                    .as_ref()
+                    .is_some_and(|compression| compression.compressor.is_active())
+            };
+            let mut wire = Vec::new();
+            fed.send("1");
+            wire.extend_from_slice(&poll_bytes(&mut body, &mut cx).expect("the event"));
+            assert!(
+                active(&body),
+                "{keep_alive:?}: an event takes up an encoder"
+            );
+            tokio::time::advance(rests_after - MS).await;
+            assert!(poll_bytes(&mut body, &mut cx).is_none());
+            assert!(active(&body), "{keep_alive:?}: not quiet long enough yet");
+            tokio::time::advance(MS).await;
+            while let Some(bytes) = poll_bytes(&mut body, &mut cx) {
+                wire.extend_from_slice(&bytes);
+            }
+            assert!(
+                !active(&body),
+                "{keep_alive:?}: rested after {rests_after:?}"
+            );
+            let expected = match keep_alive {
+                Some(SECOND) => "data: 1\n\n: keep-alive\n\n",
+                _ => "data: 1\n\n",
+            };
+            let decoded = zstd::stream::decode_all(&wire[..]).expect("valid zstd");
+            assert_eq!(
+                String::from_utf8(decoded).unwrap(),
+                expected,
+                "{keep_alive:?}"
+            );
+            assert_eq!(
+                body.timer.is_some(),
+                keep_alive.is_some(),
+                "{keep_alive:?}: a timer only for the keep-alive"
+            );
+        }
     }
 }

@@ -29,6 +29,7 @@ use zstd::stream::raw::{CParameter, Encoder as ZstdEncoder, InBuffer, Operation,
 
 use super::accept_encoding::Encoding;
 use super::lineage::Position;
+use super::segments::{Segment, Segments};
 
 /// gzip's level. With fixed-Huffman blocks (see [`deflate_encoder`]) and
 /// one event per flush, level 6 sends 0.16 of the plain bytes of chat
@@ -60,17 +61,6 @@ const GZIP_HEADER: [u8; 10] = [0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 0xff];
 /// The end of a zstd frame that holds no checksum, written without its
 /// encoder: an empty raw block marked last (RFC 8878 §3.1.1.2).
 const ZSTD_FRAME_END: [u8; 3] = [1, 0, 0];
-
-/// Where one write's events end in its bytes, and each event's bytes as
-/// other streams may carry them too (see [`lineage`](super::lineage)).
-pub(crate) struct Segment {
-    pub(crate) end: usize,
-    pub(crate) shared: Option<Bytes>,
-    /// Bytes that are no event (the `retry:` field, a resume point): while
-    /// the stream holds no encoder they go out uncompressed, so that a
-    /// stream builds none before its first event.
-    pub(crate) no_event: bool,
-}
 
 /// The compressing side of one event stream.
 pub(crate) struct StreamCompressor {
@@ -146,11 +136,11 @@ impl StreamCompressor {
     pub(crate) fn compress(&mut self, data: &[u8]) -> io::Result<Bytes> {
         self.compress_events(
             data,
-            &[Segment {
+            &Segments::one(Segment {
                 end: data.len(),
                 shared: None,
                 no_event: false,
-            }],
+            }),
         )
     }
 
@@ -162,10 +152,12 @@ impl StreamCompressor {
     pub(crate) fn compress_events(
         &mut self,
         frame: &[u8],
-        segments: &[Segment],
+        segments: &Segments,
     ) -> io::Result<Bytes> {
-        let mut out = Vec::with_capacity(frame.len() / 2 + 64);
-        self.start(&mut out);
+        let mut out = Output::new(frame.len());
+        if let Some(header) = self.opening() {
+            out.extend_from_slice(&header);
+        }
         let mut from = 0;
         let rest = Segment {
             end: frame.len(),
@@ -184,19 +176,28 @@ impl StreamCompressor {
                 // `retry:` field, its resume point): framed as it is, so a
                 // stream that never gets an event builds no encoder, and
                 // one that does joins the others at its first.
-                self.frame_plain(&mut out, data);
+                self.frame_plain(out.joined(), data);
                 continue;
             }
             let compressed = self.position.compress(data, shared)?;
             if compressed.left && self.encoding == Encoding::Zstd {
                 out.extend_from_slice(&ZSTD_FRAME_END);
             }
-            out.extend_from_slice(&compressed.bytes);
+            out.push(compressed.bytes);
             if self.encoding == Encoding::Gzip {
                 self.checksum(data);
             }
         }
-        Ok(Bytes::from(out))
+        Ok(out.into_bytes())
+    }
+
+    /// What goes out before anything else, once: the gzip header (zstd's
+    /// frames carry their own). The body writes it when it starts, as
+    /// bytes of no allocation, so that a stream's first event can go out
+    /// as the very bytes its lineage compressed.
+    pub(crate) fn opening(&mut self) -> Option<Bytes> {
+        let first = !std::mem::replace(&mut self.started, true);
+        (first && self.encoding == Encoding::Gzip).then(|| Bytes::from_static(&GZIP_HEADER))
     }
 
     /// A keep-alive comment: no event, so through the encoder while active,
@@ -205,11 +206,11 @@ impl StreamCompressor {
     pub(crate) fn keep_alive(&mut self, comment: &[u8]) -> io::Result<Bytes> {
         self.compress_events(
             comment,
-            &[Segment {
+            &Segments::one(Segment {
                 end: comment.len(),
                 shared: None,
                 no_event: true,
-            }],
+            }),
         )
     }
 
@@ -240,7 +241,9 @@ impl StreamCompressor {
     pub(crate) fn finish(&mut self) -> io::Result<Bytes> {
         let mut out = Vec::with_capacity(32);
         let started = self.started;
-        self.start(&mut out);
+        if let Some(header) = self.opening() {
+            out.extend_from_slice(&header);
+        }
         match self.encoding {
             Encoding::Gzip => {
                 self.position.leave();
@@ -264,11 +267,54 @@ impl StreamCompressor {
         self.crc.update(data);
         self.length = self.length.wrapping_add(data.len() as u32);
     }
+}
 
-    /// Writes the gzip header before anything else.
-    fn start(&mut self, out: &mut Vec<u8>) {
-        if !std::mem::replace(&mut self.started, true) && self.encoding == Encoding::Gzip {
-            out.extend_from_slice(&GZIP_HEADER);
+/// One write's bytes: a single piece of compressed bytes goes out as it is
+/// (a stream's usual write, one event its lineage compressed, allocates
+/// nothing); anything more is joined.
+struct Output {
+    single: Option<Bytes>,
+    joined: Vec<u8>,
+    /// What to reserve once joining starts.
+    expected: usize,
+}
+
+impl Output {
+    fn new(frame_len: usize) -> Output {
+        Output {
+            single: None,
+            joined: Vec::new(),
+            expected: frame_len / 2 + 64,
+        }
+    }
+
+    /// The joined bytes so far, the single piece moved in first.
+    fn joined(&mut self) -> &mut Vec<u8> {
+        if self.joined.capacity() == 0 {
+            self.joined.reserve(self.expected);
+        }
+        if let Some(single) = self.single.take() {
+            self.joined.extend_from_slice(&single);
+        }
+        &mut self.joined
+    }
+
+    fn extend_from_slice(&mut self, bytes: &[u8]) {
+        self.joined().extend_from_slice(bytes);
+    }
+
+    fn push(&mut self, bytes: Bytes) {
+        if self.single.is_none() && self.joined.is_empty() {
+            self.single = Some(bytes);
+        } else {
+            self.extend_from_slice(&bytes);
+        }
+    }
+
+    fn into_bytes(self) -> Bytes {
+        match self.single {
+            Some(single) => single,
+            None => Bytes::from(self.joined),
         }
     }
 }

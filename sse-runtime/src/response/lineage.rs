@@ -257,7 +257,8 @@ mod tests {
     use std::io::Read;
 
     use super::*;
-    use crate::response::compressor::{Segment, StreamCompressor};
+    use crate::response::compressor::StreamCompressor;
+    use crate::response::segments::{Segment, Segments};
 
     fn compressions() -> usize {
         COMPRESSIONS.with(std::cell::Cell::get)
@@ -278,7 +279,7 @@ mod tests {
 
     fn write(compressor: &mut StreamCompressor, batch: &[&Bytes]) -> Vec<u8> {
         let mut frame = Vec::new();
-        let mut segments = Vec::new();
+        let mut segments = Segments::default();
         for event in batch {
             frame.extend_from_slice(event);
             segments.push(Segment {
@@ -439,7 +440,8 @@ mod tests {
 #[cfg(test)]
 mod cost {
     use super::*;
-    use crate::response::compressor::{Segment, StreamCompressor};
+    use crate::response::compressor::StreamCompressor;
+    use crate::response::segments::{Segment, Segments};
 
     /// What a stream pays per event when the others already compressed it:
     /// `cargo test -p sse-runtime --features compression --release --lib
@@ -457,11 +459,11 @@ mod cost {
             let started = std::time::Instant::now();
             for event in &events {
                 for (index, stream) in streams.iter_mut().enumerate() {
-                    let segments = [Segment {
+                    let segments = Segments::one(Segment {
                         end: event.len(),
                         shared: Some(event.clone()),
                         no_event: false,
-                    }];
+                    });
                     let written = stream.compress_events(event, &segments).unwrap();
                     if index == 0 {
                         writes.push(written);

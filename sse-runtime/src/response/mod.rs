@@ -12,6 +12,7 @@ mod compressor;
 mod lineage;
 pub(crate) mod opening;
 pub(crate) mod pacer;
+mod segments;
 
 use std::time::Duration;
 
