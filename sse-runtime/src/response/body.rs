@@ -58,6 +58,21 @@ impl Batching {
         }
     }
 
+    /// How long to leave a stream unheard after a write that took
+    /// `events` at once, `since` the write before: only adaptive batching,
+    /// only when the events had piled up while the task waited to run
+    /// (the runtime is behind), and only when, at that pace, the window
+    /// brings few enough events (see [`is_quiet_hold`]).
+    fn backlog_hold(self, events: u64, since: Duration) -> Option<Duration> {
+        match self {
+            Batching::Adaptive(window) if events >= BACKLOG_EVENTS => {
+                let hold = window + pacer::stretch(window);
+                is_quiet_hold(events, since, hold).then_some(hold)
+            }
+            _ => None,
+        }
+    }
+
     /// Whether a write `since` the previous one continues a burst.
     fn is_burst(self, since: Duration) -> bool {
         match self {
@@ -307,6 +322,15 @@ where
             this.compression.as_mut().map(|c| &mut c.segments),
         );
 
+        if this.buf.is_empty()
+            && this
+                .held
+                .as_ref()
+                .is_some_and(|held| pacer::now() >= held.due)
+        {
+            // A window that brought nothing: the hold is over.
+            *this.held = None;
+        }
         if !this.buf.is_empty() {
             let may_hold = *this.written && !*this.ended && this.buf.len() < MAX_BATCH_BYTES;
             if may_hold && held_until_later {
@@ -358,6 +382,8 @@ where
             };
             // The first write follows no write: it starts no burst.
             let wrote_before = std::mem::replace(this.written, true);
+            let previous_write = *this.last_write;
+            let events = *this.pending_events;
             if this.timer.is_some() || *this.batching != Batching::Off || this.compression.is_some()
             {
                 let now = Instant::now();
@@ -387,6 +413,29 @@ where
             };
             this.open
                 .written(std::mem::take(this.pending_events), frame.len());
+            if !was_held && wrote_before && !*this.ended {
+                let since = this.last_write.saturating_duration_since(previous_write);
+                if let Some(hold) = this.batching.backlog_hold(events, since) {
+                    if let Some(due) = pacer::park(cx.waker(), hold) {
+                        // Unheard until the window ends: what comes
+                        // meanwhile waits, and wakes nobody.
+                        let mut quieted = Context::from_waker(Waker::noop());
+                        drain(
+                            this.stream.as_mut(),
+                            &mut quieted,
+                            this.buf,
+                            this.pending_events,
+                            this.ended,
+                            this.compression.as_mut().map(|c| &mut c.segments),
+                        );
+                        *this.held = Some(Held {
+                            due,
+                            parked: cx.waker().clone(),
+                            quiet: true,
+                        });
+                    }
+                }
+            }
             return Poll::Ready(Some(Ok(Frame::data(frame))));
         }
         if *this.ended {
@@ -548,6 +597,15 @@ fn drain<S>(
         }
     }
 }
+
+/// This many events taken at once by a stream that was not holding them
+/// say its task ran late: they came faster than it was scheduled. A
+/// saturated process whose subscribers are woken per event stays
+/// saturated (the publisher's requests wait behind their wake-ups, so its
+/// events come further apart than a burst's); after such a write the stream
+/// is left unheard for a window, so it is woken once per window, not per
+/// event. A pair sent at once is common at any load, so it takes three.
+const BACKLOG_EVENTS: u64 = 3;
 
 /// The most events a quiet hold expects to arrive before its window ends: an
 /// eighth of the broker's default [`buffer`](crate::RegistryConfig::buffer),
@@ -776,6 +834,71 @@ mod tests {
         tokio::time::advance(MS).await;
         fed.send("6");
         assert_eq!(poll_data(&mut body, &mut cx), None, "still a burst");
+    }
+
+    /// Events that piled up while a stream's task waited to run (three or
+    /// more taken at once, not held) go out at once, and then the stream is
+    /// left unheard for a window: what comes meanwhile wakes nobody and
+    /// goes out in one write when the clock wakes the task. A pair taken at
+    /// once changes nothing.
+    #[tokio::test(start_paused = true)]
+    async fn a_backlog_goes_out_at_once_and_leaves_the_stream_unheard_for_a_window() {
+        const WINDOW: Duration = Duration::from_millis(200);
+        let fed = Fed::default();
+        let mut body = Box::pin(SseBody::new(
+            fed.clone(),
+            None,
+            None,
+            Batching::Adaptive(WINDOW),
+            OpenStream::new("test"),
+        ));
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        let mut cx = Context::from_waker(&waker);
+
+        fed.send("1");
+        assert_eq!(
+            poll_data(&mut body, &mut cx).as_deref(),
+            Some("data: 1\n\n")
+        );
+        tokio::time::advance(WINDOW).await;
+        fed.send("2");
+        fed.send("3");
+        assert_eq!(
+            poll_data(&mut body, &mut cx).as_deref(),
+            Some("data: 2\n\ndata: 3\n\n"),
+            "a pair goes out at once"
+        );
+        assert!(fed.listened_to_by(&waker), "a pair leaves the stream heard");
+        tokio::time::advance(WINDOW).await;
+        for data in ["4", "5", "6"] {
+            fed.send(data);
+        }
+        assert_eq!(
+            poll_data(&mut body, &mut cx).as_deref(),
+            Some("data: 4\n\ndata: 5\n\ndata: 6\n\n"),
+            "a backlog goes out at once"
+        );
+        assert!(
+            !fed.listened_to_by(&waker),
+            "after a backlog the stream is left unheard"
+        );
+        let woken_before = wakes.0.load(Ordering::SeqCst);
+        fed.send("7");
+        assert_eq!(poll_data(&mut body, &mut cx), None, "held for the window");
+        let waited = std::time::Instant::now();
+        while wakes.0.load(Ordering::SeqCst) == woken_before {
+            assert!(
+                waited.elapsed() < Duration::from_secs(30),
+                "the batch clock never woke the unheard stream"
+            );
+            std::thread::sleep(MS);
+        }
+        assert_eq!(
+            poll_data(&mut body, &mut cx).as_deref(),
+            Some("data: 7\n\n")
+        );
+        assert!(fed.listened_to_by(&waker), "heard again once written");
     }
 
     fn poll_bytes(body: &mut Pin<Box<SseBody<Fed>>>, cx: &mut Context<'_>) -> Option<Bytes> {
