@@ -40,6 +40,38 @@ pub struct InterestRun {
     /// event sent.
     pub idle_cpu_per_second: f64,
     pub seconds: f64,
+    /// The instances' system calls (the reads and writes that
+    /// `/proc/<pid>/io` counts) and their threads' context switches while sending and
+    /// delivering: the work per event that more processes could add.
+    pub activity: Activity,
+}
+
+/// System calls and context switches of the instances, summed.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Activity {
+    pub syscalls: u64,
+    pub context_switches: u64,
+}
+
+impl Activity {
+    fn of(servers: &[ServerProcess]) -> Activity {
+        servers
+            .iter()
+            .map(|server| sample_process(server.pid).unwrap_or_default())
+            .fold(Activity::default(), |sum, sample| Activity {
+                syscalls: sum.syscalls + sample.read_syscalls + sample.write_syscalls,
+                context_switches: sum.context_switches + sample.context_switches,
+            })
+    }
+
+    fn since(self, before: Activity) -> Activity {
+        Activity {
+            syscalls: self.syscalls.saturating_sub(before.syscalls),
+            context_switches: self
+                .context_switches
+                .saturating_sub(before.context_switches),
+        }
+    }
 }
 
 impl InterestRun {
@@ -56,6 +88,16 @@ impl InterestRun {
     /// Instance CPU per delivered event, in µs, as measured.
     pub fn cpu_us_per_event(&self) -> f64 {
         self.cpu_seconds * 1e6 / self.delivered.max(1) as f64
+    }
+
+    /// System calls per delivered event.
+    pub fn syscalls_per_event(&self) -> f64 {
+        self.activity.syscalls as f64 / self.delivered.max(1) as f64
+    }
+
+    /// Context switches per delivered event.
+    pub fn switches_per_event(&self) -> f64 {
+        self.activity.context_switches as f64 / self.delivered.max(1) as f64
     }
 
     /// The same less the open streams' cost with no event.
@@ -162,6 +204,7 @@ pub async fn run_on(
     tokio::time::sleep(IDLE_WATCH).await;
     let idle_cpu_per_second = (cpu_of(&servers) - idle_from) / IDLE_WATCH.as_secs_f64();
     let cpu_before = cpu_of(&servers);
+    let activity_before = Activity::of(&servers);
     let bytes_before: u64 = ports.iter().map(|port| redis_output_bytes(*port)).sum();
     let started = Instant::now();
     // Each event is POSTed to the instance that serves its key.
@@ -188,6 +231,7 @@ pub async fn run_on(
         cpu_seconds: cpu_of(&servers) - cpu_before,
         idle_cpu_per_second,
         seconds,
+        activity: Activity::of(&servers).since(activity_before),
     };
     subscribers.close(Duration::from_secs(60)).await;
     for server in servers {
@@ -274,9 +318,11 @@ pub async fn compare(
          `id:` line, a JSON `data:` line of {} bytes, the blank line); CPU is the \
          instances' together, per \
          delivered event, and \"delivery\" less what the same open streams cost with no event \
-         (measured for {idle} s before each run).\n\n\
-         | build | instances | delivered | Redis bytes per event | × event size | CPU per event | delivery CPU per event | idle CPU |\n\
-         |---|---|---|---|---|---|---|---|\n",
+         (measured for {idle} s before each run); system calls (`syscr` + `syscw` of \
+         `/proc/<pid>/io`: reads and writes, not `epoll_wait`) and context switches (`nr_switches` of each thread) are the \
+         instances' together, per delivered event.\n\n\
+         | build | instances | delivered | Redis bytes per event | × event size | CPU per event | delivery CPU per event | idle CPU | system calls per event | context switches per event |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n",
         delivered_event_bytes(),
         notification(0).len(),
         idle = IDLE_WATCH.as_secs()
@@ -295,13 +341,15 @@ pub async fn compare(
             let (name, binary) = &builds[index];
             let run = run_on(Backend::Node, binary, *instances, keys, events, rate).await;
             eprintln!(
-                "  {name}, {instances} instance(s): {}/{} delivered, Redis {:.2}× the event, {:.1} µs CPU/event ({:.1} delivery), idle {:.1}%",
+                "  {name}, {instances} instance(s): {}/{} delivered, Redis {:.2}× the event, {:.1} µs CPU/event ({:.1} delivery), idle {:.1}%, {:.2} system calls and {:.2} context switches per event",
                 run.delivered,
                 run.expected,
                 run.redis_bytes_ratio(),
                 run.cpu_us_per_event(),
                 run.delivery_us_per_event(),
-                run.idle_cpu_per_second * 100.0
+                run.idle_cpu_per_second * 100.0,
+                run.syscalls_per_event(),
+                run.switches_per_event()
             );
             rows.push((index, *name, run));
         }
@@ -309,7 +357,7 @@ pub async fn compare(
     rows.sort_by_key(|(index, _, run)| (*index, run.instances));
     for (_, name, run) in &rows {
         out.push_str(&format!(
-            "| {name} | {} | {}/{} | {:.0} | {:.2}× | {:.1} µs | {:.1} µs | {:.1}% of a core |\n",
+            "| {name} | {} | {}/{} | {:.0} | {:.2}× | {:.1} µs | {:.1} µs | {:.1}% of a core | {:.2} | {:.2} |\n",
             run.instances,
             run.delivered,
             run.expected,
@@ -317,7 +365,9 @@ pub async fn compare(
             run.redis_bytes_ratio(),
             run.cpu_us_per_event(),
             run.delivery_us_per_event(),
-            run.idle_cpu_per_second * 100.0
+            run.idle_cpu_per_second * 100.0,
+            run.syscalls_per_event(),
+            run.switches_per_event()
         ));
     }
     // Ours: the mean at the fewest instances against the mean at the most.
@@ -340,13 +390,18 @@ pub async fn compare(
     ) {
         out.push_str(&format!(
             "\nOurs, {most} instances against {fewest} (means of the runs above): delivery CPU per \
-             event {:.2}×, as measured {:.2}×; Redis bytes per event {:.2}×.\n",
+             event {:.2}×, as measured {:.2}×; Redis bytes per event {:.2}×; system calls per \
+             event {:.2}×; context switches per event {:.2}×.\n",
             mean_at(most, InterestRun::delivery_us_per_event)
                 / mean_at(fewest, InterestRun::delivery_us_per_event).max(1e-9),
             mean_at(most, InterestRun::cpu_us_per_event)
                 / mean_at(fewest, InterestRun::cpu_us_per_event).max(1e-9),
             mean_at(most, InterestRun::redis_bytes_per_event)
                 / mean_at(fewest, InterestRun::redis_bytes_per_event).max(1e-9),
+            mean_at(most, InterestRun::syscalls_per_event)
+                / mean_at(fewest, InterestRun::syscalls_per_event).max(1e-9),
+            mean_at(most, InterestRun::switches_per_event)
+                / mean_at(fewest, InterestRun::switches_per_event).max(1e-9),
         ));
     }
     out

@@ -115,24 +115,35 @@ pub struct ProcessSample {
     pub rss_bytes: u64,
     /// Write system calls so far (`syscw` of `/proc/<pid>/io`; 0 if unreadable).
     pub write_syscalls: u64,
+    /// Read system calls so far (`syscr`: the `read` and `readv` family, on
+    /// sockets too; not `recv`, `epoll_wait` or `futex`; 0 if unreadable).
+    pub read_syscalls: u64,
+    /// Times its live threads were switched out so far (`nr_switches` of
+    /// each thread's `sched`; 0 where the kernel does not show it).
+    pub context_switches: u64,
 }
 
 /// The CPU time of every thread of `pid` (`se.sum_exec_runtime` of
-/// `/proc/<pid>/task/*/sched`, in milliseconds with microsecond digits), if
-/// the kernel exposes it.
-fn scheduled_seconds(pid: u32) -> Option<f64> {
-    let mut total_ms = 0.0;
-    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
-        let sched = std::fs::read_to_string(task.ok()?.path().join("sched")).ok()?;
-        total_ms += sched.lines().find_map(|line| {
-            line.strip_prefix("se.sum_exec_runtime")?
+/// `/proc/<pid>/task/*/sched`, in milliseconds with microsecond digits) and
+/// how many times they were switched out (`nr_switches`), if the kernel
+/// exposes them.
+fn scheduler_totals(pid: u32) -> Option<(f64, u64)> {
+    let field = |sched: &str, name: &str| {
+        sched.lines().find_map(|line| {
+            line.strip_prefix(name)?
                 .trim_start_matches([' ', ':'])
                 .trim()
                 .parse::<f64>()
                 .ok()
-        })?;
+        })
+    };
+    let (mut total_ms, mut switches) = (0.0, 0u64);
+    for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()? {
+        let sched = std::fs::read_to_string(task.ok()?.path().join("sched")).ok()?;
+        total_ms += field(&sched, "se.sum_exec_runtime")?;
+        switches += field(&sched, "nr_switches").unwrap_or(0.0) as u64;
     }
-    Some(total_ms / 1e3)
+    Some((total_ms / 1e3, switches))
 }
 
 /// Reads `/proc/<pid>/stat`, `/proc/<pid>/status` and `/proc/<pid>/io`.
@@ -154,25 +165,29 @@ pub fn sample_process(pid: u32) -> std::io::Result<ProcessSample> {
     // in ticks of 10 ms: too coarse for a light load, so the scheduler's own
     // count (microseconds) is preferred where the kernel shows it.
     let clock_ticks_per_second = 100.0;
-    let cpu_seconds =
-        scheduled_seconds(pid).unwrap_or_else(|| (ticks(11) + ticks(12)) / clock_ticks_per_second);
+    let scheduler = scheduler_totals(pid);
+    let cpu_seconds = scheduler.map_or_else(
+        || (ticks(11) + ticks(12)) / clock_ticks_per_second,
+        |(seconds, _)| seconds,
+    );
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     let rss_kib = status
         .lines()
         .find_map(|line| line.strip_prefix("VmRSS:"))
         .and_then(|v| v.split_whitespace().next()?.parse::<u64>().ok())
         .unwrap_or(0);
-    let write_syscalls = std::fs::read_to_string(format!("/proc/{pid}/io"))
-        .ok()
-        .and_then(|io| {
-            io.lines()
-                .find_map(|line| line.strip_prefix("syscw:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
-        })
-        .unwrap_or(0);
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap_or_default();
+    let io_count = |name: &str| {
+        io.lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     Ok(ProcessSample {
         cpu_seconds,
         rss_bytes: rss_kib * 1024,
-        write_syscalls,
+        write_syscalls: io_count("syscw:"),
+        read_syscalls: io_count("syscr:"),
+        context_switches: scheduler.map_or(0, |(_, switches)| switches),
     })
 }
