@@ -11,6 +11,11 @@
 //! instances' CPU per delivered event, summed over the processes, less what
 //! the same open streams cost with no event.
 //!
+//! `--control` adds the same load on the in-memory broker: every instance
+//! on its own, sharing nothing, so whatever its CPU per event does from one
+//! process to many is what co-locating the processes costs, with no Redis
+//! and no routing in it.
+//!
 //! `joins` measures the other side: subscribers opening at a fixed rate on
 //! one instance, each timed from its request to its first event (the resume
 //! point, sent once the key's channel is subscribed and its position read).
@@ -138,6 +143,8 @@ pub enum Backend {
     Node,
     /// The tests' three-master Redis Cluster.
     Cluster,
+    /// No Redis: each instance on its in-memory broker (the control).
+    Memory,
 }
 
 /// What keeps a benchmark's Redis running until it is dropped.
@@ -145,22 +152,23 @@ type RedisGuard = Box<dyn std::any::Any + Send>;
 
 /// A fresh Redis of `backend`'s kind: the instances' environment, the ports
 /// whose output is counted, and what keeps it running.
-async fn start_backend(backend: Backend) -> ((&'static str, String), Vec<u16>, RedisGuard) {
+async fn start_backend(backend: Backend) -> (Vec<(&'static str, String)>, Vec<u16>, RedisGuard) {
     match backend {
         Backend::Node => {
             let (redis, port) = start_redis().await;
             (
-                ("REDIS_URL", format!("redis://127.0.0.1:{port}/")),
+                vec![("REDIS_URL", format!("redis://127.0.0.1:{port}/"))],
                 vec![port],
                 Box::new(redis),
             )
         }
+        Backend::Memory => (Vec::new(), Vec::new(), Box::new(())),
         Backend::Cluster => {
             let cluster = sse_tests::redis_cluster::start()
                 .await
                 .expect("redis-server and redis-cli for the cluster");
             (
-                ("REDIS_CLUSTER_URLS", cluster.urls().join(",")),
+                vec![("REDIS_CLUSTER_URLS", cluster.urls().join(","))],
                 cluster.ports.clone(),
                 Box::new(cluster),
             )
@@ -181,7 +189,7 @@ pub async fn run_on(
     let (environment, ports, redis) = start_backend(backend).await;
     let mut servers = Vec::with_capacity(instances);
     for _ in 0..instances {
-        servers.push(start_with(binary, std::slice::from_ref(&environment)).await);
+        servers.push(start_with(binary, &environment).await);
     }
     let per_key = events / keys as u64;
     let addresses: Vec<_> = servers.iter().map(|server| server.addr).collect();
@@ -300,9 +308,11 @@ pub async fn cluster_against_node(
 
 /// The report: Redis bytes and instance CPU per delivered event at each
 /// instance count, with ours and, when given, a baseline binary (an earlier
-/// build) measured in the same run, alternating which goes first.
+/// build) and the in-memory control measured in the same run, alternating
+/// which goes first.
 pub async fn compare(
     baseline: Option<&str>,
+    control: bool,
     instance_counts: &[usize],
     keys: usize,
     events: u64,
@@ -320,16 +330,26 @@ pub async fn compare(
          delivered event, and \"delivery\" less what the same open streams cost with no event \
          (measured for {idle} s before each run); system calls (`syscr` + `syscw` of \
          `/proc/<pid>/io`: reads and writes, not `epoll_wait`) and context switches (`nr_switches` of each thread) are the \
-         instances' together, per delivered event.\n\n\
+         instances' together, per delivered event. {control}\n\n\
          | build | instances | delivered | Redis bytes per event | × event size | CPU per event | delivery CPU per event | idle CPU | system calls per event | context switches per event |\n\
          |---|---|---|---|---|---|---|---|---|---|\n",
         delivered_event_bytes(),
         notification(0).len(),
-        idle = IDLE_WATCH.as_secs()
+        idle = IDLE_WATCH.as_secs(),
+        control = if control {
+            "The in-memory control is the same instances with no Redis, each on its own \
+             in-memory broker and sharing nothing: what its CPU per event does from one \
+             process to many is what co-locating the processes on these cores costs."
+        } else {
+            ""
+        }
     );
-    let mut builds = vec![("ours", "bench-ours".to_owned())];
+    let mut builds = vec![("ours", "bench-ours".to_owned(), Backend::Node)];
     if let Some(baseline) = baseline {
-        builds.push(("bells (before)", baseline.to_owned()));
+        builds.push(("bells (before)", baseline.to_owned(), Backend::Node));
+    }
+    if control {
+        builds.push((CONTROL, "bench-ours".to_owned(), Backend::Memory));
     }
     let mut rows = Vec::new();
     for (round, instances) in instance_counts.iter().enumerate() {
@@ -338,8 +358,8 @@ pub async fn compare(
             order.reverse();
         }
         for index in order {
-            let (name, binary) = &builds[index];
-            let run = run_on(Backend::Node, binary, *instances, keys, events, rate).await;
+            let (name, binary, backend) = &builds[index];
+            let run = run_on(*backend, binary, *instances, keys, events, rate).await;
             eprintln!(
                 "  {name}, {instances} instance(s): {}/{} delivered, Redis {:.2}× the event, {:.1} µs CPU/event ({:.1} delivery), idle {:.1}%, {:.2} system calls and {:.2} context switches per event",
                 run.delivered,
@@ -355,14 +375,19 @@ pub async fn compare(
         }
     }
     rows.sort_by_key(|(index, _, run)| (*index, run.instances));
-    for (_, name, run) in &rows {
+    for (index, name, run) in &rows {
+        let (redis_bytes, ratio) = match builds[*index].2 {
+            Backend::Memory => ("—".to_owned(), "—".to_owned()),
+            Backend::Node | Backend::Cluster => (
+                format!("{:.0}", run.redis_bytes_per_event()),
+                format!("{:.2}×", run.redis_bytes_ratio()),
+            ),
+        };
         out.push_str(&format!(
-            "| {name} | {} | {}/{} | {:.0} | {:.2}× | {:.1} µs | {:.1} µs | {:.1}% of a core | {:.2} | {:.2} |\n",
+            "| {name} | {} | {}/{} | {redis_bytes} | {ratio} | {:.1} µs | {:.1} µs | {:.1}% of a core | {:.2} | {:.2} |\n",
             run.instances,
             run.delivered,
             run.expected,
-            run.redis_bytes_per_event(),
-            run.redis_bytes_ratio(),
             run.cpu_us_per_event(),
             run.delivery_us_per_event(),
             run.idle_cpu_per_second * 100.0,
@@ -370,41 +395,55 @@ pub async fn compare(
             run.switches_per_event()
         ));
     }
-    // Ours: the mean at the fewest instances against the mean at the most.
-    let ours: Vec<&InterestRun> = rows
-        .iter()
-        .filter(|(index, _, _)| *index == 0)
-        .map(|(_, _, run)| run)
-        .collect();
+    // Each build's mean at the most instances against its mean at the fewest.
+    for (index, (name, _, backend)) in builds.iter().enumerate() {
+        let runs: Vec<&InterestRun> = rows
+            .iter()
+            .filter(|(row, _, _)| *row == index)
+            .map(|(_, _, run)| run)
+            .collect();
+        out.push_str(&growth(name, *backend, &runs));
+    }
+    out
+}
+
+/// The name of the in-memory control's rows.
+const CONTROL: &str = "in-memory (control)";
+
+/// One build's runs at its most instances against its fewest (means), as a
+/// line of the report.
+fn growth(name: &str, backend: Backend, runs: &[&InterestRun]) -> String {
     let mean_at = |instances: usize, of: fn(&InterestRun) -> f64| {
-        let at: Vec<f64> = ours
+        let at: Vec<f64> = runs
             .iter()
             .filter(|run| run.instances == instances)
             .map(|run| of(run))
             .collect();
         at.iter().sum::<f64>() / at.len().max(1) as f64
     };
-    if let (Some(fewest), Some(most)) = (
-        ours.iter().map(|run| run.instances).min(),
-        ours.iter().map(|run| run.instances).max(),
-    ) {
-        out.push_str(&format!(
-            "\nOurs, {most} instances against {fewest} (means of the runs above): delivery CPU per \
-             event {:.2}×, as measured {:.2}×; Redis bytes per event {:.2}×; system calls per \
-             event {:.2}×; context switches per event {:.2}×.\n",
-            mean_at(most, InterestRun::delivery_us_per_event)
-                / mean_at(fewest, InterestRun::delivery_us_per_event).max(1e-9),
-            mean_at(most, InterestRun::cpu_us_per_event)
-                / mean_at(fewest, InterestRun::cpu_us_per_event).max(1e-9),
-            mean_at(most, InterestRun::redis_bytes_per_event)
-                / mean_at(fewest, InterestRun::redis_bytes_per_event).max(1e-9),
-            mean_at(most, InterestRun::syscalls_per_event)
-                / mean_at(fewest, InterestRun::syscalls_per_event).max(1e-9),
-            mean_at(most, InterestRun::switches_per_event)
-                / mean_at(fewest, InterestRun::switches_per_event).max(1e-9),
-        ));
-    }
-    out
+    let (Some(fewest), Some(most)) = (
+        runs.iter().map(|run| run.instances).min(),
+        runs.iter().map(|run| run.instances).max(),
+    ) else {
+        return String::new();
+    };
+    let ratio = |of: fn(&InterestRun) -> f64| mean_at(most, of) / mean_at(fewest, of).max(1e-9);
+    let redis = match backend {
+        Backend::Memory => String::new(),
+        Backend::Node | Backend::Cluster => format!(
+            "; Redis bytes per event {:.2}×",
+            ratio(InterestRun::redis_bytes_per_event)
+        ),
+    };
+    format!(
+        "\n{name}, {most} instances against {fewest} (means of the runs above): delivery CPU per \
+         event {:.2}×, as measured {:.2}×{redis}; system calls per event {:.2}×; context \
+         switches per event {:.2}×.\n",
+        ratio(InterestRun::delivery_us_per_event),
+        ratio(InterestRun::cpu_us_per_event),
+        ratio(InterestRun::syscalls_per_event),
+        ratio(InterestRun::switches_per_event),
+    )
 }
 
 /// Join latency: `subscribers` new subscribers (one key each) opening on

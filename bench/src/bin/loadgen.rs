@@ -45,9 +45,16 @@ async fn main() {
                 "BENCHMARKS.md"
             })
         });
+    // The command as a reader would run it: where the report goes is left out.
+    let shown: Vec<&str> = words
+        .iter()
+        .enumerate()
+        .filter(|(i, word)| **word != "--out" && (*i == 0 || words[i - 1] != "--out"))
+        .map(|(_, word)| *word)
+        .collect();
     let command = format!(
         "cargo build --release -p bench && target/release/loadgen {}",
-        words.join(" ")
+        shown.join(" ")
     );
     match words.as_slice() {
         ["compare", ..] => {
@@ -126,8 +133,10 @@ async fn main() {
                     .map(|n| n.parse().expect("--instances 1,8"))
                     .collect();
             }
+            let control = words.contains(&"--control");
             let report =
-                bench::interest::compare(baseline, &counts, keys, events, rate, &command).await;
+                bench::interest::compare(baseline, control, &counts, keys, events, rate, &command)
+                    .await;
             write_section(&out, "interest", &report);
             println!("{report}");
         }
