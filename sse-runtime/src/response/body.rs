@@ -770,21 +770,43 @@ mod tests {
         }
     }
 
+    /// A body over a fed stream with adaptive batching of `window` and no
+    /// keep-alive or retry.
+    fn adaptive_body(window: Duration) -> (Fed, Pin<Box<SseBody<Fed>>>) {
+        let fed = Fed::default();
+        let body = Box::pin(SseBody::new(
+            fed.clone(),
+            None,
+            None,
+            Batching::Adaptive(window),
+            OpenStream::new("test"),
+        ));
+        (fed, body)
+    }
+
+    /// A waker that counts how often it is woken.
+    fn counting_waker() -> (Arc<CountWakes>, Waker) {
+        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
+        let waker = Waker::from(Arc::clone(&wakes));
+        (wakes, waker)
+    }
+
+    /// Waits (real time: the batch clock's ticks are real) until `wakes`
+    /// has been woken since it read `woken_before`, with a generous bound.
+    fn until_woken_again(wakes: &CountWakes, woken_before: usize, never: &str) {
+        let waited = std::time::Instant::now();
+        while wakes.0.load(Ordering::SeqCst) == woken_before {
+            assert!(waited.elapsed() < Duration::from_secs(30), "{never}");
+            std::thread::sleep(MS);
+        }
+    }
+
     // The batch's window runs on the batch clock's real ticks; the gaps
     // between events on Tokio's paused clock, so they are exact.
     #[tokio::test(start_paused = true)]
     async fn a_burst_is_held_without_waking_per_event_and_goes_on_past_its_window() {
-        const LONG: Duration = Duration::from_millis(200);
-        let fed = Fed::default();
-        let mut body = Box::pin(SseBody::new(
-            fed.clone(),
-            None,
-            None,
-            Batching::Adaptive(LONG),
-            OpenStream::new("test"),
-        ));
-        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&wakes));
+        let (fed, mut body) = adaptive_body(Duration::from_millis(200));
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
 
         fed.send("1");
@@ -815,14 +837,11 @@ mod tests {
         fed.send("4");
         fed.send("5");
         // The clock wakes the task once the window ends; nothing else did.
-        let waited = std::time::Instant::now();
-        while wakes.0.load(Ordering::SeqCst) == woken_before {
-            assert!(
-                waited.elapsed() < Duration::from_secs(30),
-                "the batch clock never woke the held batch"
-            );
-            std::thread::sleep(MS);
-        }
+        until_woken_again(
+            &wakes,
+            woken_before,
+            "the batch clock never woke the held batch",
+        );
         assert_eq!(
             poll_data(&mut body, &mut cx).as_deref(),
             Some("data: 3\n\ndata: 4\n\ndata: 5\n\n"),
@@ -844,16 +863,8 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_backlog_goes_out_at_once_and_leaves_the_stream_unheard_for_a_window() {
         const WINDOW: Duration = Duration::from_millis(200);
-        let fed = Fed::default();
-        let mut body = Box::pin(SseBody::new(
-            fed.clone(),
-            None,
-            None,
-            Batching::Adaptive(WINDOW),
-            OpenStream::new("test"),
-        ));
-        let wakes = Arc::new(CountWakes(AtomicUsize::new(0)));
-        let waker = Waker::from(Arc::clone(&wakes));
+        let (fed, mut body) = adaptive_body(WINDOW);
+        let (wakes, waker) = counting_waker();
         let mut cx = Context::from_waker(&waker);
 
         fed.send("1");
@@ -886,14 +897,11 @@ mod tests {
         let woken_before = wakes.0.load(Ordering::SeqCst);
         fed.send("7");
         assert_eq!(poll_data(&mut body, &mut cx), None, "held for the window");
-        let waited = std::time::Instant::now();
-        while wakes.0.load(Ordering::SeqCst) == woken_before {
-            assert!(
-                waited.elapsed() < Duration::from_secs(30),
-                "the batch clock never woke the unheard stream"
-            );
-            std::thread::sleep(MS);
-        }
+        until_woken_again(
+            &wakes,
+            woken_before,
+            "the batch clock never woke the unheard stream",
+        );
         assert_eq!(
             poll_data(&mut body, &mut cx).as_deref(),
             Some("data: 7\n\n")
