@@ -56,7 +56,7 @@ pub const FULL: Sizes = Sizes {
     fast_events: 1_000_000,
     most_connections: 19_000,
     rounds: 2,
-    latency_rounds: 4,
+    latency_rounds: 8,
 };
 
 /// CI's smoke test: every scenario, tiny.
