@@ -39,31 +39,33 @@ pub struct InterestRun {
     /// The bytes of one event as a subscriber receives it (its id line,
     /// its `data:` line and the blank line that ends it).
     pub event_bytes: usize,
-    /// The instances' CPU seconds while sending and delivering.
-    pub cpu_seconds: f64,
     /// The instances' CPU seconds per second with the streams open and no
     /// event sent.
     pub idle_cpu_per_second: f64,
     pub seconds: f64,
-    /// The instances' system calls (the reads and writes that
-    /// `/proc/<pid>/io` counts) and their threads' context switches while sending and
-    /// delivering: the work per event that more processes could add.
+    /// What the instances did while sending and delivering: their CPU
+    /// time, system calls and context switches.
     pub activity: Activity,
 }
 
-/// System calls and context switches of the instances, summed.
+/// The instances' CPU seconds, system calls (the reads and writes that
+/// `/proc/<pid>/io` counts) and their threads' context switches, summed:
+/// besides the CPU, the work per event that more processes could add.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Activity {
+    pub cpu_seconds: f64,
     pub syscalls: u64,
     pub context_switches: u64,
 }
 
 impl Activity {
+    /// So far, from one sample of each process.
     fn of(servers: &[ServerProcess]) -> Activity {
         servers
             .iter()
             .map(|server| sample_process(server.pid).unwrap_or_default())
             .fold(Activity::default(), |sum, sample| Activity {
+                cpu_seconds: sum.cpu_seconds + sample.cpu_seconds,
                 syscalls: sum.syscalls + sample.read_syscalls + sample.write_syscalls,
                 context_switches: sum.context_switches + sample.context_switches,
             })
@@ -71,6 +73,7 @@ impl Activity {
 
     fn since(self, before: Activity) -> Activity {
         Activity {
+            cpu_seconds: self.cpu_seconds - before.cpu_seconds,
             syscalls: self.syscalls.saturating_sub(before.syscalls),
             context_switches: self
                 .context_switches
@@ -92,7 +95,7 @@ impl InterestRun {
 
     /// Instance CPU per delivered event, in µs, as measured.
     pub fn cpu_us_per_event(&self) -> f64 {
-        self.cpu_seconds * 1e6 / self.delivered.max(1) as f64
+        self.activity.cpu_seconds * 1e6 / self.delivered.max(1) as f64
     }
 
     /// System calls per delivered event.
@@ -108,7 +111,7 @@ impl InterestRun {
     /// The same less the open streams' cost with no event.
     pub fn delivery_us_per_event(&self) -> f64 {
         let idle = self.idle_cpu_per_second * self.seconds;
-        (self.cpu_seconds - idle).max(0.0) * 1e6 / self.delivered.max(1) as f64
+        (self.activity.cpu_seconds - idle).max(0.0) * 1e6 / self.delivered.max(1) as f64
     }
 }
 
@@ -129,13 +132,6 @@ fn redis_output_bytes(port: u16) -> u64 {
     redis_stat(port, "total_net_output_bytes")
 }
 
-fn cpu_of(servers: &[ServerProcess]) -> f64 {
-    servers
-        .iter()
-        .map(|server| sample_process(server.pid).unwrap_or_default().cpu_seconds)
-        .sum()
-}
-
 /// Where the instances keep their keys.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -145,6 +141,13 @@ pub enum Backend {
     Cluster,
     /// No Redis: each instance on its in-memory broker (the control).
     Memory,
+}
+
+impl Backend {
+    /// Whether Redis's output is counted (it is not in the control).
+    fn has_redis(self) -> bool {
+        self != Backend::Memory
+    }
 }
 
 /// What keeps a benchmark's Redis running until it is dropped.
@@ -208,10 +211,10 @@ pub async fn run_on(
     // streams it reached on the instance asked.
     warm_up(&mut publishers, "/events/keys-warmup", "", keys).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle_from = cpu_of(&servers);
+    let idle_from = Activity::of(&servers);
     tokio::time::sleep(IDLE_WATCH).await;
-    let idle_cpu_per_second = (cpu_of(&servers) - idle_from) / IDLE_WATCH.as_secs_f64();
-    let cpu_before = cpu_of(&servers);
+    let idle_cpu_per_second =
+        Activity::of(&servers).since(idle_from).cpu_seconds / IDLE_WATCH.as_secs_f64();
     let activity_before = Activity::of(&servers);
     let bytes_before: u64 = ports.iter().map(|port| redis_output_bytes(*port)).sum();
     let started = Instant::now();
@@ -236,7 +239,6 @@ pub async fn run_on(
             .sum::<u64>()
             .saturating_sub(bytes_before),
         event_bytes: delivered_event_bytes(),
-        cpu_seconds: cpu_of(&servers) - cpu_before,
         idle_cpu_per_second,
         seconds,
         activity: Activity::of(&servers).since(activity_before),
@@ -376,12 +378,13 @@ pub async fn compare(
     }
     rows.sort_by_key(|(index, _, run)| (*index, run.instances));
     for (index, name, run) in &rows {
-        let (redis_bytes, ratio) = match builds[*index].2 {
-            Backend::Memory => ("—".to_owned(), "—".to_owned()),
-            Backend::Node | Backend::Cluster => (
+        let (redis_bytes, ratio) = if builds[*index].2.has_redis() {
+            (
                 format!("{:.0}", run.redis_bytes_per_event()),
                 format!("{:.2}×", run.redis_bytes_ratio()),
-            ),
+            )
+        } else {
+            ("—".to_owned(), "—".to_owned())
         };
         out.push_str(&format!(
             "| {name} | {} | {}/{} | {redis_bytes} | {ratio} | {:.1} µs | {:.1} µs | {:.1}% of a core | {:.2} | {:.2} |\n",
@@ -428,12 +431,13 @@ fn growth(name: &str, backend: Backend, runs: &[&InterestRun]) -> String {
         return String::new();
     };
     let ratio = |of: fn(&InterestRun) -> f64| mean_at(most, of) / mean_at(fewest, of).max(1e-9);
-    let redis = match backend {
-        Backend::Memory => String::new(),
-        Backend::Node | Backend::Cluster => format!(
+    let redis = if backend.has_redis() {
+        format!(
             "; Redis bytes per event {:.2}×",
             ratio(InterestRun::redis_bytes_per_event)
-        ),
+        )
+    } else {
+        String::new()
     };
     format!(
         "\n{name}, {most} instances against {fewest} (means of the runs above): delivery CPU per \
